@@ -1,0 +1,492 @@
+"""The ``syncd`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.config import ConfigError, Settings, load_settings
+from syncd.connectors.base import ConnectorError
+from syncd.crm import queries
+from syncd.crm.database import (
+    DatabaseError,
+    check_schema,
+    make_engine,
+    safe_url,
+    session_factory,
+    upgrade,
+)
+from syncd.crm.loader import LoadError, load_csv
+from syncd.crm.models import Mailbox, User
+from syncd.matching.addresses import normalize_address
+
+app = typer.Typer(
+    help="syncd keeps a CRM up to date from salespeople's mailboxes and calendars.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The CRM database.", no_args_is_help=True)
+crm_app = typer.Typer(help="CRM records.", no_args_is_help=True)
+mailbox_app = typer.Typer(help="Connected mailboxes.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(crm_app, name="crm")
+app.add_typer(mailbox_app, name="mailbox")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _State:
+    config: Path | None = None
+    _settings: Settings | None = None
+    _sessions: sessionmaker[Session] | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    def sessions(self, check: bool = True) -> sessionmaker[Session]:
+        if self._sessions is None:
+            engine = make_engine(self.settings().database_url())
+            if check:
+                check_schema(engine)
+            self._sessions = session_factory(engine)
+        return self._sessions
+
+
+state = _State()
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"syncd: error: {message}", highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+def _json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="SYNCD_CONFIG",
+            help="TOML config file (default: built-in defaults; see config/syncd.example.toml).",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+) -> None:
+    state.config = config
+    state._settings = None
+    state._sessions = None
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    try:
+        state.settings()  # a bad config is reported before anything runs
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+# --- db ---------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the CRM database or migrate it to this version of syncd (Alembic)."""
+    url = state.settings().database_url()
+    upgrade(make_engine(url))
+    out.print(f"database {safe_url(url)} is up to date", highlight=False)
+
+
+# --- crm --------------------------------------------------------------------------------
+
+
+class RecordKind(StrEnum):
+    users = "users"
+    accounts = "accounts"
+    contacts = "contacts"
+    opportunities = "opportunities"
+
+
+@crm_app.command("load")
+def crm_load(
+    kind: Annotated[RecordKind, typer.Argument(help="What the file holds.")],
+    file: Annotated[Path, typer.Argument(help="UTF-8 CSV with a header row.")],
+) -> None:
+    """Load CRM records from CSV; upserts by email, domain, name or external id.
+
+    \b
+    users:         email, name [, timezone, working_hours]
+    accounts:      name, domains [, external_id]
+    contacts:      emails, name [, account, title, phone]
+    opportunities: external_id, name, account, owner
+                   [, stage, amount, currency, close_date, status, contacts]
+    Several values in one cell are separated by ';'. An opportunity's contacts may carry a
+    role: 'carla@acme.test=Decision maker'. A bad row is reported with its line and column,
+    and nothing of that file is written.
+    """
+    with state.sessions().begin() as session:
+        report = load_csv(session, kind.value, file)
+    out.print(
+        f"{kind.value}: {report.created} created, {report.updated} updated from {file}",
+        highlight=False,
+    )
+
+
+# --- mailbox ----------------------------------------------------------------------------
+
+
+class Kind(StrEnum):
+    local = "local"
+
+
+class Body(StrEnum):
+    metadata = "metadata"
+    snippet = "snippet"
+    full = "full"
+
+
+@mailbox_app.command("add")
+def mailbox_add(
+    name: Annotated[str, typer.Argument(help="A name for the mailbox, e.g. the address.")],
+    kind: Annotated[Kind, typer.Option("--kind", help="The provider kind.")],
+    user: Annotated[str, typer.Option("--user", help="The CRM user who owns it (email).")],
+    maildir: Annotated[
+        Path | None, typer.Option("--maildir", help="local: the Maildir (holding cur/ new/).")
+    ] = None,
+    calendar: Annotated[
+        Path | None,
+        typer.Option(
+            "--calendar",
+            help="local: a vdir calendar folder of .ics files; "
+            "follow-up tasks are written into it.",
+        ),
+    ] = None,
+    mbox: Annotated[
+        list[Path] | None,
+        typer.Option("--mbox", help="local: an mbox archive (e.g. Google Takeout); repeatable."),
+    ] = None,
+    poll_interval: Annotated[
+        int | None, typer.Option("--poll-interval", min=5, help="Seconds between polls.")
+    ] = None,
+    body: Annotated[
+        Body | None, typer.Option("--body", help="What to store of a message's body.")
+    ] = None,
+) -> None:
+    """Connect a mailbox of a CRM user."""
+    settings: dict[str, Any] = {}
+    if kind is Kind.local:
+        if maildir is None and not mbox:
+            fail("a local mailbox needs --maildir DIR or --mbox FILE")
+        if maildir is not None:
+            maildir = maildir.expanduser().resolve()
+            if not (maildir / "cur").is_dir():
+                fail(
+                    f"--maildir {str(maildir)!r} is not a Maildir (no cur/ inside); "
+                    "give the folder that holds cur/, new/ and tmp/"
+                )
+            settings["maildir"] = str(maildir)
+        for m in mbox or []:
+            if not m.is_file():
+                fail(f"--mbox {str(m)!r} is not a file; give the path of an mbox archive")
+        if mbox:
+            settings["mbox"] = [str(m.expanduser().resolve()) for m in mbox]
+        if calendar is not None:
+            calendar = calendar.expanduser().resolve()
+            calendar.mkdir(parents=True, exist_ok=True)
+            settings["calendar"] = str(calendar)
+    if poll_interval is not None:
+        settings["poll_interval"] = poll_interval
+    if body is not None:
+        settings["body"] = body.value
+    email = normalize_address(user)
+    with state.sessions().begin() as session:
+        owner = session.scalar(select(User).where(User.email == email))
+        if owner is None:
+            fail(f"no CRM user {user!r}; load users first with 'syncd crm load users FILE.csv'")
+            return
+        if session.scalar(select(Mailbox).where(Mailbox.name == name)) is not None:
+            fail(f"a mailbox named {name!r} exists already; remove it or pick another name")
+        session.add(
+            Mailbox(
+                name=name,
+                kind=kind.value,
+                user_id=owner.id,
+                settings=settings,
+                state="ok",
+                failures=0,
+                items_logged=0,
+            )
+        )
+    out.print(f"mailbox {name!r} added for {email}", highlight=False)
+
+
+@mailbox_app.command("list")
+def mailbox_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List connected mailboxes."""
+    with state.sessions()() as session:
+        rows: list[dict[str, Any]] = [
+            {"mailbox": m.name, "kind": m.kind, "user": u, "settings": m.settings}
+            for m, u in session.execute(
+                select(Mailbox, User.email).join(User).order_by(Mailbox.name)
+            )
+        ]
+    if as_json:
+        _json(rows)
+        return
+    table = Table("mailbox", "kind", "user", "settings")
+    for r in rows:
+        table.add_row(
+            r["mailbox"],
+            r["kind"],
+            r["user"],
+            ", ".join(f"{k}={v}" for k, v in r["settings"].items()),
+        )
+    out.print(table)
+
+
+@mailbox_app.command("remove")
+def mailbox_remove(name: Annotated[str, typer.Argument(help="The mailbox name.")]) -> None:
+    """Disconnect a mailbox; its activities stay in the CRM."""
+    with state.sessions().begin() as session:
+        if session.execute(delete(Mailbox).where(Mailbox.name == name)).rowcount == 0:  # type: ignore[attr-defined]
+            fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
+    out.print(f"mailbox {name!r} removed", highlight=False)
+
+
+@mailbox_app.command("resume")
+def mailbox_resume(name: Annotated[str, typer.Argument(help="The mailbox name.")]) -> None:
+    """Retry a parked or failing mailbox at the next poll."""
+    with state.sessions().begin() as session:
+        mailbox = session.scalar(select(Mailbox).where(Mailbox.name == name))
+        if mailbox is None:
+            fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
+            return
+        mailbox.state, mailbox.failures, mailbox.last_attempt = "ok", 0, None
+    out.print(f"mailbox {name!r} will be synced at the next poll", highlight=False)
+
+
+# --- sync, run, status ------------------------------------------------------------------
+
+
+@app.command("sync")
+def sync_cmd(
+    name: Annotated[str | None, typer.Argument(help="One mailbox (default: all).")] = None,
+) -> None:
+    """One pass over one or all mailboxes, then exit (non-zero if any mailbox failed)."""
+    from syncd.sync import sync_mailbox
+
+    sessions = state.sessions()
+    with sessions() as session:
+        names = list(session.scalars(select(Mailbox.name).order_by(Mailbox.name)))
+    if name is not None:
+        if name not in names:
+            fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
+        names = [name]
+    if not names:
+        fail("no mailbox is connected; add one with 'syncd mailbox add'")
+    failed = 0
+    for n in names:
+        try:
+            r = sync_mailbox(sessions, state.settings(), n)
+        except ConnectorError as exc:
+            err.print(f"{n}: failed: {exc}", highlight=False, markup=False)
+            failed += 1
+            continue
+        if r.ok:
+            out.print(
+                f"{n}: ok: {r.new_activities} new activities, {r.new_sightings} sightings, "
+                f"{sum(r.excluded.values())} not logged, {r.quarantined} quarantined, "
+                f"{r.tasks_changed} tasks changed, {r.tasks_written} written",
+                highlight=False,
+            )
+        else:
+            failed += 1
+            err.print(f"{n}: {r.state}: {r.error}", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("run")
+def run_cmd() -> None:
+    """The daemon: poll every mailbox at its interval until SIGTERM/SIGINT."""
+    from syncd.daemon import Daemon
+
+    raise typer.Exit(Daemon(state.sessions(), state.settings()).run())
+
+
+@app.command("status")
+def status_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per mailbox: kind, state (ok / failing / parked), last success, items, last error."""
+    with state.sessions()() as session:
+        rows = queries.status_report(session)
+    if as_json:
+        _json(rows)
+        return
+    table = Table("mailbox", "kind", "user", "state", "last success", "items", "error")
+    colour = {"ok": "green", "failing": "yellow", "parked": "red"}
+    for r in rows:
+        table.add_row(
+            r["mailbox"],
+            r["kind"],
+            r["user"],
+            f"[{colour.get(r['state'], 'white')}]{r['state']}[/]",
+            r["last_success"] or "never",
+            str(r["items"]),
+            r["error"] or "",
+        )
+    out.print(table)
+
+
+@app.command("activities")
+def activities_cmd(
+    contact: Annotated[str | None, typer.Option(help="Only a contact's (by email).")] = None,
+    account: Annotated[str | None, typer.Option(help="Only an account's (domain or name).")] = None,
+    opportunity: Annotated[
+        str | None, typer.Option(help="Only an opportunity's (external id).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The timeline: each activity with its links and the reason for each link."""
+    with state.sessions()() as session:
+        rows = queries.timeline(session, contact, account, opportunity)
+    if as_json:
+        _json(rows)
+        return
+    table = Table("when", "kind", "dir", "subject", "links (reason)", "mailboxes")
+    for r in rows:
+        links = "\n".join(f"{lk['type']}: {lk['name']} ({lk['reason']})" for lk in r["links"])
+        if r["note"]:
+            links += f"\n[dim]{r['note']}[/]"
+        subject = r["subject"] + (" [cancelled]" if r["status"] == "cancelled" else "")
+        table.add_row(
+            r["occurred_at"][:16].replace("T", " "),
+            r["kind"],
+            r["direction"],
+            subject,
+            links,
+            ", ".join(r["mailboxes"]),
+        )
+    out.print(table)
+
+
+@app.command("tasks")
+def tasks_cmd(
+    user: Annotated[str | None, typer.Option(help="Only a user's (by email).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Follow-up tasks and their state."""
+    with state.sessions()() as session:
+        rows = queries.task_report(session, user)
+    if as_json:
+        _json(rows)
+        return
+    table = Table("due", "user", "status", "title", "rule", "in calendar")
+    for r in rows:
+        status = r["status"] + (f" ({r['resolution']})" if r["resolution"] else "")
+        table.add_row(
+            r["due"][:16].replace("T", " "),
+            r["user"],
+            status,
+            r["title"],
+            r["rule"],
+            "yes" if r["in_calendar"] else (r["write_error"] or "pending"),
+        )
+    out.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to build the sample company.")
+    ] = Path("syncd-demo"),
+) -> None:
+    """Build a sample company (CRM, two Maildirs, a calendar), sync it once, show the result.
+
+    Uses its own database under DIR/state unless --config or SYNCD_HOME says otherwise; keep
+    it running afterwards with: SYNCD_HOME=DIR/state syncd run
+    """
+    from syncd.demo import build_demo
+    from syncd.sync import sync_mailbox
+
+    directory = directory.expanduser().resolve()
+    if state.config is None and not os.environ.get("SYNCD_HOME"):
+        state._settings = state.settings().model_copy(update={"home": directory / "state"})
+    company = build_demo(directory)
+    url = state.settings().database_url()
+    upgrade(make_engine(url))
+    sessions = state.sessions()
+    for kind in ("users", "accounts", "contacts", "opportunities"):
+        with sessions.begin() as session:
+            load_csv(session, kind, company.csv[kind])
+    with sessions.begin() as session:
+        users = {u.email: u.id for u in session.scalars(select(User))}
+        for name, path in company.maildirs.items():
+            settings: dict[str, Any] = {"maildir": str(path)}
+            if name == "ana":
+                settings["calendar"] = str(company.calendar)
+            if session.scalar(select(Mailbox).where(Mailbox.name == name)) is None:
+                session.add(
+                    Mailbox(
+                        name=name,
+                        kind="local",
+                        user_id=users[f"{name}@northwind.test"],
+                        settings=settings,
+                        state="ok",
+                        failures=0,
+                        items_logged=0,
+                    )
+                )
+    for name in company.maildirs:
+        r = sync_mailbox(sessions, state.settings(), name)
+        out.print(
+            f"synced {name}: {r.state}, {r.new_activities} new activities, "
+            f"{sum(r.excluded.values())} not logged ({dict(r.excluded)}), "
+            f"{r.quarantined} quarantined, {r.tasks_written} tasks written",
+            highlight=False,
+        )
+    out.rule("Timeline")
+    activities_cmd(None, None, None, False)
+    out.rule("Follow-up tasks")
+    tasks_cmd(None, False)
+    out.print(
+        f"\nThe sample company is in {directory}; its database is {safe_url(url)}.\n"
+        f"Tasks were written as VTODO files into {company.calendar}.\n"
+        f"Keep it in sync with:  SYNCD_HOME={directory / 'state'} syncd run",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except (ConfigError, DatabaseError, LoadError) as exc:
+        fail_code = 2 if isinstance(exc, ConfigError) else 1
+        err.print(f"syncd: error: {exc}", highlight=False, markup=False)
+        sys.exit(fail_code)

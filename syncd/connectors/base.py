@@ -1,0 +1,106 @@
+"""The protocols every connector implements, its errors, and the registry of kinds.
+
+Terminology
+-----------
+connector
+    The code that knows one provider (``local``, ``imap``, ``gmail``, ``microsoft``).
+    Nothing outside ``syncd/connectors/`` imports a provider's library.
+source
+    One stream inside a mailbox with its own cursor: a mail folder, a label, a calendar.
+    A source's name (``maildir:INBOX``, ``calendar``) is stable: the cursor is stored under it.
+batch
+    A group of items and the cursor to store once they are recorded. The sync job commits
+    a batch and its cursor in one transaction.
+task writer
+    Writes a follow-up task into the user's calendar, idempotently by the task's uid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from syncd.items import Batch, ContactCard, Cursor, MailItem, MeetingItem, TaskItem
+
+
+class ConnectorError(Exception):
+    """A provider failed; the mailbox is marked failing and retried later."""
+
+
+class AuthError(ConnectorError):
+    """The provider refused our credentials; the mailbox is parked until an admin fixes it."""
+
+
+class CursorExpired(ConnectorError):
+    """The provider no longer accepts the stored cursor; the source is read again."""
+
+
+class MailSource(Protocol):
+    name: str
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]: ...
+
+
+class CalendarSource(Protocol):
+    name: str
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]: ...
+
+
+class TaskWriter(Protocol):
+    def put(self, task: TaskItem) -> str:
+        """Create or update the task (idempotent by ``task.uid``); return the provider's id."""
+        ...
+
+
+class ContactSource(Protocol):
+    def contacts(self) -> Iterator[ContactCard]: ...
+
+
+@dataclass(frozen=True)
+class MailboxSpec:
+    """What a connector needs to know about one mailbox (read from the CRM database)."""
+
+    name: str
+    kind: str
+    user_email: str
+    settings: Mapping[str, Any]
+    batch_size: int = 500
+    body_policy: str = "snippet"
+
+
+class Connector(Protocol):
+    def mail_sources(self) -> list[MailSource]: ...
+
+    def calendar_sources(self) -> list[CalendarSource]: ...
+
+    def task_writer(self) -> TaskWriter | None: ...
+
+    def close(self) -> None: ...
+
+
+ConnectorFactory = Callable[[MailboxSpec], Connector]
+
+_REGISTRY: dict[str, str] = {
+    # kind -> "module:factory"; imported lazily so a kind's library loads only when used
+    "local": "syncd.connectors.local:LocalConnector",
+}
+
+
+def kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def open_connector(spec: MailboxSpec) -> Connector:
+    """Look up the connector for ``spec.kind`` in the one registry and open it."""
+    try:
+        target = _REGISTRY[spec.kind]
+    except KeyError:
+        raise ConnectorError(
+            f"mailbox {spec.name!r}: unknown kind {spec.kind!r}; known kinds: {', '.join(kinds())}"
+        ) from None
+    module_name, _, attr = target.partition(":")
+    module = __import__(module_name, fromlist=[attr])
+    factory: ConnectorFactory = getattr(module, attr)
+    return factory(spec)

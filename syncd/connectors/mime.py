@@ -1,0 +1,190 @@
+"""RFC 5322 / MIME bytes -> :class:`MailItem` (standard library ``email``, ``policy.default``).
+
+Shared by every connector that sees raw messages (local Maildir and mbox, IMAP, Gmail raw).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
+
+from syncd.connectors.ical import invitations_from_ical
+from syncd.items import MailItem, Participant, ParticipantRole
+from syncd.matching.addresses import (
+    normalize_address,
+    normalize_message_id,
+    parse_address_list,
+)
+
+_PARSER = BytesParser(policy=policy.default)
+_ADDRESS_HEADERS: tuple[tuple[str, ParticipantRole], ...] = (
+    ("from", "from"),
+    ("to", "to"),
+    ("cc", "cc"),
+    ("bcc", "bcc"),
+)
+_AUTOREPLY_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress")
+_MSGID_RE = re.compile(r"<([^<>\s]+)>")
+_WS_RE = re.compile(r"\s+")
+SNIPPET_CHARS = 280
+
+
+class UnreadableMessage(ValueError):
+    """The bytes are not an email message syncd can log; the reason says why."""
+
+
+def _header(msg: EmailMessage, name: str) -> str | None:
+    try:
+        value = msg.get(name)
+    except Exception:  # a header the policy cannot parse is as good as absent
+        return None
+    if value is None:
+        return None
+    return str(value).strip()
+
+
+def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for raw in msg.get_all(name, failobj=[]) or []:
+        try:
+            parsed = [
+                (a.display_name, normalize_address(f"{a.username}@{a.domain}"))
+                for a in getattr(raw, "addresses", ())
+                if a.username and a.domain
+            ]
+        except Exception:  # a malformed address header: read it the lenient way below
+            parsed = []
+        found.extend((n, a) for n, a in parsed if a)
+        if not parsed:
+            found.extend(parse_address_list(str(raw)))
+    return found
+
+
+def _message_ids(value: str | None) -> list[str]:
+    if not value:
+        return []
+    ids = _MSGID_RE.findall(value)
+    if not ids and value.strip():
+        ids = [value.strip()]
+    return [normalize_message_id(i) for i in ids if normalize_message_id(i)]
+
+
+def _date(msg: EmailMessage, fallback: datetime) -> datetime:
+    value = _header(msg, "date")
+    if value:
+        try:
+            dt = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            dt = None
+        if dt is not None:
+            return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    return fallback
+
+
+def _text_body(msg: EmailMessage) -> str:
+    try:
+        part = msg.get_body(preferencelist=("plain", "html"))
+    except Exception:
+        part = None
+    if part is None:
+        return ""
+    try:
+        text = part.get_content()
+    except Exception:
+        payload = part.get_payload(decode=True)
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    if not isinstance(text, str):
+        return ""
+    if part.get_content_subtype() == "html":
+        text = re.sub(r"<[^>]+>", " ", text)
+    return text
+
+
+def _calendar_parts(msg: EmailMessage) -> list[bytes]:
+    parts = []
+    for part in msg.walk():
+        if part.get_content_type() == "text/calendar" or part.get_filename("").endswith(".ics"):
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes) and payload.strip():
+                parts.append(payload)
+    return parts
+
+
+def stable_key(parts: list[str]) -> str:
+    """A key for a message with no Message-ID: the same headers give the same key anywhere."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()
+    return f"hash:{digest[:40]}"
+
+
+def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> MailItem:
+    """Parse one message. Raises :class:`UnreadableMessage` when it cannot be logged at all."""
+    if not data.strip():
+        raise UnreadableMessage("empty message")
+    try:
+        msg = _PARSER.parsebytes(data)
+    except Exception as exc:  # the parser is lenient; this is truly broken input
+        raise UnreadableMessage(f"MIME parser failed: {exc}") from exc
+    assert isinstance(msg, EmailMessage)
+    if not msg.keys():
+        raise UnreadableMessage("no header fields: not an RFC 5322 message")
+
+    participants: list[Participant] = []
+    seen: set[tuple[str, str]] = set()
+    for header, role in _ADDRESS_HEADERS:
+        for name, address in _addresses(msg, header):
+            if (address, role) not in seen:
+                seen.add((address, role))
+                participants.append(Participant(address=address, name=name, role=role))
+    if not participants:
+        raise UnreadableMessage("no From, To, Cc or Bcc address that can be read")
+
+    subject = _WS_RE.sub(" ", _header(msg, "subject") or "").strip()
+    sent_at = _date(msg, fallback_time)
+    message_ids = _message_ids(_header(msg, "message-id"))
+    message_id = message_ids[0] if message_ids else None
+    in_reply_to = _message_ids(_header(msg, "in-reply-to"))
+    references = _message_ids(_header(msg, "references"))
+    if message_id:
+        key = f"mid:{message_id}"
+    else:
+        addrs = ",".join(sorted(f"{p.role}:{p.address}" for p in participants))
+        key = stable_key([addrs, _header(msg, "date") or "", subject, ",".join(in_reply_to)])
+    related = tuple(dict.fromkeys(f"mid:{m}" for m in [*references, *in_reply_to]))
+    root = references[0] if references else (in_reply_to[0] if in_reply_to else None)
+    thread_key = f"mid:{root}" if root else key
+
+    body = _text_body(msg)
+    snippet = _WS_RE.sub(" ", body).strip()[:SNIPPET_CHARS]
+    sensitivity = (_header(msg, "sensitivity") or "").lower()
+    autoreply = next((h for h in _AUTOREPLY_HEADERS if msg.get(h) is not None), None)
+    labels_header = _header(msg, "x-gmail-labels") or ""
+    labels = tuple(label.strip() for label in labels_header.split(",") if label.strip())
+
+    invitations = []
+    for payload in _calendar_parts(msg):
+        invitations.extend(invitations_from_ical(payload, provider_id))
+
+    return MailItem(
+        key=key,
+        provider_id=provider_id,
+        message_id=message_id,
+        subject=subject,
+        sent_at=sent_at.astimezone(UTC),
+        participants=tuple(participants),
+        thread_key=thread_key,
+        related_keys=related,
+        snippet=snippet,
+        body=body,
+        list_id=_header(msg, "list-id"),
+        precedence=(_header(msg, "precedence") or "").lower() or None,
+        auto_submitted=(_header(msg, "auto-submitted") or "").lower() or None,
+        autoreply_header=autoreply,
+        private=sensitivity in ("private", "company-confidential", "confidential"),
+        labels=labels,
+        invitations=tuple(invitations),
+    )

@@ -1,0 +1,274 @@
+"""The CRM database: SQLAlchemy 2.0 typed models.
+
+Terminology
+-----------
+user
+    A CRM user, usually a salesperson. Owns mailboxes, opportunities and tasks.
+account / contact / opportunity
+    The CRM's company, person and deal. A contact has one or more addresses, an account one
+    or more domains; an opportunity links contacts with a role.
+activity
+    One logged email or meeting, keyed by its item key (one row per Message-ID or iCalendar
+    UID + RECURRENCE-ID), with its participants.
+sighting
+    One mailbox's copy of an activity, under that mailbox's provider id. An email seen in
+    the sender's Sent folder and the recipient's INBOX is one activity with two sightings.
+link
+    Activity -> contact, account or opportunity, with the reason it was made.
+cursor
+    Where the last sync of one source of one mailbox stopped; written in the same
+    transaction as the activities it covers.
+task
+    A follow-up for a user, decided by a rule; ``version`` counts its changes and
+    ``written_version`` says which of them the user's calendar has.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes stored as UTC; SQLite gives them back aware too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored; give it a time zone")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    working_hours: Mapped[str | None] = mapped_column(String(11))
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    domains: Mapped[list[AccountDomain]] = relationship(
+        back_populates="account", cascade="all, delete-orphan"
+    )
+
+
+class AccountDomain(Base):
+    __tablename__ = "account_domains"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    domain: Mapped[str] = mapped_column(String(255), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    account: Mapped[Account] = relationship(back_populates="domains")
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    title: Mapped[str | None] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    addresses: Mapped[list[ContactAddress]] = relationship(
+        back_populates="contact", cascade="all, delete-orphan"
+    )
+
+
+class ContactAddress(Base):
+    __tablename__ = "contact_addresses"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    contact: Mapped[Contact] = relationship(back_populates="addresses")
+
+
+class Opportunity(Base):
+    __tablename__ = "opportunities"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    stage: Mapped[str | None] = mapped_column(String(100))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    currency: Mapped[str | None] = mapped_column(String(3))
+    close_date: Mapped[date | None] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(10), default="open")  # open / won / lost
+    contacts: Mapped[list[OpportunityContact]] = relationship(cascade="all, delete-orphan")
+
+
+class OpportunityContact(Base):
+    __tablename__ = "opportunity_contacts"
+    __table_args__ = (UniqueConstraint("opportunity_id", "contact_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    opportunity_id: Mapped[int] = mapped_column(ForeignKey("opportunities.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    role: Mapped[str | None] = mapped_column(String(100))
+
+
+class Mailbox(Base):
+    __tablename__ = "mailboxes"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secret: Mapped[str | None] = mapped_column(Text)  # Fernet token, never clear text
+    state: Mapped[str] = mapped_column(String(10), default="ok")  # ok / failing / parked
+    last_attempt: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    items_logged: Mapped[int] = mapped_column(BigInteger, default=0)
+    user: Mapped[User] = relationship()
+
+
+class SourceCursor(Base):
+    __tablename__ = "cursors"
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Activity(Base):
+    __tablename__ = "activities"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), unique=True)
+    kind: Mapped[str] = mapped_column(String(10))  # email / meeting
+    subject: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    direction: Mapped[str] = mapped_column(String(10))  # inbound / outbound / internal
+    thread_key: Mapped[str] = mapped_column(String(512), index=True)
+    status: Mapped[str] = mapped_column(String(10), default="confirmed")  # or cancelled
+    snippet: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
+    match_note: Mapped[str | None] = mapped_column(Text)  # e.g. an ambiguous opportunity
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    participants: Mapped[list[ActivityParticipant]] = relationship(
+        cascade="all, delete-orphan", order_by="ActivityParticipant.id"
+    )
+    links: Mapped[list[Link]] = relationship(cascade="all, delete-orphan", order_by="Link.id")
+
+
+class ActivityParticipant(Base):
+    __tablename__ = "activity_participants"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    activity_id: Mapped[int] = mapped_column(
+        ForeignKey("activities.id", ondelete="CASCADE"), index=True
+    )
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(10))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class Sighting(Base):
+    __tablename__ = "sightings"
+    __table_args__ = (UniqueConstraint("activity_id", "mailbox_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(200))
+    provider_id: Mapped[str] = mapped_column(String(512))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Link(Base):
+    __tablename__ = "links"
+    __table_args__ = (
+        UniqueConstraint("activity_id", "type", "target_id"),
+        Index("ix_links_target", "type", "target_id"),
+    )
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(12))  # contact / account / opportunity
+    target_id: Mapped[int] = mapped_column(ID)
+    reason: Mapped[str] = mapped_column(String(40))
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(200), unique=True)
+    rule: Mapped[str] = mapped_column(String(40))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id", ondelete="SET NULL"))
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    opportunity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("opportunities.id", ondelete="SET NULL")
+    )
+    title: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+    due: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(10), default="open")  # open / done / cancelled
+    resolution: Mapped[str | None] = mapped_column(String(40))  # replied, calendar, ...
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    written_version: Mapped[int] = mapped_column(Integer, default=0)
+    calendar_ref: Mapped[str | None] = mapped_column(String(512))
+    write_error: Mapped[str | None] = mapped_column(Text)
+
+
+class QuarantineEntry(Base):
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("mailbox_id", "source", "provider_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(200))
+    provider_id: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,364 @@
+"""Reads of the CRM database: the matcher's index, follow-up candidates, and the reports
+behind ``syncd status``, ``syncd activities`` and ``syncd tasks``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy.orm import Session, aliased
+
+from syncd.config import Settings
+from syncd.crm.models import (
+    Account,
+    AccountDomain,
+    Activity,
+    ActivityParticipant,
+    Contact,
+    ContactAddress,
+    Link,
+    Mailbox,
+    Opportunity,
+    OpportunityContact,
+    Sighting,
+    Task,
+    User,
+)
+from syncd.matching.addresses import domain_of, normalize_address, normalize_domain
+from syncd.matching.matcher import AccountRef, ContactRef, CrmIndex, OpportunityRef, UserRef
+
+
+def company_domains(session: Session, settings: Settings) -> set[str]:
+    """The configured domains, else the domains of the CRM users' addresses."""
+    if settings.company.domains:
+        return set(settings.company.domains)
+    return {domain_of(e) for e in session.scalars(select(User.email))}
+
+
+def load_index(session: Session, settings: Settings) -> CrmIndex:
+    users = {u.email: UserRef(u.id, u.email, u.name) for u in session.scalars(select(User))}
+    contacts = {
+        address: ContactRef(cid, name, account_id)
+        for address, cid, name, account_id in session.execute(
+            select(ContactAddress.address, Contact.id, Contact.name, Contact.account_id).join(
+                Contact
+            )
+        )
+    }
+    accounts = {a.id: AccountRef(a.id, a.name) for a in session.scalars(select(Account))}
+    domains = dict(session.execute(select(AccountDomain.domain, AccountDomain.account_id)).all())
+    roles: dict[int, set[int]] = defaultdict(set)
+    for opp_id, contact_id in session.execute(
+        select(OpportunityContact.opportunity_id, OpportunityContact.contact_id)
+    ):
+        roles[opp_id].add(contact_id)
+    opportunities = {
+        o.id: OpportunityRef(
+            o.id, o.external_id, o.name, o.account_id, o.status, frozenset(roles[o.id])
+        )
+        for o in session.scalars(select(Opportunity))
+    }
+    opp_links = (
+        select(Activity.key, Activity.thread_key, Activity.occurred_at, Link.target_id)
+        .join(Link, Link.activity_id == Activity.id)
+        .where(Link.type == "opportunity")
+        .order_by(Activity.occurred_at)
+    )
+    index = CrmIndex(
+        company_domains=company_domains(session, settings),
+        users=users,
+        contacts=contacts,
+        accounts=accounts,
+        account_domains=domains,
+        opportunities=opportunities,
+        blocked_addresses=set(settings.exclusions.addresses),
+        blocked_domains=set(settings.exclusions.domains),
+        tag_prefix=settings.matching.opportunity_tag_prefix,
+    )
+    for key, thread_key, occurred_at, opp_id in session.execute(opp_links):
+        index.remember([key, thread_key], opp_id, occurred_at)
+    return index
+
+
+# --- follow-up candidates ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An activity a follow-up rule may act on, with what the rule needs to know."""
+
+    activity_id: int
+    activity_key: str
+    kind: str
+    subject: str
+    occurred_at: datetime
+    ends_at: datetime | None
+    status: str
+    direction: str
+    owner_id: int | None  # the user the task would be for
+    contacts: tuple[tuple[int, str], ...]  # (id, name) of matched contacts
+    opportunity_id: int | None
+    opportunity: str | None  # "OPP-42 Acme renewal"
+    replied_at: datetime | None  # first later inbound email of the same thread
+
+
+def followup_candidates(session: Session, user_id: int, since: datetime) -> list[Candidate]:
+    """This user's outbound emails and meetings since ``since`` that involve a contact."""
+    user = session.get(User, user_id)
+    assert user is not None
+    owned = exists().where(
+        ActivityParticipant.activity_id == Activity.id,
+        ActivityParticipant.user_id == user_id,
+        ActivityParticipant.role.in_(("from", "organizer")),
+    )
+    attended = exists().where(
+        ActivityParticipant.activity_id == Activity.id,
+        ActivityParticipant.user_id == user_id,
+    )
+    has_contact = exists().where(Link.activity_id == Activity.id, Link.type == "contact")
+    open_task = exists().where(Task.activity_id == Activity.id, Task.status == "open")
+    later = aliased(Activity)
+    reply = (
+        select(func.min(later.occurred_at))
+        .where(
+            later.thread_key == Activity.thread_key,
+            later.kind == "email",
+            later.direction == "inbound",
+            later.occurred_at > Activity.occurred_at,
+        )
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Activity, reply)
+        .where(
+            (Activity.occurred_at >= since) | open_task,
+            has_contact,
+            ((Activity.kind == "email") & (Activity.direction == "outbound") & owned)
+            | ((Activity.kind == "meeting") & attended),
+        )
+        .order_by(Activity.occurred_at, Activity.id)
+    ).all()
+    if not rows:
+        return []
+    ids = [a.id for a, _ in rows]
+    contacts: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for activity_id, cid, name in session.execute(
+        select(Link.activity_id, Contact.id, Contact.name)
+        .join(Contact, and_(Link.type == "contact", Link.target_id == Contact.id))
+        .where(Link.activity_id.in_(ids))
+        .order_by(Link.id)
+    ):
+        contacts[activity_id].append((cid, name))
+    opps = {
+        activity_id: (opp_id, f"{external_id} {name}")
+        for activity_id, opp_id, external_id, name in session.execute(
+            select(Link.activity_id, Opportunity.id, Opportunity.external_id, Opportunity.name)
+            .join(Opportunity, and_(Link.type == "opportunity", Link.target_id == Opportunity.id))
+            .where(Link.activity_id.in_(ids))
+        )
+    }
+    owners = _meeting_owners(session, [a.id for a, _ in rows if a.kind == "meeting"])
+    out = []
+    for activity, replied_at in rows:
+        owner = user_id if activity.kind == "email" else owners.get(activity.id)
+        out.append(
+            Candidate(
+                activity_id=activity.id,
+                activity_key=activity.key,
+                kind=activity.kind,
+                subject=activity.subject,
+                occurred_at=activity.occurred_at,
+                ends_at=activity.ends_at,
+                status=activity.status,
+                direction=activity.direction,
+                owner_id=owner,
+                contacts=tuple(contacts[activity.id]),
+                opportunity_id=opps[activity.id][0] if activity.id in opps else None,
+                opportunity=opps[activity.id][1] if activity.id in opps else None,
+                replied_at=replied_at,
+            )
+        )
+    return out
+
+
+def _meeting_owners(session: Session, activity_ids: list[int]) -> dict[int, int]:
+    """A meeting's follow-up goes to its organizer if a user, else its first user attendee."""
+    owners: dict[int, int] = {}
+    if not activity_ids:
+        return owners
+    rows = session.execute(
+        select(
+            ActivityParticipant.activity_id, ActivityParticipant.user_id, ActivityParticipant.role
+        )
+        .where(
+            ActivityParticipant.activity_id.in_(activity_ids),
+            ActivityParticipant.user_id.is_not(None),
+        )
+        .order_by(ActivityParticipant.id)
+    )
+    for activity_id, user_id, role in rows:
+        if user_id is not None and (role == "organizer" or activity_id not in owners):
+            owners[activity_id] = user_id
+    return owners
+
+
+def task_status_by_uid(session: Session, uids: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for i in range(0, len(uids), 500):
+        found.update(
+            session.execute(
+                select(Task.uid, Task.status).where(Task.uid.in_(uids[i : i + 500]))
+            ).all()
+        )
+    return found
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+def status_report(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(select(Mailbox, User.email).join(User).order_by(Mailbox.name))
+    return [
+        {
+            "mailbox": m.name,
+            "kind": m.kind,
+            "user": email,
+            "state": m.state,
+            "last_success": m.last_success.isoformat() if m.last_success else None,
+            "last_attempt": m.last_attempt.isoformat() if m.last_attempt else None,
+            "items": m.items_logged,
+            "error": m.last_error,
+        }
+        for m, email in rows
+    ]
+
+
+def _timeline_filter(
+    session: Session, contact: str | None, account: str | None, opportunity: str | None
+) -> Select[Any]:
+    query = select(Activity).order_by(Activity.occurred_at, Activity.id)
+    targets: list[tuple[str, int | None]] = []
+    if contact:
+        targets.append(
+            (
+                "contact",
+                session.scalar(
+                    select(ContactAddress.contact_id).where(
+                        ContactAddress.address == normalize_address(contact)
+                    )
+                ),
+            )
+        )
+    if account:
+        account_id = session.scalar(
+            select(AccountDomain.account_id).where(
+                AccountDomain.domain == normalize_domain(account)
+            )
+        ) or session.scalar(select(Account.id).where(Account.name == account))
+        targets.append(("account", account_id))
+    if opportunity:
+        targets.append(
+            (
+                "opportunity",
+                session.scalar(
+                    select(Opportunity.id).where(Opportunity.external_id == opportunity)
+                ),
+            )
+        )
+    for kind, target in targets:
+        query = query.where(
+            exists().where(
+                Link.activity_id == Activity.id, Link.type == kind, Link.target_id == (target or -1)
+            )
+        )
+    return query
+
+
+def timeline(
+    session: Session,
+    contact: str | None = None,
+    account: str | None = None,
+    opportunity: str | None = None,
+) -> list[dict[str, Any]]:
+    activities = session.scalars(_timeline_filter(session, contact, account, opportunity)).all()
+    names = _link_names(session)
+    mailboxes = dict(session.execute(select(Mailbox.id, Mailbox.name)).all())
+    sightings: dict[int, list[str]] = defaultdict(list)
+    ids = [a.id for a in activities]
+    for chunk in (ids[i : i + 5000] for i in range(0, len(ids), 5000)):
+        for activity_id, mailbox_id in session.execute(
+            select(Sighting.activity_id, Sighting.mailbox_id).where(Sighting.activity_id.in_(chunk))
+        ):
+            sightings[activity_id].append(mailboxes.get(mailbox_id, "?"))
+    return [
+        {
+            "id": a.id,
+            "key": a.key,
+            "kind": a.kind,
+            "subject": a.subject,
+            "occurred_at": a.occurred_at.isoformat(),
+            "ends_at": a.ends_at.isoformat() if a.ends_at else None,
+            "direction": a.direction,
+            "status": a.status,
+            "participants": [
+                {"address": p.address, "name": p.name, "role": p.role} for p in a.participants
+            ],
+            "links": [
+                {
+                    "type": lk.type,
+                    "id": lk.target_id,
+                    "name": names[lk.type].get(lk.target_id, "?"),
+                    "reason": lk.reason,
+                }
+                for lk in a.links
+            ],
+            "note": a.match_note,
+            "mailboxes": sorted(sightings[a.id]),
+            "snippet": a.snippet,
+        }
+        for a in activities
+    ]
+
+
+def _link_names(session: Session) -> dict[str, dict[int, str]]:
+    return {
+        "contact": dict(session.execute(select(Contact.id, Contact.name)).all()),
+        "account": dict(session.execute(select(Account.id, Account.name)).all()),
+        "opportunity": {
+            i: f"{e} {n}"
+            for i, e, n in session.execute(
+                select(Opportunity.id, Opportunity.external_id, Opportunity.name)
+            )
+        },
+    }
+
+
+def task_report(session: Session, user: str | None = None) -> list[dict[str, Any]]:
+    query = (
+        select(Task, User.email, Opportunity.external_id)
+        .join(User, Task.user_id == User.id)
+        .outerjoin(Opportunity, Task.opportunity_id == Opportunity.id)
+        .order_by(Task.due, Task.id)
+    )
+    if user:
+        query = query.where(User.email == normalize_address(user))
+    return [
+        {
+            "uid": t.uid,
+            "title": t.title,
+            "due": t.due.isoformat(),
+            "user": email,
+            "status": t.status,
+            "resolution": t.resolution,
+            "rule": t.rule,
+            "activity_id": t.activity_id,
+            "opportunity_id": t.opportunity_id,
+            "opportunity": opp_external_id,
+            "in_calendar": t.written_version >= t.version,
+            "write_error": t.write_error,
+        }
+        for t, email, opp_external_id in session.execute(query)
+    ]

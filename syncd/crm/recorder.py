@@ -1,0 +1,448 @@
+"""Idempotent writes of activities, participants, sightings, links, cursors, quarantine and
+tasks. Knows no provider and no matching rule: it stores what it is handed.
+
+The caller owns the transaction: :func:`record_batch` writes a batch *and* its cursor in the
+session it is given, and the sync job commits them together. Re-recording the same items
+(after a crash, or from a second mailbox) adds only what is missing: the item key is unique,
+a mailbox sees an activity once, and a link is unique per (activity, type, target).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from syncd.crm.models import (
+    Activity,
+    ActivityParticipant,
+    Link,
+    Mailbox,
+    QuarantineEntry,
+    Sighting,
+    SourceCursor,
+    Task,
+)
+from syncd.items import Cursor, Item, MailItem, MeetingItem, Quarantined, TaskState
+from syncd.matching.matcher import Match
+
+_CHUNK = 500  # keys per IN (...) list
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An item the sync job decided to log, with what the matcher linked it to."""
+
+    item: Item
+    match: Match
+
+
+@dataclass
+class BatchResult:
+    new_activities: int = 0
+    new_sightings: int = 0
+    updated_meetings: int = 0
+    activity_ids: dict[str, int] = field(default_factory=dict)  # key -> id
+
+
+def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
+    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def _activity_row(d: Decision, body_policy: str, now: datetime) -> dict[str, Any]:
+    item = d.item
+    if isinstance(item, MailItem):
+        kind, when, ends, text, status = "email", item.sent_at, None, item.body, "confirmed"
+        thread_key = item.thread_key
+    else:
+        kind, when, ends, text = "meeting", item.start, item.end, item.description
+        status = "cancelled" if item.cancelled else "confirmed"
+        thread_key = f"ical:{item.uid}"
+    snippet = " ".join(text.split())[:280] if body_policy in ("snippet", "full") else None
+    return {
+        "key": item.key,
+        "kind": kind,
+        "subject": item.subject,
+        "occurred_at": when,
+        "ends_at": ends,
+        "direction": d.match.direction,
+        "thread_key": thread_key,
+        "status": status,
+        "snippet": snippet,
+        "body": text if body_policy == "full" else None,
+        "match_note": d.match.note,
+        "created_at": now,
+    }
+
+
+def _existing(session: Session, keys: list[str]) -> dict[str, Activity]:
+    found: dict[str, Activity] = {}
+    for chunk in _chunks(keys):
+        for a in session.scalars(select(Activity).where(Activity.key.in_(chunk))):
+            found[a.key] = a
+    return found
+
+
+def _update_meeting(activity: Activity, item: MeetingItem) -> bool:
+    """A rescheduled, renamed or cancelled meeting updates its activity in place."""
+    changes = {
+        "subject": item.subject,
+        "occurred_at": item.start,
+        "ends_at": item.end,
+        "status": "cancelled" if item.cancelled else "confirmed",
+    }
+    changed = False
+    for attr, value in changes.items():
+        if getattr(activity, attr) != value:
+            setattr(activity, attr, value)
+            changed = True
+    return changed
+
+
+def record_batch(
+    session: Session,
+    *,
+    mailbox_id: int,
+    source: str,
+    decisions: Sequence[Decision],
+    quarantined: Sequence[Quarantined],
+    cursor: Cursor,
+    body_policy: str,
+    now: datetime,
+    removed_uids: Sequence[str] = (),
+    task_states: Sequence[TaskState] = (),
+) -> BatchResult:
+    """Store one batch and the cursor after it, in the caller's transaction."""
+    result = BatchResult()
+    unique: dict[str, Decision] = {}
+    for d in decisions:
+        unique.setdefault(d.item.key, d)
+    existing = _existing(session, list(unique))
+
+    new = [d for key, d in unique.items() if key not in existing]
+    if new:
+        rows = [_activity_row(d, body_policy, now) for d in new]
+        inserted = session.execute(
+            insert(Activity).returning(Activity.id, Activity.key, sort_by_parameter_order=True),
+            rows,
+        ).all()
+        ids = {key: activity_id for activity_id, key in inserted}
+        result.new_activities = len(ids)
+        participants = [
+            {
+                "activity_id": ids[d.item.key],
+                "address": p.address,
+                "name": p.name[:200],
+                "role": p.role,
+                "contact_id": p.contact_id,
+                "user_id": p.user_id,
+            }
+            for d in new
+            for p in d.match.participants
+        ]
+        if participants:
+            session.execute(insert(ActivityParticipant), participants)
+        links = [
+            {
+                "activity_id": ids[d.item.key],
+                "type": lk.type,
+                "target_id": lk.target_id,
+                "reason": lk.reason,
+            }
+            for d in new
+            for lk in d.match.links
+        ]
+        if links:
+            session.execute(insert(Link), links)
+        result.activity_ids.update(ids)
+
+    seen = [d for key, d in unique.items() if key in existing]
+    if seen:
+        _merge_seen(session, seen, existing, result)
+
+    _add_sightings(session, mailbox_id, source, unique, result, now)
+    _quarantine(session, mailbox_id, source, quarantined, now)
+    if removed_uids:
+        _cancel_removed(session, mailbox_id, removed_uids, now)
+    if task_states:
+        apply_calendar_task_states(session, task_states, now)
+    set_cursor(session, mailbox_id, source, cursor, now)
+    if result.new_sightings:
+        session.execute(
+            update(Mailbox)
+            .where(Mailbox.id == mailbox_id)
+            .values(items_logged=Mailbox.items_logged + result.new_sightings)
+        )
+    return result
+
+
+def _merge_seen(
+    session: Session, seen: list[Decision], existing: dict[str, Activity], result: BatchResult
+) -> None:
+    """An activity seen again: update a changed meeting, add links it did not have yet."""
+    ids = [existing[d.item.key].id for d in seen]
+    have: set[tuple[int, str, int]] = set()
+    for chunk in _chunks(ids):
+        have.update(
+            session.execute(
+                select(Link.activity_id, Link.type, Link.target_id).where(
+                    Link.activity_id.in_(chunk)
+                )
+            ).all()
+        )
+    with_opportunity = {a for a, t, _ in have if t == "opportunity"}
+    links = []
+    for d in seen:
+        activity = existing[d.item.key]
+        result.activity_ids[d.item.key] = activity.id
+        if isinstance(d.item, MeetingItem) and _update_meeting(activity, d.item):
+            result.updated_meetings += 1
+        for lk in d.match.links:
+            if (activity.id, lk.type, lk.target_id) in have:
+                continue
+            if lk.type == "opportunity" and activity.id in with_opportunity:
+                continue  # the first decision about a deal stands
+            have.add((activity.id, lk.type, lk.target_id))
+            links.append(
+                {
+                    "activity_id": activity.id,
+                    "type": lk.type,
+                    "target_id": lk.target_id,
+                    "reason": lk.reason,
+                }
+            )
+    if links:
+        session.execute(insert(Link), links)
+
+
+def _add_sightings(
+    session: Session,
+    mailbox_id: int,
+    source: str,
+    unique: dict[str, Decision],
+    result: BatchResult,
+    now: datetime,
+) -> None:
+    ids = list(result.activity_ids.values())
+    have: set[int] = set()
+    for chunk in _chunks(ids):
+        have.update(
+            session.scalars(
+                select(Sighting.activity_id).where(
+                    Sighting.mailbox_id == mailbox_id, Sighting.activity_id.in_(chunk)
+                )
+            )
+        )
+    rows = [
+        {
+            "activity_id": result.activity_ids[key],
+            "mailbox_id": mailbox_id,
+            "source": source,
+            "provider_id": d.item.provider_id[:512],
+            "seen_at": now,
+        }
+        for key, d in unique.items()
+        if result.activity_ids[key] not in have
+    ]
+    if rows:
+        session.execute(insert(Sighting), rows)
+    result.new_sightings = len(rows)
+
+
+def _quarantine(
+    session: Session, mailbox_id: int, source: str, entries: Sequence[Quarantined], now: datetime
+) -> None:
+    if not entries:
+        return
+    have = set(
+        session.scalars(
+            select(QuarantineEntry.provider_id).where(
+                QuarantineEntry.mailbox_id == mailbox_id,
+                QuarantineEntry.source == source,
+                QuarantineEntry.provider_id.in_([q.provider_id for q in entries]),
+            )
+        )
+    )
+    rows = []
+    for q in entries:
+        if q.provider_id not in have:
+            have.add(q.provider_id)
+            rows.append(
+                {
+                    "mailbox_id": mailbox_id,
+                    "source": source,
+                    "provider_id": q.provider_id[:512],
+                    "reason": q.reason,
+                    "created_at": now,
+                }
+            )
+    if rows:
+        session.execute(insert(QuarantineEntry), rows)
+
+
+def _cancel_removed(session: Session, mailbox_id: int, uids: Sequence[str], now: datetime) -> None:
+    """A meeting gone from the calendar before it started is cancelled; a past one stays."""
+    patterns = [Activity.key == f"ical:{u}" for u in uids] + [
+        Activity.key.startswith(f"ical:{u}#", autoescape=True) for u in uids
+    ]
+    sighted = select(Sighting.activity_id).where(Sighting.mailbox_id == mailbox_id)
+    session.execute(
+        update(Activity)
+        .where(or_(*patterns), Activity.occurred_at > now, Activity.id.in_(sighted))
+        .values(status="cancelled")
+    )
+
+
+def set_cursor(
+    session: Session, mailbox_id: int, source: str, cursor: Cursor, now: datetime
+) -> None:
+    row = session.get(SourceCursor, (mailbox_id, source))
+    if row is None:
+        session.add(
+            SourceCursor(mailbox_id=mailbox_id, source=source, value=cursor.value, updated_at=now)
+        )
+    else:
+        row.value = cursor.value
+        row.updated_at = now
+    session.flush()
+
+
+def get_cursor(session: Session, mailbox_id: int, source: str) -> Cursor | None:
+    row = session.get(SourceCursor, (mailbox_id, source))
+    return Cursor(row.value) if row else None
+
+
+def reset_cursor(session: Session, mailbox_id: int, source: str) -> None:
+    row = session.get(SourceCursor, (mailbox_id, source))
+    if row is not None:
+        session.delete(row)
+
+
+# --- tasks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """What a follow-up rule decided about one task (see syncd.followups)."""
+
+    uid: str
+    rule: str
+    user_id: int
+    activity_id: int
+    contact_id: int | None
+    opportunity_id: int | None
+    title: str
+    description: str
+    due: datetime
+    status: str
+    resolution: str | None = None
+
+
+def apply_task_plans(session: Session, plans: Sequence[TaskPlan], now: datetime) -> int:
+    """Create new tasks and move existing ones to a new status; returns how many changed."""
+    if not plans:
+        return 0
+    existing = {
+        t.uid: t for t in session.scalars(select(Task).where(Task.uid.in_([p.uid for p in plans])))
+    }
+    changed = 0
+    for plan in plans:
+        task = existing.get(plan.uid)
+        if task is None:
+            session.add(
+                Task(
+                    uid=plan.uid,
+                    rule=plan.rule,
+                    user_id=plan.user_id,
+                    activity_id=plan.activity_id,
+                    contact_id=plan.contact_id,
+                    opportunity_id=plan.opportunity_id,
+                    title=plan.title,
+                    description=plan.description,
+                    due=plan.due,
+                    status=plan.status,
+                    resolution=plan.resolution,
+                    created_at=now,
+                    updated_at=now,
+                    version=1,
+                    written_version=0,
+                )
+            )
+            changed += 1
+        elif task.status != plan.status and task.status == "open":
+            task.status = plan.status
+            task.resolution = plan.resolution
+            task.updated_at = now
+            task.version += 1
+            changed += 1
+    session.flush()
+    return changed
+
+
+def apply_calendar_task_states(
+    session: Session, states: Sequence[TaskState], now: datetime
+) -> None:
+    """The user completed or cancelled a task in their calendar: the CRM follows."""
+    tasks = {
+        t.uid: t for t in session.scalars(select(Task).where(Task.uid.in_([s.uid for s in states])))
+    }
+    for state in states:
+        task = tasks.get(state.uid)
+        if task is None or task.status != "open" or state.status == "open":
+            continue
+        task.status = state.status
+        task.resolution = "calendar"
+        task.updated_at = now
+        task.version += 1
+        task.written_version = task.version  # the calendar already says so
+
+
+def tasks_to_write(session: Session, user_id: int, mailbox_id: int) -> list[Task]:
+    """Tasks of this user whose latest version is not yet in this mailbox's calendar."""
+    return list(
+        session.scalars(
+            select(Task)
+            .where(
+                Task.user_id == user_id,
+                Task.written_version < Task.version,
+                or_(Task.mailbox_id.is_(None), Task.mailbox_id == mailbox_id),
+            )
+            .order_by(Task.id)
+        )
+    )
+
+
+def mark_written(
+    session: Session,
+    task_id: int,
+    version: int,
+    mailbox_id: int,
+    ref: str | None,
+    error: str | None,
+) -> None:
+    values: dict[str, Any] = {"write_error": error}
+    if error is None:
+        values.update(written_version=version, mailbox_id=mailbox_id, calendar_ref=ref)
+    session.execute(update(Task).where(Task.id == task_id).values(**values))
+
+
+# --- mailboxes --------------------------------------------------------------------------
+
+
+def mark_mailbox(
+    session: Session, mailbox_id: int, *, state: str, now: datetime, error: str | None
+) -> None:
+    mailbox = session.get(Mailbox, mailbox_id)
+    assert mailbox is not None
+    mailbox.last_attempt = now
+    mailbox.state = state
+    mailbox.last_error = error
+    if state == "ok":
+        mailbox.last_success = now
+        mailbox.failures = 0
+    else:
+        mailbox.failures = (mailbox.failures or 0) + 1

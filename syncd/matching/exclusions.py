@@ -1,0 +1,44 @@
+"""What is never logged: private items, bulk mail, auto-replies, blocklisted participants,
+internal-only conversations, provider folders/labels the admin excludes, and conversations
+with no CRM participant. Pure: an item, its match and the index in, a reason or None out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from syncd.items import Item, MailItem
+from syncd.matching.matcher import CrmIndex, Match
+
+_BULK_PRECEDENCE = {"bulk", "list", "junk"}
+
+
+def mail_exclusion(item: MailItem, excluded_labels: Iterable[str]) -> str | None:
+    """Reasons that need only the message itself (checked before matching)."""
+    if item.list_id:
+        return "bulk: mailing list (List-Id)"
+    if item.precedence in _BULK_PRECEDENCE:
+        return f"bulk: Precedence {item.precedence}"
+    if item.auto_submitted and item.auto_submitted.split(";")[0].strip() != "no":
+        return f"auto-reply: Auto-Submitted {item.auto_submitted}"
+    if item.autoreply_header:
+        return f"auto-reply: {item.autoreply_header} header"
+    wanted = {label.lower() for label in excluded_labels}
+    hit = next((label for label in item.labels if label.lower() in wanted), None)
+    if hit:
+        return f"excluded label {hit!r}"
+    return None
+
+
+def exclusion(item: Item, match: Match, index: CrmIndex) -> str | None:
+    """Reasons that need the CRM (checked after matching)."""
+    if item.private:
+        return "private"
+    blocked = next((p.address for p in item.participants if index.is_blocked(p.address)), None)
+    if blocked:
+        return f"blocklisted participant {blocked}"
+    if match.direction == "internal":
+        return "internal-only"
+    if not match.has_crm_participant:
+        return "no CRM participant"
+    return None

@@ -1,0 +1,275 @@
+"""One sync job: one mailbox, each of its sources: connector -> filter -> matcher -> recorder,
+then the follow-up rules, then the tasks written into the user's calendar.
+
+The same function runs under ``syncd sync``, the daemon and (later) a scale-out worker.
+Each batch and the cursor after it commit in one transaction; calendar writes happen only
+after the transaction that decided them, with a uid chosen beforehand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.config import Settings
+from syncd.connectors.base import (
+    AuthError,
+    CalendarSource,
+    Connector,
+    ConnectorError,
+    CursorExpired,
+    MailboxSpec,
+    MailSource,
+    open_connector,
+)
+from syncd.crm import queries, recorder
+from syncd.crm.models import Mailbox, User
+from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan, task_uid
+from syncd.items import Batch, Item, MailItem, MeetingItem, TaskItem
+from syncd.matching.exclusions import exclusion, mail_exclusion
+from syncd.matching.matcher import CrmIndex, match, thread_keys
+
+log = logging.getLogger("syncd.sync")
+
+
+@dataclass
+class SyncReport:
+    mailbox: str
+    state: str = "ok"
+    error: str | None = None
+    new_activities: int = 0
+    new_sightings: int = 0
+    quarantined: int = 0
+    excluded: Counter[str] = field(default_factory=Counter)
+    tasks_changed: int = 0
+    tasks_written: int = 0
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+def decide(
+    items: Iterable[Item], index: CrmIndex, settings: Settings, excluded: Counter[str]
+) -> list[recorder.Decision]:
+    """Filter and match a batch. A mail that carries an invitation is logged as the meeting."""
+    decisions = []
+    for item in _expand(items, settings, excluded):
+        m = match(item, index)
+        reason = exclusion(item, m, index)
+        if reason:
+            excluded[reason.split(":")[0].split(" ")[0]] += 1
+            continue
+        decisions.append(recorder.Decision(item, m))
+    return decisions
+
+
+def _expand(items: Iterable[Item], settings: Settings, excluded: Counter[str]) -> Iterator[Item]:
+    for item in items:
+        if isinstance(item, MeetingItem):
+            yield item
+            continue
+        reason = mail_exclusion(item, settings.exclusions.labels)
+        if reason:
+            excluded[reason.split(":")[0]] += 1
+        elif item.invitations:
+            for invite in item.invitations:
+                if invite.method == "REPLY":
+                    excluded["invitation-reply"] += 1  # an attendee's answer, not a meeting
+                else:
+                    yield invite
+        else:
+            yield item
+
+
+def _spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
+    merged = {
+        "calendar_past_days": settings.sync.calendar_past_days,
+        "calendar_future_days": settings.sync.calendar_future_days,
+        "excluded_folders": settings.exclusions.folders,
+        **mailbox.settings,
+    }
+    return MailboxSpec(
+        name=mailbox.name,
+        kind=mailbox.kind,
+        user_email=mailbox.user.email,
+        settings=merged,
+        batch_size=settings.sync.batch_size,
+        body_policy=str(mailbox.settings.get("body", settings.sync.body)),
+    )
+
+
+class SyncJob:
+    """Syncs one mailbox. ``stop()`` is asked after every batch; ``heartbeat()`` is called
+    after every batch too (the daemon feeds the systemd watchdog from it)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        mailbox_name: str,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        stop: Callable[[], bool] = lambda: False,
+        heartbeat: Callable[[], None] = lambda: None,
+        connector_factory: Callable[[MailboxSpec], Connector] = open_connector,
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.name = mailbox_name
+        self.now = now
+        self.stop = stop
+        self.heartbeat = heartbeat
+        self.connector_factory = connector_factory
+        self.report = SyncReport(mailbox_name)
+
+    def run(self) -> SyncReport:
+        with self.sessions() as session:
+            mailbox = session.scalar(select(Mailbox).where(Mailbox.name == self.name))
+            if mailbox is None:
+                raise ConnectorError(f"no mailbox named {self.name!r}; see 'syncd mailbox list'")
+            spec = _spec(mailbox, self.settings)
+            self.mailbox_id, self.user_id = mailbox.id, mailbox.user_id
+            index = queries.load_index(session, self.settings)
+        try:
+            connector = self.connector_factory(spec)
+            try:
+                self._sync_sources(connector, spec, index)
+                if not self.report.stopped:
+                    self._followups()
+                    self._write_tasks(connector)
+            finally:
+                connector.close()
+        except AuthError as exc:
+            self._fail("parked", str(exc))
+        except (ConnectorError, OSError) as exc:
+            self._fail("failing", str(exc))
+        except Exception as exc:  # one bad mailbox never stalls the others
+            log.exception("mailbox %r: unexpected error", self.name)
+            self._fail("failing", f"{exc.__class__.__name__}: {exc}")
+        else:
+            if not self.report.stopped:
+                with self.sessions.begin() as session:
+                    recorder.mark_mailbox(
+                        session, self.mailbox_id, state="ok", now=self.now(), error=None
+                    )
+        return self.report
+
+    def _fail(self, state: str, error: str) -> None:
+        self.report.state, self.report.error = state, error
+        log.warning("mailbox %r %s: %s", self.name, state, error)
+        with self.sessions.begin() as session:
+            recorder.mark_mailbox(
+                session, self.mailbox_id, state=state, now=self.now(), error=error
+            )
+
+    def _sync_sources(self, connector: Connector, spec: MailboxSpec, index: CrmIndex) -> None:
+        sources: list[MailSource | CalendarSource] = [
+            *connector.mail_sources(),
+            *connector.calendar_sources(),
+        ]
+        for source in sources:
+            with self.sessions() as session:
+                cursor = recorder.get_cursor(session, self.mailbox_id, source.name)
+            try:
+                self._consume(source.name, source.changes(cursor), spec, index)
+            except CursorExpired as exc:
+                log.info("mailbox %r source %r: %s; reading it again", self.name, source.name, exc)
+                with self.sessions.begin() as session:
+                    recorder.reset_cursor(session, self.mailbox_id, source.name)
+                self._consume(source.name, source.changes(None), spec, index)
+            if self.report.stopped:
+                return
+
+    def _consume(
+        self,
+        source: str,
+        batches: Iterator[Batch[MailItem]] | Iterator[Batch[MeetingItem]],
+        spec: MailboxSpec,
+        index: CrmIndex,
+    ) -> None:
+        for batch in batches:
+            decisions = decide(batch.items, index, self.settings, self.report.excluded)
+            with self.sessions.begin() as session:
+                result = recorder.record_batch(
+                    session,
+                    mailbox_id=self.mailbox_id,
+                    source=source,
+                    decisions=decisions,
+                    quarantined=batch.quarantined,
+                    cursor=batch.cursor,
+                    body_policy=spec.body_policy,
+                    now=self.now(),
+                    removed_uids=batch.removed,
+                    task_states=batch.task_states,
+                )
+            for d in decisions:
+                when = d.item.sent_at if isinstance(d.item, MailItem) else d.item.start
+                index.remember(thread_keys(d.item), d.match.opportunity_id, when)
+            self.report.new_activities += result.new_activities
+            self.report.new_sightings += result.new_sightings
+            self.report.quarantined += len(batch.quarantined)
+            self.heartbeat()
+            if self.stop():
+                self.report.stopped = True
+                return
+
+    def _followups(self) -> None:
+        now = self.now()
+        since = now - timedelta(days=self.settings.followups.lookback_days)
+        with self.sessions.begin() as session:
+            candidates = queries.followup_candidates(session, self.user_id, since)
+            if not candidates:
+                return
+            working = {
+                u.id: WorkingTime.for_user(self.settings, u.timezone, u.working_hours)
+                for u in session.scalars(select(User))
+            }
+            uids = [
+                task_uid(rule, c.activity_key)
+                for c in candidates
+                for rule in (RULE_NO_REPLY, RULE_MEETING_NOTES)
+            ]
+            existing = queries.task_status_by_uid(session, uids)
+            plans = plan(candidates, self.settings, working, existing, now)
+            self.report.tasks_changed += recorder.apply_task_plans(session, plans, now)
+
+    def _write_tasks(self, connector: Connector) -> None:
+        writer = connector.task_writer()
+        if writer is None:
+            return  # without a calendar, tasks live in the CRM only
+        with self.sessions() as session:
+            pending = recorder.tasks_to_write(session, self.user_id, self.mailbox_id)
+        for task in pending:
+            item = TaskItem(
+                uid=task.uid,
+                title=task.title,
+                description=task.description,
+                due=task.due,
+                status=task.status,  # type: ignore[arg-type]
+                created=task.created_at,
+                sequence=task.version - 1,
+                categories=("CRM",),
+            )
+            try:
+                ref, error = writer.put(item), None
+            except (ConnectorError, OSError) as exc:
+                ref, error = None, f"cannot write task to the calendar: {exc}"
+            with self.sessions.begin() as session:
+                recorder.mark_written(session, task.id, task.version, self.mailbox_id, ref, error)
+            if error:
+                raise ConnectorError(error)
+            self.report.tasks_written += 1
+
+
+def sync_mailbox(
+    sessions: sessionmaker[Session], settings: Settings, mailbox_name: str, **kwargs: object
+) -> SyncReport:
+    return SyncJob(sessions, settings, mailbox_name, **kwargs).run()  # type: ignore[arg-type]
