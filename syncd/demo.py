@@ -301,3 +301,65 @@ def build_demo(root: Path, now: datetime | None = None) -> DemoCompany:
         )
     )
     return DemoCompany(root, csv, {"ana": ana, "ben": ben}, calendar)
+
+
+_RAW = (
+    "From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n"
+    "Message-ID: <{mid}>\r\n{extra}MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    "{body}\r\n"
+)
+_CONTACTS = [
+    ("carla@acme.test", "Carla Díaz"),
+    ("dan@acme.test", "Dan Wu"),
+    ("eva@globex.test", "Eva Novak"),
+]
+
+
+def generate_maildir(root: Path, messages: int, now: datetime, seed: int = 7) -> Path:
+    """A realistic-looking Maildir of ``messages`` messages for the demo company's Ana: threads
+    with Acme and Globex people and unknown colleagues at their domains, tagged deals, bulk
+    mail and internal notes, spread over two years with the newest few in the last days.
+    Deterministic for a seed; written directly as files (as a delivery agent would)."""
+    import random
+
+    rng = random.Random(seed)
+    make_maildir(root)
+    ana = f"Ana Ruiz <ana@{DOMAIN}>"
+    span = 730 * 86400
+    body = "Hello,\r\n" + "we discussed the rollout plan and the next steps. " * 12 + "\r\nAna"
+    for i in range(messages):
+        age = span * (1 - i / messages) ** 2 + 3600  # older first, recent ones dense
+        when = now - timedelta(seconds=age)
+        kind = rng.random()
+        address, name = rng.choice(_CONTACTS)
+        if kind < 0.05:
+            address, name = f"person{rng.randrange(200)}@acme.test", "Acme person"
+        thread = i - i % 3  # three messages a thread
+        extra = ""
+        if i % 3:
+            extra = f"In-Reply-To: <m{i - 1}@gen.test>\r\nReferences: <m{thread}@gen.test>\r\n"
+        subject = f"Thread {thread} about the rollout" + (" [OPP-101]" if thread % 10 == 0 else "")
+        if i % 3:
+            subject = "Re: " + subject
+        if kind > 0.97:
+            extra += "List-Id: <news.vendor.test>\r\n"
+        outbound = i % 3 == 1
+        sender, to = (ana, f"{name} <{address}>") if outbound else (f"{name} <{address}>", ana)
+        if kind > 0.95 and kind <= 0.97:
+            sender, to = ana, f"Ben Okafor <ben@{DOMAIN}>"  # internal only: not logged
+        folder = root / ".Sent" if sender == ana else root
+        data = _RAW.format(
+            sender=sender,
+            to=to,
+            subject=subject,
+            date=format_datetime(when),
+            mid=f"m{i}@gen.test",
+            extra=extra,
+            body=body,
+        ).encode()
+        path = folder / "cur" / f"{int(when.timestamp())}.M{i}P1.gen,S={len(data)}:2,S"
+        path.write_bytes(data)
+        ts = when.timestamp()
+        os.utime(path, (ts, ts))
+    return root

@@ -33,7 +33,7 @@ from syncd.crm.models import Mailbox, User
 from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan, task_uid
 from syncd.items import Batch, Item, MailItem, MeetingItem, TaskItem
 from syncd.matching.exclusions import exclusion, mail_exclusion
-from syncd.matching.matcher import CrmIndex, match, thread_keys
+from syncd.matching.matcher import CrmIndex, match, remembered_keys
 
 log = logging.getLogger("syncd.sync")
 
@@ -59,7 +59,8 @@ class SyncReport:
 def decide(
     items: Iterable[Item], index: CrmIndex, settings: Settings, excluded: Counter[str]
 ) -> list[recorder.Decision]:
-    """Filter and match a batch. A mail that carries an invitation is logged as the meeting."""
+    """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
+    The result does not depend on how items are cut into batches."""
     decisions = []
     for item in _expand(items, settings, excluded):
         m = match(item, index)
@@ -68,6 +69,9 @@ def decide(
             excluded[reason.split(":")[0].split(" ")[0]] += 1
             continue
         decisions.append(recorder.Decision(item, m))
+        # later items of this very batch see this one (the thread rule, "most recent")
+        when = item.sent_at if isinstance(item, MailItem) else item.start
+        index.remember(remembered_keys(item), m.opportunity_id, when)
     return decisions
 
 
@@ -210,9 +214,6 @@ class SyncJob:
                     removed_uids=batch.removed,
                     task_states=batch.task_states,
                 )
-            for d in decisions:
-                when = d.item.sent_at if isinstance(d.item, MailItem) else d.item.start
-                index.remember(thread_keys(d.item), d.match.opportunity_id, when)
             self.report.new_activities += result.new_activities
             self.report.new_sightings += result.new_sightings
             self.report.quarantined += len(batch.quarantined)

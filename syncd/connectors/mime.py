@@ -38,6 +38,14 @@ class UnreadableMessage(ValueError):
     """The bytes are not an email message syncd can log; the reason says why."""
 
 
+def clean(text: str) -> str:
+    """Raw 8-bit bytes in a header come back as surrogates: read them as the UTF-8 they
+    almost always are (else U+FFFD), and drop NULs, so the text can be stored anywhere."""
+    if text.isascii():
+        return text.replace("\x00", "")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("\x00", "")
+
+
 def _header(msg: EmailMessage, name: str) -> str | None:
     try:
         value = msg.get(name)
@@ -45,7 +53,7 @@ def _header(msg: EmailMessage, name: str) -> str | None:
         return None
     if value is None:
         return None
-    return str(value).strip()
+    return clean(str(value)).strip()
 
 
 def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
@@ -53,7 +61,7 @@ def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
     for raw in msg.get_all(name, failobj=[]) or []:
         try:
             parsed = [
-                (a.display_name, normalize_address(f"{a.username}@{a.domain}"))
+                (clean(a.display_name), normalize_address(clean(f"{a.username}@{a.domain}")))
                 for a in getattr(raw, "addresses", ())
                 if a.username and a.domain
             ]
@@ -61,7 +69,7 @@ def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
             parsed = []
         found.extend((n, a) for n, a in parsed if a)
         if not parsed:
-            found.extend(parse_address_list(str(raw)))
+            found.extend(parse_address_list(clean(str(raw))))
     return found
 
 
@@ -102,7 +110,7 @@ def _text_body(msg: EmailMessage) -> str:
         return ""
     if part.get_content_subtype() == "html":
         text = re.sub(r"<[^>]+>", " ", text)
-    return text
+    return clean(text)
 
 
 def _calendar_parts(msg: EmailMessage) -> list[bytes]:

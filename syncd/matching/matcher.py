@@ -166,6 +166,14 @@ def thread_keys(item: Item) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def remembered_keys(item: Item) -> list[str]:
+    """What the index remembers of a stored item: exactly what the database keeps
+    (its key and its thread's key), so a restart sees what an uninterrupted run saw."""
+    if isinstance(item, MeetingItem):
+        return [f"ical:{item.uid}"]
+    return list(dict.fromkeys([item.key, item.thread_key]))
+
+
 def _direction(item: Item, index: CrmIndex) -> str:
     first = item.sender if isinstance(item, MailItem) else item.organizer
     if all(index.is_internal(p.address) for p in item.participants):
