@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -46,7 +46,6 @@ app.add_typer(crm_app, name="crm")
 app.add_typer(mailbox_app, name="mailbox")
 
 out = Console()
-err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -72,8 +71,14 @@ class _State:
 state = _State()
 
 
+def say(message: str, stream: TextIO = sys.stdout) -> None:
+    """Plain lines, never wrapped: admins grep them and scripts parse them."""
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"syncd: error: {message}", highlight=False, markup=False)
+    say(f"syncd: error: {message}", sys.stderr)
     raise typer.Exit(code)
 
 
@@ -117,7 +122,7 @@ def db_upgrade() -> None:
     """Create the CRM database or migrate it to this version of syncd (Alembic)."""
     url = state.settings().database_url()
     upgrade(make_engine(url))
-    out.print(f"database {safe_url(url)} is up to date", highlight=False)
+    say(f"database {safe_url(url)} is up to date")
 
 
 # --- crm --------------------------------------------------------------------------------
@@ -149,10 +154,7 @@ def crm_load(
     """
     with state.sessions().begin() as session:
         report = load_csv(session, kind.value, file)
-    out.print(
-        f"{kind.value}: {report.created} created, {report.updated} updated from {file}",
-        highlight=False,
-    )
+    say(f"{kind.value}: {report.created} created, {report.updated} updated from {file}")
 
 
 # --- mailbox ----------------------------------------------------------------------------
@@ -240,7 +242,7 @@ def mailbox_add(
                 items_logged=0,
             )
         )
-    out.print(f"mailbox {name!r} added for {email}", highlight=False)
+    say(f"mailbox {name!r} added for {email}")
 
 
 @mailbox_app.command("list")
@@ -275,7 +277,7 @@ def mailbox_remove(name: Annotated[str, typer.Argument(help="The mailbox name.")
     with state.sessions().begin() as session:
         if session.execute(delete(Mailbox).where(Mailbox.name == name)).rowcount == 0:  # type: ignore[attr-defined]
             fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
-    out.print(f"mailbox {name!r} removed", highlight=False)
+    say(f"mailbox {name!r} removed")
 
 
 @mailbox_app.command("resume")
@@ -287,7 +289,7 @@ def mailbox_resume(name: Annotated[str, typer.Argument(help="The mailbox name.")
             fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
             return
         mailbox.state, mailbox.failures, mailbox.last_attempt = "ok", 0, None
-    out.print(f"mailbox {name!r} will be synced at the next poll", highlight=False)
+    say(f"mailbox {name!r} will be synced at the next poll")
 
 
 # --- sync, run, status ------------------------------------------------------------------
@@ -314,19 +316,18 @@ def sync_cmd(
         try:
             r = sync_mailbox(sessions, state.settings(), n)
         except ConnectorError as exc:
-            err.print(f"{n}: failed: {exc}", highlight=False, markup=False)
+            say(f"{n}: failed: {exc}", sys.stderr)
             failed += 1
             continue
         if r.ok:
-            out.print(
+            say(
                 f"{n}: ok: {r.new_activities} new activities, {r.new_sightings} sightings, "
                 f"{sum(r.excluded.values())} not logged, {r.quarantined} quarantined, "
-                f"{r.tasks_changed} tasks changed, {r.tasks_written} written",
-                highlight=False,
+                f"{r.tasks_changed} tasks changed, {r.tasks_written} written"
             )
         else:
             failed += 1
-            err.print(f"{n}: {r.state}: {r.error}", highlight=False, markup=False)
+            say(f"{n}: {r.state}: {r.error}", sys.stderr)
     if failed:
         raise typer.Exit(1)
 
@@ -465,21 +466,19 @@ def demo_cmd(
                 )
     for name in company.maildirs:
         r = sync_mailbox(sessions, state.settings(), name)
-        out.print(
+        say(
             f"synced {name}: {r.state}, {r.new_activities} new activities, "
             f"{sum(r.excluded.values())} not logged ({dict(r.excluded)}), "
-            f"{r.quarantined} quarantined, {r.tasks_written} tasks written",
-            highlight=False,
+            f"{r.quarantined} quarantined, {r.tasks_written} tasks written"
         )
     out.rule("Timeline")
     activities_cmd(None, None, None, False)
     out.rule("Follow-up tasks")
     tasks_cmd(None, False)
-    out.print(
+    say(
         f"\nThe sample company is in {directory}; its database is {safe_url(url)}.\n"
         f"Tasks were written as VTODO files into {company.calendar}.\n"
-        f"Keep it in sync with:  SYNCD_HOME={directory / 'state'} syncd run",
-        highlight=False,
+        f"Keep it in sync with:  SYNCD_HOME={directory / 'state'} syncd run"
     )
 
 
@@ -488,5 +487,5 @@ def main() -> None:
         app()
     except (ConfigError, DatabaseError, LoadError) as exc:
         fail_code = 2 if isinstance(exc, ConfigError) else 1
-        err.print(f"syncd: error: {exc}", highlight=False, markup=False)
+        say(f"syncd: error: {exc}", sys.stderr)
         sys.exit(fail_code)
