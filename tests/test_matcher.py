@@ -1,0 +1,134 @@
+"""The matcher and exclusions, pure: an index in memory, items in, links with reasons out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from syncd.items import MailItem, Participant
+from syncd.matching.addresses import normalize_address
+from syncd.matching.exclusions import exclusion, mail_exclusion
+from syncd.matching.matcher import (
+    AccountRef,
+    ContactRef,
+    CrmIndex,
+    OpportunityRef,
+    UserRef,
+    match,
+)
+
+T0 = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def index(**kw) -> CrmIndex:
+    base = dict(
+        company_domains={"northwind.test"},
+        users={"ana@northwind.test": UserRef(1, "ana@northwind.test", "Ana")},
+        contacts={
+            "carla@acme.test": ContactRef(10, "Carla", 100),
+            "frank@gmail.com": ContactRef(11, "Frank", None),
+        },
+        accounts={100: AccountRef(100, "Acme"), 200: AccountRef(200, "Globex")},
+        account_domains={"acme.test": 100, "globex.test": 200, "gmail.com": 200},
+        opportunities={
+            1: OpportunityRef(1, "OPP-1", "Renewal", 100, "open", frozenset({10})),
+            2: OpportunityRef(2, "OPP-2", "Upsell", 100, "open"),
+            3: OpportunityRef(3, "OPP-3", "Pilot", 200, "won"),
+        },
+    )
+    base.update(kw)
+    return CrmIndex(**base)
+
+
+def mail(sender: str, *to: str, subject: str = "hello", key: str = "mid:1@x", **kw) -> MailItem:
+    parts = [Participant(sender, "", "from"), *(Participant(t, "", "to") for t in to)]
+    return MailItem(
+        key=key,
+        provider_id="p",
+        message_id=key[4:],
+        subject=subject,
+        sent_at=T0,
+        participants=tuple(parts),
+        thread_key=kw.pop("thread_key", key),
+        **kw,
+    )
+
+
+def links(m):
+    return {(lk.type, lk.target_id, lk.reason) for lk in m.links}
+
+
+def test_contact_by_address_account_by_contact_and_opportunity_by_role():
+    m = match(mail("ana@northwind.test", "carla@acme.test"), index())
+    assert links(m) == {
+        ("contact", 10, "address"),
+        ("account", 100, "contact"),
+        ("opportunity", 1, "contact-role"),
+    }
+    assert m.direction == "outbound"
+    assert [(p.address, p.user_id, p.contact_id) for p in m.participants] == [
+        ("ana@northwind.test", 1, None),
+        ("carla@acme.test", None, 10),
+    ]
+
+
+def test_account_by_domain_and_parent_domain_never_by_free_mail():
+    m = match(mail("x@eu.globex.test", "ana@northwind.test"), index())
+    assert links(m) == {("account", 200, "domain")}
+    assert m.note and m.note.startswith("only closed opportunities: OPP-3")
+    free = match(mail("someone@gmail.com", "ana@northwind.test"), index())
+    assert links(free) == set() and not free.has_crm_participant
+    frank = match(mail("frank@gmail.com", "ana@northwind.test"), index())
+    assert links(frank) == {("contact", 11, "address")}
+
+
+def test_a_tag_wins_over_everything_and_unknown_tags_are_noted():
+    m = match(mail("carla@acme.test", "ana@northwind.test", subject="Re: [opp-2] price"), index())
+    assert ("opportunity", 2, "tag") in links(m)
+    m = match(mail("carla@acme.test", "ana@northwind.test", subject="[OPP-99] x"), index())
+    assert m.note == "tag OPP-99 names no opportunity"
+
+
+def test_the_thread_links_a_reply_to_the_deal_of_its_conversation():
+    idx = index()
+    idx.remember(["mid:root@x"], 2, T0)
+    reply = mail("carla@acme.test", "ana@northwind.test", key="mid:2@x", thread_key="mid:root@x")
+    assert ("opportunity", 2, "thread") in links(match(reply, idx))
+
+
+def test_most_recent_activity_decides_and_ties_are_ambiguous():
+    idx = index(
+        opportunities={
+            1: OpportunityRef(1, "OPP-1", "Renewal", 100, "open"),
+            2: OpportunityRef(2, "OPP-2", "Upsell", 100, "open"),
+        }
+    )
+    tie = match(mail("dan@acme.test", "ana@northwind.test"), idx)
+    assert links(tie) == {("account", 100, "domain")}
+    assert tie.note and "ambiguous" in tie.note and "OPP-1" in tie.note and "OPP-2" in tie.note
+    idx.remember(["mid:older@x"], 2, T0 - timedelta(days=1))
+    m = match(mail("dan@acme.test", "ana@northwind.test"), idx)
+    assert ("opportunity", 2, "account") in links(m)
+
+
+def test_exclusions():
+    idx = index(blocked_domains={"lawfirm.test"})
+    internal = mail("ana@northwind.test", "bob@northwind.test")
+    assert exclusion(internal, match(internal, idx), idx) == "internal-only"
+    blocked = mail("x@lawfirm.test", "carla@acme.test")
+    assert exclusion(blocked, match(blocked, idx), idx) == "blocklisted participant x@lawfirm.test"
+    stranger = mail("x@unknown.test", "ana@northwind.test")
+    assert exclusion(stranger, match(stranger, idx), idx) == "no CRM participant"
+    assert mail_exclusion(mail("a@b.c", "d@e.f", auto_submitted="no"), []) is None
+    assert mail_exclusion(mail("a@b.c", "d@e.f", precedence="junk"), []) == "bulk: Precedence junk"
+    assert mail_exclusion(mail("a@b.c", "d@e.f", labels=("Chat",)), ["chat"]) == (
+        "excluded label 'Chat'"
+    )
+
+
+@given(st.emails())
+def test_normalising_an_address_is_idempotent_and_case_blind(address):
+    norm = normalize_address(address)
+    assert norm == normalize_address(norm) == normalize_address(" " + address.upper() + " ")
