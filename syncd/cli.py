@@ -433,7 +433,7 @@ def demo_cmd(
     Uses its own database under DIR/state unless --config or SYNCD_HOME says otherwise; keep
     it running afterwards with: SYNCD_HOME=DIR/state syncd run
     """
-    from syncd.demo import build_demo
+    from syncd.demo import add_local_mailbox, build_demo, load_company
     from syncd.sync import sync_mailbox
 
     directory = directory.expanduser().resolve()
@@ -443,27 +443,13 @@ def demo_cmd(
     url = state.settings().database_url()
     upgrade(make_engine(url))
     sessions = state.sessions()
-    for kind in ("users", "accounts", "contacts", "opportunities"):
-        with sessions.begin() as session:
-            load_csv(session, kind, company.csv[kind])
-    with sessions.begin() as session:
-        users = {u.email: u.id for u in session.scalars(select(User))}
-        for name, path in company.maildirs.items():
-            settings: dict[str, Any] = {"maildir": str(path)}
-            if name == "ana":
-                settings["calendar"] = str(company.calendar)
-            if session.scalar(select(Mailbox).where(Mailbox.name == name)) is None:
-                session.add(
-                    Mailbox(
-                        name=name,
-                        kind="local",
-                        user_id=users[f"{name}@northwind.test"],
-                        settings=settings,
-                        state="ok",
-                        failures=0,
-                        items_logged=0,
-                    )
-                )
+    load_company(sessions, company.root / "crm")
+    with sessions() as session:
+        existing = set(session.scalars(select(Mailbox.name)))
+    for name, path in company.maildirs.items():
+        if name not in existing:
+            extra = {"calendar": str(company.calendar)} if name == "ana" else {}
+            add_local_mailbox(sessions, name, f"{name}@northwind.test", maildir=str(path), **extra)
     for name in company.maildirs:
         r = sync_mailbox(sessions, state.settings(), name)
         say(

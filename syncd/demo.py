@@ -11,8 +11,15 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import icalendar
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.crm import recorder
+from syncd.crm.loader import load_csv
+from syncd.crm.models import User
 
 DOMAIN = "northwind.test"
 
@@ -106,6 +113,22 @@ class DemoCompany:
     csv: dict[str, Path]
     maildirs: dict[str, Path]
     calendar: Path
+
+
+def load_company(sessions: sessionmaker[Session], csv_dir: Path) -> None:
+    """Load the four CSV files of a company (users, accounts, contacts, opportunities)."""
+    for kind in ("users", "accounts", "contacts", "opportunities"):
+        with sessions.begin() as session:
+            load_csv(session, kind, csv_dir / f"{kind}.csv")
+
+
+def add_local_mailbox(
+    sessions: sessionmaker[Session], name: str, user: str, **settings: Any
+) -> None:
+    with sessions.begin() as session:
+        user_id = session.scalar(select(User.id).where(User.email == user))
+        assert user_id is not None, f"no CRM user {user}"
+        recorder.add_mailbox(session, name=name, kind="local", user_id=user_id, settings=settings)
 
 
 def _csv(path: Path, rows: list[str]) -> Path:

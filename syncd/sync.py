@@ -66,7 +66,7 @@ def decide(
         m = match(item, index)
         reason = exclusion(item, m, index)
         if reason:
-            excluded[reason.split(":")[0].split(" ")[0]] += 1
+            excluded[reason.split(":")[0]] += 1
             continue
         decisions.append(recorder.Decision(item, m))
         # later items of this very batch see this one (the thread rule, "most recent")

@@ -3,112 +3,28 @@ on PostgreSQL), and a sample company loaded from CSV."""
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.crm.database import make_engine, session_factory, upgrade
-from syncd.crm.loader import load_csv
-from syncd.demo import DemoCompany, build_demo
+from syncd.demo import DemoCompany, build_demo, load_company
 
-INSTALL_HINT = (
-    "PostgreSQL server binaries (initdb, pg_ctl) were not found; install them with "
-    "'apt-get install -y postgresql' (scripts/test does this)"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or (
-        [shutil.which(name)] if shutil.which(name) else []
-    )
-    if not found:
-        pytest.fail(INSTALL_HINT)
-    return str(found[-1])
+from .servers import ServerMissing, new_pg_database, postgres
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
-    """A real PostgreSQL on 127.0.0.1 and a free port, in a temp dir; yields its base URL."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    root = Path(tempfile.mkdtemp(prefix="syncd-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = root / "data"
-    subprocess.run(
-        [
-            *as_user,
-            initdb,
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = (
-        f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
-    subprocess.run(
-        [
-            *as_user,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-l",
-            str(root / "pg.log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-            "-o",
-            opts,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    """A real PostgreSQL for this test session (per xdist worker); yields its base URL."""
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "stop", "-m", "fast"], capture_output=True
-        )
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def new_pg_database(base: str) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    dsn = base.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base}/{name}"
+        with postgres() as url:
+            yield url
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -140,7 +56,5 @@ def now() -> datetime:
 def company(tmp_path: Path, sessions: sessionmaker[Session], now: datetime) -> DemoCompany:
     """The demo company's CRM records loaded; its Maildirs and calendar on disk."""
     demo = build_demo(tmp_path / "demo", now)
-    for kind in ("users", "accounts", "contacts", "opportunities"):
-        with sessions.begin() as session:
-            load_csv(session, kind, demo.csv[kind])
+    load_company(sessions, demo.root / "crm")
     return demo

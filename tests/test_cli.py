@@ -17,7 +17,7 @@ import pytest
 
 from syncd.demo import build_demo, deliver, email_bytes
 
-from .conftest import new_pg_database
+from .servers import new_pg_database
 
 SYNCD = [sys.executable, "-m", "syncd"]
 

@@ -20,7 +20,6 @@ from sqlalchemy import select
 
 from syncd.config import Settings
 from syncd.crm.database import make_engine, session_factory, upgrade
-from syncd.crm.loader import load_csv
 from syncd.crm.models import (
     Account,
     Activity,
@@ -31,12 +30,11 @@ from syncd.crm.models import (
     Opportunity,
     Sighting,
     Task,
-    User,
 )
-from syncd.demo import build_demo, event_ics, generate_maildir
+from syncd.demo import add_local_mailbox, build_demo, event_ics, generate_maildir, load_company
 from syncd.sync import sync_mailbox
 
-from .conftest import new_pg_database
+from .servers import new_pg_database
 
 MESSAGES = int(os.environ.get("SYNCD_CRASH_MESSAGES", "20000"))
 SYNCD = [sys.executable, "-m", "syncd"]
@@ -46,23 +44,10 @@ def setup_crm(url: str, root: Path, maildir: Path, calendar: Path) -> None:
     engine = make_engine(url)
     upgrade(engine)
     sessions = session_factory(engine)
-    demo = root / "crm"
-    for kind in ("users", "accounts", "contacts", "opportunities"):
-        with sessions.begin() as session:
-            load_csv(session, kind, demo / f"{kind}.csv")
-    with sessions.begin() as session:
-        user_id = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
-        session.add(
-            Mailbox(
-                name="ana",
-                kind="local",
-                user_id=user_id,
-                state="ok",
-                failures=0,
-                items_logged=0,
-                settings={"maildir": str(maildir), "calendar": str(calendar)},
-            )
-        )
+    load_company(sessions, root / "crm")
+    add_local_mailbox(
+        sessions, "ana", "ana@northwind.test", maildir=str(maildir), calendar=str(calendar)
+    )
     engine.dispose()
 
 

@@ -118,13 +118,13 @@ def test_exclusions():
     internal = mail("ana@northwind.test", "bob@northwind.test")
     assert exclusion(internal, match(internal, idx), idx) == "internal-only"
     blocked = mail("x@lawfirm.test", "carla@acme.test")
-    assert exclusion(blocked, match(blocked, idx), idx) == "blocklisted participant x@lawfirm.test"
+    assert exclusion(blocked, match(blocked, idx), idx) == "blocklisted: x@lawfirm.test"
     stranger = mail("x@unknown.test", "ana@northwind.test")
     assert exclusion(stranger, match(stranger, idx), idx) == "no CRM participant"
     assert mail_exclusion(mail("a@b.c", "d@e.f", auto_submitted="no"), []) is None
     assert mail_exclusion(mail("a@b.c", "d@e.f", precedence="junk"), []) == "bulk: Precedence junk"
     assert mail_exclusion(mail("a@b.c", "d@e.f", labels=("Chat",)), ["chat"]) == (
-        "excluded label 'Chat'"
+        "excluded label: Chat"
     )
 
 

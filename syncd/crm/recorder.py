@@ -433,6 +433,23 @@ def mark_written(
 # --- mailboxes --------------------------------------------------------------------------
 
 
+def add_mailbox(
+    session: Session, *, name: str, kind: str, user_id: int, settings: dict[str, Any]
+) -> Mailbox:
+    mailbox = Mailbox(
+        name=name,
+        kind=kind,
+        user_id=user_id,
+        settings=settings,
+        state="ok",
+        failures=0,
+        items_logged=0,
+    )
+    session.add(mailbox)
+    session.flush()
+    return mailbox
+
+
 def mark_mailbox(
     session: Session, mailbox_id: int, *, state: str, now: datetime, error: str | None
 ) -> None:

@@ -26,7 +26,7 @@ def mail_exclusion(item: MailItem, excluded_labels: Iterable[str]) -> str | None
     wanted = {label.lower() for label in excluded_labels}
     hit = next((label for label in item.labels if label.lower() in wanted), None)
     if hit:
-        return f"excluded label {hit!r}"
+        return f"excluded label: {hit}"
     return None
 
 
@@ -36,7 +36,7 @@ def exclusion(item: Item, match: Match, index: CrmIndex) -> str | None:
         return "private"
     blocked = next((p.address for p in item.participants if index.is_blocked(p.address)), None)
     if blocked:
-        return f"blocklisted participant {blocked}"
+        return f"blocklisted: {blocked}"
     if match.direction == "internal":
         return "internal-only"
     if not match.has_crm_participant:
