@@ -398,21 +398,20 @@ def test_a_missing_maildir_fails_only_that_mailbox(sessions, settings, company, 
 
 
 def test_body_policy_decides_what_is_stored(sessions, settings, company, now):
+    def policy(body: str) -> Settings:
+        return settings.model_copy(update={"sync": settings.sync.model_copy(update={"body": body})})
+
     demo_mailboxes(sessions, company)
-    full = settings.model_copy(update={"sync": settings.sync.model_copy(update={"body": "full"})})
-    sync(sessions, full, "ana", now)
-    sync(
-        sessions,
-        settings.model_copy(update={"sync": settings.sync.model_copy(update={"body": "metadata"})}),
-        "ben",
-        now,
-    )
+    sync(sessions, policy("metadata"), "ben", now)  # ben first: the proposal is his to store
+    sync(sessions, policy("full"), "ana", now)
     with sessions() as session:
-        a = session.scalars(select(Activity).where(Activity.subject == "Pilot scope")).one()
-        assert a.body and "reporting module" in a.body and a.snippet
-    with sessions() as session:
-        stored = session.scalars(select(Activity.body)).all()
-    assert any(b for b in stored)
+        proposal = session.scalars(
+            select(Activity).where(Activity.subject == "Renewal proposal [OPP-101]")
+        ).one()
+        assert proposal.body is None and proposal.snippet is None
+        pilot = session.scalars(select(Activity).where(Activity.subject == "Pilot scope")).one()
+        assert pilot.body and "reporting module" in pilot.body
+        assert pilot.snippet == "Could the pilot include the reporting module?"
 
 
 def test_mail_moved_from_new_to_cur_is_not_logged_twice(sessions, settings, company, now):
