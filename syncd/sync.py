@@ -133,6 +133,14 @@ class SyncJob:
         self.heartbeat = heartbeat
         self.connector_factory = connector_factory
         self.report = SyncReport(mailbox_name)
+        self._index: CrmIndex | None = None
+
+    def _crm_index(self) -> CrmIndex:
+        """Loaded once a pass, and only when a source has something to match."""
+        if self._index is None:
+            with self.sessions() as session:
+                self._index = queries.load_index(session, self.settings)
+        return self._index
 
     def run(self) -> SyncReport:
         with self.sessions() as session:
@@ -141,11 +149,10 @@ class SyncJob:
                 raise ConnectorError(f"no mailbox named {self.name!r}; see 'syncd mailbox list'")
             spec = _spec(mailbox, self.settings)
             self.mailbox_id, self.user_id = mailbox.id, mailbox.user_id
-            index = queries.load_index(session, self.settings)
         try:
             connector = self.connector_factory(spec)
             try:
-                self._sync_sources(connector, spec, index)
+                self._sync_sources(connector, spec)
                 if not self.report.stopped:
                     self._followups()
                     self._write_tasks(connector)
@@ -174,7 +181,7 @@ class SyncJob:
                 session, self.mailbox_id, state=state, now=self.now(), error=error
             )
 
-    def _sync_sources(self, connector: Connector, spec: MailboxSpec, index: CrmIndex) -> None:
+    def _sync_sources(self, connector: Connector, spec: MailboxSpec) -> None:
         sources: list[MailSource | CalendarSource] = [
             *connector.mail_sources(),
             *connector.calendar_sources(),
@@ -183,12 +190,12 @@ class SyncJob:
             with self.sessions() as session:
                 cursor = recorder.get_cursor(session, self.mailbox_id, source.name)
             try:
-                self._consume(source.name, source.changes(cursor), spec, index)
+                self._consume(source.name, source.changes(cursor), spec)
             except CursorExpired as exc:
                 log.info("mailbox %r source %r: %s; reading it again", self.name, source.name, exc)
                 with self.sessions.begin() as session:
                     recorder.reset_cursor(session, self.mailbox_id, source.name)
-                self._consume(source.name, source.changes(None), spec, index)
+                self._consume(source.name, source.changes(None), spec)
             if self.report.stopped:
                 return
 
@@ -197,10 +204,13 @@ class SyncJob:
         source: str,
         batches: Iterator[Batch[MailItem]] | Iterator[Batch[MeetingItem]],
         spec: MailboxSpec,
-        index: CrmIndex,
     ) -> None:
         for batch in batches:
-            decisions = decide(batch.items, index, self.settings, self.report.excluded)
+            decisions = (
+                decide(batch.items, self._crm_index(), self.settings, self.report.excluded)
+                if batch.items
+                else []
+            )
             with self.sessions.begin() as session:
                 result = recorder.record_batch(
                     session,

@@ -4,6 +4,7 @@ calendar. Every test runs on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import mailbox
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -461,3 +462,27 @@ def test_recurring_meetings_become_one_activity_per_occurrence(sessions, setting
         assert all(k.startswith("ical:weekly@northwind.test#") for k in keys)
         titles = session.scalars(select(Task.title).where(Task.title.like("%Acme weekly%"))).all()
     assert len(titles) == 2  # the two occurrences that have ended; two are ahead
+
+
+def test_mail_delivered_after_a_quiet_poll_is_still_logged(sessions, settings, company, now):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    time.sleep(1.1)  # the folders settle: the next poll trusts their directory stamps
+    sync(sessions, settings, "ana", now)
+    quiet = sync(sessions, settings, "ana", now)
+    assert quiet.new_activities == 0 and quiet.quarantined == 0  # nothing was read again
+    deliver(
+        company.maildirs["ana"],
+        email_bytes(
+            sender="eva@globex.test",
+            to=["ana@northwind.test"],
+            subject="after the quiet poll",
+            when=now - timedelta(days=30),
+            message_id="quiet@globex.test",
+        ),
+        now,
+        "quiet.1.host",
+    )
+    report = sync(sessions, settings, "ana", now)
+    assert report.new_activities == 1
+    assert "after the quiet poll" in {r["subject"] for r in timeline(sessions)}

@@ -6,7 +6,9 @@
   its old date (as Dovecot does for INTERNALDATE) still sorts after the cursor. A rename
   (``new/`` -> ``cur/``, a flag) re-reads a message once; its key makes that a no-op. The
   cursor never passes the last second before a scan, so a file renamed in during the scan
-  is read on the next one.
+  is read on the next one. A poll of an unchanged folder stats two directories and lists
+  nothing (``new/`` and ``cur/`` keep their mtimes until something is added, renamed or
+  removed).
 - mbox (the format of a Google Takeout export): append-only; the cursor is the number of
   messages read plus a fingerprint of the file's head, so a rewritten file is read again.
 - vdir calendar (a folder of ``.ics`` files, as khal and vdirsyncer keep them): meetings,
@@ -104,13 +106,32 @@ class MaildirFolder:
         except FileNotFoundError:
             return None  # deleted since the listing: nothing to log
 
+    def _stamps(self) -> list[int]:
+        """The mtimes of new/ and cur/: any delivery, rename or deletion changes one."""
+        try:
+            return [os.stat(self.path / sub).st_mtime_ns for sub in ("new", "cur")]
+        except FileNotFoundError:
+            raise ConnectorError(
+                f"Maildir folder {str(self.path)!r} has no new/ or cur/ directory; "
+                "check the path given to --maildir"
+            ) from None
+
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
-        after = (0, "")
+        after, quiet = (0, ""), None
         if cursor is not None:
             state = json.loads(cursor.value)
-            after = (int(state["c"]), str(state["n"]))
-        settled = (time.time_ns() - 1_000_000_000, "")
+            after, quiet = (int(state["c"]), str(state["n"])), state.get("d")
+        settled = time.time_ns() - 1_000_000_000
+        stamps = self._stamps()
+        if quiet is not None and quiet == stamps:
+            return  # nothing delivered, renamed or deleted since a settled scan: no listing
+        # directory stamps are trusted next time only once they are a second old
+        trusted = stamps if max(stamps) < settled else None
         pending = [e for e in self._listing() if (e[0], e[1]) > after]
+        if not pending:
+            if trusted != quiet:
+                yield _batch([], self._cursor(after, trusted))
+            return
         moved: dict[str, str] = {}
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
@@ -119,8 +140,14 @@ class MaildirFolder:
                 data = self._read(path, unique, moved)
                 if data is not None:
                     results.append(_read_mail(data, f"{self.name}/{unique}", _mtime(mtime_ns)))
-            last = max(after, min((chunk[-1][0], chunk[-1][1]), settled))
-            yield _batch(results, Cursor(json.dumps({"c": last[0], "n": last[1]})))
+            newest = (chunk[-1][0], chunk[-1][1])
+            last = max(after, min(newest, (settled, "")))
+            final = start + self.batch_size >= len(pending) and last == newest
+            yield _batch(results, self._cursor(last, trusted if final else None))
+
+    @staticmethod
+    def _cursor(last: tuple[int, str], stamps: list[int] | None) -> Cursor:
+        return Cursor(json.dumps({"c": last[0], "n": last[1], "d": stamps}))
 
 
 class MboxArchive:
