@@ -34,6 +34,7 @@ from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan
 from syncd.items import Batch, Item, MailItem, MeetingItem, TaskItem
 from syncd.matching.exclusions import exclusion, mail_exclusion
 from syncd.matching.matcher import CrmIndex, match, remembered_keys
+from syncd.secrets import SecretBox, SecretsError
 
 log = logging.getLogger("syncd.sync")
 
@@ -93,7 +94,8 @@ def _expand(items: Iterable[Item], settings: Settings, excluded: Counter[str]) -
             yield item
 
 
-def _spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
+def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
+    """What the connector gets: the mailbox's settings over the config's, its secret opened."""
     merged = {
         "calendar_past_days": settings.sync.calendar_past_days,
         "calendar_future_days": settings.sync.calendar_future_days,
@@ -107,6 +109,11 @@ def _spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
         settings=merged,
         batch_size=settings.sync.batch_size,
         body_policy=str(mailbox.settings.get("body", settings.sync.body)),
+        secret=(
+            SecretBox(settings.home).decrypt(mailbox.secret, f"mailbox {mailbox.name!r}")
+            if mailbox.secret
+            else None
+        ),
     )
 
 
@@ -147,8 +154,12 @@ class SyncJob:
             mailbox = session.scalar(select(Mailbox).where(Mailbox.name == self.name))
             if mailbox is None:
                 raise ConnectorError(f"no mailbox named {self.name!r}; see 'syncd mailbox list'")
-            spec = _spec(mailbox, self.settings)
             self.mailbox_id, self.user_id = mailbox.id, mailbox.user_id
+            try:
+                spec = mailbox_spec(mailbox, self.settings)
+            except SecretsError as exc:
+                self._fail("parked", str(exc))
+                return self.report
         try:
             connector = self.connector_factory(spec)
             try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from syncd.items import Batch, ContactCard, Cursor, MailItem, MeetingItem, TaskItem
+from syncd.secrets import Secret
 
 
 class ConnectorError(Exception):
@@ -68,6 +69,7 @@ class MailboxSpec:
     settings: Mapping[str, Any]
     batch_size: int = 500
     body_policy: str = "snippet"
+    secret: Secret | None = None  # the mailbox's password or token, decrypted
 
 
 class Connector(Protocol):

@@ -434,13 +434,21 @@ def mark_written(
 
 
 def add_mailbox(
-    session: Session, *, name: str, kind: str, user_id: int, settings: dict[str, Any]
+    session: Session,
+    *,
+    name: str,
+    kind: str,
+    user_id: int,
+    settings: dict[str, Any],
+    secret_token: str | None = None,
 ) -> Mailbox:
+    """``secret_token`` is already encrypted (syncd.secrets): clear text never gets here."""
     mailbox = Mailbox(
         name=name,
         kind=kind,
         user_id=user_id,
         settings=settings,
+        secret=secret_token,
         state="ok",
         failures=0,
         items_logged=0,
