@@ -18,8 +18,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import ConfigError, Settings, load_settings
-from syncd.connectors.base import ConnectorError
-from syncd.crm import queries
+from syncd.connectors.base import ConnectorError, check_tls
+from syncd.crm import queries, recorder
 from syncd.crm.database import (
     DatabaseError,
     check_schema,
@@ -31,6 +31,7 @@ from syncd.crm.database import (
 from syncd.crm.loader import LoadError, load_csv
 from syncd.crm.models import Mailbox, User
 from syncd.matching.addresses import normalize_address
+from syncd.secrets import Secret, SecretBox
 
 app = typer.Typer(
     help="syncd keeps a CRM up to date from salespeople's mailboxes and calendars.",
@@ -162,12 +163,82 @@ def crm_load(
 
 class Kind(StrEnum):
     local = "local"
+    imap = "imap"
 
 
 class Body(StrEnum):
     metadata = "metadata"
     snippet = "snippet"
     full = "full"
+
+
+class Tls(StrEnum):
+    implicit = "implicit"
+    starttls = "starttls"
+    none = "none"
+
+
+PasswordFile = Annotated[
+    Path | None,
+    typer.Option("--password-file", help="imap: read the password (or token) from this file."),
+]
+PasswordEnv = Annotated[
+    str | None,
+    typer.Option(
+        "--password-env", help="imap: read the password (or token) from this environment variable."
+    ),
+]
+
+
+def read_secret(password_file: Path | None, password_env: str | None, what: str) -> Secret:
+    """From a file, an environment variable, or a prompt: never from the command line."""
+    if password_file is not None:
+        try:
+            value = password_file.read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            fail(f"--password-file {str(password_file)!r}: {exc.strerror}")
+            raise
+    elif password_env is not None:
+        value = os.environ.get(password_env, "")
+        if not value:
+            fail(f"--password-env {password_env!r}: that environment variable is not set")
+    elif sys.stdin.isatty():
+        value = typer.prompt(what, hide_input=True)
+    else:
+        fail(
+            f"no {what} given: use --password-file FILE or --password-env VAR "
+            "(a password is never taken from the command line)"
+        )
+        raise AssertionError
+    if not value:
+        fail(f"the {what} is empty")
+    return Secret(value)
+
+
+def _local_settings(
+    maildir: Path | None, calendar: Path | None, mbox: list[Path]
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if maildir is None and not mbox:
+        fail("a local mailbox needs --maildir DIR or --mbox FILE")
+    if maildir is not None:
+        maildir = maildir.expanduser().resolve()
+        if not (maildir / "cur").is_dir():
+            fail(
+                f"--maildir {str(maildir)!r} is not a Maildir (no cur/ inside); "
+                "give the folder that holds cur/, new/ and tmp/"
+            )
+        settings["maildir"] = str(maildir)
+    for m in mbox:
+        if not m.is_file():
+            fail(f"--mbox {str(m)!r} is not a file; give the path of an mbox archive")
+    if mbox:
+        settings["mbox"] = [str(m.expanduser().resolve()) for m in mbox]
+    if calendar is not None:
+        calendar = calendar.expanduser().resolve()
+        calendar.mkdir(parents=True, exist_ok=True)
+        settings["calendar"] = str(calendar)
+    return settings
 
 
 @mailbox_app.command("add")
@@ -190,6 +261,35 @@ def mailbox_add(
         list[Path] | None,
         typer.Option("--mbox", help="local: an mbox archive (e.g. Google Takeout); repeatable."),
     ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="imap: the server.")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="imap: default 993 (implicit TLS), else 143.")
+    ] = None,
+    tls: Annotated[
+        Tls, typer.Option("--tls", help="imap: implicit, starttls, or none (loopback only).")
+    ] = Tls.implicit,
+    login: Annotated[
+        str | None, typer.Option("--login", help="imap: the login (default: the user's email).")
+    ] = None,
+    xoauth2: Annotated[
+        bool, typer.Option("--xoauth2", help="imap: the secret is an OAuth2 access token.")
+    ] = False,
+    password_file: PasswordFile = None,
+    password_env: PasswordEnv = None,
+    folder: Annotated[
+        list[str] | None, typer.Option("--folder", help="imap: another folder to read; repeatable.")
+    ] = None,
+    idle: Annotated[
+        bool, typer.Option("--idle/--no-idle", help="imap: push new INBOX mail with IDLE.")
+    ] = False,
+    caldav: Annotated[
+        str | None,
+        typer.Option(
+            "--caldav",
+            help="imap: the CalDAV server URL of the same user's "
+            "calendars (same login and password).",
+        ),
+    ] = None,
     poll_interval: Annotated[
         int | None, typer.Option("--poll-interval", min=5, help="Seconds between polls.")
     ] = None,
@@ -197,33 +297,45 @@ def mailbox_add(
         Body | None, typer.Option("--body", help="What to store of a message's body.")
     ] = None,
 ) -> None:
-    """Connect a mailbox of a CRM user."""
-    settings: dict[str, Any] = {}
+    """Connect a mailbox of a CRM user.
+
+    \b
+    local: --maildir DIR [--calendar DIR] [--mbox FILE ...]
+    imap:  --host H [--port P] [--tls implicit|starttls|none] [--login L] [--xoauth2]
+           [--password-file F | --password-env VAR | prompt] [--folder F ...] [--idle]
+           [--caldav URL]
+    """
+    secret: Secret | None = None
     if kind is Kind.local:
-        if maildir is None and not mbox:
-            fail("a local mailbox needs --maildir DIR or --mbox FILE")
-        if maildir is not None:
-            maildir = maildir.expanduser().resolve()
-            if not (maildir / "cur").is_dir():
-                fail(
-                    f"--maildir {str(maildir)!r} is not a Maildir (no cur/ inside); "
-                    "give the folder that holds cur/, new/ and tmp/"
-                )
-            settings["maildir"] = str(maildir)
-        for m in mbox or []:
-            if not m.is_file():
-                fail(f"--mbox {str(m)!r} is not a file; give the path of an mbox archive")
-        if mbox:
-            settings["mbox"] = [str(m.expanduser().resolve()) for m in mbox]
-        if calendar is not None:
-            calendar = calendar.expanduser().resolve()
-            calendar.mkdir(parents=True, exist_ok=True)
-            settings["calendar"] = str(calendar)
+        settings = _local_settings(maildir, calendar, mbox or [])
+    else:
+        if not host:
+            fail("an imap mailbox needs --host")
+            return
+        try:
+            check_tls(host, tls.value)
+        except ConnectorError as exc:
+            fail(str(exc))
+        settings = {
+            "host": host,
+            "tls": tls.value,
+            "auth": "xoauth2" if xoauth2 else "password",
+            "idle": idle,
+            "folders": folder or [],
+        }
+        if port is not None:
+            settings["port"] = port
+        if login:
+            settings["login"] = login
+        if caldav:
+            settings["caldav_url"] = caldav
+        secret = read_secret(password_file, password_env, "token" if xoauth2 else "password")
     if poll_interval is not None:
         settings["poll_interval"] = poll_interval
     if body is not None:
         settings["body"] = body.value
     email = normalize_address(user)
+    token = SecretBox(state.settings().home).encrypt(secret) if secret else None
     with state.sessions().begin() as session:
         owner = session.scalar(select(User).where(User.email == email))
         if owner is None:
@@ -231,18 +343,35 @@ def mailbox_add(
             return
         if session.scalar(select(Mailbox).where(Mailbox.name == name)) is not None:
             fail(f"a mailbox named {name!r} exists already; remove it or pick another name")
-        session.add(
-            Mailbox(
-                name=name,
-                kind=kind.value,
-                user_id=owner.id,
-                settings=settings,
-                state="ok",
-                failures=0,
-                items_logged=0,
-            )
+        recorder.add_mailbox(
+            session,
+            name=name,
+            kind=kind.value,
+            user_id=owner.id,
+            settings=settings,
+            secret_token=token,
         )
     say(f"mailbox {name!r} added for {email}")
+
+
+@mailbox_app.command("reauth")
+def mailbox_reauth(
+    name: Annotated[str, typer.Argument(help="The mailbox name.")],
+    password_file: PasswordFile = None,
+    password_env: PasswordEnv = None,
+) -> None:
+    """Replace a mailbox's password or token and retry it at the next poll."""
+    with state.sessions().begin() as session:
+        mailbox = session.scalar(select(Mailbox).where(Mailbox.name == name))
+        if mailbox is None:
+            fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
+            return
+        what = "token" if mailbox.settings.get("auth") == "xoauth2" else "password"
+        mailbox.secret = SecretBox(state.settings().home).encrypt(
+            read_secret(password_file, password_env, what)
+        )
+        mailbox.state, mailbox.failures, mailbox.last_attempt = "ok", 0, None
+    say(f"mailbox {name!r}: new {what} stored; it will be synced at the next poll")
 
 
 @mailbox_app.command("list")

@@ -106,3 +106,222 @@ def new_pg_database(base: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"{base}/{name}"
+
+
+DOVECOT_HINT = (
+    "Dovecot (IMAP) was not found; install it with 'apt-get install -y --no-install-recommends "
+    "dovecot-core dovecot-imapd' (scripts/test does this)"
+)
+_DOVECOT_CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/log/dovecot.log
+info_log_path = {root}/log/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+login_trusted_networks = 127.0.0.0/8
+default_internal_user = dovecot
+default_internal_group = dovecot
+default_login_user = dovenull
+first_valid_uid = 65534
+first_valid_gid = 65534
+mail_location = maildir:{root}/mail/%u/Maildir
+mail_uid = 65534
+mail_gid = 65534
+mail_fsync = never
+mail_max_userip_connections = 100
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    auto = subscribe
+    special_use = \\Sent
+  }}
+  mailbox Drafts {{
+    auto = subscribe
+    special_use = \\Drafts
+  }}
+  mailbox Trash {{
+    auto = subscribe
+    special_use = \\Trash
+  }}
+}}
+passdb {{
+  driver = static
+  args = password={password}
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={root}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  process_min_avail = 1
+  chroot =
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+class Dovecot:
+    """A running Dovecot: any login exists, with the password ``PASSWORD``."""
+
+    PASSWORD = "imap-test-pw"
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.port = port
+        self.host = "127.0.0.1"
+
+    def login(self, prefix: str) -> str:
+        """A new user: every login has ``PASSWORD`` (a static passdb never needs a reload)."""
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def maildir(self, user: str) -> Path:
+        return self.root / "mail" / user / "Maildir"
+
+    def log(self) -> str:
+        path = self.root / "log" / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _wait_for_greeting(port: int, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"* OK"):
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+@contextmanager
+def dovecot() -> Iterator[Dovecot]:
+    """Debian's Dovecot in the foreground, with its own config, on a free port."""
+    binary = shutil.which("dovecot") or (
+        "/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None
+    )
+    if binary is None:
+        raise ServerMissing(DOVECOT_HINT)
+    root = Path(tempfile.mkdtemp(prefix="syncd-dovecot-"))
+    for d in ("run", "state", "log", "mail"):
+        (root / d).mkdir()
+    # as root, mail runs as nobody: it must reach and own the mail tree
+    for parent in [root, *root.parents]:
+        parent.chmod(parent.stat().st_mode | 0o001)
+    os.chown(root / "mail", 65534, 65534)
+    port = free_port()
+    conf = root / "dovecot.conf"
+    conf.write_text(_DOVECOT_CONF.format(root=root, port=port, password=Dovecot.PASSWORD))
+    proc = subprocess.Popen(
+        [binary, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        try:
+            _wait_for_greeting(port)
+        except OSError:
+            proc.kill()
+            _, err = proc.communicate()
+            log = root / "log" / "dovecot.log"
+            raise RuntimeError(
+                f"Dovecot did not start: {err.decode(errors='replace')}"
+                f"{log.read_text(errors='replace') if log.exists() else ''}"
+            ) from None
+        yield Dovecot(root, port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_RADICALE_CONF = """\
+[server]
+hosts = 127.0.0.1:{port}
+max_connections = 20
+timeout = 30
+[auth]
+type = htpasswd
+htpasswd_filename = {root}/users
+htpasswd_encryption = plain
+delay = 0
+[rights]
+type = owner_only
+[storage]
+type = multifilesystem
+filesystem_folder = {root}/collections
+[web]
+type = none
+[logging]
+level = warning
+"""
+
+
+class Radicale:
+    def __init__(self, root: Path, port: int) -> None:
+        self.root = root
+        self.url = f"http://127.0.0.1:{port}/"
+
+    def add_user(self, name: str, password: str) -> None:
+        with (self.root / "users").open("a") as fh:
+            fh.write(f"{name}:{password}\n")
+
+
+@contextmanager
+def radicale() -> Iterator[Radicale]:
+    """Radicale (from PyPI) in the foreground, with its own config, on a free port."""
+    import sys
+    import time
+
+    root = Path(tempfile.mkdtemp(prefix="syncd-radicale-"))
+    (root / "users").write_text("")
+    port = free_port()
+    conf = root / "radicale.conf"
+    conf.write_text(_RADICALE_CONF.format(root=root, port=port))
+    env = {**os.environ, "HOME": str(root)}  # no ~/.config/radicale/config of the user
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radicale", "--config", str(conf)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(
+                        "Radicale did not start: "
+                        + (proc.stderr.read().decode(errors="replace") if proc.stderr else "")
+                    ) from None
+                time.sleep(0.05)
+        yield Radicale(root, port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(root, ignore_errors=True)

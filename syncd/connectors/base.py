@@ -17,6 +17,8 @@ task writer
 
 from __future__ import annotations
 
+import ipaddress
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,6 +37,26 @@ class AuthError(ConnectorError):
 
 class CursorExpired(ConnectorError):
     """The provider no longer accepts the stored cursor; the source is read again."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_tls(host: str, tls: str) -> None:
+    """Refuse to send a password in clear anywhere but to this machine."""
+    if tls not in ("implicit", "starttls", "none"):
+        raise ConnectorError(f"tls {tls!r} is not one of implicit, starttls, none")
+    if tls == "none" and not is_loopback(host):
+        raise ConnectorError(
+            f"--tls none would send the password to {host!r} in clear; it is allowed only "
+            "for a loopback host (127.0.0.1, ::1, localhost): use --tls implicit or starttls"
+        )
 
 
 class MailSource(Protocol):
@@ -87,6 +109,7 @@ ConnectorFactory = Callable[[MailboxSpec], Connector]
 _REGISTRY: dict[str, str] = {
     # kind -> "module:factory"; imported lazily so a kind's library loads only when used
     "local": "syncd.connectors.local:LocalConnector",
+    "imap": "syncd.connectors.imap:ImapConnector",
 }
 
 
@@ -94,8 +117,7 @@ def kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def open_connector(spec: MailboxSpec) -> Connector:
-    """Look up the connector for ``spec.kind`` in the one registry and open it."""
+def _module(spec: MailboxSpec) -> tuple[Any, str]:
     try:
         target = _REGISTRY[spec.kind]
     except KeyError:
@@ -103,6 +125,19 @@ def open_connector(spec: MailboxSpec) -> Connector:
             f"mailbox {spec.name!r}: unknown kind {spec.kind!r}; known kinds: {', '.join(kinds())}"
         ) from None
     module_name, _, attr = target.partition(":")
-    module = __import__(module_name, fromlist=[attr])
+    return __import__(module_name, fromlist=[attr]), attr
+
+
+def open_watcher(spec: MailboxSpec, on_change: Callable[[str], None], stop: threading.Event) -> Any:
+    """Start the kind's push watcher (IMAP IDLE) if it has one and the mailbox wants it;
+    ``on_change(name)`` is called from the watcher's thread when new mail arrives."""
+    module, _ = _module(spec)
+    watch = getattr(module, "watch", None)
+    return watch(spec, on_change, stop) if watch else None
+
+
+def open_connector(spec: MailboxSpec) -> Connector:
+    """Look up the connector for ``spec.kind`` in the one registry and open it."""
+    module, attr = _module(spec)
     factory: ConnectorFactory = getattr(module, attr)
     return factory(spec)

@@ -1,0 +1,192 @@
+"""CalDAV calendars (the ``caldav`` library): meetings in, follow-up tasks out.
+
+Each calendar of the user is a source. It is read incrementally with sync-collection
+(RFC 6578); where a server has no sync tokens the library falls back to comparing ETags,
+which syncd sees the same way. Follow-up tasks are written as VTODO with a stable UID into
+the first calendar that accepts VTODO, else as a short VEVENT; writing again replaces the
+same resource, so a retry never duplicates. syncd's own tasks, read back, are task states
+(a task the user completes is done in the CRM), never meetings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+from caldav.davclient import DAVClient
+from caldav.lib import error as caldav_error
+
+from syncd.connectors.base import AuthError, ConnectorError, MailboxSpec
+from syncd.connectors.ical import UnreadableCalendar, read_calendar, task_to_ical
+from syncd.items import Batch, Cursor, MeetingItem, Quarantined, TaskItem, TaskState
+
+log = logging.getLogger("syncd.caldav")
+
+
+def _path(url: Any) -> str:
+    return urlparse(str(url)).path
+
+
+class CalDavAccount:
+    """The CalDAV side of a mailbox: settings ``caldav_url``, ``caldav_login`` (default the
+    IMAP login), the mailbox's secret as password."""
+
+    def __init__(self, spec: MailboxSpec) -> None:
+        self.spec = spec
+        s = spec.settings
+        self.url = str(s["caldav_url"])
+        if spec.secret is None:
+            raise AuthError(
+                f"mailbox {spec.name!r}: no CalDAV password stored; "
+                f"run 'syncd mailbox reauth {spec.name}'"
+            )
+        self.client = DAVClient(
+            url=self.url,
+            username=str(s.get("caldav_login") or s.get("login") or spec.user_email),
+            password=spec.secret.reveal(),
+            timeout=int(s.get("timeout", 60)),
+            enable_rfc6764=False,
+            require_tls=False,
+        )
+        self._calendars: list[Any] | None = None
+
+    def _where(self) -> str:
+        return f"mailbox {self.spec.name!r}: CalDAV {self.url}"
+
+    def calendars(self) -> list[Any]:
+        if self._calendars is None:
+            try:
+                found = list(self.client.principal().calendars())
+            except caldav_error.AuthorizationError:
+                raise AuthError(
+                    f"{self._where()} refused the login; set the right password with "
+                    f"'syncd mailbox reauth {self.spec.name}'"
+                ) from None
+            except (caldav_error.DAVError, OSError) as exc:
+                raise ConnectorError(f"{self._where()}: {exc}") from exc
+            wanted = self.spec.settings.get("calendars")
+            if wanted:
+                found = [c for c in found if c.get_display_name() in wanted]
+            self._calendars = found
+        return self._calendars
+
+    def sources(self) -> list[CalDavCalendar]:
+        s = self.spec.settings
+        return [
+            CalDavCalendar(
+                self,
+                cal,
+                int(s.get("calendar_past_days", 90)),
+                int(s.get("calendar_future_days", 30)),
+                self.spec.batch_size,
+            )
+            for cal in self.calendars()
+        ]
+
+    def task_writer(self) -> CalDavTaskWriter | None:
+        calendars = self.calendars()
+        if not calendars:
+            return None
+        for cal in calendars:
+            try:
+                if "VTODO" in cal.get_supported_components():
+                    return CalDavTaskWriter(cal, as_event=False)
+            except (caldav_error.DAVError, KeyError):
+                continue
+        return CalDavTaskWriter(calendars[0], as_event=True)
+
+
+class CalDavCalendar:
+    def __init__(
+        self,
+        account: CalDavAccount,
+        calendar: Any,
+        past_days: int,
+        future_days: int,
+        batch_size: int,
+    ) -> None:
+        self.account = account
+        self.calendar = calendar
+        self.name = f"caldav:{_path(calendar.url)}"
+        self.past = timedelta(days=past_days)
+        self.future = timedelta(days=future_days)
+        self.batch_size = batch_size
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
+        state = json.loads(cursor.value) if cursor else {"token": None, "uids": {}, "day": ""}
+        now = datetime.now(UTC)
+        window = (now - self.past, now + self.future)
+        token = state["token"]
+        if state.get("day") != now.date().isoformat():
+            token = None  # the window moved on: read every object again (keys dedupe)
+        try:
+            result = self.calendar.get_objects_by_sync_token(sync_token=token, load_objects=True)
+        except caldav_error.AuthorizationError:
+            raise AuthError(f"{self.account._where()} refused access to {self.name}") from None
+        except (caldav_error.DAVError, OSError) as exc:
+            raise ConnectorError(f"{self.account._where()}: {exc}") from exc
+        uids: dict[str, list[str]] = dict(state["uids"])
+        objects = [o for o in result if o.url is not None]
+        meetings: list[MeetingItem] = []
+        states: list[TaskState] = []
+        quarantined: list[Quarantined] = []
+        for obj in objects:
+            href = _path(obj.url)
+            data = obj.data
+            if not data:
+                continue
+            raw = data.encode() if isinstance(data, str) else data
+            try:
+                found, task_states, object_uids = read_calendar(raw, href, window)
+            except UnreadableCalendar as exc:
+                quarantined.append(Quarantined(href, str(exc)))
+                continue
+            meetings.extend(found)
+            states.extend(task_states)
+            uids[href] = sorted(object_uids)
+        removed: list[str] = []
+        for url in getattr(result, "deleted_urls", set()):
+            for uid in uids.pop(_path(url), []):
+                if uid.startswith("syncd-"):
+                    states.append(TaskState(uid, "cancelled"))
+                else:
+                    removed.append(uid)
+        if token is None and cursor is not None:  # a full read: what is gone was deleted
+            seen = {_path(o.url) for o in objects}
+            for href in [h for h in uids if h not in seen]:
+                removed.extend(u for u in uids.pop(href) if not u.startswith("syncd-"))
+        new_state = {
+            "token": str(result.sync_token) if result.sync_token else None,
+            "uids": uids,
+            "day": now.date().isoformat(),
+        }
+        for start in range(0, max(len(meetings), 1), self.batch_size):
+            last = start + self.batch_size >= len(meetings)
+            yield Batch(
+                items=tuple(meetings[start : start + self.batch_size]),
+                cursor=Cursor(json.dumps(new_state if last else state)),
+                quarantined=tuple(quarantined) if last else (),
+                removed=tuple(removed) if last else (),
+                task_states=tuple(states) if last else (),
+            )
+
+
+class CalDavTaskWriter:
+    def __init__(self, calendar: Any, as_event: bool) -> None:
+        self.calendar = calendar
+        self.as_event = as_event
+
+    def put(self, task: TaskItem) -> str:
+        ical = task_to_ical(task, as_event=self.as_event).decode()
+        add = self.calendar.add_event if self.as_event else self.calendar.add_todo
+        try:
+            obj = add(ical)  # the resource is named after the UID: a rewrite replaces it
+        except (caldav_error.DAVError, OSError) as exc:
+            raise ConnectorError(
+                f"cannot write task {task.uid} to {self.calendar.url}: {exc}"
+            ) from exc
+        return _path(obj.url)

@@ -1,0 +1,366 @@
+"""IMAP mailboxes against a real Dovecot, CalDAV against a real Radicale; the CRM on SQLite and
+on PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import icalendar
+import pytest
+from imapclient import IMAPClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.config import Settings
+from syncd.crm import queries, recorder
+from syncd.crm.models import Activity, Sighting, User
+from syncd.demo import email_bytes, event_ics
+from syncd.secrets import Secret, SecretBox
+from syncd.sync import SyncReport, sync_mailbox
+
+from .servers import Dovecot, Radicale, ServerMissing, dovecot, radicale
+
+S = sessionmaker[Session]
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(scope="session")
+def imap_server() -> Iterator[Dovecot]:
+    try:
+        with dovecot() as server:
+            yield server
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def dav_server() -> Iterator[Radicale]:
+    with radicale() as server:
+        yield server
+
+
+def new_login(server: Dovecot, prefix: str) -> str:
+    return server.login(prefix)
+
+
+def imap(server: Dovecot, login: str) -> IMAPClient:
+    client = IMAPClient(server.host, port=server.port, ssl=False)
+    client.login(login, Dovecot.PASSWORD)
+    return client
+
+
+def append(server: Dovecot, login: str, folder: str, *messages: bytes) -> None:
+    client = imap(server, login)
+    for m in messages:
+        client.append(folder, m, flags=(b"\\Seen",))
+    client.logout()
+
+
+def add_imap_mailbox(
+    sessions: S,
+    settings: Settings,
+    name: str,
+    user: str,
+    server: Dovecot,
+    login: str,
+    password: str | None = None,
+    **extra: Any,
+) -> None:
+    token = SecretBox(settings.home).encrypt(Secret(password or Dovecot.PASSWORD))
+    with sessions.begin() as session:
+        user_id = session.scalar(select(User.id).where(User.email == user))
+        assert user_id is not None
+        recorder.add_mailbox(
+            session,
+            name=name,
+            kind="imap",
+            user_id=user_id,
+            secret_token=token,
+            settings={
+                "host": server.host,
+                "port": server.port,
+                "tls": "none",
+                "login": login,
+                "retries": 4,
+                **extra,
+            },
+        )
+
+
+def sync(sessions: S, settings: Settings, name: str) -> SyncReport:
+    report = sync_mailbox(sessions, settings, name)
+    assert report.ok, report.error
+    return report
+
+
+def subjects(sessions: S) -> list[str]:
+    with sessions() as session:
+        return sorted(r["subject"] for r in queries.timeline(session))
+
+
+def msg(
+    i: int, sender: str = "Carla <carla@acme.test>", to: str = "ana@northwind.test", **kw: Any
+) -> bytes:
+    return email_bytes(
+        sender=sender,
+        to=[to],
+        subject=kw.pop("subject", f"deal note {i}"),
+        when=NOW - timedelta(hours=i),
+        message_id=f"imap-{i}@acme.test",
+        **kw,
+    )
+
+
+def test_first_incremental_and_unchanged_syncs(sessions, settings, company, imap_server):
+    login = new_login(imap_server, "ana")
+    append(imap_server, login, "INBOX", *(msg(i) for i in range(5)))
+    append(
+        imap_server,
+        login,
+        "Sent",
+        msg(10, sender="ana@northwind.test", to="Eva <eva@globex.test>", subject="pilot plan"),
+    )
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login)
+    first = sync(sessions, settings, "ana")
+    assert first.new_activities == 6
+    assert "pilot plan" in subjects(sessions)
+    append(imap_server, login, "INBOX", msg(20))
+    second = sync(sessions, settings, "ana")
+    assert (second.new_activities, second.new_sightings) == (1, 1)
+    quiet = sync(sessions, settings, "ana")
+    assert (quiet.new_activities, quiet.new_sightings, quiet.quarantined) == (0, 0, 0)
+    # syncd only PEEKs: the unread mail it read is still unread
+    append(imap_server, login, "INBOX", msg(21))
+    client = imap(imap_server, login)
+    client.select_folder("INBOX")
+    client.remove_flags(client.search(["ALL"]), [b"\\Seen"])
+    sync(sessions, settings, "ana")
+    assert client.search(["SEEN"]) == []
+    client.logout()
+
+
+def test_a_changed_uidvalidity_reads_the_folder_again_without_duplicates(
+    sessions, settings, company, imap_server
+):
+    login = new_login(imap_server, "ana")
+    client = imap(imap_server, login)
+    client.create_folder("Deals")
+    client.logout()
+    append(imap_server, login, "Deals", *(msg(i) for i in range(4)))
+    add_imap_mailbox(
+        sessions, settings, "ana", "ana@northwind.test", imap_server, login, folders=["Deals"]
+    )
+    sync(sessions, settings, "ana")
+    client = imap(imap_server, login)
+    before = client.folder_status("Deals", ["UIDVALIDITY"])[b"UIDVALIDITY"]
+    client.delete_folder("Deals")  # the server rebuilds the folder: same mail, new UIDVALIDITY
+    client.create_folder("Deals")
+    for m in [msg(0), msg(1), msg(2), msg(3), msg(4)]:
+        client.append("Deals", m)
+    after = client.folder_status("Deals", ["UIDVALIDITY"])[b"UIDVALIDITY"]
+    client.logout()
+    assert after != before
+    report = sync(sessions, settings, "ana")
+    assert report.new_activities == 1  # only msg(4) is new
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Activity)) == 5
+        assert session.scalar(select(func.count()).select_from(Sighting)) == 5
+
+
+def test_a_wrong_password_parks_only_that_mailbox_until_reauth(
+    sessions, settings, company, imap_server
+):
+    ana, ben = new_login(imap_server, "ana"), new_login(imap_server, "ben")
+    append(imap_server, ana, "INBOX", msg(1))
+    append(imap_server, ben, "INBOX", msg(2, to="ben@northwind.test"))
+    add_imap_mailbox(
+        sessions, settings, "ana", "ana@northwind.test", imap_server, ana, password="wrong"
+    )
+    add_imap_mailbox(sessions, settings, "ben", "ben@northwind.test", imap_server, ben)
+    bad = sync_mailbox(sessions, settings, "ana")
+    assert bad.state == "parked"
+    assert "refused the login" in (bad.error or "") and "syncd mailbox reauth ana" in bad.error
+    assert "wrong" not in bad.error
+    sync(sessions, settings, "ben")
+    assert subjects(sessions) == ["deal note 2"]
+    with sessions.begin() as session:
+        from syncd.crm.models import Mailbox
+
+        mailbox = session.scalars(select(Mailbox).where(Mailbox.name == "ana")).one()
+        mailbox.secret = SecretBox(settings.home).encrypt(Secret(Dovecot.PASSWORD))
+    sync(sessions, settings, "ana")
+    assert subjects(sessions) == ["deal note 1", "deal note 2"]
+
+
+class DroppingProxy:
+    """A TCP proxy to Dovecot that cuts the connection once, after the server has sent
+    ``cut_after`` bytes: the server's side of a connection dropped mid-fetch."""
+
+    def __init__(self, target_port: int, cut_after: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.cut_after = cut_after
+        self.cuts = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                sent += len(data)
+                if from_server and self.cuts == 0 and sent > self.cut_after:
+                    self.cuts += 1
+                    break
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_connection_dropped_mid_fetch_is_retried_and_nothing_is_lost(
+    sessions, settings, company, imap_server
+):
+    login = new_login(imap_server, "ana")
+    messages = [msg(i, body="x" * 3000) for i in range(60)]
+    append(imap_server, login, "INBOX", *messages)
+    proxy = DroppingProxy(imap_server.port, cut_after=60_000)
+    small = settings.model_copy(
+        update={"sync": settings.sync.model_copy(update={"batch_size": 10, "body": "full"})}
+    )
+    add_imap_mailbox(
+        sessions, small, "ana", "ana@northwind.test", imap_server, login, port=proxy.port
+    )
+    report = sync(sessions, small, "ana")
+    proxy.close()
+    assert proxy.cuts == 1  # the connection really was cut mid-fetch
+    assert report.new_activities == 60
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Sighting)) == 60
+
+
+def test_an_invitation_by_mail_is_a_meeting(sessions, settings, company, imap_server):
+    login = new_login(imap_server, "ana")
+    start = (NOW - timedelta(days=1)).replace(hour=10, minute=0, second=0)
+    invite = email_bytes(
+        sender="Carla <carla@acme.test>",
+        to=["ana@northwind.test"],
+        subject="Invitation: Acme review",
+        when=NOW - timedelta(days=3),
+        message_id="inv-1@acme.test",
+        calendar=event_ics(
+            "review-1@acme.test",
+            "Acme review",
+            start,
+            60,
+            ("carla@acme.test", "Carla"),
+            [("ana@northwind.test", "Ana")],
+            "REQUEST",
+        ),
+    )
+    append(imap_server, login, "INBOX", invite)
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login)
+    sync(sessions, settings, "ana")  # body policy "snippet": the invitation is fetched whole
+    with sessions() as session:
+        rows = queries.timeline(session)
+    assert [(r["kind"], r["subject"]) for r in rows] == [("meeting", "Acme review")]
+
+
+def test_one_email_in_two_imap_mailboxes_is_one_activity(sessions, settings, company, imap_server):
+    ana, ben = new_login(imap_server, "ana"), new_login(imap_server, "ben")
+    shared = email_bytes(
+        sender="Ana <ana@northwind.test>",
+        to=["Carla <carla@acme.test>"],
+        cc=["ben@northwind.test"],
+        subject="Renewal [OPP-101]",
+        when=NOW,
+        message_id="shared-1@northwind.test",
+    )
+    append(imap_server, ana, "Sent", shared)
+    append(imap_server, ben, "INBOX", shared)
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, ana)
+    add_imap_mailbox(sessions, settings, "ben", "ben@northwind.test", imap_server, ben)
+    sync(sessions, settings, "ana")
+    sync(sessions, settings, "ben")
+    with sessions() as session:
+        (row,) = queries.timeline(session)
+    assert row["mailboxes"] == ["ana", "ben"]
+
+
+def test_caldav_meetings_and_tasks_written_back_and_completed(
+    sessions, settings, company, imap_server, dav_server
+):
+    import caldav
+
+    login = new_login(imap_server, "ana")
+    dav_server.add_user(login, Dovecot.PASSWORD)
+    client = caldav.DAVClient(
+        url=dav_server.url,
+        username=login,
+        password=Dovecot.PASSWORD,
+        enable_rfc6764=False,
+        require_tls=False,
+    )
+    cal = client.principal().make_calendar(name="work")
+    start = (NOW - timedelta(days=1)).replace(hour=14, minute=0, second=0)
+    cal.add_event(
+        event_ics(
+            "call-1@northwind.test",
+            "Globex call",
+            start,
+            30,
+            ("ana@northwind.test", "Ana"),
+            [("eva@globex.test", "Eva")],
+        ).decode()
+    )
+    add_imap_mailbox(
+        sessions,
+        settings,
+        "ana",
+        "ana@northwind.test",
+        imap_server,
+        login,
+        caldav_url=dav_server.url,
+    )
+    first = sync(sessions, settings, "ana")
+    assert first.tasks_written == 1
+    assert subjects(sessions) == ["Globex call"]
+    todos = [t for t in cal.todos() if "X-SYNCD-TASK" in t.data]
+    assert len(todos) == 1 and "Send notes and next steps: Globex call" in todos[0].data
+    again = sync(sessions, settings, "ana")  # reads its own task back: no meeting, no rewrite
+    assert (again.new_activities, again.tasks_written) == (0, 0)
+    assert len([t for t in cal.todos() if "X-SYNCD-TASK" in t.data]) == 1
+    # the user ticks the task off in their calendar app
+    todo = todos[0]
+    parsed = icalendar.Calendar.from_ical(todo.data)
+    parsed.walk("VTODO")[0]["STATUS"] = "COMPLETED"
+    todo.data = parsed.to_ical().decode()
+    todo.save()
+    sync(sessions, settings, "ana")
+    with sessions() as session:
+        (task,) = queries.task_report(session)
+    assert (task["status"], task["resolution"]) == ("done", "calendar")
+    assert subjects(sessions) == ["Globex call"]
