@@ -364,3 +364,48 @@ def test_caldav_meetings_and_tasks_written_back_and_completed(
         (task,) = queries.task_report(session)
     assert (task["status"], task["resolution"]) == ("done", "calendar")
     assert subjects(sessions) == ["Globex call"]
+
+
+def test_idle_logs_new_inbox_mail_long_before_the_next_poll(
+    sessions, settings, company, imap_server, db_url, tmp_path
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    login = new_login(imap_server, "ana")
+    append(imap_server, login, "INBOX", msg(1))
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login, idle=True)
+    config = tmp_path / "syncd.toml"
+    config.write_text("[sync]\npoll_interval = 3600\n")  # only IDLE can bring mail in time
+    env = {
+        **os.environ,
+        "SYNCD_DATABASE_URL": db_url,
+        "SYNCD_HOME": str(settings.home),
+        "SYNCD_CONFIG": str(config),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while subjects(sessions) != ["deal note 1"]:  # the first poll
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1.0)  # IDLE is listening by now
+        append(imap_server, login, "INBOX", msg(2))
+        deadline = time.monotonic() + 20
+        while "deal note 2" not in subjects(sessions):
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, "IDLE did not bring the new mail in"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        assert code == 0, proc.stderr.read() if proc.stderr else ""
