@@ -5,6 +5,7 @@ Shared by the pytest fixtures (tests/conftest.py) and the benchmarks (bench/).""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -121,7 +123,7 @@ protocols = imap
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login xoauth2
 login_trusted_networks = 127.0.0.0/8
 default_internal_user = dovecot
 default_internal_group = dovecot
@@ -150,7 +152,13 @@ namespace inbox {{
   }}
 }}
 passdb {{
+  driver = oauth2
+  mechanisms = xoauth2
+  args = {root}/oauth2.conf.ext
+}}
+passdb {{
   driver = static
+  mechanisms = plain login
   args = password={password}
 }}
 userdb {{
@@ -175,9 +183,15 @@ service anvil {{
 
 
 class Dovecot:
-    """A running Dovecot: any login exists, with the password ``PASSWORD``."""
+    """A running Dovecot: any login exists, with the password ``PASSWORD``, or over XOAUTH2
+    with the access token ``token(login)`` (checked by an OAuth2 introspection endpoint here)."""
 
     PASSWORD = "imap-test-pw"
+    TOKEN_PREFIX = "ya29.test-token-for-"
+
+    @classmethod
+    def token(cls, login: str) -> str:
+        return cls.TOKEN_PREFIX + login
 
     def __init__(self, root: Path, port: int) -> None:
         self.root = root
@@ -227,6 +241,12 @@ def dovecot() -> Iterator[Dovecot]:
         parent.chmod(parent.stat().st_mode | 0o001)
     os.chown(root / "mail", 65534, 65534)
     port = free_port()
+    introspection = _introspection_server()
+    (root / "oauth2.conf.ext").write_text(
+        "introspection_mode = post\n"
+        f"introspection_url = http://127.0.0.1:{introspection.server_port}/introspect\n"
+        "username_attribute = username\nactive_attribute = active\nactive_value = true\n"
+    )
     conf = root / "dovecot.conf"
     conf.write_text(_DOVECOT_CONF.format(root=root, port=port, password=Dovecot.PASSWORD))
     proc = subprocess.Popen(
@@ -250,7 +270,38 @@ def dovecot() -> Iterator[Dovecot]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        introspection.shutdown()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _introspection_server() -> Any:
+    """An OAuth 2.0 token introspection endpoint (RFC 7662) for Dovecot's oauth2 passdb:
+    ``Dovecot.token(login)`` is active for that login, any other token is not."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"] or 0)).decode())
+            token = form.get("token", [""])[0]
+            user = token.removeprefix(Dovecot.TOKEN_PREFIX)
+            active = token.startswith(Dovecot.TOKEN_PREFIX) and user
+            body = json.dumps(
+                {"active": True, "username": user} if active else {"active": False}
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 _RADICALE_CONF = """\

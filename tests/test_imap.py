@@ -409,3 +409,102 @@ def test_idle_logs_new_inbox_mail_long_before_the_next_poll(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
         assert code == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_xoauth2_logs_in_with_an_access_token_and_a_revoked_one_parks(
+    sessions, settings, company, imap_server
+):
+    login = new_login(imap_server, "ana")
+    append(imap_server, login, "INBOX", msg(1))
+    add_imap_mailbox(
+        sessions,
+        settings,
+        "ana",
+        "ana@northwind.test",
+        imap_server,
+        login,
+        password=Dovecot.token(login),
+        auth="xoauth2",
+    )
+    assert sync(sessions, settings, "ana").new_activities == 1
+    with sessions.begin() as session:
+        from syncd.crm.models import Mailbox
+
+        mailbox = session.scalars(select(Mailbox).where(Mailbox.name == "ana")).one()
+        mailbox.secret = SecretBox(settings.home).encrypt(Secret("ya29.revoked"))
+    report = sync_mailbox(sessions, settings, "ana")
+    assert report.state == "parked" and "syncd mailbox reauth ana" in (report.error or "")
+    assert "ya29.revoked" not in (report.error or "")
+
+
+def test_cli_adds_an_imap_mailbox_without_a_password_on_the_command_line(
+    company, imap_server, db_url, settings, tmp_path
+):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SYNCD_DATABASE_URL": db_url, "SYNCD_HOME": str(settings.home)}
+
+    def syncd(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "syncd", *args],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    login = new_login(imap_server, "ana")
+    append(imap_server, login, "INBOX", msg(1))
+    base = [
+        "mailbox",
+        "add",
+        "ana",
+        "--kind",
+        "imap",
+        "--user",
+        "ana@northwind.test",
+        "--login",
+        login,
+    ]
+    clear = syncd(
+        *base, "--host", "mail.example.com", "--tls", "none", "--password-env", "PW", PW="x"
+    )
+    assert clear.returncode == 1 and "allowed only for a loopback host" in clear.stderr
+    nothing = syncd(*base, "--host", "127.0.0.1", "--port", str(imap_server.port), "--tls", "none")
+    assert nothing.returncode == 1 and "--password-file FILE or --password-env VAR" in (
+        nothing.stderr
+    )
+    secret_file = tmp_path / "pw"
+    secret_file.write_text(Dovecot.PASSWORD + "\n")
+    added = syncd(
+        *base,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(imap_server.port),
+        "--tls",
+        "none",
+        "--password-file",
+        str(secret_file),
+    )
+    assert added.returncode == 0, added.stderr
+    assert syncd("sync", "ana").returncode == 0
+    status = json.loads(syncd("status", "--json").stdout)
+    assert status[0]["state"] == "ok" and status[0]["items"] == 1
+    listing = syncd("mailbox", "list", "--json").stdout
+    assert Dovecot.PASSWORD not in listing
+    # a changed password: the mailbox parks, then reauth fixes it
+    wrong = syncd("mailbox", "reauth", "ana", "--password-env", "PW", PW="not-it")
+    assert wrong.returncode == 0
+    assert syncd("sync", "ana").returncode == 1
+    status = json.loads(syncd("status", "--json").stdout)
+    assert status[0]["state"] == "parked" and "reauth" in status[0]["error"]
+    assert (
+        syncd("mailbox", "reauth", "ana", "--password-env", "PW", PW=Dovecot.PASSWORD).returncode
+        == 0
+    )
+    assert syncd("sync", "ana").returncode == 0
