@@ -37,6 +37,7 @@ from syncd.matching.matcher import CrmIndex, match, remembered_keys
 from syncd.secrets import SecretBox, SecretsError
 
 log = logging.getLogger("syncd.sync")
+FOLLOWUPS_EVERY = timedelta(minutes=10)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class SyncReport:
     new_sightings: int = 0
     quarantined: int = 0
     excluded: Counter[str] = field(default_factory=Counter)
+    updated: int = 0  # meetings changed or removed, task states read back
     tasks_changed: int = 0
     tasks_written: int = 0
     stopped: bool = False
@@ -237,6 +239,9 @@ class SyncJob:
                 )
             self.report.new_activities += result.new_activities
             self.report.new_sightings += result.new_sightings
+            self.report.updated += (
+                result.updated_meetings + len(batch.removed) + len(batch.task_states)
+            )
             self.report.quarantined += len(batch.quarantined)
             self.heartbeat()
             if self.stop():
@@ -244,9 +249,18 @@ class SyncJob:
                 return
 
     def _followups(self) -> None:
+        """Run the rules after a pass that changed something, else at most every
+        FOLLOWUPS_EVERY (deadlines pass without new mail; a quiet poll stays cheap)."""
         now = self.now()
         since = now - timedelta(days=self.settings.followups.lookback_days)
+        changed = self.report.new_activities or self.report.new_sightings or self.report.updated
         with self.sessions.begin() as session:
+            mailbox = session.get(Mailbox, self.mailbox_id)
+            assert mailbox is not None
+            last = mailbox.followups_at
+            if not changed and last is not None and timedelta(0) <= now - last < FOLLOWUPS_EVERY:
+                return
+            mailbox.followups_at = now
             candidates = queries.followup_candidates(session, self.user_id, since)
             if not candidates:
                 return

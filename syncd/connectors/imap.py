@@ -78,7 +78,7 @@ class Session:
                 f"{self._where()} has no password or token stored; "
                 f"run 'syncd mailbox reauth {self.spec.name}'"
             )
-        context = ssl.create_default_context()
+        context = ssl.create_default_context() if self.tls != "none" else None
         try:
             client = IMAPClient(
                 self.host,

@@ -5,13 +5,16 @@ Shared by every connector that sees raw messages (local Maildir and mbox, IMAP, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.policy import EmailPolicy
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from syncd.connectors.ical import invitations_from_ical
 from syncd.items import MailItem, Participant, ParticipantRole
@@ -21,7 +24,24 @@ from syncd.matching.addresses import (
     parse_address_list,
 )
 
-_PARSER = BytesParser(policy=policy.default)
+
+@functools.lru_cache(maxsize=2048)
+def _parsed_header(name: str, value: str) -> Any:
+    return policy.default.header_fetch_parse(name, value)
+
+
+class _MemoPolicy(EmailPolicy):
+    """``policy.default``, with parsed headers memoised: the parser and ``get_content`` ask
+    for Content-Type several times a message and the header registry parses it anew each
+    time; the same (name, value) always parses to the same read-only header object."""
+
+    def header_fetch_parse(self, name: str, value: Any) -> Any:
+        if hasattr(value, "name"):
+            return value
+        return _parsed_header(name, value)
+
+
+_PARSER = BytesParser(policy=_MemoPolicy())
 _ADDRESS_HEADERS: tuple[tuple[str, ParticipantRole], ...] = (
     ("from", "from"),
     ("to", "to"),
@@ -56,6 +76,15 @@ def _header(msg: EmailMessage, name: str) -> str | None:
     return clean(str(value)).strip()
 
 
+def _raw_headers(msg: EmailMessage) -> dict[str, str]:
+    """The first value of every header, unfolded, without the policy's (costly) parsing:
+    enough for headers that are tokens or Message-IDs rather than encoded text."""
+    raw: dict[str, str] = {}
+    for name, value in msg.raw_items():
+        raw.setdefault(name.lower(), clean(" ".join(str(value).split())))
+    return raw
+
+
 def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for raw in msg.get_all(name, failobj=[]) or []:
@@ -82,8 +111,7 @@ def _message_ids(value: str | None) -> list[str]:
     return [normalize_message_id(i) for i in ids if normalize_message_id(i)]
 
 
-def _date(msg: EmailMessage, fallback: datetime) -> datetime:
-    value = _header(msg, "date")
+def _date(value: str | None, fallback: datetime) -> datetime:
     if value:
         try:
             dt = parsedate_to_datetime(value)
@@ -94,11 +122,15 @@ def _date(msg: EmailMessage, fallback: datetime) -> datetime:
     return fallback
 
 
-def _text_body(msg: EmailMessage) -> str:
-    try:
-        part = msg.get_body(preferencelist=("plain", "html"))
-    except Exception:
-        part = None
+def _text_body(msg: EmailMessage, content_type: str) -> str:
+    part: EmailMessage | None
+    if not content_type or content_type.startswith("text/plain"):
+        part = msg  # a plain single-part message: no need to walk a MIME tree
+    else:
+        try:
+            part = msg.get_body(preferencelist=("plain", "html"))  # type: ignore[assignment]
+        except Exception:
+            part = None
     if part is None:
         return ""
     try:
@@ -151,31 +183,35 @@ def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> Mai
     if not participants:
         raise UnreadableMessage("no From, To, Cc or Bcc address that can be read")
 
+    raw = _raw_headers(msg)
     subject = _WS_RE.sub(" ", _header(msg, "subject") or "").strip()
-    sent_at = _date(msg, fallback_time)
-    message_ids = _message_ids(_header(msg, "message-id"))
+    sent_at = _date(raw.get("date"), fallback_time)
+    message_ids = _message_ids(raw.get("message-id"))
     message_id = message_ids[0] if message_ids else None
-    in_reply_to = _message_ids(_header(msg, "in-reply-to"))
-    references = _message_ids(_header(msg, "references"))
+    in_reply_to = _message_ids(raw.get("in-reply-to"))
+    references = _message_ids(raw.get("references"))
     if message_id:
         key = f"mid:{message_id}"
     else:
         addrs = ",".join(sorted(f"{p.role}:{p.address}" for p in participants))
-        key = stable_key([addrs, _header(msg, "date") or "", subject, ",".join(in_reply_to)])
+        key = stable_key([addrs, raw.get("date", ""), subject, ",".join(in_reply_to)])
     related = tuple(dict.fromkeys(f"mid:{m}" for m in [*references, *in_reply_to]))
     root = references[0] if references else (in_reply_to[0] if in_reply_to else None)
     thread_key = f"mid:{root}" if root else key
 
-    body = _text_body(msg)
+    content_type = raw.get("content-type", "").lower()
+    body = _text_body(msg, content_type)
     snippet = _WS_RE.sub(" ", body).strip()[:SNIPPET_CHARS]
-    sensitivity = (_header(msg, "sensitivity") or "").lower()
-    autoreply = next((h for h in _AUTOREPLY_HEADERS if msg.get(h) is not None), None)
-    labels_header = _header(msg, "x-gmail-labels") or ""
-    labels = tuple(label.strip() for label in labels_header.split(",") if label.strip())
+    sensitivity = raw.get("sensitivity", "").lower()
+    autoreply = next((h for h in _AUTOREPLY_HEADERS if h in raw), None)
+    labels = tuple(
+        label.strip() for label in raw.get("x-gmail-labels", "").split(",") if label.strip()
+    )
 
     invitations = []
-    for payload in _calendar_parts(msg):
-        invitations.extend(invitations_from_ical(payload, provider_id))
+    if "multipart" in content_type or "calendar" in content_type:
+        for payload in _calendar_parts(msg):
+            invitations.extend(invitations_from_ical(payload, provider_id))
 
     return MailItem(
         key=key,
@@ -188,9 +224,9 @@ def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> Mai
         related_keys=related,
         snippet=snippet,
         body=body,
-        list_id=_header(msg, "list-id"),
-        precedence=(_header(msg, "precedence") or "").lower() or None,
-        auto_submitted=(_header(msg, "auto-submitted") or "").lower() or None,
+        list_id=raw.get("list-id"),
+        precedence=raw.get("precedence", "").lower() or None,
+        auto_submitted=raw.get("auto-submitted", "").lower() or None,
         autoreply_header=autoreply,
         private=sensitivity in ("private", "company-confidential", "confidential"),
         labels=labels,

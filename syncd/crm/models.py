@@ -165,6 +165,7 @@ class Mailbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     items_logged: Mapped[int] = mapped_column(BigInteger, default=0)
+    followups_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # rules last evaluated
     user: Mapped[User] = relationship()
 
 

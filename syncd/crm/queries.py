@@ -107,8 +107,6 @@ class Candidate:
 
 def followup_candidates(session: Session, user_id: int, since: datetime) -> list[Candidate]:
     """This user's outbound emails and meetings since ``since`` that involve a contact."""
-    user = session.get(User, user_id)
-    assert user is not None
     owned = exists().where(
         ActivityParticipant.activity_id == Activity.id,
         ActivityParticipant.user_id == user_id,
@@ -119,7 +117,11 @@ def followup_candidates(session: Session, user_id: int, since: datetime) -> list
         ActivityParticipant.user_id == user_id,
     )
     has_contact = exists().where(Link.activity_id == Activity.id, Link.type == "contact")
-    open_task = exists().where(Task.activity_id == Activity.id, Task.status == "open")
+    # the window by its index, plus the few older activities whose task is still open
+    in_window = set(session.scalars(select(Activity.id).where(Activity.occurred_at >= since)))
+    in_window.update(session.scalars(select(Task.activity_id).where(Task.status == "open")))
+    if not in_window:
+        return []
     later = aliased(Activity)
     reply = (
         select(func.min(later.occurred_at))
@@ -134,7 +136,7 @@ def followup_candidates(session: Session, user_id: int, since: datetime) -> list
     rows = session.execute(
         select(Activity, reply)
         .where(
-            (Activity.occurred_at >= since) | open_task,
+            Activity.id.in_(sorted(in_window)),
             has_contact,
             ((Activity.kind == "email") & (Activity.direction == "outbound") & owned)
             | ((Activity.kind == "meeting") & attended),

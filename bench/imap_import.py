@@ -1,0 +1,252 @@
+"""Benchmark: first sync of an IMAP mailbox on a real Dovecot, and a poll of it unchanged.
+
+Prints, from one run: syncd's first-sync rate (messages/s, SQLite), the ceiling (imapclient
+fetching the same items on one connection, no processing), their ratio, peak RSS of each
+phase (each in its own process), and the time and the number of IMAP commands of a poll of
+the unchanged mailbox (counted by a proxy between syncd and Dovecot).
+
+    .venv/bin/python bench/imap_import.py                    # 20,000 messages
+    .venv/bin/python bench/imap_import.py --messages 200000 --body metadata
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ATTRIBUTES = {
+    "metadata": [b"BODY.PEEK[HEADER]", b"INTERNALDATE", b"BODYSTRUCTURE"],
+    "snippet": [
+        b"BODY.PEEK[HEADER]",
+        b"BODY.PEEK[TEXT]<0.16384>",
+        b"INTERNALDATE",
+        b"BODYSTRUCTURE",
+    ],
+    "full": [b"BODY.PEEK[]", b"INTERNALDATE"],
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_ceiling(port: int, login: str, password: str, body: str) -> dict[str, float]:
+    """imapclient alone: the same FETCH items, 1000 UIDs a command, nothing done with them."""
+    from imapclient import IMAPClient
+
+    client = IMAPClient("127.0.0.1", port=port, ssl=False)
+    client.login(login, password)
+    start = time.perf_counter()
+    count = 0
+    for folder in ("INBOX", "Sent"):
+        client.select_folder(folder, readonly=True)
+        uids = client.search(["ALL"])
+        for i in range(0, len(uids), 1000):
+            count += len(client.fetch(uids[i : i + 1000], ATTRIBUTES[body]))
+    seconds = time.perf_counter() - start
+    client.logout()
+    return {"messages": count, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def phase_sync(
+    url: str, home: str, crm: str, port: int, login: str, password: str, body: str
+) -> dict[str, float]:
+    """syncd's whole pipeline on the mailbox, as `syncd sync` runs it."""
+    from syncd.config import Settings
+    from syncd.crm import recorder
+    from syncd.crm.database import make_engine, session_factory, upgrade
+    from syncd.demo import load_company
+    from syncd.secrets import Secret, SecretBox
+    from syncd.sync import sync_mailbox
+
+    engine = make_engine(url)
+    upgrade(engine)
+    sessions = session_factory(engine)
+    load_company(sessions, Path(crm))
+    settings = Settings(home=Path(home), sync={"body": body, "batch_size": 1000})
+    with sessions.begin() as session:
+        from sqlalchemy import select
+
+        from syncd.crm.models import User
+
+        user_id = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
+        assert user_id is not None
+        recorder.add_mailbox(
+            session,
+            name="ana",
+            kind="imap",
+            user_id=user_id,
+            settings={"host": "127.0.0.1", "port": port, "tls": "none", "login": login},
+            secret_token=SecretBox(Path(home)).encrypt(Secret(password)),
+        )
+    start = time.perf_counter()
+    report = sync_mailbox(sessions, settings, "ana")
+    seconds = time.perf_counter() - start
+    assert report.ok, report.error
+    return {"seconds": seconds, "activities": report.new_activities, "peak_rss_mb": peak_rss_mb()}
+
+
+def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float]:
+    """One more pass over the unchanged mailbox, through a proxy that counts commands."""
+    from syncd.config import Settings
+    from syncd.crm.database import make_engine, session_factory
+    from syncd.crm.models import Mailbox
+    from syncd.sync import sync_mailbox
+
+    sessions = session_factory(make_engine(url))
+    settings = Settings(home=Path(home), sync={"body": body})
+
+    def use_port(p: int) -> None:
+        with sessions.begin() as session:
+            mailbox = session.query(Mailbox).filter_by(name="ana").one()
+            mailbox.settings = {**mailbox.settings, "port": p}
+
+    sync_mailbox(sessions, settings, "ana")  # warm: imports, caches
+    start = time.perf_counter()
+    report = sync_mailbox(sessions, settings, "ana")  # timed straight to Dovecot
+    seconds = time.perf_counter() - start
+    assert report.ok and report.new_activities == 0, report.error
+    proxy = CountingProxy(port)  # counted through the proxy (which adds its own latency)
+    use_port(proxy.port)
+    sync_mailbox(sessions, settings, "ana")
+    use_port(port)
+    return {
+        "seconds": seconds,
+        "commands": len(proxy.commands),
+        "status": sum(1 for c in proxy.commands if c == "STATUS"),
+        "list": " ".join(proxy.commands),
+    }  # type: ignore[dict-item]
+
+
+class CountingProxy:
+    """Forwards to Dovecot and records the name of every tagged command the client sends."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.commands: list[str] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if count:
+                    for line in data.split(b"\r\n"):
+                        parts = line.split(b" ", 2)
+                        if len(parts) >= 2 and parts[0][:1].isalpha() and parts[0] != b"DONE":
+                            self.commands.append(parts[1].decode(errors="replace").upper())
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+
+def run_phase(*args: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def fill(maildir: Path, messages: int) -> float:
+    """Write the messages straight into the user's Maildir, as Dovecot's own delivery would."""
+    from syncd.demo import generate_maildir
+
+    start = time.perf_counter()
+    generate_maildir(maildir, messages, datetime.now(UTC))
+    for dirpath, _dirs, files in os.walk(maildir.parent):
+        os.chown(dirpath, 65534, 65534)
+        for f in files:
+            os.chown(os.path.join(dirpath, f), 65534, 65534)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000, help="up to 200,000")
+    parser.add_argument("--body", choices=list(ATTRIBUTES), default="snippet")
+    parser.add_argument("--phase", choices=["ceiling", "sync", "poll"], help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        kw = json.loads(args.args)
+        fn = {"ceiling": phase_ceiling, "sync": phase_sync, "poll": phase_poll}[args.phase]
+        print(json.dumps(fn(**kw)))
+        return
+
+    from syncd.demo import build_demo
+    from tests.servers import Dovecot, dovecot
+
+    work = Path(tempfile.mkdtemp(prefix="syncd-imap-bench-"))
+    demo = build_demo(work / "demo")
+    with dovecot() as server:
+        login = server.login("ana")
+        seconds = fill(server.maildir(login), args.messages)
+        print(f"filled INBOX and Sent with {args.messages} messages in {seconds:.1f} s")
+        common = {
+            "port": server.port,
+            "login": login,
+            "password": Dovecot.PASSWORD,
+            "body": args.body,
+        }
+        run_phase("--phase", "ceiling", "--args", json.dumps(common))  # warm Dovecot's indexes
+        ceiling = run_phase("--phase", "ceiling", "--args", json.dumps(common))
+        ceiling_rate = ceiling["messages"] / ceiling["seconds"]
+        print(
+            f"ceiling (imapclient, same FETCH items, no processing): {ceiling_rate:,.0f} msg/s,"
+            f" peak RSS {ceiling['peak_rss_mb']:.0f} MB"
+        )
+        url = f"sqlite:///{work / 'bench.db'}"
+        home = str(work / "home")
+        first = run_phase(
+            "--phase",
+            "sync",
+            "--args",
+            json.dumps({**common, "url": url, "home": home, "crm": str(demo.root / "crm")}),
+        )
+        rate = args.messages / first["seconds"]
+        print(
+            f"syncd first sync (body={args.body}, SQLite): {rate:,.0f} msg/s "
+            f"({first['activities']:.0f} activities in {first['seconds']:.1f} s), "
+            f"ratio to ceiling {rate / ceiling_rate:.2f}, peak RSS {first['peak_rss_mb']:.0f} MB"
+        )
+        poll = run_phase(
+            "--phase",
+            "poll",
+            "--args",
+            json.dumps({"url": url, "home": home, "port": server.port, "body": args.body}),
+        )
+        print(
+            f"poll of the unchanged mailbox: {poll['seconds'] * 1000:.0f} ms, "
+            f"{poll['commands']:.0f} IMAP commands ({poll['list']}), "
+            f"{poll['status']:.0f} STATUS (one per folder)"
+        )
+
+
+if __name__ == "__main__":
+    main()
