@@ -279,6 +279,13 @@ def mailbox_add(
     folder: Annotated[
         list[str] | None, typer.Option("--folder", help="imap: another folder to read; repeatable.")
     ] = None,
+    exclude_folder: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-folder",
+            help="A folder never to read, besides the config's exclusions.folders; repeatable.",
+        ),
+    ] = None,
     idle: Annotated[
         bool, typer.Option("--idle/--no-idle", help="imap: push new INBOX mail with IDLE.")
     ] = False,
@@ -304,6 +311,7 @@ def mailbox_add(
     imap:  --host H [--port P] [--tls implicit|starttls|none] [--login L] [--xoauth2]
            [--password-file F | --password-env VAR | prompt] [--folder F ...] [--idle]
            [--caldav URL]
+    both:  [--exclude-folder F ...] [--poll-interval S] [--body metadata|snippet|full]
     """
     secret: Secret | None = None
     if kind is Kind.local:
@@ -330,6 +338,8 @@ def mailbox_add(
         if caldav:
             settings["caldav_url"] = caldav
         secret = read_secret(password_file, password_env, "token" if xoauth2 else "password")
+    if exclude_folder:
+        settings["excluded_folders"] = exclude_folder
     if poll_interval is not None:
         settings["poll_interval"] = poll_interval
     if body is not None:

@@ -101,8 +101,12 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
     merged = {
         "calendar_past_days": settings.sync.calendar_past_days,
         "calendar_future_days": settings.sync.calendar_future_days,
-        "excluded_folders": settings.exclusions.folders,
         **mailbox.settings,
+        # the mailbox's own exclusions add to the config's
+        "excluded_folders": [
+            *settings.exclusions.folders,
+            *mailbox.settings.get("excluded_folders", []),
+        ],
     }
     return MailboxSpec(
         name=mailbox.name,

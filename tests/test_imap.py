@@ -508,3 +508,88 @@ def test_cli_adds_an_imap_mailbox_without_a_password_on_the_command_line(
         == 0
     )
     assert syncd("sync", "ana").returncode == 0
+
+
+def test_a_calendar_without_vtodo_gets_tasks_as_events_never_logged_as_meetings(
+    sessions, settings, company, imap_server, dav_server
+):
+    import caldav
+
+    login = new_login(imap_server, "ana")
+    dav_server.add_user(login, Dovecot.PASSWORD)
+    client = caldav.DAVClient(
+        url=dav_server.url,
+        username=login,
+        password=Dovecot.PASSWORD,
+        enable_rfc6764=False,
+        require_tls=False,
+    )
+    cal = client.principal().make_calendar(
+        name="events only", supported_calendar_component_set=["VEVENT"]
+    )
+    start = (NOW - timedelta(days=1)).replace(hour=9, minute=0, second=0)
+    cal.add_event(
+        event_ics(
+            "qbr-9@northwind.test",
+            "Acme QBR",
+            start,
+            60,
+            ("ana@northwind.test", "Ana"),
+            [("dan@acme.test", "Dan")],
+        ).decode()
+    )
+    add_imap_mailbox(
+        sessions,
+        settings,
+        "ana",
+        "ana@northwind.test",
+        imap_server,
+        login,
+        caldav_url=dav_server.url,
+    )
+    assert sync(sessions, settings, "ana").tasks_written == 1
+    events = [e.data for e in cal.events()]
+    assert sum("X-SYNCD-TASK" in e for e in events) == 1
+    assert any("Send notes and next steps: Acme QBR" in e for e in events)
+    again = sync(sessions, settings, "ana")
+    assert again.new_activities == 0 and subjects(sessions) == ["Acme QBR"]
+
+
+def test_an_unreadable_imap_message_is_quarantined_and_the_folder_moves_on(
+    sessions, settings, company, imap_server
+):
+    login = new_login(imap_server, "ana")
+    append(
+        imap_server, login, "INBOX", b"Subject: nobody sent this\r\n\r\nno addresses\r\n", msg(1)
+    )
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login)
+    report = sync(sessions, settings, "ana")
+    assert (report.new_activities, report.quarantined) == (1, 1)
+    with sessions() as session:
+        from syncd.crm.models import QuarantineEntry
+
+        (entry,) = session.scalars(select(QuarantineEntry)).all()
+    assert entry.provider_id.startswith("INBOX/") and "no From, To, Cc or Bcc" in entry.reason
+
+
+def test_extra_folders_are_read_and_excluded_ones_never(sessions, settings, company, imap_server):
+    login = new_login(imap_server, "ana")
+    client = imap(imap_server, login)
+    client.create_folder("Deals")
+    client.create_folder("Private")
+    client.logout()
+    append(imap_server, login, "Deals", msg(1, subject="in deals"))
+    append(imap_server, login, "Private", msg(2, subject="in private"))
+    append(imap_server, login, "Trash", msg(3, subject="in trash"))
+    add_imap_mailbox(
+        sessions,
+        settings,
+        "ana",
+        "ana@northwind.test",
+        imap_server,
+        login,
+        folders=["Deals", "Private", "Trash"],
+        excluded_folders=["Private"],
+    )
+    sync(sessions, settings, "ana")
+    assert subjects(sessions) == ["in deals"]  # Trash is excluded by the config's defaults

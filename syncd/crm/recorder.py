@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from syncd.crm.models import (
     Activity,
     ActivityParticipant,
+    Base,
     Link,
     Mailbox,
     QuarantineEntry,
@@ -31,6 +32,11 @@ from syncd.items import Cursor, Item, MailItem, MeetingItem, Quarantined, TaskSt
 from syncd.matching.matcher import Match
 
 _CHUNK = 500  # keys per IN (...) list
+
+
+def _table(model: type[Base]) -> Table:
+    """The Core table of a model: plain executemany inserts, no ORM bookkeeping per row."""
+    return Base.metadata.tables[model.__tablename__]
 
 
 @dataclass(frozen=True)
@@ -126,11 +132,16 @@ def record_batch(
     new = [d for key, d in unique.items() if key not in existing]
     if new:
         rows = [_activity_row(d, body_policy, now) for d in new]
-        inserted = session.execute(
-            insert(Activity).returning(Activity.id, Activity.key, sort_by_parameter_order=True),
-            rows,
-        ).all()
-        ids = {key: activity_id for activity_id, key in inserted}
+        # one executemany, then one SELECT for the ids: RETURNING in parameter order would
+        # make SQLite insert row by row (bench/import_local.py)
+        session.execute(insert(_table(Activity)), rows)
+        ids = {
+            key: activity_id
+            for chunk in _chunks([r["key"] for r in rows])
+            for key, activity_id in session.execute(
+                select(Activity.key, Activity.id).where(Activity.key.in_(chunk))
+            )
+        }
         result.new_activities = len(ids)
         participants = [
             {
@@ -145,7 +156,7 @@ def record_batch(
             for p in d.match.participants
         ]
         if participants:
-            session.execute(insert(ActivityParticipant), participants)
+            session.execute(insert(_table(ActivityParticipant)), participants)
         links = [
             {
                 "activity_id": ids[d.item.key],
@@ -157,7 +168,7 @@ def record_batch(
             for lk in d.match.links
         ]
         if links:
-            session.execute(insert(Link), links)
+            session.execute(insert(_table(Link)), links)
         result.activity_ids.update(ids)
 
     seen = [d for key, d in unique.items() if key in existing]
@@ -249,7 +260,7 @@ def _add_sightings(
         if result.activity_ids[key] not in have
     ]
     if rows:
-        session.execute(insert(Sighting), rows)
+        session.execute(insert(_table(Sighting)), rows)
     result.new_sightings = len(rows)
 
 
