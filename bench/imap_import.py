@@ -131,6 +131,51 @@ def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float]:
     }  # type: ignore[dict-item]
 
 
+def idle_latency(url: str, home: str, port: int, login: str, password: str) -> float:
+    """Seconds from an APPEND to INBOX until its activity is in the CRM, with `syncd run` on
+    IDLE (and a poll interval of an hour, so that only IDLE can be the reason)."""
+    from imapclient import IMAPClient
+    from sqlalchemy import select
+
+    from syncd.crm.database import make_engine, session_factory
+    from syncd.crm.models import Activity, Mailbox
+
+    sessions = session_factory(make_engine(url))
+    with sessions.begin() as session:
+        mailbox = session.query(Mailbox).filter_by(name="ana").one()
+        mailbox.settings = {**mailbox.settings, "idle": True}
+    config = Path(home) / "idle.toml"
+    config.write_text("[sync]\npoll_interval = 3600\n")
+    env = {**os.environ, "SYNCD_DATABASE_URL": url, "SYNCD_HOME": home, "SYNCD_CONFIG": str(config)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3.0)  # started, first (unchanged) pass done, IDLE listening
+        client = IMAPClient("127.0.0.1", port=port, ssl=False)
+        client.login(login, password)
+        msg = (
+            b"From: Carla <carla@acme.test>\r\nTo: ana@northwind.test\r\n"
+            b"Subject: idle probe\r\nMessage-ID: <idle-probe@acme.test>\r\n\r\nhi\r\n"
+        )
+        start = time.perf_counter()
+        client.append("INBOX", msg)
+        key = "mid:idle-probe@acme.test"
+        while True:
+            with sessions() as session:
+                if session.scalar(select(Activity.id).where(Activity.key == key)):
+                    return time.perf_counter() - start
+            if time.perf_counter() - start > 60:
+                return float("nan")
+            time.sleep(0.02)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 class CountingProxy:
     """Forwards to Dovecot and records the name of every tagged command the client sends."""
 

@@ -34,9 +34,17 @@ from syncd.matching.matcher import Match
 _CHUNK = 500  # keys per IN (...) list
 
 
-def _table(model: type[Base]) -> Table:
-    """The Core table of a model: plain executemany inserts, no ORM bookkeeping per row."""
-    return Base.metadata.tables[model.__tablename__]
+def _insert_rows(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert rows in batches of multi-row VALUES ("insertmanyvalues", used for INSERT ...
+    RETURNING on SQLite and PostgreSQL alike); returns key -> id where the table has keys."""
+    if not rows:
+        return {}
+    table: Table = Base.metadata.tables[model.__tablename__]
+    if "key" not in table.c:
+        session.execute(insert(table), rows)
+        return {}
+    result = session.execute(insert(table).returning(table.c.id, table.c.key), rows)
+    return {str(key): int(row_id) for row_id, key in result}
 
 
 @dataclass(frozen=True)
@@ -132,16 +140,9 @@ def record_batch(
     new = [d for key, d in unique.items() if key not in existing]
     if new:
         rows = [_activity_row(d, body_policy, now) for d in new]
-        # one executemany, then one SELECT for the ids: RETURNING in parameter order would
-        # make SQLite insert row by row (bench/import_local.py)
-        session.execute(insert(_table(Activity)), rows)
-        ids = {
-            key: activity_id
-            for chunk in _chunks([r["key"] for r in rows])
-            for key, activity_id in session.execute(
-                select(Activity.key, Activity.id).where(Activity.key.in_(chunk))
-            )
-        }
+        # RETURNING (id, key), in no particular order: asking for parameter order would make
+        # SQLite insert row by row (bench/import_local.py)
+        ids = _insert_rows(session, Activity, rows)
         result.new_activities = len(ids)
         participants = [
             {
@@ -155,8 +156,7 @@ def record_batch(
             for d in new
             for p in d.match.participants
         ]
-        if participants:
-            session.execute(insert(_table(ActivityParticipant)), participants)
+        _insert_rows(session, ActivityParticipant, participants)
         links = [
             {
                 "activity_id": ids[d.item.key],
@@ -167,8 +167,7 @@ def record_batch(
             for d in new
             for lk in d.match.links
         ]
-        if links:
-            session.execute(insert(_table(Link)), links)
+        _insert_rows(session, Link, links)
         result.activity_ids.update(ids)
 
     seen = [d for key, d in unique.items() if key in existing]
@@ -259,8 +258,7 @@ def _add_sightings(
         for key, d in unique.items()
         if result.activity_ids[key] not in have
     ]
-    if rows:
-        session.execute(insert(_table(Sighting)), rows)
+    _insert_rows(session, Sighting, rows)
     result.new_sightings = len(rows)
 
 
