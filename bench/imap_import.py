@@ -15,11 +15,9 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +103,7 @@ def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float]:
     from syncd.crm.database import make_engine, session_factory
     from syncd.crm.models import Mailbox
     from syncd.sync import sync_mailbox
+    from tests.servers import TcpProxy
 
     sessions = session_factory(make_engine(url))
     settings = Settings(home=Path(home), sync={"body": body})
@@ -119,7 +118,7 @@ def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float]:
     report = sync_mailbox(sessions, settings, "ana")  # timed straight to Dovecot
     seconds = time.perf_counter() - start
     assert report.ok and report.new_activities == 0, report.error
-    proxy = CountingProxy(port)  # counted through the proxy (which adds its own latency)
+    proxy = TcpProxy(port)  # counted through the proxy (which adds its own latency)
     use_port(proxy.port)
     sync_mailbox(sessions, settings, "ana")
     use_port(port)
@@ -174,40 +173,6 @@ def idle_latency(url: str, home: str, port: int, login: str, password: str) -> f
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-class CountingProxy:
-    """Forwards to Dovecot and records the name of every tagged command the client sends."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.commands: list[str] = []
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            client, _ = self.listener.accept()
-            server = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if count:
-                    for line in data.split(b"\r\n"):
-                        parts = line.split(b" ", 2)
-                        if len(parts) >= 2 and parts[0][:1].isalpha() and parts[0] != b"DONE":
-                            self.commands.append(parts[1].decode(errors="replace").upper())
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            dst.close()
 
 
 def run_phase(*args: str) -> dict[str, float]:

@@ -4,6 +4,7 @@ Shared by the pytest fixtures (tests/conftest.py) and the benchmarks (bench/).""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -265,11 +266,7 @@ def dovecot() -> Iterator[Dovecot]:
             ) from None
         yield Dovecot(root, port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         introspection.shutdown()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -370,9 +367,76 @@ def radicale() -> Iterator[Radicale]:
                 time.sleep(0.05)
         yield Radicale(root, port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class TcpProxy:
+    """A TCP proxy to a server on 127.0.0.1, for what crosses the wire: it records the name
+    of every tagged IMAP command a client sends (``commands``), and can cut the connection
+    once, after the server has sent ``cut_after`` bytes (a connection dropped mid-fetch)."""
+
+    def __init__(self, target_port: int, cut_after: int | None = None) -> None:
+        import threading
+
+        self.target = ("127.0.0.1", target_port)
+        self.cut_after = cut_after
+        self.cuts = 0
+        self.commands: list[str] = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _count(self, data: bytes) -> None:
+        for line in data.split(b"\r\n"):
+            parts = line.split(b" ", 2)
+            if len(parts) >= 2 and parts[0][:1].isalpha() and parts[0] != b"DONE":
+                self.commands.append(parts[1].decode(errors="replace").upper())
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if not from_server:
+                    self._count(data)
+                dst.sendall(data)
+                sent += len(data)
+                if (
+                    from_server
+                    and self.cut_after is not None
+                    and self.cuts == 0
+                    and sent > self.cut_after
+                ):
+                    self.cuts += 1
+                    break
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()

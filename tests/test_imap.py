@@ -3,9 +3,6 @@ on PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +20,7 @@ from syncd.demo import email_bytes, event_ics
 from syncd.secrets import Secret, SecretBox
 from syncd.sync import SyncReport, sync_mailbox
 
-from .servers import Dovecot, Radicale, ServerMissing, dovecot, radicale
+from .servers import Dovecot, Radicale, ServerMissing, TcpProxy, dovecot, radicale
 
 S = sessionmaker[Session]
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -59,6 +56,21 @@ def append(server: Dovecot, login: str, folder: str, *messages: bytes) -> None:
     for m in messages:
         client.append(folder, m, flags=(b"\\Seen",))
     client.logout()
+
+
+def dav_calendar(dav_server: Radicale, login: str, **kw: Any) -> Any:
+    """A new calendar on Radicale for this login (same password as its IMAP account)."""
+    import caldav
+
+    dav_server.add_user(login, Dovecot.PASSWORD)
+    client = caldav.DAVClient(
+        url=dav_server.url,
+        username=login,
+        password=Dovecot.PASSWORD,
+        enable_rfc6764=False,
+        require_tls=False,
+    )
+    return client.principal().make_calendar(**kw)
 
 
 def add_imap_mailbox(
@@ -197,57 +209,13 @@ def test_a_wrong_password_parks_only_that_mailbox_until_reauth(
     assert subjects(sessions) == ["deal note 1", "deal note 2"]
 
 
-class DroppingProxy:
-    """A TCP proxy to Dovecot that cuts the connection once, after the server has sent
-    ``cut_after`` bytes: the server's side of a connection dropped mid-fetch."""
-
-    def __init__(self, target_port: int, cut_after: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.cut_after = cut_after
-        self.cuts = 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
-        sent = 0
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-                sent += len(data)
-                if from_server and self.cuts == 0 and sent > self.cut_after:
-                    self.cuts += 1
-                    break
-        except OSError:
-            pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_a_connection_dropped_mid_fetch_is_retried_and_nothing_is_lost(
     sessions, settings, company, imap_server
 ):
     login = new_login(imap_server, "ana")
     messages = [msg(i, body="x" * 3000) for i in range(60)]
     append(imap_server, login, "INBOX", *messages)
-    proxy = DroppingProxy(imap_server.port, cut_after=60_000)
+    proxy = TcpProxy(imap_server.port, cut_after=60_000)
     small = settings.model_copy(
         update={"sync": settings.sync.model_copy(update={"batch_size": 10, "body": "full"})}
     )
@@ -313,18 +281,8 @@ def test_one_email_in_two_imap_mailboxes_is_one_activity(sessions, settings, com
 def test_caldav_meetings_and_tasks_written_back_and_completed(
     sessions, settings, company, imap_server, dav_server
 ):
-    import caldav
-
     login = new_login(imap_server, "ana")
-    dav_server.add_user(login, Dovecot.PASSWORD)
-    client = caldav.DAVClient(
-        url=dav_server.url,
-        username=login,
-        password=Dovecot.PASSWORD,
-        enable_rfc6764=False,
-        require_tls=False,
-    )
-    cal = client.principal().make_calendar(name="work")
+    cal = dav_calendar(dav_server, login, name="work")
     start = (NOW - timedelta(days=1)).replace(hour=14, minute=0, second=0)
     cal.add_event(
         event_ics(
@@ -513,19 +471,9 @@ def test_cli_adds_an_imap_mailbox_without_a_password_on_the_command_line(
 def test_a_calendar_without_vtodo_gets_tasks_as_events_never_logged_as_meetings(
     sessions, settings, company, imap_server, dav_server
 ):
-    import caldav
-
     login = new_login(imap_server, "ana")
-    dav_server.add_user(login, Dovecot.PASSWORD)
-    client = caldav.DAVClient(
-        url=dav_server.url,
-        username=login,
-        password=Dovecot.PASSWORD,
-        enable_rfc6764=False,
-        require_tls=False,
-    )
-    cal = client.principal().make_calendar(
-        name="events only", supported_calendar_component_set=["VEVENT"]
+    cal = dav_calendar(
+        dav_server, login, name="events only", supported_calendar_component_set=["VEVENT"]
     )
     start = (NOW - timedelta(days=1)).replace(hour=9, minute=0, second=0)
     cal.add_event(

@@ -51,7 +51,7 @@ MAX_UIDS_PER_COMMAND = 1000  # keeps a FETCH well under Dovecot's 64 KB command 
 TRANSIENT = (OSError, imaplib.IMAP4.abort, ssl.SSLError, EOFError)
 
 
-class Session:
+class ImapSession:
     """One authenticated IMAP connection, reopened when it drops."""
 
     def __init__(self, spec: MailboxSpec) -> None:
@@ -176,7 +176,7 @@ def _has_calendar_part(structure: Any) -> bool:
 class ImapFolder:
     """One IMAP folder as a mail source."""
 
-    def __init__(self, session: Session, folder: str, spec: MailboxSpec) -> None:
+    def __init__(self, session: ImapSession, folder: str, spec: MailboxSpec) -> None:
         self.session = session
         self.folder = folder
         self.name = f"imap:{folder}"
@@ -280,7 +280,7 @@ class ImapFolder:
 class ImapConnector:
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
-        self.session = Session(spec)
+        self.session = ImapSession(spec)
         self._caldav: Any = None
 
     def folders(self) -> list[str]:
@@ -343,7 +343,7 @@ class IdleWatcher(threading.Thread):
         self.stopping = stop
 
     def _watch_once(self) -> None:
-        session = Session(self.spec)
+        session = ImapSession(self.spec)
         try:
             client = session.connect()
             client.select_folder("INBOX", readonly=True)
