@@ -3,13 +3,15 @@ behind ``syncd status``, ``syncd activities`` and ``syncd tasks``."""
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Select, and_, exists, select
+from sqlalchemy.orm import Session
 
 from syncd.config import Settings
 from syncd.crm.models import (
@@ -105,44 +107,64 @@ class Candidate:
     replied_at: datetime | None  # first later inbound email of the same thread
 
 
+def _chunked(values: Iterable[Any], size: int = 500) -> Iterator[list[Any]]:
+    values = list(values)
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
 def followup_candidates(session: Session, user_id: int, since: datetime) -> list[Candidate]:
-    """This user's outbound emails and meetings since ``since`` that involve a contact."""
-    owned = exists().where(
-        ActivityParticipant.activity_id == Activity.id,
-        ActivityParticipant.user_id == user_id,
-        ActivityParticipant.role.in_(("from", "organizer")),
-    )
-    attended = exists().where(
-        ActivityParticipant.activity_id == Activity.id,
-        ActivityParticipant.user_id == user_id,
-    )
-    has_contact = exists().where(Link.activity_id == Activity.id, Link.type == "contact")
+    """This user's outbound emails and meetings since ``since`` that involve a contact.
+
+    Plain indexed look-ups joined here rather than one query with correlated subqueries:
+    the database plans those badly right after a large import, before it has statistics.
+    """
     # the window by its index, plus the few older activities whose task is still open
-    in_window = set(session.scalars(select(Activity.id).where(Activity.occurred_at >= since)))
-    in_window.update(session.scalars(select(Task.activity_id).where(Task.status == "open")))
-    if not in_window:
-        return []
-    later = aliased(Activity)
-    reply = (
-        select(func.min(later.occurred_at))
-        .where(
-            later.thread_key == Activity.thread_key,
-            later.kind == "email",
-            later.direction == "inbound",
-            later.occurred_at > Activity.occurred_at,
+    window = set(session.scalars(select(Activity.id).where(Activity.occurred_at >= since)))
+    window.update(session.scalars(select(Task.activity_id).where(Task.status == "open")))
+    roles: dict[int, set[str]] = defaultdict(set)
+    with_contact: set[int] = set()
+    for chunk in _chunked(sorted(window)):
+        for activity_id, role in session.execute(
+            select(ActivityParticipant.activity_id, ActivityParticipant.role).where(
+                ActivityParticipant.activity_id.in_(chunk),
+                ActivityParticipant.user_id == user_id,
+            )
+        ):
+            roles[activity_id].add(role)
+        with_contact.update(
+            session.scalars(
+                select(Link.activity_id).where(Link.activity_id.in_(chunk), Link.type == "contact")
+            )
         )
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        select(Activity, reply)
-        .where(
-            Activity.id.in_(sorted(in_window)),
-            has_contact,
-            ((Activity.kind == "email") & (Activity.direction == "outbound") & owned)
-            | ((Activity.kind == "meeting") & attended),
-        )
-        .order_by(Activity.occurred_at, Activity.id)
-    ).all()
+    activities = [
+        a
+        for chunk in _chunked(sorted(set(roles) & with_contact))
+        for a in session.scalars(select(Activity).where(Activity.id.in_(chunk)))
+        if (a.kind == "email" and a.direction == "outbound" and roles[a.id] & {"from"})
+        or a.kind == "meeting"
+    ]
+    activities.sort(key=lambda a: (a.occurred_at, a.id))
+    inbound: dict[str, list[datetime]] = defaultdict(list)
+    threads = {a.thread_key for a in activities if a.kind == "email"}
+    for chunk in _chunked(sorted(threads)):
+        for thread_key, occurred_at in session.execute(
+            select(Activity.thread_key, Activity.occurred_at).where(
+                Activity.thread_key.in_(chunk),
+                Activity.kind == "email",
+                Activity.direction == "inbound",
+            )
+        ):
+            inbound[thread_key].append(occurred_at)
+    for times in inbound.values():
+        times.sort()
+
+    def first_reply(a: Activity) -> datetime | None:
+        times = inbound.get(a.thread_key, [])
+        i = bisect.bisect_right(times, a.occurred_at)
+        return times[i] if a.kind == "email" and i < len(times) else None
+
+    rows = [(a, first_reply(a)) for a in activities]
     if not rows:
         return []
     ids = [a.id for a, _ in rows]
