@@ -6,10 +6,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TextIO, TypeVar
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -47,7 +46,6 @@ app.add_typer(crm_app, name="crm")
 app.add_typer(mailbox_app, name="mailbox")
 
 out = Console()
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _State:

@@ -149,6 +149,11 @@ def test_sync_exits_non_zero_and_names_the_failing_mailbox(env, loaded, tmp_path
     assert "ana: ok" in proc.stdout  # the others were synced all the same
     status = {r["mailbox"]: r for r in as_json(env, "status")}
     assert status["gone"]["state"] == "failing" and "Maildir" in status["gone"]["error"]
+    for sub in ("cur", "new", "tmp"):  # the admin fixes it and asks for a retry
+        (missing / sub).mkdir(exist_ok=True)
+    run(env, "mailbox", "resume", "gone")
+    assert run(env, "sync", "gone").returncode == 0
+    assert {r["mailbox"]: r for r in as_json(env, "status")}["gone"]["state"] == "ok"
     assert run(env, "sync", "ana").returncode == 0
 
 

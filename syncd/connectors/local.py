@@ -342,7 +342,6 @@ class LocalConnector:
         self.calendar = Path(s["calendar"]).expanduser() if s.get("calendar") else None
         self.mboxes = [Path(p).expanduser() for p in s.get("mbox", [])]
         self.excluded_folders = {f.lower() for f in s.get("excluded_folders", [])}
-        self.now: datetime | None = None  # tests pin the clock of the calendar window
 
     def mail_sources(self) -> list[MailSource]:
         sources: list[MailSource] = []
@@ -376,7 +375,6 @@ class LocalConnector:
                 self.spec.batch_size,
                 int(s.get("calendar_past_days", 90)),
                 int(s.get("calendar_future_days", 30)),
-                self.now,
             )
         ]
 
