@@ -164,6 +164,8 @@ class CalDavCalendar:
             "uids": uids,
             "day": now.date().isoformat(),
         }
+        if new_state == state and not (meetings or states or removed or quarantined):
+            return  # nothing changed: no write either
         for start in range(0, max(len(meetings), 1), self.batch_size):
             last = start + self.batch_size >= len(meetings)
             yield Batch(
