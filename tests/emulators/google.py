@@ -1,0 +1,510 @@
+"""A local Google emulator: OAuth 2.0 token endpoint and Gmail API v1, over real HTTP.
+
+Written from the public API reference, not from what syncd sends:
+- paths, methods and query parameters come from the discovery document shipped with
+  google-api-python-client (``gmail.v1.json``): a parameter the document does not list is
+  refused with HTTP 400, as Google does;
+- semantics follow ``../shared/PROVIDER-APIS.md`` (Gmail list/get/history, batch, quota and
+  error shapes; OAuth refresh-token and JWT-bearer grants).
+
+Mailboxes live in memory, seeded from RFC 5322 messages; every change gets the next history
+id of its mailbox (monotonic, per change), as Gmail assigns them. Faults can be queued.
+
+Not yet here (issue 4 continues): the JWT-bearer grant of service accounts, Calendar v3,
+People.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import json
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import googleapiclient
+
+DISCOVERY = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents"
+GMAIL = json.loads((DISCOVERY / "gmail.v1.json").read_text())
+SYSTEM_LABELS = [
+    "INBOX",
+    "SENT",
+    "DRAFT",
+    "SPAM",
+    "TRASH",
+    "UNREAD",
+    "STARRED",
+    "IMPORTANT",
+    "CHAT",
+    "CATEGORY_PERSONAL",
+    "CATEGORY_UPDATES",
+    "CATEGORY_PROMOTIONS",
+]
+# quota units per method [gmail/api/reference/quota]
+UNITS = {
+    "getProfile": 1,
+    "labels.list": 1,
+    "messages.list": 5,
+    "messages.get": 5,
+    "history.list": 2,
+}
+USER_UNITS_PER_MINUTE = 15_000
+
+
+def _routes() -> list[tuple[re.Pattern[str], str, str, set[str]]]:
+    """(path regex, HTTP method, method name, allowed query parameters) from discovery."""
+    users = GMAIL["resources"]["users"]
+    wanted = {
+        "getProfile": users["methods"]["getProfile"],
+        "labels.list": users["resources"]["labels"]["methods"]["list"],
+        "messages.list": users["resources"]["messages"]["methods"]["list"],
+        "messages.get": users["resources"]["messages"]["methods"]["get"],
+        "history.list": users["resources"]["history"]["methods"]["list"],
+    }
+    routes = []
+    for name, m in wanted.items():
+        pattern = "^/" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", m["path"]) + "$"
+        query = {p for p, spec in m.get("parameters", {}).items() if spec["location"] == "query"}
+        query |= {"alt", "fields", "prettyPrint", "quotaUser", "key"}  # standard parameters
+        routes.append((re.compile(pattern), m["httpMethod"], name, query))
+    return routes
+
+
+ROUTES = _routes()
+
+
+@dataclass
+class Message:
+    id: str
+    thread_id: str
+    raw: bytes
+    labels: set[str]
+    internal_date_ms: int
+    history_id: int
+
+
+@dataclass
+class Mailbox:
+    email: str
+    history_id: int = 1000
+    messages: dict[str, Message] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    oldest_history: int = 1000  # older start ids answer 404, as Gmail does after a week
+    units: deque[tuple[float, int]] = field(default_factory=deque)
+    threads: dict[str, str] = field(default_factory=dict)  # Message-ID -> thread id
+
+
+class GmailError(Exception):
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        domain: str = "global",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.domain = status, reason, message, domain
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.status,
+                "message": self.message,
+                "errors": [{"domain": self.domain, "reason": self.reason, "message": self.message}],
+                "status": {
+                    400: "INVALID_ARGUMENT",
+                    401: "UNAUTHENTICATED",
+                    403: "PERMISSION_DENIED",
+                    404: "NOT_FOUND",
+                    429: "RESOURCE_EXHAUSTED",
+                }.get(self.status, "UNKNOWN"),
+            }
+        }
+
+
+class GoogleEmulator:
+    """State and behaviour; :meth:`start` serves it on 127.0.0.1 and a free port."""
+
+    def __init__(self, units_per_minute: int = USER_UNITS_PER_MINUTE) -> None:
+        self.lock = threading.RLock()
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.refresh_tokens: dict[str, str] = {}  # refresh token -> user
+        self.clients: dict[str, str] = {}  # client id -> secret
+        self.access: dict[str, tuple[str, float]] = {}  # access token -> (user, expiry)
+        self.units_per_minute = units_per_minute
+        self.faults: deque[dict[str, Any]] = deque()
+        self.requests = 0
+        self.server: ThreadingHTTPServer | None = None
+
+    # --- seeding -----------------------------------------------------------------------
+
+    def add_user(self, address: str) -> Mailbox:
+        with self.lock:
+            return self.mailboxes.setdefault(address, Mailbox(address))
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        self.clients[client_id] = client_secret
+
+    def grant(self, user: str) -> str:
+        """A refresh token for ``user`` (what a consent screen would give)."""
+        token = "1//" + secrets.token_urlsafe(24)
+        self.refresh_tokens[token] = user
+        return token
+
+    def revoke(self, refresh_token: str) -> None:
+        self.refresh_tokens.pop(refresh_token, None)
+
+    def deliver(
+        self,
+        user: str,
+        raw: bytes,
+        labels: tuple[str, ...] = ("INBOX", "UNREAD"),
+        internal_date_ms: int | None = None,
+    ) -> str:
+        with self.lock:
+            box = self.add_user(user)
+            box.history_id += 1
+            msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+            refs = (msg.get("References", "") + " " + msg.get("In-Reply-To", "")).split()
+            thread = next((box.threads[r] for r in refs if r in box.threads), None)
+            mid = format(box.history_id * 7919, "x").rjust(16, "0")
+            thread = thread or mid
+            if msg.get("Message-ID"):
+                box.threads[msg["Message-ID"].strip()] = thread
+            when = internal_date_ms or int(time.time() * 1000)
+            box.messages[mid] = Message(mid, thread, raw, set(labels), when, box.history_id)
+            box.history.append(
+                {
+                    "id": box.history_id,
+                    "messagesAdded": [
+                        {"message": {"id": mid, "threadId": thread, "labelIds": sorted(labels)}}
+                    ],
+                }
+            )
+            return mid
+
+    def expire_history(self) -> None:
+        """Forget the history so far: older startHistoryIds now answer 404."""
+        with self.lock:
+            for box in self.mailboxes.values():
+                box.oldest_history = box.history_id
+                box.history.clear()
+
+    def inject(self, **fault: Any) -> None:
+        """Queue a fault for the next request: status=503, status=429 (retry_after=s),
+        drop=True (close the connection), delay=seconds."""
+        self.faults.append(fault)
+
+    # --- serving -----------------------------------------------------------------------
+
+    def start(self) -> str:
+        emulator = self
+
+        class Handler(_Handler):
+            state = emulator
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_port}/"
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # --- behaviour ---------------------------------------------------------------------
+
+    def token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        grant = form.get("grant_type")
+        if grant == "refresh_token":
+            if self.clients.get(form.get("client_id", "")) != form.get("client_secret"):
+                return 401, {"error": "invalid_client", "error_description": "Unauthorized"}
+            user = self.refresh_tokens.get(form.get("refresh_token", ""))
+            if user is None:
+                return 400, {
+                    "error": "invalid_grant",
+                    "error_description": "Token has been expired or revoked.",
+                }
+        else:
+            return 400, {
+                "error": "unsupported_grant_type",
+                "error_description": f"Invalid grant_type: {grant}",
+            }
+        access = "ya29." + secrets.token_urlsafe(32)
+        self.access[access] = (user, time.time() + 3600)
+        return 200, {
+            "access_token": access,
+            "expires_in": 3599,
+            "token_type": "Bearer",
+            "scope": "https://www.googleapis.com/auth/gmail.readonly",
+        }
+
+    def authorize(self, header: str | None, user_id: str) -> Mailbox:
+        token = (header or "").removeprefix("Bearer ").strip()
+        user, expiry = self.access.get(token, ("", 0.0))
+        if not user or expiry < time.time():
+            raise GmailError(401, "authError", "Invalid Credentials")
+        target = user if user_id == "me" else user_id
+        if target != user:
+            raise GmailError(403, "forbidden", "Delegation denied for " + user)
+        return self.mailboxes[user]
+
+    def charge(self, box: Mailbox, units: int) -> None:
+        now = time.monotonic()
+        while box.units and box.units[0][0] < now - 60:
+            box.units.popleft()
+        if sum(u for _, u in box.units) + units > self.units_per_minute:
+            raise GmailError(
+                429,
+                "rateLimitExceeded",
+                "User-rate limit exceeded.",
+                "usageLimits",
+                {"Retry-After": "1"},
+            )
+        box.units.append((now, units))
+
+    def call(
+        self, name: str, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
+    ) -> dict[str, Any]:
+        with self.lock:
+            self.charge(box, UNITS[name])
+            return getattr(self, "_" + name.replace(".", "_"))(box, params, path)
+
+    def _getProfile(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
+    ) -> dict[str, Any]:
+        return {
+            "emailAddress": box.email,
+            "messagesTotal": len(box.messages),
+            "threadsTotal": len({m.thread_id for m in box.messages.values()}),
+            "historyId": str(box.history_id),
+        }
+
+    def _labels_list(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
+    ) -> dict[str, Any]:
+        return {"labels": [{"id": lab, "name": lab, "type": "system"} for lab in SYSTEM_LABELS]}
+
+    def _messages_list(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
+    ) -> dict[str, Any]:
+        size = min(int(params.get("maxResults", ["100"])[0]), 500)
+        wanted = set(params.get("labelIds", []))
+        hidden = (
+            set() if params.get("includeSpamTrash", ["false"])[0] == "true" else {"SPAM", "TRASH"}
+        )
+        after = 0
+        for term in params.get("q", [""])[0].split():
+            if term.startswith("after:"):  # after:YYYY/MM/DD or after:<epoch seconds>
+                value = term[6:]
+                after = (
+                    int(value) * 1000
+                    if value.isdigit()
+                    else int(time.mktime(time.strptime(value, "%Y/%m/%d")) * 1000)
+                )
+        found = sorted(
+            (
+                m
+                for m in box.messages.values()
+                if wanted <= m.labels and not (m.labels & hidden) and m.internal_date_ms > after
+            ),
+            key=lambda m: (m.internal_date_ms, m.id),
+            reverse=True,
+        )  # newest first
+        start = int(params.get("pageToken", ["0"])[0])
+        page = found[start : start + size]
+        out: dict[str, Any] = {"resultSizeEstimate": len(found)}
+        if page:
+            out["messages"] = [{"id": m.id, "threadId": m.thread_id} for m in page]
+        if start + size < len(found):
+            out["nextPageToken"] = str(start + size)
+        return out
+
+    def _messages_get(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
+    ) -> dict[str, Any]:
+        m = box.messages.get(path["id"])
+        if m is None:
+            raise GmailError(404, "notFound", "Requested entity was not found.")
+        fmt = params.get("format", ["full"])[0]
+        out: dict[str, Any] = {
+            "id": m.id,
+            "threadId": m.thread_id,
+            "labelIds": sorted(m.labels),
+            "historyId": str(m.history_id),
+            "internalDate": str(m.internal_date_ms),
+            "sizeEstimate": len(m.raw),
+        }
+        if fmt == "raw":
+            out["raw"] = base64.urlsafe_b64encode(m.raw).decode()
+        elif fmt in ("metadata", "full"):
+            msg = email.message_from_bytes(m.raw, policy=email.policy.compat32)
+            names = {h.lower() for h in params.get("metadataHeaders", [])}
+            headers = [
+                {"name": k, "value": str(v)}
+                for k, v in msg.items()
+                if fmt == "full" or not names or k.lower() in names
+            ]
+            out["payload"] = {"mimeType": msg.get_content_type(), "headers": headers}
+            out["snippet"] = ""
+        return out
+
+    def _history_list(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
+    ) -> dict[str, Any]:
+        if "startHistoryId" not in params:
+            raise GmailError(400, "invalidArgument", "Missing required parameter startHistoryId")
+        start = int(params["startHistoryId"][0])
+        if start < box.oldest_history:
+            raise GmailError(404, "notFound", "Requested entity was not found.")
+        size = min(int(params.get("maxResults", ["100"])[0]), 500)
+        records = [r for r in box.history if r["id"] > start]
+        offset = int(params.get("pageToken", ["0"])[0])
+        page = records[offset : offset + size]
+        out: dict[str, Any] = {"historyId": str(box.history_id)}
+        if page:
+            out["history"] = [{**r, "id": str(r["id"])} for r in page]
+        if offset + size < len(records):
+            out["nextPageToken"] = str(offset + size)
+        return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: GoogleEmulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(
+        self,
+        status: int,
+        body: dict[str, Any] | bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json; charset=UTF-8",
+    ) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _fault(self) -> bool:
+        """Apply a queued fault; True when the request was answered (or dropped)."""
+        if not self.state.faults:
+            return False
+        fault = self.state.faults.popleft()
+        if fault.get("delay"):
+            time.sleep(fault["delay"])
+        if fault.get("drop"):
+            self.close_connection = True
+            self.connection.close()
+            return True
+        status = fault.get("status")
+        if status:
+            headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
+            reason = "rateLimitExceeded" if status == 429 else "backendError"
+            self._send(status, GmailError(status, reason, "Injected fault").body(), headers)
+            return True
+        return False
+
+    def dispatch(self, method: str, target: str, headers: Any) -> tuple[int, Any, dict[str, str]]:
+        url = urlparse(target)
+        params = parse_qs(url.query)
+        for pattern, http_method, name, allowed in ROUTES:
+            m = pattern.match(url.path)
+            if not m or http_method != method:
+                continue
+            unknown = sorted(set(params) - allowed)
+            if unknown:
+                err = GmailError(
+                    400,
+                    "invalidParameter",
+                    f'Invalid JSON payload received. Unknown name "{unknown[0]}"',
+                )
+                return 400, err.body(), {}
+            try:
+                box = self.state.authorize(headers.get("Authorization"), m["userId"])
+                return 200, self.state.call(name, box, params, m.groupdict()), {}
+            except GmailError as err:
+                return err.status, err.body(), err.headers
+        return 404, GmailError(404, "notFound", f"Not Found: {url.path}").body(), {}
+
+    def do_GET(self) -> None:
+        self.state.requests += 1
+        if self._fault():
+            return
+        status, body, headers = self.dispatch("GET", self.path, self.headers)
+        self._send(status, body, headers)
+
+    def do_POST(self) -> None:
+        self.state.requests += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length)
+        if self.path == "/token":
+            status, body = self.state.token({k: v[0] for k, v in parse_qs(data.decode()).items()})
+            self._send(status, body)
+            return
+        if self._fault():
+            return
+        if self.path == "/batch/gmail/v1":
+            self._batch(data)
+            return
+        self._send(404, GmailError(404, "notFound", f"Not Found: {self.path}").body())
+
+    def _batch(self, data: bytes) -> None:
+        """multipart/mixed of application/http parts, answered in order [gmail/api/guides/batch]."""
+        envelope = email.message_from_bytes(
+            b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + data,
+            policy=email.policy.compat32,
+        )
+        parts = envelope.get_payload() if envelope.is_multipart() else []
+        if len(parts) > 100:
+            self._send(
+                400,
+                GmailError(
+                    400, "invalidArgument", "Too many requests in batch; the maximum is 100"
+                ).body(),
+            )
+            return
+        out = []
+        for part in parts:
+            cid = re.search(r"<([^>]+)>", part.get("Content-ID", ""))
+            inner = part.get_payload(decode=False)
+            inner = inner.encode() if isinstance(inner, str) else b""
+            request_line, _, rest = inner.replace(b"\r\n", b"\n").strip().partition(b"\n")
+            method, target = request_line.decode().split(" ")[:2]
+            inner_headers = email.message_from_bytes(rest.partition(b"\n\n")[0] + b"\n\n")
+            if "Authorization" not in inner_headers:
+                inner_headers["Authorization"] = self.headers.get("Authorization", "")
+            status, body, _ = self.dispatch(method, target, inner_headers)
+            payload = json.dumps(body).encode()
+            out.append(
+                b"--batch_boundary\r\nContent-Type: application/http\r\n"
+                + (b"Content-ID: <response-" + cid.group(1).encode() + b">\r\n" if cid else b"")
+                + b"\r\nHTTP/1.1 "
+                + str(status).encode()
+                + b" X\r\n"
+                + b"Content-Type: application/json; charset=UTF-8\r\n"
+                + b"Content-Length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+                + b"\r\n"
+            )
+        body = b"".join(out) + b"--batch_boundary--\r\n"
+        self._send(200, body, content_type="multipart/mixed; boundary=batch_boundary")

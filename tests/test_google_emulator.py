@@ -1,0 +1,178 @@
+"""The Google emulator against the API reference, through the real client libraries:
+google-api-python-client (static discovery, only the endpoint changed) and google-auth."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import google_auth_httplib2
+import httplib2
+import pytest
+from google.auth.exceptions import RefreshError
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+from googleapiclient.http import BatchHttpRequest
+
+from syncd.demo import email_bytes
+
+from .emulators.google import GMAIL, ROUTES, GoogleEmulator
+
+USER = "ana@northwind.test"
+
+
+@pytest.fixture
+def google() -> Iterator[tuple[GoogleEmulator, str]]:
+    emulator = GoogleEmulator()
+    emulator.add_client("client-1", "secret-1")
+    emulator.add_user(USER)
+    base = emulator.start()
+    yield emulator, base
+    emulator.stop()
+
+
+def gmail(emulator: GoogleEmulator, base: str, refresh: str | None = None):
+    creds = Credentials(
+        None,
+        refresh_token=refresh or emulator.grant(USER),
+        token_uri=base + "token",
+        client_id="client-1",
+        client_secret="secret-1",
+    )
+    http = google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http())
+    return build(
+        "gmail", "v1", http=http, client_options={"api_endpoint": base}, static_discovery=True
+    )
+
+
+def seed(emulator: GoogleEmulator, n: int) -> list[bytes]:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    raws = [
+        email_bytes(
+            sender="carla@acme.test",
+            to=[USER],
+            subject=f"m{i}",
+            when=now - timedelta(minutes=n - i),
+            message_id=f"m{i}@acme.test",
+        )
+        for i in range(n)
+    ]
+    for i, raw in enumerate(raws):
+        emulator.deliver(USER, raw, internal_date_ms=int((now.timestamp() - n + i) * 1000))
+    return raws
+
+
+def test_every_route_is_a_method_of_the_discovery_document():
+    documented = {
+        m["path"]
+        for r in GMAIL["resources"]["users"]["resources"].values()
+        for m in r.get("methods", {}).values()
+    }
+    documented.add(GMAIL["resources"]["users"]["methods"]["getProfile"]["path"])
+    for pattern, _method, name, params in ROUTES:
+        assert any(
+            pattern.match("/" + p.replace("{userId}", "me").replace("{id}", "x"))
+            for p in documented
+        ), name
+        assert "userId" not in params  # path parameters are not query parameters
+
+
+def test_profile_list_get_and_paging_through_the_client_library(google):
+    emulator, base = google
+    raws = seed(emulator, 7)
+    service = gmail(emulator, base)
+    profile = service.users().getProfile(userId="me").execute()
+    assert profile["emailAddress"] == USER and int(profile["historyId"]) > 1000
+    request = service.users().messages().list(userId="me", labelIds=["INBOX"], maxResults=3)
+    ids = []
+    while request is not None:
+        response = request.execute()
+        ids += [m["id"] for m in response.get("messages", [])]
+        request = service.users().messages().list_next(request, response)
+    assert len(ids) == 7 and len(set(ids)) == 7
+    raw = service.users().messages().get(userId="me", id=ids[0], format="raw").execute()["raw"]
+    assert base64.urlsafe_b64decode(raw) == raws[-1]  # newest first
+    meta = (
+        service.users()
+        .messages()
+        .get(userId="me", id=ids[0], format="metadata", metadataHeaders=["Subject"])
+        .execute()
+    )
+    assert [h["name"] for h in meta["payload"]["headers"]] == ["Subject"]
+    empty = service.users().messages().list(userId="me", labelIds=["SENT"]).execute()
+    assert empty == {"resultSizeEstimate": 0}  # no "messages" key when nothing matches
+
+
+def test_history_lists_changes_and_a_stale_start_is_404(google):
+    emulator, base = google
+    seed(emulator, 2)
+    service = gmail(emulator, base)
+    start = service.users().getProfile(userId="me").execute()["historyId"]
+    seed(emulator, 3)
+    history = (
+        service.users()
+        .history()
+        .list(userId="me", startHistoryId=start, historyTypes=["messageAdded"])
+        .execute()
+    )
+    assert len(history["history"]) == 3 and int(history["historyId"]) > int(start)
+    emulator.expire_history()
+    with pytest.raises(HttpError) as err:
+        service.users().history().list(userId="me", startHistoryId=start).execute()
+    assert err.value.resp.status == 404
+
+
+def test_an_undocumented_parameter_is_refused(google):
+    emulator, base = google
+    service = gmail(emulator, base)
+    service.users().getProfile(userId="me").execute()  # gets a token
+    http = service._http
+    resp, body = http.request(base + "gmail/v1/users/me/messages?sortOrder=asc")
+    assert resp.status == 400 and b"sortOrder" in body
+
+
+def test_batch_answers_in_order_and_caps_at_100(google):
+    emulator, base = google
+    seed(emulator, 3)
+    service = gmail(emulator, base)
+    ids = [m["id"] for m in service.users().messages().list(userId="me").execute()["messages"]]
+    got: list[str] = []
+    batch = BatchHttpRequest(batch_uri=base + "batch/gmail/v1")
+    for i in ids:
+        batch.add(
+            service.users().messages().get(userId="me", id=i, format="minimal"),
+            callback=lambda _rid, resp, exc: got.append(resp["id"]),
+        )
+    batch.execute(http=service._http)
+    assert got == ids
+    big = BatchHttpRequest(batch_uri=base + "batch/gmail/v1")
+    for _ in range(101):
+        big.add(service.users().getProfile(userId="me"))
+    with pytest.raises(HttpError) as err:
+        big.execute(http=service._http)
+    assert err.value.resp.status == 400
+
+
+def test_revoked_grant_quota_and_injected_faults(google):
+    emulator, base = google
+    refresh = emulator.grant(USER)
+    emulator.revoke(refresh)
+    with pytest.raises(RefreshError, match="invalid_grant"):
+        gmail(emulator, base, refresh).users().getProfile(userId="me").execute()
+    emulator.units_per_minute = 3
+    service = gmail(emulator, base)
+    service.users().getProfile(userId="me").execute()
+    service.users().getProfile(userId="me").execute()
+    service.users().getProfile(userId="me").execute()
+    with pytest.raises(HttpError) as err:
+        service.users().getProfile(userId="me").execute()
+    assert err.value.resp.status == 429 and b"rateLimitExceeded" in err.value.content
+    emulator.units_per_minute = 10_000
+    emulator.inject(status=503)
+    with pytest.raises(HttpError) as err:
+        service.users().getProfile(userId="me").execute()
+    assert err.value.resp.status == 503
+    assert service.users().getProfile(userId="me").execute()["emailAddress"] == USER
