@@ -176,3 +176,47 @@ def test_revoked_grant_quota_and_injected_faults(google):
         service.users().getProfile(userId="me").execute()
     assert err.value.resp.status == 503
     assert service.users().getProfile(userId="me").execute()["emailAddress"] == USER
+
+
+def service_account_key(base: str) -> tuple[dict[str, str], object]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "syncd@p.iam.gserviceaccount.test",
+        "client_id": "1",
+        "token_uri": base + "token",
+    }
+    return info, key.public_key()
+
+
+def test_service_account_with_domain_wide_delegation(google):
+    from google.oauth2 import service_account
+
+    emulator, base = google
+    info, public = service_account_key(base)
+    emulator.add_service_account(info["client_email"], public)
+    scopes = ["https://www.googleapis.com/auth/gmail.readonly"]
+    creds = service_account.Credentials.from_service_account_info(info, scopes=scopes)
+    http = google_auth_httplib2.AuthorizedHttp(creds.with_subject(USER), http=httplib2.Http())
+    service = build(
+        "gmail", "v1", http=http, client_options={"api_endpoint": base}, static_discovery=True
+    )
+    assert service.users().getProfile(userId="me").execute()["emailAddress"] == USER
+    emulator.add_service_account(info["client_email"], public, delegated=False)
+    http = google_auth_httplib2.AuthorizedHttp(
+        creds.with_subject("bob@northwind.test"), http=httplib2.Http()
+    )
+    service = build(
+        "gmail", "v1", http=http, client_options={"api_endpoint": base}, static_discovery=True
+    )
+    with pytest.raises(RefreshError, match="unauthorized_client"):
+        service.users().getProfile(userId="me").execute()

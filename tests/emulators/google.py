@@ -10,8 +10,7 @@ Written from the public API reference, not from what syncd sends:
 Mailboxes live in memory, seeded from RFC 5322 messages; every change gets the next history
 id of its mailbox (monotonic, per change), as Gmail assigns them. Faults can be queued.
 
-Not yet here (issue 4 continues): the JWT-bearer grant of service accounts, Calendar v3,
-People.
+Not yet here (issue 4 continues): Calendar v3, People.
 """
 
 from __future__ import annotations
@@ -141,6 +140,7 @@ class GoogleEmulator:
         self.mailboxes: dict[str, Mailbox] = {}
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user
         self.clients: dict[str, str] = {}  # client id -> secret
+        self.service_accounts: dict[str, tuple[Any, bool]] = {}  # email -> (public key, delegated)
         self.access: dict[str, tuple[str, float]] = {}  # access token -> (user, expiry)
         self.units_per_minute = units_per_minute
         self.faults: deque[dict[str, Any]] = deque()
@@ -155,6 +155,13 @@ class GoogleEmulator:
 
     def add_client(self, client_id: str, client_secret: str) -> None:
         self.clients[client_id] = client_secret
+
+    def add_service_account(
+        self, client_email: str, public_key: Any, delegated: bool = True
+    ) -> None:
+        """A service account whose JWTs verify with ``public_key``; ``delegated`` is whether
+        the Workspace admin granted it domain-wide delegation."""
+        self.service_accounts[client_email] = (public_key, delegated)
 
     def grant(self, user: str) -> str:
         """A refresh token for ``user`` (what a consent screen would give)."""
@@ -236,6 +243,11 @@ class GoogleEmulator:
                     "error": "invalid_grant",
                     "error_description": "Token has been expired or revoked.",
                 }
+        elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            subject = self._jwt_subject(form.get("assertion", ""))
+            if isinstance(subject, tuple):
+                return subject
+            user = subject
         else:
             return 400, {
                 "error": "unsupported_grant_type",
@@ -249,6 +261,53 @@ class GoogleEmulator:
             "token_type": "Bearer",
             "scope": "https://www.googleapis.com/auth/gmail.readonly",
         }
+
+    def _jwt_subject(self, assertion: str) -> str | tuple[int, dict[str, Any]]:
+        """Check a service account's RS256 JWT (RFC 7523); the user is its ``sub`` claim."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def unb64(part: str) -> bytes:
+            return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+        invalid = (400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+        try:
+            header_b64, claims_b64, signature_b64 = assertion.split(".")
+            claims = json.loads(unb64(claims_b64))
+        except ValueError:
+            return invalid
+        account = self.service_accounts.get(claims.get("iss", ""))
+        if account is None:
+            return 400, {
+                "error": "invalid_client",
+                "error_description": "The OAuth client was not found.",
+            }
+        public_key, delegated = account
+        try:
+            public_key.verify(
+                unb64(signature_b64),
+                f"{header_b64}.{claims_b64}".encode(),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
+        except InvalidSignature:
+            return invalid
+        if claims.get("exp", 0) < time.time():
+            return 400, {
+                "error": "invalid_grant",
+                "error_description": "Invalid JWT: Token "
+                "must be a short-lived token (60 minutes) and in a reasonable timeframe.",
+            }
+        subject = claims.get("sub")
+        if not delegated or subject not in self.mailboxes:
+            return 401, {
+                "error": "unauthorized_client",
+                "error_description": "Client is "
+                "unauthorized to retrieve access tokens using this method, or client "
+                "not authorized for any of the scopes requested.",
+            }
+        return str(subject)
 
     def authorize(self, header: str | None, user_id: str) -> Mailbox:
         token = (header or "").removeprefix("Bearer ").strip()
