@@ -110,6 +110,7 @@ _REGISTRY: dict[str, str] = {
     # kind -> "module:factory"; imported lazily so a kind's library loads only when used
     "local": "syncd.connectors.local:LocalConnector",
     "imap": "syncd.connectors.imap:ImapConnector",
+    "gmail": "syncd.connectors.gmail:GmailConnector",
 }
 
 
