@@ -144,7 +144,8 @@ class GoogleEmulator:
         self.access: dict[str, tuple[str, float]] = {}  # access token -> (user, expiry)
         self.units_per_minute = units_per_minute
         self.faults: deque[dict[str, Any]] = deque()
-        self.requests = 0
+        self.requests = 0  # HTTP requests (a batch is one)
+        self.rejected = 0  # calls refused for quota (429)
         self.server: ThreadingHTTPServer | None = None
 
     # --- seeding -----------------------------------------------------------------------
@@ -324,6 +325,7 @@ class GoogleEmulator:
         while box.units and box.units[0][0] < now - 60:
             box.units.popleft()
         if sum(u for _, u in box.units) + units > self.units_per_minute:
+            self.rejected += 1
             raise GmailError(
                 429,
                 "rateLimitExceeded",
