@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TextIO
@@ -30,7 +31,7 @@ from syncd.crm.database import (
 from syncd.crm.loader import LoadError, load_csv
 from syncd.crm.models import Mailbox, User
 from syncd.matching.addresses import normalize_address
-from syncd.secrets import Secret, SecretBox
+from syncd.secrets import Secret, SecretBox, SecretsError
 
 app = typer.Typer(
     help="syncd keeps a CRM up to date from salespeople's mailboxes and calendars.",
@@ -162,6 +163,7 @@ def crm_load(
 class Kind(StrEnum):
     local = "local"
     imap = "imap"
+    gmail = "gmail"
 
 
 class Body(StrEnum):
@@ -239,6 +241,50 @@ def _local_settings(
     return settings
 
 
+def _gmail_settings(
+    user: str, service_account: Path | None, oauth_client: Path | None, since: str | None
+) -> tuple[dict[str, Any], Secret]:
+    from syncd.connectors import gmail
+
+    settings: dict[str, Any] = {}
+    if since:
+        try:
+            days = (datetime.now(UTC).date() - date.fromisoformat(since)).days
+        except ValueError:
+            fail(f"--since {since!r} is not a date such as 2024-01-31")
+            raise
+        settings["since_days"] = max(days, 0)
+    try:
+        if service_account is not None and oauth_client is None:
+            settings["mode"] = "service_account"
+            return settings, Secret(gmail.read_service_account(str(service_account)))
+        if oauth_client is not None and service_account is None:
+            client = gmail.read_oauth_client(str(oauth_client))
+            settings.update(
+                mode="oauth",
+                client_id=client["client_id"],
+                auth_uri=client["auth_uri"],
+                token_uri=client["token_uri"],
+            )
+            refresh = gmail.oauth_consent(
+                client,
+                lambda url: say(
+                    "Open this URL, sign in as " + user + " and allow access:\n" + url, sys.stderr
+                ),
+                login_hint=user,
+            )
+            return settings, Secret(
+                json.dumps({"refresh_token": refresh, "client_secret": client["client_secret"]})
+            )
+    except ConnectorError as exc:
+        fail(str(exc))
+    fail(
+        "a gmail mailbox needs --service-account KEYFILE (admin mode) or --oauth-client FILE "
+        "(user mode), one of them"
+    )
+    raise AssertionError
+
+
 @mailbox_app.command("add")
 def mailbox_add(
     name: Annotated[str, typer.Argument(help="A name for the mailbox, e.g. the address.")],
@@ -295,6 +341,34 @@ def mailbox_add(
             "calendars (same login and password).",
         ),
     ] = None,
+    service_account: Annotated[
+        Path | None,
+        typer.Option(
+            "--service-account",
+            help="gmail: a service account key (JSON) with domain-wide delegation: the admin mode.",
+        ),
+    ] = None,
+    oauth_client: Annotated[
+        Path | None,
+        typer.Option(
+            "--oauth-client",
+            help="gmail: an OAuth 'Desktop app' client file: the user mode (prints a consent URL).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="gmail: first sync from DATE (YYYY-MM-DD); default 90 days back."
+        ),
+    ] = None,
+    api_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--api-endpoint",
+            hidden=True,
+            help="gmail: another API base URL (a proxy, a test server).",
+        ),
+    ] = None,
     poll_interval: Annotated[
         int | None, typer.Option("--poll-interval", min=5, help="Seconds between polls.")
     ] = None,
@@ -309,11 +383,16 @@ def mailbox_add(
     imap:  --host H [--port P] [--tls implicit|starttls|none] [--login L] [--xoauth2]
            [--password-file F | --password-env VAR | prompt] [--folder F ...] [--idle]
            [--caldav URL]
-    both:  [--exclude-folder F ...] [--poll-interval S] [--body metadata|snippet|full]
+    gmail: --service-account KEYFILE | --oauth-client FILE [--since DATE]
+    all:   [--exclude-folder F ...] [--poll-interval S] [--body metadata|snippet|full]
     """
     secret: Secret | None = None
     if kind is Kind.local:
         settings = _local_settings(maildir, calendar, mbox or [])
+    elif kind is Kind.gmail:
+        settings, secret = _gmail_settings(user, service_account, oauth_client, since)
+        if api_endpoint:
+            settings["api_endpoint"] = api_endpoint
     else:
         if not host:
             fail("an imap mailbox needs --host")
@@ -367,17 +446,68 @@ def mailbox_reauth(
     name: Annotated[str, typer.Argument(help="The mailbox name.")],
     password_file: PasswordFile = None,
     password_env: PasswordEnv = None,
+    service_account: Annotated[
+        Path | None,
+        typer.Option("--service-account", help="gmail (admin mode): a new key file."),
+    ] = None,
 ) -> None:
-    """Replace a mailbox's password or token and retry it at the next poll."""
-    with state.sessions().begin() as session:
+    """Give a mailbox new credentials and retry it at the next poll.
+
+    \b
+    imap:  a new password or token (--password-file, --password-env or a prompt)
+    gmail: user mode runs the consent again; admin mode takes --service-account KEYFILE
+    """
+    box = SecretBox(state.settings().home)
+    with state.sessions()() as session:
         mailbox = session.scalar(select(Mailbox).where(Mailbox.name == name))
         if mailbox is None:
             fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
             return
-        what = "token" if mailbox.settings.get("auth") == "xoauth2" else "password"
-        mailbox.secret = SecretBox(state.settings().home).encrypt(
-            read_secret(password_file, password_env, what)
+        kind, settings, old, email = (
+            mailbox.kind,
+            dict(mailbox.settings),
+            mailbox.secret,
+            mailbox.user.email,
         )
+    if kind == "gmail":
+        from syncd.connectors import gmail
+
+        try:
+            if settings.get("mode") == "oauth":
+                client_secret = json.loads(box.decrypt(old or "", name).reveal())["client_secret"]
+                client = {
+                    "client_id": settings["client_id"],
+                    "client_secret": client_secret,
+                    "auth_uri": settings["auth_uri"],
+                    "token_uri": settings["token_uri"],
+                }
+                refresh = gmail.oauth_consent(
+                    client,
+                    lambda url: say(
+                        "Open this URL, sign in as " + email + " and allow access:\n" + url,
+                        sys.stderr,
+                    ),
+                    login_hint=email,
+                )
+                secret = Secret(
+                    json.dumps({"refresh_token": refresh, "client_secret": client_secret})
+                )
+            elif service_account is not None:
+                secret = Secret(gmail.read_service_account(str(service_account)))
+            else:
+                fail("this gmail mailbox runs in admin mode: give --service-account KEYFILE")
+                return
+        except (ConnectorError, SecretsError) as exc:
+            fail(str(exc))
+            return
+        what = "credentials"
+    else:
+        what = "token" if settings.get("auth") == "xoauth2" else "password"
+        secret = read_secret(password_file, password_env, what)
+    with state.sessions().begin() as session:
+        mailbox = session.scalar(select(Mailbox).where(Mailbox.name == name))
+        assert mailbox is not None
+        mailbox.secret = box.encrypt(secret)
         mailbox.state, mailbox.failures, mailbox.last_attempt = "ok", 0, None
     say(f"mailbox {name!r}: new {what} stored; it will be synced at the next poll")
 

@@ -226,3 +226,110 @@ def test_service_account_mode_reads_every_user_with_one_key(sessions, settings, 
         add_gmail(sessions, settings, name, user, info, mode="service_account", api_endpoint=base)
         sync(sessions, settings, name)
     assert keys(sessions) == ["mid:g1@acme.test", "mid:g2@acme.test"]
+
+
+def test_cli_adds_gmail_mailboxes_in_user_and_admin_mode(
+    company, google, db_url, settings, tmp_path
+):
+    import os
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    emulator, base = google
+    deliver(emulator, ANA, 1)
+    deliver(emulator, BEN, 2, to=BEN)
+    env = {**os.environ, "SYNCD_DATABASE_URL": db_url, "SYNCD_HOME": str(settings.home)}
+
+    def syncd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "syncd", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # user mode: the consent URL is printed; a "browser" follows it and allows access
+    client_file = tmp_path / "client.json"
+    client_file.write_text(
+        json.dumps(
+            {
+                "installed": {
+                    "client_id": "client-1",
+                    "client_secret": "secret-1",
+                    "auth_uri": base + "auth",
+                    "token_uri": base + "token",
+                }
+            }
+        )
+    )
+    emulator.consenting = ANA
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "syncd",
+            "mailbox",
+            "add",
+            "ana",
+            "--kind",
+            "gmail",
+            "--user",
+            ANA,
+            "--oauth-client",
+            str(client_file),
+            "--api-endpoint",
+            base,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    url = ""
+    while not url.startswith("http"):
+        url = proc.stderr.readline().strip()
+        assert url or proc.poll() is None, "syncd printed no consent URL"
+    assert re.search(r"[?&]access_type=offline", url) and "client_id=client-1" in url
+    urllib.request.urlopen(url).read()  # the browser: consent page, then the loopback
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    # admin mode: one service account key for every user of the domain
+    info, public = service_account_key(base)
+    emulator.add_service_account(info["client_email"], public)
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(json.dumps(info))
+    added = syncd(
+        "mailbox",
+        "add",
+        "ben",
+        "--kind",
+        "gmail",
+        "--user",
+        BEN,
+        "--service-account",
+        str(key_file),
+        "--api-endpoint",
+        base,
+    )
+    assert added.returncode == 0, added.stderr
+    both = syncd("sync")
+    assert both.returncode == 0, both.stderr
+    status = {r["mailbox"]: r for r in json.loads(syncd("status", "--json").stdout)}
+    assert status["ana"]["items"] == 1 and status["ben"]["items"] == 1
+    listing = syncd("mailbox", "list", "--json").stdout
+    assert "secret-1" not in listing and "PRIVATE KEY" not in listing
+    bad = syncd(
+        "mailbox",
+        "add",
+        "x",
+        "--kind",
+        "gmail",
+        "--user",
+        ANA,
+        "--service-account",
+        str(client_file),
+    )
+    assert bad.returncode == 1 and "is not a service account key" in bad.stderr

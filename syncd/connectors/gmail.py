@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import google_auth_httplib2
@@ -59,26 +60,26 @@ BATCH = 100  # Gmail's cap on calls in one batch request
 
 
 class QuotaLimiter:
-    """Keeps a mailbox under its per-user quota (units a minute), with a margin, so that a
-    backfill runs near the ceiling without provoking 429 storms."""
+    """Keeps a mailbox under its per-user quota (units a minute) so that a backfill runs near
+    the ceiling without provoking 429s: a token bucket refilled at ``margin`` of the rate and
+    holding at most what the remaining margin allows, so no 60-second window can overspend."""
 
     def __init__(self, units_per_minute: int, margin: float = 0.95) -> None:
         self.rate = units_per_minute * margin / 60.0
-        self.capacity = units_per_minute * margin / 6.0  # a 10-second burst at most
+        self.capacity = max(units_per_minute * (1 - margin), 1.0)
         self.tokens = self.capacity
         self.stamp = time.monotonic()
         self.lock = threading.Lock()
 
     def take(self, units: int) -> None:
+        """Spend ``units``; wait until the bucket is out of debt (never deadlocks)."""
         with self.lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= units:
-                    self.tokens -= units
-                    return
-                time.sleep((units - self.tokens) / self.rate)
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            self.tokens -= units
+            if self.tokens < 0:
+                time.sleep(-self.tokens / self.rate)
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -369,3 +370,104 @@ class GmailConnector:
 
     def close(self) -> None:
         pass
+
+
+def read_oauth_client(path: str) -> dict[str, str]:
+    """An OAuth client file as Google's console writes it ({"installed": {...}})."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConnectorError(f"--oauth-client {path!r}: cannot read it ({exc})") from None
+    client = data.get("installed") or data.get("web")
+    if not client or not {"client_id", "client_secret", "auth_uri", "token_uri"} <= set(client):
+        raise ConnectorError(
+            f"--oauth-client {path!r} is not an OAuth client file; download the 'Desktop app' "
+            "client JSON from the Google Cloud console"
+        )
+    return {k: str(client[k]) for k in ("client_id", "client_secret", "auth_uri", "token_uri")}
+
+
+def oauth_consent(
+    client: dict[str, str], show: Callable[[str], None], login_hint: str, timeout: float = 600.0
+) -> str:
+    """The installed-app consent (loopback redirect, RFC 8252): show the URL, wait for the
+    browser to come back with a code, trade it for a refresh token, and return that."""
+    import secrets as _secrets
+    import urllib.parse
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    state = _secrets.token_urlsafe(16)
+    got: dict[str, str] = {}
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(self.path).query))
+            got.update(query)
+            body = b"syncd has the consent; you can close this window."
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Redirect)
+    server.timeout = timeout
+    redirect = f"http://127.0.0.1:{server.server_port}/"
+    url = (
+        client["auth_uri"]
+        + "?"
+        + urllib.parse.urlencode(
+            {
+                "client_id": client["client_id"],
+                "redirect_uri": redirect,
+                "response_type": "code",
+                "scope": " ".join(SCOPES),
+                "access_type": "offline",
+                "prompt": "consent",
+                "state": state,
+                "login_hint": login_hint,
+            }
+        )
+    )
+    show(url)
+    try:
+        server.handle_request()
+    finally:
+        server.server_close()
+    if got.get("state") != state or "code" not in got:
+        raise AuthError(f"the consent did not complete ({got.get('error', 'no code came back')})")
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "authorization_code",
+            "code": got["code"],
+            "redirect_uri": redirect,
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        }
+    ).encode()
+    try:
+        with urllib.request.urlopen(client["token_uri"], data=form, timeout=60) as response:
+            tokens = json.loads(response.read())
+    except OSError as exc:
+        raise AuthError(f"Google refused the consent code: {exc}") from None
+    if "refresh_token" not in tokens:
+        raise AuthError("Google gave no refresh token; run the consent again")
+    return str(tokens["refresh_token"])
+
+
+def read_service_account(path: str) -> str:
+    """A service account key file (JSON), checked; returned as the secret to store."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConnectorError(f"--service-account {path!r}: cannot read it ({exc})") from None
+    if info.get("type") != "service_account" or "private_key" not in info:
+        raise ConnectorError(
+            f"--service-account {path!r} is not a service account key; create a JSON key for "
+            "a service account with domain-wide delegation in the Google Cloud console"
+        )
+    return json.dumps(info)

@@ -139,6 +139,8 @@ class GoogleEmulator:
         self.lock = threading.RLock()
         self.mailboxes: dict[str, Mailbox] = {}
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user
+        self.codes: dict[str, str] = {}  # authorization code -> user
+        self.consenting: str | None = None  # the user who clicks "Allow" on the consent page
         self.clients: dict[str, str] = {}  # client id -> secret
         self.service_accounts: dict[str, tuple[Any, bool]] = {}  # email -> (public key, delegated)
         self.access: dict[str, tuple[str, float]] = {}  # access token -> (user, expiry)
@@ -244,6 +246,21 @@ class GoogleEmulator:
                     "error": "invalid_grant",
                     "error_description": "Token has been expired or revoked.",
                 }
+        elif grant == "authorization_code":
+            if self.clients.get(form.get("client_id", "")) != form.get("client_secret"):
+                return 401, {"error": "invalid_client", "error_description": "Unauthorized"}
+            user = self.codes.pop(form.get("code", ""), "")
+            if not user:
+                return 400, {"error": "invalid_grant", "error_description": "Malformed auth code."}
+            access = "ya29." + secrets.token_urlsafe(32)
+            self.access[access] = (user, time.time() + 3600)
+            return 200, {
+                "access_token": access,
+                "expires_in": 3599,
+                "token_type": "Bearer",
+                "refresh_token": self.grant(user),
+                "scope": form.get("scope", ""),
+            }
         elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
             subject = self._jwt_subject(form.get("assertion", ""))
             if isinstance(subject, tuple):
@@ -507,10 +524,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.state.requests += 1
+        if self.path.startswith("/auth?"):
+            self._consent()
+            return
         if self._fault():
             return
         status, body, headers = self.dispatch("GET", self.path, self.headers)
         self._send(status, body, headers)
+
+    def _consent(self) -> None:
+        """The consent page, as if the user clicked "Allow": back to redirect_uri with a code."""
+        from urllib.parse import urlencode
+
+        query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
+        if query.get("client_id") not in self.state.clients or not self.state.consenting:
+            self._send(400, {"error": "invalid_request"})
+            return
+        code = "4/" + secrets.token_urlsafe(16)
+        self.state.codes[code] = self.state.consenting
+        target = (
+            query["redirect_uri"] + "?" + urlencode({"code": code, "state": query.get("state", "")})
+        )
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_POST(self) -> None:
         self.state.requests += 1
