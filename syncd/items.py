@@ -98,6 +98,7 @@ class TaskState:
 
     uid: str
     status: TaskStatus
+    ref: str | None = None  # the provider's id, when only that came back (a tombstone)
 
 
 @dataclass(frozen=True)

@@ -333,3 +333,84 @@ def test_cli_adds_gmail_mailboxes_in_user_and_admin_mode(
         str(client_file),
     )
     assert bad.returncode == 1 and "is not a service account key" in bad.stderr
+
+
+def meeting(summary: str, start: datetime, attendee: str = "eva@globex.test") -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "end": {"dateTime": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "organizer": {"email": ANA},
+        "attendees": [{"email": ANA}, {"email": attendee, "displayName": "Eva"}],
+    }
+
+
+def test_google_calendar_meetings_tasks_and_an_expired_sync_token(
+    sessions, settings, company, google
+):
+    emulator, _ = google
+    yesterday = (NOW - timedelta(days=1)).replace(hour=10, minute=0, second=0)
+    emulator.add_event(ANA, meeting("Globex check-in", yesterday))
+    oauth_mailbox(sessions, settings, google)
+    first = sync(sessions, settings, "ana")
+    assert first.new_activities == 1 and first.tasks_written == 1
+    box = emulator.mailboxes[ANA]
+    tasks = [e for e in box.events.values() if "extendedProperties" in e]
+    assert len(tasks) == 1 and tasks[0]["summary"] == "Send notes and next steps: Globex check-in"
+    again = sync(sessions, settings, "ana")  # its own event read back: no meeting, no rewrite
+    assert (again.new_activities, again.tasks_written) == (0, 0)
+    emulator.expire_sync_tokens()  # 410: the calendar is read again, nothing twice
+    emulator.add_event(ANA, meeting("Globex pilot review", yesterday + timedelta(hours=2)))
+    third = sync(sessions, settings, "ana")
+    assert third.new_activities == 1
+    with sessions() as session:
+        subjects = sorted(r["subject"] for r in queries.timeline(session))
+    assert subjects == ["Globex check-in", "Globex pilot review"]
+    # the user deletes the first task from the calendar: it is cancelled in the CRM
+    emulator.mailboxes[ANA].events[tasks[0]["id"]]["status"] = "cancelled"
+    emulator.mailboxes[ANA].event_seq += 1
+    emulator.mailboxes[ANA].events[tasks[0]["id"]]["sequence_no"] = box.event_seq
+    sync(sessions, settings, "ana")
+    with sessions() as session:
+        report = {t["title"]: t for t in queries.task_report(session)}
+    assert report["Send notes and next steps: Globex check-in"]["status"] == "cancelled"
+    assert sum("extendedProperties" in e for e in box.events.values()) == 2  # no duplicates
+
+
+def test_task_writes_are_idempotent_by_their_event_id(google, settings):
+    from syncd.connectors.base import MailboxSpec
+    from syncd.connectors.gmail import GoogleTaskWriter, event_id
+    from syncd.items import TaskItem
+
+    emulator, base = google
+    spec = MailboxSpec(
+        "ana",
+        "gmail",
+        ANA,
+        {
+            "mode": "oauth",
+            "client_id": "client-1",
+            "token_uri": base + "token",
+            "api_endpoint": base,
+        },
+        secret=Secret(
+            json.dumps({"refresh_token": emulator.grant(ANA), "client_secret": "secret-1"})
+        ),
+    )
+    from syncd.connectors.gmail import GmailAccount
+
+    writer = GoogleTaskWriter(GmailAccount(spec))
+    task = TaskItem(
+        uid="syncd-no-reply-abc",
+        title="Follow up",
+        description="d",
+        due=NOW,
+        status="open",
+        created=NOW,
+    )
+    assert writer.put(task) == writer.put(task) == event_id(task.uid)
+    import dataclasses
+
+    writer.put(dataclasses.replace(task, status="done"))
+    (event,) = emulator.mailboxes[ANA].events.values()
+    assert event["summary"] == "Done: Follow up"

@@ -4,6 +4,7 @@ google-api-python-client (static discovery, only the endpoint changed) and googl
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 
 import google_auth_httplib2
@@ -17,7 +18,7 @@ from googleapiclient.http import BatchHttpRequest
 
 from syncd.demo import email_bytes
 
-from .emulators.google import GMAIL, ROUTES, GoogleEmulator
+from .emulators.google import CALENDAR, GMAIL, ROUTES, GoogleEmulator
 
 USER = "ana@northwind.test"
 
@@ -65,19 +66,23 @@ def seed(emulator: GoogleEmulator, n: int) -> list[bytes]:
     return raws
 
 
-def test_every_route_is_a_method_of_the_discovery_document():
+def test_every_route_is_a_method_of_the_discovery_documents():
     documented = {
         m["path"]
         for r in GMAIL["resources"]["users"]["resources"].values()
         for m in r.get("methods", {}).values()
     }
     documented.add(GMAIL["resources"]["users"]["methods"]["getProfile"]["path"])
+    documented |= {
+        CALENDAR["servicePath"] + m["path"]
+        for m in CALENDAR["resources"]["events"]["methods"].values()
+    }
     for pattern, _method, name, params in ROUTES:
         assert any(
-            pattern.match("/" + p.replace("{userId}", "me").replace("{id}", "x"))
+            pattern.match("/" + re.sub(r"\{\w+\}", "x", p).replace("users/x", "users/me"))
             for p in documented
         ), name
-        assert "userId" not in params  # path parameters are not query parameters
+        assert not {"userId", "calendarId", "eventId", "id"} & params  # path, not query
 
 
 def test_profile_list_get_and_paging_through_the_client_library(google):

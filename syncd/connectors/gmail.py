@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import socket
@@ -47,12 +48,26 @@ from syncd.connectors.base import (
     MailSource,
     TaskWriter,
 )
+from syncd.connectors.ical import meeting_key
 from syncd.connectors.mime import UnreadableMessage, parse_message
-from syncd.items import Batch, Cursor, MailItem, Quarantined
+from syncd.items import (
+    Batch,
+    Cursor,
+    MailItem,
+    MeetingItem,
+    Participant,
+    Quarantined,
+    TaskItem,
+    TaskState,
+)
+from syncd.matching.addresses import normalize_address
 
 log = logging.getLogger("syncd.gmail")
 
-SCOPES = ["https://www.googleapis.com/auth/gmail.readonly"]
+SCOPES = [
+    "https://www.googleapis.com/auth/gmail.readonly",
+    "https://www.googleapis.com/auth/calendar.events",
+]
 GOOGLE_ENDPOINT = "https://gmail.googleapis.com/"
 NEVER_READ = {"SPAM", "TRASH", "CHAT", "DRAFT"}
 UNITS = {"getProfile": 1, "list": 5, "get": 5, "history": 2}
@@ -140,6 +155,18 @@ class GmailAccount:
             http=self.http,
             static_discovery=True,
             client_options={"api_endpoint": self.endpoint},
+        )
+        # Calendar's base must end in calendar/v3/ (PROVIDER-APIS.md)
+        calendar_base = str(
+            s.get("calendar_endpoint")
+            or self.endpoint.replace("gmail.googleapis.com", "www.googleapis.com") + "calendar/v3/"
+        )
+        self.calendar = build(
+            "calendar",
+            "v3",
+            http=self.http,
+            static_discovery=True,
+            client_options={"api_endpoint": calendar_base},
         )
         self.limiter = QuotaLimiter(int(s.get("quota_units_per_minute", 15_000)))
         self.requests = 0
@@ -354,6 +381,162 @@ class GmailMail:
             )
 
 
+def _google_time(value: dict[str, Any]) -> datetime:
+    if "dateTime" in value:
+        return datetime.fromisoformat(value["dateTime"].replace("Z", "+00:00")).astimezone(UTC)
+    return datetime.fromisoformat(value["date"]).replace(tzinfo=UTC)
+
+
+def _event_meeting(event: dict[str, Any]) -> MeetingItem | None:
+    """A Google Calendar event -> MeetingItem keyed by iCalUID (+ the occurrence)."""
+    uid = event.get("iCalUID") or event.get("id", "")
+    if "start" not in event or "end" not in event:
+        return None
+    rid = None
+    if event.get("recurringEventId") and event.get("originalStartTime"):
+        rid = _google_time(event["originalStartTime"]).strftime("%Y%m%dT%H%M%SZ")
+    people: list[Participant] = []
+    organizer = event.get("organizer", {})
+    if organizer.get("email"):
+        people.append(
+            Participant(
+                normalize_address(organizer["email"]), organizer.get("displayName", ""), "organizer"
+            )
+        )
+    for attendee in event.get("attendees", []):
+        address = normalize_address(attendee.get("email", ""))
+        if address and all(p.address != address for p in people):
+            people.append(Participant(address, attendee.get("displayName", ""), "attendee"))
+    return MeetingItem(
+        key=meeting_key(uid, rid),
+        uid=uid,
+        recurrence_id=rid,
+        provider_id=event["id"],
+        subject=" ".join(event.get("summary", "").split()),
+        start=_google_time(event["start"]),
+        end=_google_time(event["end"]),
+        participants=tuple(people),
+        cancelled=event.get("status") == "cancelled",
+        private=event.get("visibility") in ("private", "confidential"),
+        description=event.get("description", ""),
+        location=event.get("location", ""),
+    )
+
+
+class GoogleCalendar:
+    """The user's primary calendar, incrementally by sync token (410 -> read again)."""
+
+    name = "gcal:primary"
+
+    def __init__(self, account: GmailAccount, spec: MailboxSpec) -> None:
+        self.account = account
+        self.past = timedelta(days=int(spec.settings.get("calendar_past_days", 90)))
+        self.batch_size = spec.batch_size
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
+        state = json.loads(cursor.value) if cursor else {}
+        events = self.account.calendar.events()
+        page: str | None = None
+        meetings: list[MeetingItem] = []
+        states: list[TaskState] = []
+        removed: list[str] = []
+        token = state.get("token")
+        while True:
+            if token:
+                query = {"syncToken": token}
+            else:
+                since = (datetime.now(UTC) - self.past).strftime("%Y-%m-%dT%H:%M:%SZ")
+                query = {"timeMin": since}
+            try:
+                response = self.account.execute(
+                    1,
+                    partial(
+                        events.list,
+                        calendarId="primary",
+                        singleEvents=True,
+                        maxResults=2500,
+                        pageToken=page,
+                        **query,
+                    ),
+                )
+            except HttpError as exc:
+                if exc.resp.status == 410:
+                    raise CursorExpired("Google Calendar sync token expired") from None
+                raise
+            for event in response.get("items", []):
+                task_uid = event.get("extendedProperties", {}).get("private", {}).get("syncdTask")
+                if task_uid:  # syncd's own task: never a meeting
+                    if event.get("status") == "cancelled":
+                        states.append(TaskState(task_uid, "cancelled"))
+                    continue
+                if event.get("status") == "cancelled" and "start" not in event:
+                    # a tombstone carries its id only: a meeting gone, or one of our tasks
+                    removed.append(event.get("iCalUID") or event["id"])
+                    states.append(TaskState("", "cancelled", ref=event["id"]))
+                    continue
+                item = _event_meeting(event)
+                if item is not None:
+                    meetings.append(item)
+            page = response.get("nextPageToken")
+            if not page:
+                new_token = response.get("nextSyncToken")
+                break
+        if token and new_token == token and not (meetings or states or removed):
+            return
+        for start in range(0, max(len(meetings), 1), self.batch_size):
+            last = start + self.batch_size >= len(meetings)
+            yield Batch(
+                items=tuple(meetings[start : start + self.batch_size]),
+                cursor=Cursor(json.dumps({"token": new_token} if last else state)),
+                removed=tuple(removed) if last else (),
+                task_states=tuple(states) if last else (),
+            )
+
+
+def event_id(task_uid: str) -> str:
+    """A Calendar event id chosen before the write (base32hex), so a retry cannot duplicate."""
+    return (
+        base64.b32hexencode(hashlib.sha256(task_uid.encode()).digest())
+        .decode()
+        .lower()
+        .rstrip("=")[:40]
+    )
+
+
+class GoogleTaskWriter:
+    """Follow-up tasks as short events on the user's calendar, stamped with the task's uid
+    in a private extended property; an existing one (409 on insert) is patched."""
+
+    def __init__(self, account: GmailAccount) -> None:
+        self.account = account
+
+    def put(self, task: TaskItem) -> str:
+        events = self.account.calendar.events()
+        due = task.due.astimezone(UTC)
+        title = ("Done: " if task.status == "done" else "") + task.title
+        body = {
+            "summary": title,
+            "description": task.description,
+            "start": {"dateTime": due.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "end": {"dateTime": (due + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "transparency": "transparent",
+            "status": "cancelled" if task.status == "cancelled" else "confirmed",
+            "extendedProperties": {"private": {"syncdTask": task.uid}},
+        }
+        eid = event_id(task.uid)
+        try:
+            self.account.execute(
+                1, partial(events.insert, calendarId="primary", body={**body, "id": eid})
+            )
+        except HttpError as exc:
+            if exc.resp.status != 409:
+                raise ConnectorError(f"cannot write task {task.uid}: {exc}") from exc
+            self.account.execute(
+                1, partial(events.patch, calendarId="primary", eventId=eid, body=body)
+            )
+        return eid
+
+
 class GmailConnector:
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
@@ -363,10 +546,10 @@ class GmailConnector:
         return [GmailMail(self.account, self.spec)]
 
     def calendar_sources(self) -> list[CalendarSource]:
-        return []  # Google Calendar: issue 4 continues
+        return [GoogleCalendar(self.account, self.spec)]
 
     def task_writer(self) -> TaskWriter | None:
-        return None
+        return GoogleTaskWriter(self.account)
 
     def close(self) -> None:
         pass

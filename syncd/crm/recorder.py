@@ -423,12 +423,17 @@ def apply_task_plans(session: Session, plans: Sequence[TaskPlan], now: datetime)
 def apply_calendar_task_states(
     session: Session, states: Sequence[TaskState], now: datetime
 ) -> None:
-    """The user completed or cancelled a task in their calendar: the CRM follows."""
-    tasks = {
-        t.uid: t for t in session.scalars(select(Task).where(Task.uid.in_([s.uid for s in states])))
-    }
+    """The user completed or deleted a task in their calendar: the CRM follows. A state is
+    matched by the task's uid, or by the calendar's id for it where only that came back."""
+    uids = [s.uid for s in states if s.uid]
+    refs = [s.ref for s in states if s.ref]
+    found = list(
+        session.scalars(select(Task).where(or_(Task.uid.in_(uids), Task.calendar_ref.in_(refs))))
+    )
+    by_uid = {t.uid: t for t in found}
+    by_ref = {t.calendar_ref: t for t in found if t.calendar_ref}
     for state in states:
-        task = tasks.get(state.uid)
+        task = by_uid.get(state.uid) or (by_ref.get(state.ref) if state.ref else None)
         if task is None or task.status != "open" or state.status == "open":
             continue
         task.status = state.status

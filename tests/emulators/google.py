@@ -10,7 +10,9 @@ Written from the public API reference, not from what syncd sends:
 Mailboxes live in memory, seeded from RFC 5322 messages; every change gets the next history
 id of its mailbox (monotonic, per change), as Gmail assigns them. Faults can be queued.
 
-Not yet here (issue 4 continues): Calendar v3, People.
+Calendar v3 covers the primary calendar's events: list (sync tokens, paging, 410),
+insert with a client-chosen id (409 duplicate), get, patch, delete. Not yet here: events.import,
+People.
 """
 
 from __future__ import annotations
@@ -55,23 +57,31 @@ UNITS = {
     "messages.list": 5,
     "messages.get": 5,
     "history.list": 2,
+    **{f"events.{m}": 1 for m in ("list", "insert", "patch", "get", "delete")},
 }
 USER_UNITS_PER_MINUTE = 15_000
+_EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")  # base32hex [calendar events.insert]
+
+
+CALENDAR = json.loads((DISCOVERY / "calendar.v3.json").read_text())
 
 
 def _routes() -> list[tuple[re.Pattern[str], str, str, set[str]]]:
     """(path regex, HTTP method, method name, allowed query parameters) from discovery."""
     users = GMAIL["resources"]["users"]
+    events = CALENDAR["resources"]["events"]["methods"]
     wanted = {
         "getProfile": users["methods"]["getProfile"],
         "labels.list": users["resources"]["labels"]["methods"]["list"],
         "messages.list": users["resources"]["messages"]["methods"]["list"],
         "messages.get": users["resources"]["messages"]["methods"]["get"],
         "history.list": users["resources"]["history"]["methods"]["list"],
+        **{f"events.{k}": events[k] for k in ("list", "insert", "patch", "get", "delete")},
     }
     routes = []
     for name, m in wanted.items():
-        pattern = "^/" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", m["path"]) + "$"
+        prefix = CALENDAR["servicePath"] if name.startswith("events.") else ""
+        pattern = "^/" + prefix + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", m["path"]) + "$"
         query = {p for p, spec in m.get("parameters", {}).items() if spec["location"] == "query"}
         query |= {"alt", "fields", "prettyPrint", "quotaUser", "key"}  # standard parameters
         routes.append((re.compile(pattern), m["httpMethod"], name, query))
@@ -100,6 +110,9 @@ class Mailbox:
     oldest_history: int = 1000  # older start ids answer 404, as Gmail does after a week
     units: deque[tuple[float, int]] = field(default_factory=deque)
     threads: dict[str, str] = field(default_factory=dict)  # Message-ID -> thread id
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # primary calendar
+    event_seq: int = 0  # bumped on every event change; sync tokens are positions in it
+    oldest_sync: int = 0
 
 
 class GmailError(Exception):
@@ -277,7 +290,8 @@ class GoogleEmulator:
             "access_token": access,
             "expires_in": 3599,
             "token_type": "Bearer",
-            "scope": "https://www.googleapis.com/auth/gmail.readonly",
+            "scope": "https://www.googleapis.com/auth/gmail.readonly "
+            "https://www.googleapis.com/auth/calendar.events",
         }
 
     def _jwt_subject(self, assertion: str) -> str | tuple[int, dict[str, Any]]:
@@ -353,11 +367,19 @@ class GoogleEmulator:
         box.units.append((now, units))
 
     def call(
-        self, name: str, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
+        self,
+        name: str,
+        box: Mailbox,
+        params: dict[str, list[str]],
+        path: dict[str, str],
+        body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         with self.lock:
             self.charge(box, UNITS[name])
-            return getattr(self, "_" + name.replace(".", "_"))(box, params, path)
+            handler = getattr(self, "_" + name.replace(".", "_"))
+            if name.startswith("events."):
+                return handler(box, params, path, body or {})  # type: ignore[no-any-return]
+            return handler(box, params, path)  # type: ignore[no-any-return]
 
     def _getProfile(
         self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
@@ -457,6 +479,127 @@ class GoogleEmulator:
             out["nextPageToken"] = str(offset + size)
         return out
 
+    # --- Calendar v3 (primary calendar of each user) ------------------------------------
+
+    def add_event(self, user: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Seed an event as another client would have created it."""
+        with self.lock:
+            box = self.add_user(user)
+            return self._store_event(box, {"id": secrets.token_hex(10), **event})
+
+    def expire_sync_tokens(self) -> None:
+        with self.lock:
+            for box in self.mailboxes.values():
+                box.oldest_sync = box.event_seq
+
+    def _store_event(self, box: Mailbox, event: dict[str, Any]) -> dict[str, Any]:
+        box.event_seq += 1
+        event.setdefault("status", "confirmed")
+        event.setdefault("iCalUID", event["id"] + "@google.com")
+        event["sequence_no"] = box.event_seq
+        event["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        box.events[event["id"]] = event
+        return self._public(event)
+
+    @staticmethod
+    def _public(event: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "calendar#event", **{k: v for k, v in event.items() if k != "sequence_no"}}
+
+    def _events_list(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        token = params.get("syncToken", [None])[0]
+        if token is not None:
+            banned = {
+                "iCalUID",
+                "orderBy",
+                "q",
+                "timeMin",
+                "timeMax",
+                "updatedMin",
+                "privateExtendedProperty",
+                "sharedExtendedProperty",
+            } & set(params)
+            if banned:
+                raise GmailError(
+                    400, "invalid", f"{sorted(banned)[0]} cannot be used with syncToken", "calendar"
+                )
+            if not token.isdigit() or int(token) < box.oldest_sync:
+                raise GmailError(
+                    410,
+                    "fullSyncRequired",
+                    "Sync token is no longer valid, a full sync is required.",
+                    "calendar",
+                )
+            since = int(token)
+            found = [e for e in box.events.values() if e["sequence_no"] > since]
+        else:
+            show_deleted = params.get("showDeleted", ["false"])[0] == "true"
+            found = [e for e in box.events.values() if show_deleted or e["status"] != "cancelled"]
+            for prop in params.get("privateExtendedProperty", []):
+                key, _, value = prop.partition("=")
+                found = [
+                    e
+                    for e in found
+                    if e.get("extendedProperties", {}).get("private", {}).get(key) == value
+                ]
+        found.sort(key=lambda e: e["sequence_no"])
+        size = min(int(params.get("maxResults", ["250"])[0]), 2500)
+        offset = int(params.get("pageToken", ["0"])[0])
+        page = found[offset : offset + size]
+        out: dict[str, Any] = {
+            "kind": "calendar#events",
+            "items": [
+                {"id": e["id"], "status": "cancelled"}
+                if e["status"] == "cancelled" and token
+                else self._public(e)
+                for e in page
+            ],
+        }
+        if offset + size < len(found):
+            out["nextPageToken"] = str(offset + size)
+        else:  # nextSyncToken only on the last page
+            out["nextSyncToken"] = str(box.event_seq)
+        return out
+
+    def _events_insert(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        event_id = body.get("id") or secrets.token_hex(10)
+        if not _EVENT_ID.match(event_id):
+            raise GmailError(400, "invalid", "Invalid resource id value.", "calendar")
+        if event_id in box.events:  # even a deleted one keeps its id
+            raise GmailError(
+                409, "duplicate", "The requested identifier already exists.", "calendar"
+            )
+        return self._store_event(box, {**body, "id": event_id})
+
+    def _existing_event(self, box: Mailbox, path: dict[str, str]) -> dict[str, Any]:
+        event = box.events.get(path["eventId"])
+        if event is None:
+            raise GmailError(404, "notFound", "Not Found", "calendar")
+        return event
+
+    def _events_get(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._public(self._existing_event(box, path))
+
+    def _events_patch(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        event = self._existing_event(box, path)
+        return self._store_event(box, {**event, **body, "id": event["id"]})
+
+    def _events_delete(
+        self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        event = self._existing_event(box, path)
+        if event["status"] == "cancelled":
+            raise GmailError(410, "deleted", "Resource has been deleted", "calendar")
+        self._store_event(box, {**event, "status": "cancelled"})
+        return {}
+
 
 class _Handler(BaseHTTPRequestHandler):
     state: GoogleEmulator
@@ -500,7 +643,9 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return False
 
-    def dispatch(self, method: str, target: str, headers: Any) -> tuple[int, Any, dict[str, str]]:
+    def dispatch(
+        self, method: str, target: str, headers: Any, body: bytes = b""
+    ) -> tuple[int, Any, dict[str, str]]:
         url = urlparse(target)
         params = parse_qs(url.query)
         for pattern, http_method, name, allowed in ROUTES:
@@ -515,9 +660,17 @@ class _Handler(BaseHTTPRequestHandler):
                     f'Invalid JSON payload received. Unknown name "{unknown[0]}"',
                 )
                 return 400, err.body(), {}
+            groups = m.groupdict()
+            owner = groups.get("userId") or (
+                "me" if groups.get("calendarId") == "primary" else groups.get("calendarId", "")
+            )
             try:
-                box = self.state.authorize(headers.get("Authorization"), m["userId"])
-                return 200, self.state.call(name, box, params, m.groupdict()), {}
+                box = self.state.authorize(headers.get("Authorization"), owner)
+                payload = json.loads(body) if body else {}
+                result = self.state.call(name, box, params, groups, payload)
+                if name == "events.delete":
+                    return 204, b"", {}
+                return 200, result, {}
             except GmailError as err:
                 return err.status, err.body(), err.headers
         return 404, GmailError(404, "notFound", f"Not Found: {url.path}").body(), {}
@@ -563,7 +716,23 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/batch/gmail/v1":
             self._batch(data)
             return
-        self._send(404, GmailError(404, "notFound", f"Not Found: {self.path}").body())
+        status, body, headers = self.dispatch("POST", self.path, self.headers, data)
+        self._send(status, body, headers)
+
+    def do_PATCH(self) -> None:
+        self.state.requests += 1
+        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self._fault():
+            return
+        status, body, headers = self.dispatch("PATCH", self.path, self.headers, data)
+        self._send(status, body, headers)
+
+    def do_DELETE(self) -> None:
+        self.state.requests += 1
+        if self._fault():
+            return
+        status, body, headers = self.dispatch("DELETE", self.path, self.headers)
+        self._send(status, body, headers)
 
     def _batch(self, data: bytes) -> None:
         """multipart/mixed of application/http parts, answered in order [gmail/api/guides/batch]."""
