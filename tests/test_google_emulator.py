@@ -174,7 +174,7 @@ def test_revoked_grant_quota_and_injected_faults(google):
     service.users().getProfile(userId="me").execute()
     with pytest.raises(HttpError) as err:
         service.users().getProfile(userId="me").execute()
-    assert err.value.resp.status == 429 and b"rateLimitExceeded" in err.value.content
+    assert err.value.resp.status == 403 and b"userRateLimitExceeded" in err.value.content
     emulator.units_per_minute = 10_000
     emulator.inject(status=503)
     with pytest.raises(HttpError) as err:
@@ -225,3 +225,53 @@ def test_service_account_with_domain_wide_delegation(google):
     )
     with pytest.raises(RefreshError, match="unauthorized_client"):
         service.users().getProfile(userId="me").execute()
+
+
+def test_calendar_events_through_the_client_library(google):
+    emulator, base = google
+    creds = Credentials(
+        None,
+        refresh_token=emulator.grant(USER),
+        token_uri=base + "token",
+        client_id="client-1",
+        client_secret="secret-1",
+    )
+    http = google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http())
+    events = build(
+        "calendar",
+        "v3",
+        http=http,
+        static_discovery=True,
+        client_options={"api_endpoint": base + "calendar/v3/"},
+    ).events()
+    body = {
+        "summary": "x",
+        "start": {"dateTime": "2026-11-20T10:00:00Z"},
+        "end": {"dateTime": "2026-11-20T10:30:00Z"},
+        "extendedProperties": {"private": {"crm": "k1"}},
+    }
+    events.insert(calendarId="primary", body={**body, "id": "abcde12345"}).execute()
+    with pytest.raises(HttpError) as err:
+        events.insert(calendarId="primary", body={**body, "id": "abcde12345"}).execute()
+    assert err.value.resp.status == 409 and b"duplicate" in err.value.content
+    events.insert(calendarId="primary", body={**body, "extendedProperties": {}}).execute()
+    first = events.list(calendarId="primary", maxResults=1).execute()
+    assert "nextPageToken" in first and "nextSyncToken" not in first  # only on the last page
+    found = events.list(calendarId="primary", privateExtendedProperty="crm=k1").execute()
+    assert [e["id"] for e in found["items"]] == ["abcde12345"]
+    token = found["nextSyncToken"]
+    events.delete(calendarId="primary", eventId="abcde12345").execute()
+    changed = events.list(calendarId="primary", syncToken=token).execute()
+    assert changed["items"] == [{"id": "abcde12345", "status": "cancelled"}]  # a tombstone
+    with pytest.raises(HttpError) as err:
+        events.list(calendarId="primary", syncToken=token, timeMin="2026-01-01T00:00:00Z").execute()
+    assert err.value.resp.status == 400
+    emulator.expire_sync_tokens()
+    with pytest.raises(HttpError) as err:
+        events.list(calendarId="primary", syncToken=token).execute()
+    assert err.value.resp.status == 410 and b"fullSyncRequired" in err.value.content
+    imported = events.import_(calendarId="primary", body={**body, "iCalUID": "u1@x"}).execute()
+    assert imported["iCalUID"] == "u1@x"
+    with pytest.raises(HttpError) as err:
+        events.import_(calendarId="primary", body={**body, "iCalUID": "u1@x"}).execute()
+    assert err.value.resp.status == 409

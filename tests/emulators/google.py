@@ -10,9 +10,9 @@ Written from the public API reference, not from what syncd sends:
 Mailboxes live in memory, seeded from RFC 5322 messages; every change gets the next history
 id of its mailbox (monotonic, per change), as Gmail assigns them. Faults can be queued.
 
-Calendar v3 covers the primary calendar's events: list (sync tokens, paging, 410),
-insert with a client-chosen id (409 duplicate), get, patch, delete. Not yet here: events.import,
-People.
+Calendar v3 covers the primary calendar's events: list (sync tokens, paging, 410,
+privateExtendedProperty), insert with a client-chosen id (409 duplicate, even after a
+delete), import by iCalUID, get, patch, delete. Not here: People (no issue needs it yet).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ UNITS = {
     "messages.list": 5,
     "messages.get": 5,
     "history.list": 2,
-    **{f"events.{m}": 1 for m in ("list", "insert", "patch", "get", "delete")},
+    **{f"events.{m}": 1 for m in ("list", "insert", "patch", "get", "delete", "import")},
 }
 USER_UNITS_PER_MINUTE = 15_000
 _EVENT_ID = re.compile(r"^[a-v0-9]{5,1024}$")  # base32hex [calendar events.insert]
@@ -76,7 +76,9 @@ def _routes() -> list[tuple[re.Pattern[str], str, str, set[str]]]:
         "messages.list": users["resources"]["messages"]["methods"]["list"],
         "messages.get": users["resources"]["messages"]["methods"]["get"],
         "history.list": users["resources"]["history"]["methods"]["list"],
-        **{f"events.{k}": events[k] for k in ("list", "insert", "patch", "get", "delete")},
+        **{
+            f"events.{k}": events[k] for k in ("list", "insert", "patch", "get", "delete", "import")
+        },
     }
     routes = []
     for name, m in wanted.items():
@@ -358,11 +360,10 @@ class GoogleEmulator:
         if sum(u for _, u in box.units) + units > self.units_per_minute:
             self.rejected += 1
             raise GmailError(
-                429,
-                "rateLimitExceeded",
-                "User-rate limit exceeded.",
+                403,  # the per-user quota [gmail/api/reference/quota, handle-errors]
+                "userRateLimitExceeded",
+                "User Rate Limit Exceeded",
                 "usageLimits",
-                {"Retry-After": "1"},
             )
         box.units.append((now, units))
 
@@ -573,6 +574,24 @@ class GoogleEmulator:
                 409, "duplicate", "The requested identifier already exists.", "calendar"
             )
         return self._store_event(box, {**body, "id": event_id})
+
+    def _events_import(
+        self,
+        box: Mailbox,
+        params: dict[str, list[str]],
+        path: dict[str, str],
+        body: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A private copy of an existing event, by iCalUID; importing one again is a
+        duplicate, not an upsert (insanum/gcalcli#784)."""
+        uid = body.get("iCalUID")
+        if not uid:
+            raise GmailError(400, "required", "Missing iCalUID.", "calendar")
+        if any(e.get("iCalUID") == uid for e in box.events.values()):
+            raise GmailError(
+                409, "duplicate", "The requested identifier already exists.", "calendar"
+            )
+        return self._store_event(box, {**body, "id": secrets.token_hex(10)})
 
     def _existing_event(self, box: Mailbox, path: dict[str, str]) -> dict[str, Any]:
         event = box.events.get(path["eventId"])
