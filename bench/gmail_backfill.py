@@ -100,7 +100,7 @@ def main() -> None:
     )
     print(
         f"HTTP requests: {emulator.requests} ({emulator.requests / args.messages:.3f} per "
-        f"message, token refreshes included); 429s received: "
+        f"message, token refreshes included); rate-limit refusals (403/429) received: "
         f"{emulator.rejected - rejected_before}; "
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
         "(emulator in the same process)"

@@ -374,6 +374,16 @@ def test_google_calendar_meetings_tasks_and_an_expired_sync_token(
     with sessions() as session:
         report = {t["title"]: t for t in queries.task_report(session)}
     assert report["Send notes and next steps: Globex check-in"]["status"] == "cancelled"
+    # the other one the user marks done by its title, as people do with events
+    other = next(
+        e for e in box.events.values() if "extendedProperties" in e and e["id"] != tasks[0]["id"]
+    )
+    box.event_seq += 1
+    other.update(summary="✓ " + other["summary"], sequence_no=box.event_seq)
+    sync(sessions, settings, "ana")
+    with sessions() as session:
+        report = {t["title"]: t for t in queries.task_report(session)}
+    assert report["Send notes and next steps: Globex pilot review"]["status"] == "done"
     assert sum("extendedProperties" in e for e in box.events.values()) == 2  # no duplicates
 
 

@@ -72,6 +72,7 @@ GOOGLE_ENDPOINT = "https://gmail.googleapis.com/"
 NEVER_READ = {"SPAM", "TRASH", "CHAT", "DRAFT"}
 UNITS = {"getProfile": 1, "list": 5, "get": 5, "history": 2}
 BATCH = 100  # Gmail's cap on calls in one batch request
+DONE_MARKS = ("Done", "done", "DONE", "✓", "✔", "☑")  # how a user marks an event done
 
 
 class QuotaLimiter:
@@ -468,6 +469,8 @@ class GoogleCalendar:
                 if task_uid:  # syncd's own task: never a meeting
                     if event.get("status") == "cancelled":
                         states.append(TaskState(task_uid, "cancelled"))
+                    elif event.get("summary", "").lstrip().startswith(DONE_MARKS):
+                        states.append(TaskState(task_uid, "done"))  # the user ticked it off
                     continue
                 if event.get("status") == "cancelled" and "start" not in event:
                     # a tombstone carries its id only: a meeting gone, or one of our tasks
