@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from phases import peak_rss_mb, run_phase  # noqa: E402
 
 ATTRIBUTES = {
     "metadata": [b"BODY.PEEK[HEADER]", b"INTERNALDATE", b"BODYSTRUCTURE"],
@@ -35,10 +36,6 @@ ATTRIBUTES = {
     ],
     "full": [b"BODY.PEEK[]", b"INTERNALDATE"],
 }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def phase_ceiling(port: int, login: str, password: str, body: str) -> dict[str, float]:
@@ -175,14 +172,6 @@ def idle_latency(url: str, home: str, port: int, login: str, password: str) -> f
         proc.wait(timeout=30)
 
 
-def run_phase(*args: str) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-    ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
-
-
 def fill(maildir: Path, messages: int) -> float:
     """Write the messages straight into the user's Maildir, as Dovecot's own delivery would."""
     from syncd.demo import generate_maildir
@@ -224,8 +213,10 @@ def main() -> None:
             "password": Dovecot.PASSWORD,
             "body": args.body,
         }
-        run_phase("--phase", "ceiling", "--args", json.dumps(common))  # warm Dovecot's indexes
-        ceiling = run_phase("--phase", "ceiling", "--args", json.dumps(common))
+        run_phase(
+            __file__, "--phase", "ceiling", "--args", json.dumps(common)
+        )  # warm Dovecot's indexes
+        ceiling = run_phase(__file__, "--phase", "ceiling", "--args", json.dumps(common))
         ceiling_rate = ceiling["messages"] / ceiling["seconds"]
         print(
             f"ceiling (imapclient, same FETCH items, no processing): {ceiling_rate:,.0f} msg/s,"
@@ -234,6 +225,7 @@ def main() -> None:
         url = f"sqlite:///{work / 'bench.db'}"
         home = str(work / "home")
         first = run_phase(
+            __file__,
             "--phase",
             "sync",
             "--args",
@@ -246,6 +238,7 @@ def main() -> None:
             f"ratio to ceiling {rate / ceiling_rate:.2f}, peak RSS {first['peak_rss_mb']:.0f} MB"
         )
         poll = run_phase(
+            __file__,
             "--phase",
             "poll",
             "--args",

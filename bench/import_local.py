@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from phases import peak_rss_mb, run_phase  # noqa: E402
 
 
 def phase_ceiling(maildir: Path) -> dict[str, float]:
@@ -76,19 +76,6 @@ def phase_import(maildir: Path, url: str, crm: Path) -> dict[str, float]:
     }
 
 
-def run_phase(*args: str) -> dict[str, float]:
-    """One phase in its own process, so that its peak RSS is its own."""
-    out = subprocess.run(
-        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-    ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000)
@@ -114,7 +101,7 @@ def main() -> None:
     maildir = generate_maildir(work / "maildir", args.messages, now)
     print(f"generated {args.messages} messages in {time.perf_counter() - t:.1f} s ({work})")
     common = ["--maildir", str(maildir), "--crm", str(demo.root / "crm")]
-    ceiling = run_phase("--phase", "ceiling", *common)
+    ceiling = run_phase(__file__, "--phase", "ceiling", *common)
     ceiling_rate = ceiling["messages"] / ceiling["seconds"]
     print(
         f"ceiling (parse only, no database): {ceiling_rate:,.0f} msg/s, "
@@ -125,7 +112,7 @@ def main() -> None:
             ("sqlite", f"sqlite:///{work / 'bench.db'}"),
             ("postgresql", new_pg_database(pg)),
         ):
-            r = run_phase("--phase", "import", "--url", url, *common)
+            r = run_phase(__file__, "--phase", "import", "--url", url, *common)
             rate = args.messages / r["seconds"]
             print(
                 f"{name:10s}: {rate:,.0f} msg/s ({args.messages} messages in "

@@ -1,0 +1,21 @@
+"""What the benchmarks share: each phase runs in its own process, so its peak RSS is its own."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+
+
+def run_phase(script: str, *args: str) -> dict[str, float]:
+    """Run ``script`` with ``args``; its last line of output is the phase's JSON result."""
+    out = subprocess.run(
+        [sys.executable, script, *args], check=True, capture_output=True, text=True
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
