@@ -194,10 +194,11 @@ class GmailAccount:
                 f"run 'syncd mailbox reauth {self.spec.name}'"
             ) from None
         except HttpError as exc:
-            if exc.resp.status == 401:
+            if exc.resp.status in (401, 403):  # not a rate limit (those were retried)
                 raise AuthError(
-                    f"{self._where()}: access denied (401); run 'syncd mailbox "
-                    f"reauth {self.spec.name}'"
+                    f"{self._where()}: access denied ({exc.resp.status}: "
+                    f"{exc.reason or 'forbidden'}); check the granted scopes (gmail.readonly, "
+                    f"calendar.events) and run 'syncd mailbox reauth {self.spec.name}'"
                 ) from None
             raise
         except Exception as exc:
