@@ -59,11 +59,10 @@ class _State:
             self._settings = load_settings(self.config)
         return self._settings
 
-    def sessions(self, check: bool = True) -> sessionmaker[Session]:
+    def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:
             engine = make_engine(self.settings().database_url())
-            if check:
-                check_schema(engine)
+            check_schema(engine)
             self._sessions = session_factory(engine)
         return self._sessions
 

@@ -207,52 +207,46 @@ class GmailAccount:
             raise
         raise AssertionError("unreachable")
 
+    def _get_batch(self, ids: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """One batch request of messages.get format=raw: (replies by id, ids to ask again).
+        A message deleted since it was listed (404) is simply absent."""
+        users = self.service.users().messages()
+        found: dict[str, Any] = {}
+        again: list[str] = []
+        errors: list[BaseException] = []
+
+        def on_reply(request_id: str, response: Any, exc: BaseException | None) -> None:
+            if exc is None:
+                found[request_id] = response
+            elif isinstance(exc, HttpError) and exc.resp.status == 404:
+                pass
+            elif _transient(exc):
+                again.append(request_id)
+            else:
+                errors.append(exc)
+
+        batch = BatchHttpRequest(batch_uri=self.endpoint + "batch/gmail/v1", callback=on_reply)
+        for i in ids:
+            batch.add(users.get(userId="me", id=i, format="raw"), request_id=i)
+        batch.execute(http=self.http)
+        if any(isinstance(e, RefreshError) for e in errors):
+            raise RefreshError("refresh failed inside a batch")
+        if errors:
+            raise errors[0]
+        return found, again
+
     def fetch_raw(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """messages.get format=raw for up to 100 ids in one batch request; parts refused
-        with 429/5xx are asked again (in a smaller batch) after a backoff."""
-        users = self.service.users().messages()
+        with 429/5xx are asked again after a backoff."""
         found: dict[str, dict[str, Any]] = {}
         pending = list(ids)
         for attempt in range(8):
             if not pending:
-                break
-            failed: list[str] = []
-            errors: list[BaseException] = []
-
-            def on_reply(
-                request_id: str,
-                response: Any,
-                exc: BaseException | None,
-                failed: list[str] = failed,
-                errors: list[BaseException] = errors,
-            ) -> None:
-                if exc is None:
-                    found[request_id] = response
-                elif isinstance(exc, HttpError) and exc.resp.status == 404:
-                    pass  # deleted since it was listed: nothing to log
-                elif _transient(exc):
-                    failed.append(request_id)
-                else:
-                    errors.append(exc)
-
-            def send(chunk: list[str] = pending, on_reply: Any = on_reply) -> Any:
-                batch = BatchHttpRequest(
-                    batch_uri=self.endpoint + "batch/gmail/v1", callback=on_reply
-                )
-                for i in chunk:
-                    batch.add(users.get(userId="me", id=i, format="raw"), request_id=i)
-                return batch
-
-            self.execute(UNITS["get"] * len(pending), partial(_Executable, send, self.http))
-            if errors:
-                refresh = next((e for e in errors if isinstance(e, RefreshError)), None)
-                if refresh:
-                    raise AuthError(
-                        f"{self._where()} refused the credentials; run "
-                        f"'syncd mailbox reauth {self.spec.name}'"
-                    )
-                raise errors[0]
-            pending = failed
+                return found
+            replies, pending = self.execute(
+                UNITS["get"] * len(pending), partial(_Call, self._get_batch, pending)
+            )
+            found.update(replies)
             if pending:
                 time.sleep(min(2**attempt, 16))
         if pending:
@@ -262,15 +256,14 @@ class GmailAccount:
         return found
 
 
-class _Executable:
-    """A batch request with ``execute()`` like a single one, for :meth:`GmailAccount.execute`;
-    built anew for every try."""
+class _Call:
+    """A deferred call with ``execute()``, so :meth:`GmailAccount.execute` can retry it."""
 
-    def __init__(self, make: Callable[[], BatchHttpRequest], http: Any) -> None:
-        self.batch, self.http = make(), http
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn, self.args = fn, args
 
-    def execute(self) -> None:
-        self.batch.execute(http=self.http)
+    def execute(self) -> Any:
+        return self.fn(*self.args)
 
 
 class GmailMail:

@@ -94,13 +94,14 @@ class MaildirFolder:
         return entries
 
     def _read(self, path: str, unique: str, moved: dict[str, str]) -> bytes | None:
+        """The message's bytes; ``moved`` is filled, once a scan, by the first file that a
+        mail client renamed (new/ -> cur/, flags) since the listing."""
         try:
             return Path(path).read_bytes()
         except FileNotFoundError:
             pass
-        if not moved:  # a mail client renamed it (new/ -> cur/, flags): look once more
-            moved.update({u: p for _, u, p, _ in self._listing()})
-            moved.setdefault("", "")
+        if not moved:
+            moved.update({u: p for _, u, p, _ in self._listing()} or {"": ""})
         try:
             return Path(moved[unique]).read_bytes() if unique in moved else None
         except FileNotFoundError:
@@ -223,13 +224,11 @@ class VdirCalendar:
         batch_size: int,
         past_days: int,
         future_days: int,
-        now: datetime | None = None,
     ) -> None:
         self.path = path
         self.batch_size = batch_size
         self.past = timedelta(days=past_days)
         self.future = timedelta(days=future_days)
-        self.now = now
 
     def _etags(self) -> dict[str, str]:
         if not self.path.is_dir():
@@ -245,7 +244,7 @@ class VdirCalendar:
         return found
 
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
-        now = self.now or datetime.now(UTC)
+        now = datetime.now(UTC)
         window = (now - self.past, now + self.future)
         today = now.date().isoformat()
         known: dict[str, _FileState] = {}
