@@ -109,7 +109,11 @@ class ExclusionSettings(_Section):
     folders: list[str] = Field(
         default_factory=lambda: ["Trash", "Junk", "Spam", "Drafts", "Deleted Items", "Outbox"]
     )
-    labels: list[str] = Field(default_factory=lambda: ["Spam", "Trash", "Chat", "Drafts"])
+    # provider labels and categories (Gmail labels, Outlook categories) never logged ...
+    labels: list[str] = Field(default_factory=lambda: ["Spam", "Trash", "Chat", "Drafts", "No CRM"])
+    # ... and those that log an item even when it is internal-only, bulk or has no CRM
+    # participant (never when it is private or blocklisted)
+    force_labels: list[str] = Field(default_factory=lambda: ["CRM"])
 
     @field_validator("addresses")
     @classmethod

@@ -48,6 +48,7 @@ class MeetingItem:
     description: str = ""
     location: str = ""
     method: str | None = None  # iTIP method when it came by mail: REQUEST, REPLY, CANCEL
+    labels: tuple[str, ...] = ()  # provider categories (Outlook)
 
     @property
     def organizer(self) -> Participant | None:

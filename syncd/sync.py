@@ -32,7 +32,7 @@ from syncd.crm import queries, recorder
 from syncd.crm.models import Mailbox, User
 from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan, task_uid
 from syncd.items import Batch, Item, MailItem, MeetingItem, TaskItem
-from syncd.matching.exclusions import exclusion, mail_exclusion
+from syncd.matching.exclusions import exclusion, label_hit, mail_exclusion
 from syncd.matching.matcher import CrmIndex, match, remembered_keys
 from syncd.secrets import SecretBox, SecretsError
 
@@ -65,9 +65,9 @@ def decide(
     """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
     The result does not depend on how items are cut into batches."""
     decisions = []
-    for item in _expand(items, settings, excluded):
+    for item, forced in _expand(items, settings, excluded):
         m = match(item, index)
-        reason = exclusion(item, m, index)
+        reason = exclusion(item, m, index, forced)
         if reason:
             excluded[reason.split(":")[0]] += 1
             continue
@@ -78,12 +78,20 @@ def decide(
     return decisions
 
 
-def _expand(items: Iterable[Item], settings: Settings, excluded: Counter[str]) -> Iterator[Item]:
+def _expand(
+    items: Iterable[Item], settings: Settings, excluded: Counter[str]
+) -> Iterator[tuple[Item, bool]]:
+    """Items that pass the checks needing no CRM, each with whether a label forces it in."""
+    rules = settings.exclusions
     for item in items:
+        forced = label_hit(item, rules.force_labels) is not None
         if isinstance(item, MeetingItem):
-            yield item
+            if label_hit(item, rules.labels):
+                excluded["excluded label"] += 1
+            else:
+                yield item, forced
             continue
-        reason = mail_exclusion(item, settings.exclusions.labels)
+        reason = mail_exclusion(item, rules.labels, forced)
         if reason:
             excluded[reason.split(":")[0]] += 1
         elif item.invitations:
@@ -91,9 +99,9 @@ def _expand(items: Iterable[Item], settings: Settings, excluded: Counter[str]) -
                 if invite.method == "REPLY":
                     excluded["invitation-reply"] += 1  # an attendee's answer, not a meeting
                 else:
-                    yield invite
+                    yield invite, forced
         else:
-            yield item
+            yield item, forced
 
 
 def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
@@ -101,6 +109,7 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
     merged = {
         "calendar_past_days": settings.sync.calendar_past_days,
         "calendar_future_days": settings.sync.calendar_future_days,
+        "state_dir": str(settings.home),
         **mailbox.settings,
         # the mailbox's own exclusions add to the config's
         "excluded_folders": [
@@ -287,8 +296,8 @@ class SyncJob:
             return  # without a calendar, tasks live in the CRM only
         with self.sessions() as session:
             pending = recorder.tasks_to_write(session, self.user_id, self.mailbox_id)
-        for task in pending:
-            item = TaskItem(
+        items = [
+            TaskItem(
                 uid=task.uid,
                 title=task.title,
                 description=task.description,
@@ -298,15 +307,28 @@ class SyncJob:
                 sequence=task.version - 1,
                 categories=("CRM",),
             )
+            for task in pending
+        ]
+        put_many = getattr(writer, "put_many", None)
+        step = 100 if put_many else 1  # a writer with put_many saves round trips ($batch)
+        for start in range(0, len(pending), step):
+            chunk = pending[start : start + step]
+            refs: list[str | None]
             try:
-                ref, error = writer.put(item), None
+                if put_many:
+                    refs, error = list(put_many(items[start : start + step])), None
+                else:
+                    refs, error = [writer.put(items[start])], None
             except (ConnectorError, OSError) as exc:
-                ref, error = None, f"cannot write task to the calendar: {exc}"
+                refs, error = [None] * len(chunk), f"cannot write task to the calendar: {exc}"
             with self.sessions.begin() as session:
-                recorder.mark_written(session, task.id, task.version, self.mailbox_id, ref, error)
+                for task, ref in zip(chunk, refs, strict=True):
+                    recorder.mark_written(
+                        session, task.id, task.version, self.mailbox_id, ref, error
+                    )
             if error:
                 raise ConnectorError(error)
-            self.report.tasks_written += 1
+            self.report.tasks_written += len(chunk)
 
 
 def sync_mailbox(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,6 +77,12 @@ class TaskWriter(Protocol):
         ...
 
 
+class BatchTaskWriter(TaskWriter, Protocol):
+    def put_many(self, tasks: Sequence[TaskItem]) -> list[str]:
+        """:meth:`put` for several tasks in fewer round trips; ids in the same order."""
+        ...
+
+
 class ContactSource(Protocol):
     def contacts(self) -> Iterator[ContactCard]: ...
 
@@ -111,6 +117,7 @@ _REGISTRY: dict[str, str] = {
     "local": "syncd.connectors.local:LocalConnector",
     "imap": "syncd.connectors.imap:ImapConnector",
     "gmail": "syncd.connectors.gmail:GmailConnector",
+    "microsoft": "syncd.connectors.microsoft:MicrosoftConnector",
 }
 
 

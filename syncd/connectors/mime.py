@@ -102,7 +102,7 @@ def _addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
     return found
 
 
-def _message_ids(value: str | None) -> list[str]:
+def message_ids(value: str | None) -> list[str]:
     if not value:
         return []
     ids = _MSGID_RE.findall(value)
@@ -186,10 +186,10 @@ def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> Mai
     raw = _raw_headers(msg)
     subject = _WS_RE.sub(" ", _header(msg, "subject") or "").strip()
     sent_at = _date(raw.get("date"), fallback_time)
-    message_ids = _message_ids(raw.get("message-id"))
-    message_id = message_ids[0] if message_ids else None
-    in_reply_to = _message_ids(raw.get("in-reply-to"))
-    references = _message_ids(raw.get("references"))
+    own_ids = message_ids(raw.get("message-id"))
+    message_id = own_ids[0] if own_ids else None
+    in_reply_to = message_ids(raw.get("in-reply-to"))
+    references = message_ids(raw.get("references"))
     if message_id:
         key = f"mid:{message_id}"
     else:

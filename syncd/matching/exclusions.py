@@ -13,8 +13,23 @@ from syncd.matching.matcher import CrmIndex, Match
 _BULK_PRECEDENCE = {"bulk", "list", "junk"}
 
 
-def mail_exclusion(item: MailItem, excluded_labels: Iterable[str]) -> str | None:
-    """Reasons that need only the message itself (checked before matching)."""
+def label_hit(item: Item, names: Iterable[str]) -> str | None:
+    """The first of the item's labels (Gmail labels, Outlook categories) among ``names``."""
+    wanted = {name.lower() for name in names}
+    return next((label for label in item.labels if label.lower() in wanted), None)
+
+
+def mail_exclusion(
+    item: MailItem, excluded_labels: Iterable[str], forced: bool = False
+) -> str | None:
+    """Reasons that need only the message itself (checked before matching). A label the
+    admin excludes always wins; a forced item (see ``exclusions.force_labels``) skips the
+    bulk and auto-reply checks."""
+    hit = label_hit(item, excluded_labels)
+    if hit:
+        return f"excluded label: {hit}"
+    if forced:
+        return None
     if item.list_id:
         return "bulk: mailing list (List-Id)"
     if item.precedence in _BULK_PRECEDENCE:
@@ -23,20 +38,20 @@ def mail_exclusion(item: MailItem, excluded_labels: Iterable[str]) -> str | None
         return f"auto-reply: Auto-Submitted {item.auto_submitted}"
     if item.autoreply_header:
         return f"auto-reply: {item.autoreply_header} header"
-    wanted = {label.lower() for label in excluded_labels}
-    hit = next((label for label in item.labels if label.lower() in wanted), None)
-    if hit:
-        return f"excluded label: {hit}"
     return None
 
 
-def exclusion(item: Item, match: Match, index: CrmIndex) -> str | None:
-    """Reasons that need the CRM (checked after matching)."""
+def exclusion(item: Item, match: Match, index: CrmIndex, forced: bool = False) -> str | None:
+    """Reasons that need the CRM (checked after matching). Private and blocklisted items
+    are never logged, forced or not; a forced item is logged even when internal-only or
+    without a CRM participant."""
     if item.private:
         return "private"
     blocked = next((p.address for p in item.participants if index.is_blocked(p.address)), None)
     if blocked:
         return f"blocklisted: {blocked}"
+    if forced:
+        return None
     if match.direction == "internal":
         return "internal-only"
     if not match.has_crm_participant:

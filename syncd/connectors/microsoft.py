@@ -1,0 +1,961 @@
+"""Microsoft 365 (msal + O365): Exchange Online mail, calendar and To Do through Microsoft Graph.
+
+Settings of a ``kind = "microsoft"`` mailbox: ``mode`` (``app``: one app registration with
+application permissions serves every mailbox of the tenant; ``device``: the user signs in
+once with the device-code flow), ``tenant``, ``client_id``, ``authority`` (default
+``https://login.microsoftonline.com``), ``graph_url`` (default
+``https://graph.microsoft.com/``), ``ca_bundle`` (a PEM file of CAs to trust instead of the
+system's), ``since_days`` (first sync window, default 90), ``tasks`` (``todo``, the default,
+or ``events``), ``todo_list`` (default "CRM follow-ups"). The secret is the client secret,
+or ``{"private_key", "thumbprint"}`` (JSON) for a certificate, or the msal token cache for
+``device`` (the working copy lives encrypted in ``$SYNCD_HOME/tokens/``).
+
+Sources: ``graph:inbox`` and ``graph:sentitems`` read by message delta (one delta link per
+folder), ``graph:calendar`` by ``calendarView/delta`` over the configured window, and
+``graph:todo`` reads back the follow-up tasks the user completed. A 410 raises
+:class:`CursorExpired`. Every request asks for immutable ids, UTC times and text bodies, and
+holds one of the mailbox's four slots (Graph's per-mailbox concurrency limit); 429/503 and
+5xx are retried honouring Retry-After, and dropped connections too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import msal
+import requests
+import tenacity
+from O365 import Account
+from O365.connection import MSGraphProtocol
+from O365.utils.token import BaseTokenBackend, MemoryTokenBackend
+
+from syncd.connectors.base import (
+    AuthError,
+    CalendarSource,
+    ConnectorError,
+    CursorExpired,
+    MailboxSpec,
+    MailSource,
+    TaskWriter,
+)
+from syncd.connectors.ical import meeting_key
+from syncd.connectors.mime import SNIPPET_CHARS, clean, message_ids, stable_key
+from syncd.items import (
+    Batch,
+    Cursor,
+    MailItem,
+    MeetingItem,
+    Participant,
+    ParticipantRole,
+    Quarantined,
+    TaskItem,
+    TaskState,
+)
+from syncd.matching.addresses import normalize_address
+from syncd.secrets import Secret, SecretBox
+
+log = logging.getLogger("syncd.microsoft")
+# O365 logs request headers (the bearer token) at debug level: keep it quiet whatever the
+# root logger's level is
+logging.getLogger("O365").setLevel(logging.CRITICAL)
+
+AUTHORITY = "https://login.microsoftonline.com"
+GRAPH = "https://graph.microsoft.com/"
+APP_SCOPES = ["https://graph.microsoft.com/.default"]
+USER_SCOPES = ["Mail.Read", "Calendars.ReadWrite", "Tasks.ReadWrite"]
+APP_PERMISSIONS = "Mail.Read, Calendars.ReadWrite and Tasks.ReadWrite.All"
+MAX_IN_FLIGHT = 4  # Graph's concurrency limit per app per mailbox
+MAX_BATCH = 20
+FOLDERS = ("inbox", "sentitems")
+PREFER = 'IdType="ImmutableId", outlook.timezone="UTC", outlook.body-content-type="text"'
+SELECT = ",".join(
+    (
+        "internetMessageId",
+        "conversationId",
+        "subject",
+        "from",
+        "toRecipients",
+        "ccRecipients",
+        "bccRecipients",
+        "sentDateTime",
+        "receivedDateTime",
+        "sensitivity",
+        "categories",
+        "isDraft",
+        "bodyPreview",
+        "body",
+        "internetMessageHeaders",
+    )
+)
+TASK_PROPERTY = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name syncdTask"
+DONE_MARKS = ("Done", "done", "DONE", "✓", "✔", "☑")
+RETRYABLE = (429, 500, 502, 503, 504)
+
+
+class _Retry(Exception):
+    """A response worth another try (429/503/5xx); carries its Retry-After."""
+
+    def __init__(self, status: int, retry_after: float | None, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status, self.retry_after = status, retry_after
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (_Retry, requests.ConnectionError, requests.Timeout))
+
+
+def _wait(state: tenacity.RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, _Retry) and exc.retry_after is not None:
+        return exc.retry_after
+    return min(0.5 * 2 ** (state.attempt_number - 1), 30.0)
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = str((headers or {}).get("Retry-After") or (headers or {}).get("retry-after") or "")
+    return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
+def _error_text(body: Any) -> tuple[str, str]:
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    if isinstance(error, dict):
+        return str(error.get("code", "")), str(error.get("message", ""))
+    return str(error), str(body.get("error_description", "")).split("\r\n")[0]
+
+
+class _Slots:
+    """At most MAX_IN_FLIGHT requests to one mailbox from this process, whatever asks."""
+
+    _lock = threading.Lock()
+    _by_mailbox: ClassVar[dict[str, threading.BoundedSemaphore]] = {}
+    peak: ClassVar[dict[str, int]] = {}
+    _inflight: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    @contextmanager
+    def hold(cls, mailbox: str, n: int = 1) -> Iterator[None]:
+        with cls._lock:
+            sem = cls._by_mailbox.setdefault(mailbox, threading.BoundedSemaphore(MAX_IN_FLIGHT))
+        taken = 0
+        try:
+            for _ in range(n):
+                sem.acquire()
+                taken += 1
+            with cls._lock:
+                cls._inflight[mailbox] = cls._inflight.get(mailbox, 0) + n
+                cls.peak[mailbox] = max(cls.peak.get(mailbox, 0), cls._inflight[mailbox])
+            yield
+        finally:
+            with cls._lock:
+                cls._inflight[mailbox] = cls._inflight.get(mailbox, 0) - taken
+            for _ in range(taken):
+                sem.release()
+
+
+class _Http(requests.Session):
+    """msal's HTTP client: verifies with ``ca_bundle`` when one is set, passed with every
+    request so that REQUESTS_CA_BUNDLE in the environment cannot override it."""
+
+    def __init__(self, ca_bundle: str | None, timeout: float) -> None:
+        super().__init__()
+        self.ca_bundle, self.default_timeout = ca_bundle, timeout
+
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.ca_bundle:
+            kwargs.setdefault("verify", self.ca_bundle)
+        kwargs.setdefault("timeout", self.default_timeout)
+        return super().request(method, url, *args, **kwargs)
+
+
+class EncryptedCache(BaseTokenBackend):
+    """The msal token cache of a device-code mailbox, kept in a file encrypted with syncd's
+    key; written back whenever msal changes it (refresh tokens rotate)."""
+
+    def __init__(self, path: Path, box: SecretBox, seed: str | None) -> None:
+        super().__init__()
+        self.path, self.box = path, box
+        if path.exists():
+            seed = box.decrypt(path.read_text(), f"token cache {path}").reveal()
+        self._cache = self.deserialize(seed) if seed else {}
+
+    def load_token(self) -> bool:
+        return self.has_data
+
+    def save_token(self, force: bool = False) -> bool:
+        if self._has_state_changed or force:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(self.box.encrypt(Secret(self.serialize())))
+            tmp.chmod(0o600)
+            tmp.replace(self.path)
+        return True
+
+
+def _protocol(graph_url: str) -> MSGraphProtocol:
+    """O365's Graph protocol at another base URL (its constructor ignores protocol_url)."""
+    cls = type("SyncdGraphProtocol", (MSGraphProtocol,), {"_protocol_url": graph_url})
+    protocol: MSGraphProtocol = cls(api_version="v1.0", default_resource="")
+    return protocol
+
+
+def device_flow_app(
+    settings: dict[str, Any], cache: msal.TokenCache | None = None
+) -> msal.PublicClientApplication:
+    return msal.PublicClientApplication(
+        settings["client_id"],
+        authority=f"{settings.get('authority', AUTHORITY).rstrip('/')}/{settings['tenant']}",
+        instance_discovery=False,
+        token_cache=cache,
+        http_client=_Http(settings.get("ca_bundle"), float(settings.get("timeout", 60))),
+    )
+
+
+def sign_in_with_device_code(settings: dict[str, Any], show: Callable[[str], None]) -> str:
+    """The device-code flow (user mode): show the sign-in message, wait for the user, and
+    return the msal token cache to store (it holds the refresh token)."""
+    cache = msal.SerializableTokenCache()
+    try:
+        app = device_flow_app(settings, cache)
+        flow = app.initiate_device_flow(scopes=USER_SCOPES)
+    except (ValueError, requests.RequestException) as exc:
+        raise ConnectorError(f"cannot reach the Microsoft sign-in service: {exc}") from None
+    if "user_code" not in flow:
+        raise AuthError(
+            f"Microsoft refused the device sign-in ({flow.get('error')}: "
+            f"{str(flow.get('error_description', '')).splitlines()[0]}); check --tenant and "
+            "--client-id and that the app registration allows public client flows"
+        )
+    show(str(flow["message"]))
+    result = app.acquire_token_by_device_flow(flow)
+    if "access_token" not in result:
+        raise AuthError(
+            f"the device sign-in did not complete ({result.get('error')}: "
+            f"{str(result.get('error_description', '')).splitlines()[0]})"
+        )
+    return str(cache.serialize())
+
+
+def read_certificate(path: str) -> str:
+    """A PEM file holding the private key and the certificate uploaded to the app
+    registration -> the secret to store: {"private_key", "thumbprint"} (JSON)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    try:
+        data = Path(path).read_bytes()
+        cert = x509.load_pem_x509_certificate(data)
+        key = serialization.load_pem_private_key(data, password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConnectorError(
+            f"--certificate {path!r}: cannot read a private key and a certificate from it "
+            f"({exc}); give one PEM file holding both (unencrypted)"
+        ) from None
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()
+    return json.dumps({"private_key": pem, "thumbprint": thumbprint})
+
+
+class GraphAccount:
+    """One mailbox's authenticated session: msal for tokens, O365's connection for requests."""
+
+    def __init__(self, spec: MailboxSpec) -> None:
+        self.spec = spec
+        s = spec.settings
+        self.mode = str(s.get("mode", "app"))
+        self.user = spec.user_email
+        for key in ("tenant", "client_id"):
+            if not s.get(key):
+                raise AuthError(f"mailbox {spec.name!r}: no {key} stored; add the mailbox again")
+        if spec.secret is None:
+            raise AuthError(
+                f"mailbox {spec.name!r}: no Microsoft credentials stored; "
+                f"run 'syncd mailbox reauth {spec.name}'"
+            )
+        self.graph = str(s.get("graph_url", GRAPH)).rstrip("/") + "/v1.0"
+        self.ca_bundle = s.get("ca_bundle")
+        self.timeout = float(s.get("timeout", 60))
+        self.retries = int(s.get("retries", 8))
+        authority = f"{str(s.get('authority', AUTHORITY)).rstrip('/')}/{s['tenant']}"
+        http = _Http(self.ca_bundle, self.timeout)
+        self.cache: BaseTokenBackend
+        if self.mode == "device":
+            home = Path(str(s.get("state_dir", "."))) / "tokens"
+            self.cache = EncryptedCache(
+                home / f"{hashlib.sha256(spec.name.encode()).hexdigest()[:16]}.msal",
+                SecretBox(home.parent),
+                spec.secret.reveal(),
+            )
+            self.msal: Any = msal.PublicClientApplication(
+                s["client_id"],
+                authority=authority,
+                instance_discovery=False,
+                token_cache=self.cache,
+                http_client=http,
+            )
+            credentials: Any = s["client_id"]
+            flow = "public"
+        else:
+            self.cache = MemoryTokenBackend()
+            secret = spec.secret.reveal()
+            credential: Any = json.loads(secret) if secret.startswith("{") else secret
+            try:
+                self.msal = msal.ConfidentialClientApplication(
+                    s["client_id"],
+                    client_credential=credential,
+                    authority=authority,
+                    instance_discovery=False,
+                    token_cache=self.cache,
+                    http_client=http,
+                )
+            except ValueError as exc:  # the authority's OpenID configuration is unreachable
+                raise ConnectorError(f"{self._where()}: {exc}") from None
+            credentials = (s["client_id"], "")
+            flow = "credentials"
+        self.account = Account(
+            credentials,
+            auth_flow_type=flow,
+            tenant_id=s["tenant"],
+            username=self.user if flow == "public" else None,
+            protocol=_protocol(str(s.get("graph_url", GRAPH))),
+            token_backend=self.cache,
+            requests_delay=0,  # pacing is ours: four slots and Retry-After
+            request_retries=0,  # retries are ours (tenacity), so every 429 is seen and honoured
+            raise_http_errors=False,
+            timeout=self.timeout,
+            default_headers={"Prefer": PREFER},
+        )
+        self.account.con._msal_client = self.msal
+        self.con = self.account.con
+        self.con.session = self.con.get_session(load_token=False)
+        self._token: str | None = None
+        self.token_lock = threading.Lock()
+        self.requests = 0
+
+    def _where(self) -> str:
+        return f"mailbox {self.spec.name!r}: Microsoft Graph"
+
+    def refresh(self, force: bool = False) -> None:
+        """Put a valid access token on the session (msal serves it from its cache)."""
+        with self.token_lock:
+            if force:
+                for token in list(self.cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+                    self.cache.remove_at(token)
+            try:
+                if self.mode == "device":
+                    accounts = (
+                        self.msal.get_accounts(username=self.user) or self.msal.get_accounts()
+                    )
+                    result = (
+                        self.msal.acquire_token_silent_with_error(USER_SCOPES, account=accounts[0])
+                        if accounts
+                        else None
+                    ) or {"error": "no_account", "error_description": "no signed-in account"}
+                else:
+                    result = self.msal.acquire_token_for_client(scopes=APP_SCOPES)
+            except (ValueError, requests.RequestException) as exc:
+                raise ConnectorError(f"{self._where()}: the sign-in service failed: {exc}") from exc
+            if "access_token" not in result:
+                raise AuthError(self._auth_fix(result))
+            if isinstance(self.cache, EncryptedCache):
+                self.cache.save_token()
+            if result["access_token"] != self._token:
+                self._token = result["access_token"]
+                self.con.update_session_auth_header(access_token=self._token)
+
+    def _auth_fix(self, result: dict[str, Any]) -> str:
+        error = str(result.get("error", ""))
+        text = str(result.get("error_description", "")).split("\r\n")[0].split("\n")[0]
+        name = self.spec.name
+        if self.mode == "device":
+            fix = f"the sign-in has expired or was revoked; run 'syncd mailbox reauth {name}'"
+        elif error == "invalid_client":
+            fix = (
+                "the app's client secret or certificate was refused (deleted or expired?); "
+                f"create a new one in Entra ID and run 'syncd mailbox reauth {name} "
+                "--client-secret-file F' (or --certificate F)"
+            )
+        elif error == "unauthorized_client":
+            fix = "check --tenant and --client-id: the app registration was not found"
+        else:
+            fix = f"run 'syncd mailbox reauth {name}'"
+        return f"{self._where()} refused the credentials ({error}: {text}); {fix}"
+
+    def _send(
+        self, method: str, url: str, body: Any, headers: dict[str, str] | None, slots: int
+    ) -> requests.Response:
+        if self._token is None:
+            self.refresh()
+        kwargs: dict[str, Any] = {"headers": dict(headers or {})}
+        if body is not None:
+            kwargs["data"] = body
+        if self.ca_bundle:
+            kwargs["verify"] = self.ca_bundle
+        with _Slots.hold(f"{self.graph}|{self.user}", slots):
+            self.requests += 1
+            try:
+                response: requests.Response = self.con.oauth_request(url, method, **kwargs)
+            except RuntimeError as exc:  # O365's own refresh failed
+                raise AuthError(
+                    f"{self._where()}: {exc}; run 'syncd mailbox reauth {self.spec.name}'"
+                ) from None
+        return response
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        slots: int = 1,
+        ok: Sequence[int] = (200, 201, 204),
+    ) -> tuple[int, Any]:
+        """One Graph call with retries; (status, JSON body). A status outside ``ok`` that is
+        not retried raises: 401/403 :class:`AuthError`, 410 :class:`CursorExpired`."""
+        refreshed = False
+        try:
+            for attempt in tenacity.Retrying(
+                retry=tenacity.retry_if_exception(_transient),
+                stop=tenacity.stop_after_attempt(self.retries),
+                wait=_wait,
+                reraise=True,
+            ):
+                with attempt:
+                    response = self._send(method, url, body, headers, slots)
+                    status = response.status_code
+                    data = response.json() if response.content else {}
+                    if status == 401 and not refreshed:  # the token expired early: once more
+                        refreshed = True
+                        self.refresh(force=True)
+                        raise _Retry(status, 0, "access token refused; refreshed")
+                    if status in RETRYABLE:
+                        code, text = _error_text(data)
+                        raise _Retry(status, _retry_after(response.headers), f"{code} {text}")
+        except (_Retry, requests.RequestException) as exc:
+            raise ConnectorError(f"{self._where()}: {exc}; the next poll resumes") from None
+        if status in ok:
+            return status, data
+        code, text = _error_text(data)
+        if status == 410:
+            raise CursorExpired(f"Graph sync state expired ({code or 'resync required'})")
+        if status in (401, 403):
+            raise AuthError(
+                f"{self._where()} refused access to {self.user} ({status} {code}: {text}); "
+                + (
+                    f"grant admin consent to the application permissions {APP_PERMISSIONS} "
+                    f"in Entra ID, then run 'syncd mailbox resume {self.spec.name}'"
+                    if self.mode == "app"
+                    else f"run 'syncd mailbox reauth {self.spec.name}'"
+                )
+            )
+        raise ConnectorError(
+            f"{self._where()}: {method} {url.split('?')[0]} gave {status} {code}: {text}"
+        )
+
+    def user_url(self, path: str) -> str:
+        return f"{self.graph}/users/{self.user}{path}"
+
+    def batch(self, calls: list[dict[str, Any]]) -> dict[str, tuple[int, Any]]:
+        """Run up to any number of calls through ``$batch`` (20 a request), as four chains
+        tied by ``dependsOn`` so that no more than four reach the mailbox at once; calls
+        refused with 429/503/5xx (or failed by a refused predecessor, 424) go again after
+        the longest Retry-After. Returns {call id: (status, body)}."""
+        results: dict[str, tuple[int, Any]] = {}
+        pending = list(calls)
+        for attempt in range(self.retries):
+            if not pending:
+                break
+            wait = 0.0
+            again: list[dict[str, Any]] = []
+            for start in range(0, len(pending), MAX_BATCH):
+                chunk = pending[start : start + MAX_BATCH]
+                requests_ = []
+                for i, call in enumerate(chunk):
+                    item = {**call, "headers": {"Prefer": PREFER, **call.get("headers", {})}}
+                    if call.get("body") is not None:
+                        item["headers"]["Content-Type"] = "application/json"
+                    if i >= MAX_IN_FLIGHT:
+                        item["dependsOn"] = [chunk[i - MAX_IN_FLIGHT]["id"]]
+                    requests_.append(item)
+                _, answer = self.request(
+                    "POST", f"{self.graph}/$batch", {"requests": requests_}, slots=MAX_IN_FLIGHT
+                )
+                by_id = {r["id"]: r for r in answer.get("responses", [])}
+                for call in chunk:
+                    reply = by_id.get(call["id"], {"status": 424})
+                    status = int(reply.get("status", 500))
+                    if status in (*RETRYABLE, 424):
+                        again.append(call)
+                        wait = max(wait, _retry_after(reply.get("headers")) or 0.0)
+                    else:
+                        results[call["id"]] = (status, reply.get("body"))
+            pending = again
+            if pending:
+                time.sleep(wait or min(0.5 * 2**attempt, 30.0))
+        if pending:
+            raise ConnectorError(
+                f"{self._where()}: {len(pending)} batched calls kept failing; the next poll resumes"
+            )
+        return results
+
+
+# --- mail -------------------------------------------------------------------------------------
+
+
+def _participants(message: dict[str, Any]) -> list[Participant]:
+    people: list[Participant] = []
+    seen: set[tuple[str, str]] = set()
+    fields: tuple[tuple[str, ParticipantRole], ...] = (
+        ("from", "from"),
+        ("toRecipients", "to"),
+        ("ccRecipients", "cc"),
+        ("bccRecipients", "bcc"),
+    )
+    for key, role in fields:
+        value = message.get(key) or []
+        for entry in [value] if isinstance(value, dict) else value:
+            address = normalize_address(
+                clean(str(entry.get("emailAddress", {}).get("address", "")))
+            )
+            if address and (address, role) not in seen:
+                seen.add((address, role))
+                name = clean(str(entry.get("emailAddress", {}).get("name") or ""))
+                people.append(Participant(address, "" if name == address else name, role))
+    return people
+
+
+def _when(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
+    """A Graph message resource -> :class:`MailItem`. Internet headers (present only on mail
+    that came from outside) add threading and bulk signals; ``conversationId`` is the
+    provider's thread key. Raises ValueError when nothing can be logged."""
+    headers: dict[str, str] = {}
+    for header in message.get("internetMessageHeaders") or []:
+        headers.setdefault(str(header.get("name", "")).lower(), clean(str(header.get("value", ""))))
+    people = _participants(message)
+    if not people:
+        raise ValueError("no From, To or Cc address that can be read")
+    subject = " ".join(clean(str(message.get("subject") or "")).split())
+    sent_at = _when(message.get("sentDateTime")) or _when(message.get("receivedDateTime"))
+    if sent_at is None:
+        raise ValueError(f"no usable date (sentDateTime {message.get('sentDateTime')!r})")
+    ids = message_ids(message.get("internetMessageId") or headers.get("message-id"))
+    message_id = ids[0] if ids else None
+    in_reply_to = message_ids(headers.get("in-reply-to"))
+    references = message_ids(headers.get("references"))
+    if message_id:
+        key = f"mid:{message_id}"
+    else:
+        addrs = ",".join(sorted(f"{p.role}:{p.address}" for p in people))
+        key = stable_key([addrs, sent_at.isoformat(), subject])
+    root = references[0] if references else (in_reply_to[0] if in_reply_to else None)
+    body = message.get("body") or {}
+    text = clean(str(body.get("content") or "")) if body_policy == "full" else ""
+    preview = " ".join(clean(str(message.get("bodyPreview") or "")).split())
+    autoreply = next(
+        (h for h in ("x-autoreply", "x-autorespond", "x-auto-response-suppress") if h in headers),
+        None,
+    )
+    return MailItem(
+        key=key,
+        provider_id=str(message["id"]),
+        message_id=message_id,
+        subject=subject,
+        sent_at=sent_at.astimezone(UTC),
+        participants=tuple(people),
+        thread_key=f"mid:{root}" if root else key,
+        related_keys=tuple(dict.fromkeys(f"mid:{m}" for m in [*references, *in_reply_to])),
+        provider_thread_id=message.get("conversationId"),
+        snippet=preview[:SNIPPET_CHARS],
+        body=text,
+        list_id=headers.get("list-id"),
+        precedence=headers.get("precedence", "").lower() or None,
+        auto_submitted=headers.get("auto-submitted", "").lower() or None,
+        autoreply_header=autoreply,
+        private=str(message.get("sensitivity", "")).lower() in ("private", "confidential"),
+        labels=tuple(str(c) for c in message.get("categories") or ()),
+    )
+
+
+class GraphMail:
+    """One mail folder by message delta; the cursor is the next or delta link."""
+
+    def __init__(self, account: GraphAccount, spec: MailboxSpec, folder: str) -> None:
+        self.account, self.spec, self.folder = account, spec, folder
+        self.name = f"graph:{folder}"
+        self.page = max(10, min(spec.batch_size, 1000))
+        self.since = timedelta(days=int(spec.settings.get("since_days", 90)))
+
+    def _first_link(self) -> str:
+        # no $filter on receivedDateTime: Graph caps a filtered delta at 5,000 messages; the
+        # window is applied here instead, so a busy mailbox loses nothing of it
+        query = urlencode({"$select": SELECT})
+        return self.account.user_url(f"/mailFolders/{self.folder}/messages/delta?{query}")
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
+        state = json.loads(cursor.value) if cursor else {}
+        link = state.get("link") or self._first_link()
+        floor = datetime.now(UTC) - self.since if not state.get("synced") else None
+        synced = bool(state.get("synced"))
+        headers = {"Prefer": f"odata.maxpagesize={self.page}"}
+        while True:
+            _, page = self.account.request("GET", link, headers=headers)
+            items: list[MailItem] = []
+            quarantined: list[Quarantined] = []
+            for message in page.get("value", []):
+                if "@removed" in message or message.get("isDraft"):
+                    continue  # a move or a deletion: what was logged stays logged
+                try:
+                    item = mail_item(message, self.spec.body_policy)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    quarantined.append(Quarantined(str(message.get("id", "?")), str(exc)))
+                    continue
+                if floor is not None and item.sent_at < floor:
+                    continue
+                items.append(item)
+            following = page.get("@odata.nextLink")
+            final = page.get("@odata.deltaLink")
+            if following:
+                new_state = {"link": following, "synced": synced}
+            elif final:
+                new_state = {"link": final, "synced": True}
+            else:
+                raise ConnectorError(f"{self.account._where()}: a delta page without a link")
+            if items or quarantined or not (synced and final and not page.get("value")):
+                yield Batch(tuple(items), Cursor(json.dumps(new_state)), tuple(quarantined))
+            if not following:
+                return
+            link = following
+
+
+# --- calendar ---------------------------------------------------------------------------------
+
+WINDOWS_ZONES = {
+    "UTC": "UTC",
+    "Coordinated Universal Time": "UTC",
+    "Pacific Standard Time": "America/Los_Angeles",
+    "Mountain Standard Time": "America/Denver",
+    "Central Standard Time": "America/Chicago",
+    "Eastern Standard Time": "America/New_York",
+    "GMT Standard Time": "Europe/London",
+    "W. Europe Standard Time": "Europe/Berlin",
+    "Romance Standard Time": "Europe/Paris",
+    "Central Europe Standard Time": "Europe/Budapest",
+    "Tokyo Standard Time": "Asia/Tokyo",
+    "India Standard Time": "Asia/Kolkata",
+    "AUS Eastern Standard Time": "Australia/Sydney",
+}
+
+
+def graph_time(value: dict[str, Any]) -> datetime:
+    """A Graph dateTimeTimeZone (we ask for UTC, but a zone name is honoured) -> UTC."""
+    zone_name = str(value.get("timeZone") or "UTC")
+    try:
+        zone = ZoneInfo(WINDOWS_ZONES.get(zone_name, zone_name))
+    except (KeyError, ValueError):
+        raise ValueError(f"unknown time zone {zone_name!r}") from None
+    stamp = datetime.fromisoformat(str(value["dateTime"])[:26].rstrip("Z"))
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=zone)).astimezone(UTC)
+
+
+def meeting_item(event: dict[str, Any]) -> MeetingItem:
+    uid = str(event.get("iCalUId") or event["id"])
+    start, end = graph_time(event["start"]), graph_time(event["end"])
+    rid = (
+        start.strftime("%Y%m%dT%H%M%SZ")
+        if event.get("type") in ("occurrence", "exception")
+        else None
+    )
+    people: list[Participant] = []
+    organizer = event.get("organizer", {}).get("emailAddress", {})
+    if organizer.get("address"):
+        people.append(
+            Participant(
+                normalize_address(organizer["address"]), organizer.get("name", ""), "organizer"
+            )
+        )
+    for attendee in event.get("attendees") or []:
+        info = attendee.get("emailAddress", {})
+        address = normalize_address(str(info.get("address", "")))
+        if address and all(p.address != address for p in people):
+            people.append(Participant(address, str(info.get("name", "")), "attendee"))
+    return MeetingItem(
+        key=meeting_key(uid, rid),
+        uid=uid,
+        recurrence_id=rid,
+        provider_id=str(event["id"]),
+        subject=" ".join(str(event.get("subject") or "").split()),
+        start=start,
+        end=end,
+        participants=tuple(people),
+        cancelled=bool(event.get("isCancelled")),
+        private=str(event.get("sensitivity", "")).lower() in ("private", "confidential"),
+        description=str(event.get("bodyPreview") or ""),
+        location=str((event.get("location") or {}).get("displayName") or ""),
+        labels=tuple(str(c) for c in event.get("categories") or ()),
+    )
+
+
+class GraphCalendar:
+    """The primary calendar by calendarView delta over [now - past, now + future]."""
+
+    name = "graph:calendar"
+
+    def __init__(self, account: GraphAccount, spec: MailboxSpec) -> None:
+        self.account = account
+        self.past = timedelta(days=int(spec.settings.get("calendar_past_days", 90)))
+        self.future = timedelta(days=int(spec.settings.get("calendar_future_days", 180)))
+        self.batch_size = spec.batch_size
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
+        state = json.loads(cursor.value) if cursor else {}
+        link = state.get("link")
+        if not link:
+            now = datetime.now(UTC)
+            window = {
+                "startDateTime": (now - self.past).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "endDateTime": (now + self.future).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            link = self.account.user_url(f"/calendarView/delta?{urlencode(window)}")
+        headers = {"Prefer": f"odata.maxpagesize={min(self.batch_size, 1000)}"}
+        while True:
+            _, page = self.account.request("GET", link, headers=headers)
+            meetings: list[MeetingItem] = []
+            states: list[TaskState] = []
+            removed: list[str] = []
+            quarantined: list[Quarantined] = []
+            for event in page.get("value", []):
+                if "@removed" in event:  # only the id comes: a meeting gone, or one of our tasks
+                    removed.append(str(event["id"]))
+                    states.append(TaskState("", "cancelled", ref=str(event["id"])))
+                    continue
+                transaction = str(event.get("transactionId") or "")
+                if transaction.startswith("syncd-"):  # syncd's own task: never a meeting
+                    if event.get("isCancelled"):
+                        states.append(TaskState(transaction, "cancelled"))
+                    elif str(event.get("subject") or "").lstrip().startswith(DONE_MARKS):
+                        states.append(TaskState(transaction, "done"))
+                    continue
+                try:
+                    meetings.append(meeting_item(event))
+                except (ValueError, KeyError, TypeError) as exc:
+                    quarantined.append(Quarantined(str(event.get("id", "?")), str(exc)))
+            following = page.get("@odata.nextLink")
+            final = page.get("@odata.deltaLink")
+            if not (following or final):
+                raise ConnectorError(f"{self.account._where()}: a delta page without a link")
+            changed = meetings or states or removed or quarantined
+            if changed or following or not state.get("link"):
+                yield Batch(
+                    tuple(meetings),
+                    Cursor(json.dumps({"link": following or final})),
+                    tuple(quarantined),
+                    removed=tuple(removed),
+                    task_states=tuple(states),
+                )
+            if not following:
+                return
+            link = following
+
+
+# --- follow-up tasks --------------------------------------------------------------------------
+
+
+def transaction_id(task_uid: str) -> str:
+    """The event's transactionId: the task's uid itself (``syncd-…``), so a retried POST
+    returns the event created before instead of a second one."""
+    return task_uid
+
+
+class TodoTasks:
+    """Follow-up tasks in a To Do list of the user's, each linked to its task uid (a linked
+    resource with ``externalId``), so a retry or a second pass updates instead of adding.
+    As a source (``graph:todo``) it reads back the tasks the user completed."""
+
+    name = "graph:todo"
+
+    def __init__(self, account: GraphAccount, spec: MailboxSpec) -> None:
+        self.account = account
+        self.list_name = str(spec.settings.get("todo_list", "CRM follow-ups"))
+        self._list_id: str | None = None
+        self._known: dict[str, dict[str, Any]] | None = None
+
+    def list_id(self) -> str:
+        if self._list_id is None:
+            _, lists = self.account.request("GET", self.account.user_url("/todo/lists"))
+            found = next(
+                (x["id"] for x in lists.get("value", []) if x.get("displayName") == self.list_name),
+                None,
+            )
+            if found is None:
+                _, made = self.account.request(
+                    "POST", self.account.user_url("/todo/lists"), {"displayName": self.list_name}
+                )
+                found = made["id"]
+            self._list_id = str(found)
+        return self._list_id
+
+    def known(self) -> dict[str, dict[str, Any]]:
+        """syncd's tasks in the list, by task uid."""
+        if self._known is None:
+            found: dict[str, dict[str, Any]] = {}
+            link: str | None = self.account.user_url(
+                f"/todo/lists/{self.list_id()}/tasks?$expand=linkedResources&$top=100"
+            )
+            while link:
+                _, page = self.account.request("GET", link)
+                for task in page.get("value", []):
+                    for resource in task.get("linkedResources") or []:
+                        if resource.get("applicationName") == "syncd" and resource.get(
+                            "externalId"
+                        ):
+                            found[str(resource["externalId"])] = task
+                link = page.get("@odata.nextLink")
+            self._known = found
+        return self._known
+
+    def _call(self, task: TaskItem) -> dict[str, Any] | None:
+        """The Graph call that brings To Do in line with ``task`` (None: nothing to do)."""
+        base = f"/users/{self.account.user}/todo/lists/{self.list_id()}/tasks"
+        existing = self.known().get(task.uid)
+        due = task.due.astimezone(UTC)
+        fields: dict[str, Any] = {
+            "title": task.title,
+            "body": {"content": task.description, "contentType": "text"},
+            "dueDateTime": {
+                "dateTime": due.strftime("%Y-%m-%dT%H:%M:%S.0000000"),
+                "timeZone": "UTC",
+            },
+            "status": "completed" if task.status != "open" else "notStarted",
+            "categories": list(task.categories),
+        }
+        if existing is None:
+            if task.status != "open":
+                return None
+            fields["linkedResources"] = [
+                {"applicationName": "syncd", "externalId": task.uid, "displayName": "CRM follow-up"}
+            ]
+            return {"id": task.uid, "method": "POST", "url": base, "body": fields}
+        if task.status == "cancelled":
+            return {"id": task.uid, "method": "DELETE", "url": f"{base}/{existing['id']}"}
+        if existing.get("status") == "completed" and task.status == "open":
+            fields["status"] = "completed"  # the user's tick wins until the CRM reads it back
+        return {
+            "id": task.uid,
+            "method": "PATCH",
+            "url": f"{base}/{existing['id']}",
+            "body": fields,
+        }
+
+    def put(self, task: TaskItem) -> str:
+        return self.put_many([task])[0]
+
+    def put_many(self, tasks: Sequence[TaskItem]) -> list[str]:
+        """Write several tasks in as few requests as ``$batch`` allows; returns their ids."""
+        calls = [c for c in (self._call(t) for t in tasks) if c is not None]
+        results = self.account.batch(calls) if calls else {}
+        ids: list[str] = []
+        for task in tasks:
+            status, body = results.get(task.uid, (200, None))
+            if status == 404:  # the user deleted it meanwhile: nothing left to update
+                self.known().pop(task.uid, None)
+            elif status >= 400:
+                code, text = _error_text(body or {})
+                raise ConnectorError(
+                    f"cannot write task {task.uid} to To Do: {status} {code} {text}"
+                )
+            if isinstance(body, dict) and body.get("id"):
+                self.known()[task.uid] = body
+            ids.append(str(self.known().get(task.uid, {}).get("id", "")))
+        return ids
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
+        self._known = None
+        done = sorted(uid for uid, t in self.known().items() if t.get("status") == "completed")
+        digest = hashlib.sha256("\n".join(done).encode()).hexdigest()[:32]
+        if cursor and cursor.value == digest:
+            return
+        yield Batch((), Cursor(digest), task_states=tuple(TaskState(uid, "done") for uid in done))
+
+
+class EventTasks:
+    """Follow-up tasks as short free events: ``transactionId`` is the task uid (a retried POST
+    returns the first event) and a single-value extended property carries it too."""
+
+    def __init__(self, account: GraphAccount) -> None:
+        self.account = account
+
+    def put(self, task: TaskItem) -> str:
+        due = task.due.astimezone(UTC)
+        title = ("Done: " if task.status == "done" else "") + task.title
+        fields = {
+            "subject": title,
+            "body": {"contentType": "text", "content": task.description},
+            "start": {"dateTime": due.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
+            "end": {
+                "dateTime": (due + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%S"),
+                "timeZone": "UTC",
+            },
+            "showAs": "free",
+            "isReminderOn": task.status == "open",
+            "categories": list(task.categories),
+        }
+        _, event = self.account.request(
+            "POST",
+            self.account.user_url("/events"),
+            {
+                **fields,
+                "transactionId": transaction_id(task.uid),
+                "singleValueExtendedProperties": [{"id": TASK_PROPERTY, "value": task.uid}],
+            },
+        )
+        url = self.account.user_url(f"/events/{event['id']}")
+        if task.status == "cancelled":
+            self.account.request("DELETE", url, ok=(204, 404))
+        elif event.get("subject") != title or event.get("isReminderOn") != fields["isReminderOn"]:
+            self.account.request("PATCH", url, fields)
+        return str(event["id"])
+
+
+class MicrosoftConnector:
+    def __init__(self, spec: MailboxSpec) -> None:
+        self.spec = spec
+        self.account = GraphAccount(spec)
+        self.mode = str(spec.settings.get("tasks", "todo"))
+        self.todo = TodoTasks(self.account, spec) if self.mode == "todo" else None
+
+    def mail_sources(self) -> list[MailSource]:
+        return [GraphMail(self.account, self.spec, folder) for folder in FOLDERS]
+
+    def calendar_sources(self) -> list[CalendarSource]:
+        sources: list[CalendarSource] = [GraphCalendar(self.account, self.spec)]
+        if self.todo is not None:
+            sources.append(self.todo)
+        return sources
+
+    def task_writer(self) -> TaskWriter | None:
+        return self.todo if self.todo is not None else EventTasks(self.account)
+
+    def close(self) -> None:
+        self.account.con.session.close()

@@ -1,0 +1,1489 @@
+"""A local Microsoft emulator: the identity platform (v2.0) and Microsoft Graph v1.0, over TLS.
+
+Written from the public reference (``../shared/PROVIDER-APIS.md`` collects the semantics and
+their sources), not from what syncd sends:
+
+- Identity, at ``https://127.0.0.1:PORT/{tenant}``: the OpenID configuration msal reads
+  (``/v2.0/.well-known/openid-configuration``), the token endpoint (client credentials with
+  a secret or a certificate assertion, scope ``…/.default`` only; refresh token; device
+  code) and the device authorization endpoint; errors in Microsoft's shape
+  (``invalid_client`` AADSTS7000215, ``unauthorized_client`` AADSTS700016, ``invalid_scope``
+  AADSTS1002012, ``invalid_grant`` AADSTS50173, ``authorization_pending``).
+- Graph, at ``https://127.0.0.1:PORT/v1.0``: message delta per mail folder (``$select``,
+  ``Prefer: odata.maxpagesize``, ``@odata.nextLink``/``@odata.deltaLink``, ``@removed``, 410
+  ``syncStateNotFound`` for a token it no longer knows), ``calendarView/delta`` (400 without a
+  window), events (``POST`` idempotent by ``transactionId``, ``PATCH``, ``GET`` with
+  ``$expand=singleValueExtendedProperties``), To Do lists and tasks, ``$batch`` (at most 20,
+  unique ids, ``dependsOn`` and 424, answers in any order), ``/me`` refused to app tokens.
+- Item ids: each message has a REST id that changes when it moves to another folder and an
+  immutable id that does not; answers carry the immutable one only to requests that send
+  ``Prefer: IdType="ImmutableId"``.
+- Throttling per mailbox, as documented: a fifth concurrent request to one mailbox gets
+  429 ``ApplicationThrottled`` with Retry-After (batch items count one each), and an optional
+  request-rate window (``rate_limit``). Faults can be queued: a status (5xx, 429, 503 with
+  Retry-After), a dropped connection, a slow answer.
+
+Not here: recurring-series expansion (every event is a single instance), attachments,
+subscriptions, mail folders other than the well-known ones syncd reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import random
+import re
+import secrets
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
+from zoneinfo import ZoneInfo
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+GRAPH_DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
+WELL_KNOWN_FOLDERS = ("inbox", "sentitems", "drafts", "deleteditems", "archive")
+DEFAULT_PAGE = 10  # delta's default page size [message-delta]
+MAX_BATCH = 20  # [json-batching]
+MAILBOX_CONCURRENCY = 4  # [throttling-limits: Outlook service]
+APP_PERMISSIONS = frozenset({"Mail.Read", "Calendars.ReadWrite", "Tasks.ReadWrite.All"})
+# Windows zone names Graph accepts beside IANA ones (a few; enough for the tests)
+WINDOWS_ZONES = {
+    "UTC": "UTC",
+    "Pacific Standard Time": "America/Los_Angeles",
+    "Eastern Standard Time": "America/New_York",
+    "W. Europe Standard Time": "Europe/Berlin",
+    "GMT Standard Time": "Europe/London",
+}
+
+
+class GraphError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "innerError": {
+                    "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                    "request-id": str(uuid.uuid4()),
+                    "client-request-id": str(uuid.uuid4()),
+                },
+            }
+        }
+
+
+def _aad_error(status: int, error: str, code: int, text: str) -> tuple[int, dict[str, Any]]:
+    return status, {
+        "error": error,
+        "error_description": f"AADSTS{code}: {text}\r\nTrace ID: {uuid.uuid4()}",
+        "error_codes": [code],
+        "timestamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+        "trace_id": str(uuid.uuid4()),
+        "correlation_id": str(uuid.uuid4()),
+    }
+
+
+@dataclass
+class App:
+    tenant: str
+    client_id: str
+    secret: str | None = None
+    certificate: Any = None  # the public key a certificate assertion must verify with
+    thumbprint: str | None = None  # base64url SHA-1 of the certificate (the x5t header)
+    public: bool = False  # a public client (device code) rather than a confidential one
+    permissions: frozenset[str] = APP_PERMISSIONS
+    consented: bool = True
+
+
+@dataclass
+class Grant:
+    app: App
+    user: str | None  # None: app-only
+    expires: float
+    scopes: frozenset[str] = frozenset()
+
+
+@dataclass
+class Record:
+    """One item of a delta collection: a message in a folder, an event, a task."""
+
+    immutable_id: str
+    rest_id: str
+    resource: dict[str, Any]
+    seq: int
+    removed: bool = False
+
+
+@dataclass
+class User:
+    address: str
+    object_id: str
+    collections: dict[str, dict[str, Record]] = field(default_factory=dict)
+    todo_lists: dict[str, dict[str, Any]] = field(default_factory=dict)
+    todo_tasks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    transactions: dict[str, str] = field(default_factory=dict)  # transactionId -> event id
+    inflight: int = 0
+    peak_inflight: int = 0  # the most requests that were in flight at once (incl. refused)
+    recent: deque[float] = field(default_factory=deque)  # request times, for the rate limit
+
+    def collection(self, name: str) -> dict[str, Record]:
+        return self.collections.setdefault(name, {})
+
+
+def _windows_or_iana(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(WINDOWS_ZONES.get(name, name))
+    except Exception:
+        raise GraphError(
+            400,
+            "TimeZoneNotSupportedException",
+            f"A valid TimeZone value must be specified. "
+            f"The following TimeZone value is not supported: '{name}'.",
+        ) from None
+
+
+def _parse_graph_time(value: dict[str, str]) -> dt.datetime:
+    zone = _windows_or_iana(value.get("timeZone", "UTC"))
+    stamp = dt.datetime.fromisoformat(value["dateTime"][:26].rstrip("Z"))
+    return stamp.replace(tzinfo=zone) if stamp.tzinfo is None else stamp
+
+
+def _graph_time(when: dt.datetime, zone: str) -> dict[str, str]:
+    local = when.astimezone(_windows_or_iana(zone))
+    return {"dateTime": local.strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": zone}
+
+
+def _prefer(headers: Any) -> dict[str, str]:
+    """``Prefer`` preferences (several headers or comma-separated) -> {name: value}."""
+    found: dict[str, str] = {}
+    values = headers.get_all("Prefer", []) if hasattr(headers, "get_all") else []
+    if not values and headers.get("Prefer"):
+        values = [headers.get("Prefer")]
+    for value in values:
+        for part in value.split(","):
+            name, _, arg = part.strip().partition("=")
+            if name:
+                found[name.strip().lower()] = arg.strip().strip('"')
+    return found
+
+
+def make_tls(directory: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for 127.0.0.1 and localhost signed by it:
+    (ca.pem, server.pem, server.key)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem, cert_pem, key_pem = directory / "ca.pem", directory / "server.pem", directory / "key"
+    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_pem, cert_pem, key_pem
+
+
+def make_client_certificate() -> tuple[str, str, Any]:
+    """A self-signed certificate an admin would upload to the app registration:
+    (private key PEM + certificate PEM, SHA-1 thumbprint hex, public key)."""
+    now = dt.datetime.now(dt.UTC)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    pem = (
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        + cert.public_bytes(serialization.Encoding.PEM).decode()
+    )
+    return pem, cert.fingerprint(hashes.SHA1()).hex().upper(), key.public_key()
+
+
+class MicrosoftEmulator:
+    """State and behaviour; :meth:`start` serves it over TLS on 127.0.0.1 and a free port."""
+
+    def __init__(
+        self,
+        mailbox_concurrency: int = MAILBOX_CONCURRENCY,
+        throttle_retry_after: int = 1,
+        rate_limit: tuple[int, float] | None = None,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.apps: dict[str, App] = {}
+        self.users: dict[str, User] = {}
+        self.grants: dict[str, Grant] = {}  # access token -> grant
+        self.refresh_tokens: dict[str, tuple[str, str]] = {}  # token -> (client id, user)
+        self.device_codes: dict[str, dict[str, Any]] = {}
+        self.auto_approve: str | None = None  # the user who signs in at the device page
+        self.delta_tokens: dict[str, dict[str, Any]] = {}
+        self.seq = 0
+        self.mailbox_concurrency = mailbox_concurrency
+        self.throttle_retry_after = throttle_retry_after
+        self.rate_limit = rate_limit
+        self.replays = False  # incremental rounds repeat some earlier changes
+        self.empty_pages = False  # every delta round starts with an empty page + nextLink
+        self.latency = 0.0  # seconds every Graph request takes
+        self.faults: deque[dict[str, Any]] = deque()
+        self.requests = 0  # HTTP requests to Graph (a $batch is one)
+        self.throttled = 0  # 429s answered (batch items included)
+        self.token_requests = 0
+        self.server: ThreadingHTTPServer | None = None
+        self.base = ""
+        self.tls_dir = Path(tempfile.mkdtemp(prefix="syncd-msft-"))
+        self.ca_pem, self._cert, self._key = make_tls(self.tls_dir)
+        self._random = random.Random(7)
+
+    # --- seeding -----------------------------------------------------------------------
+
+    def add_app(
+        self,
+        tenant: str,
+        client_id: str,
+        secret: str | None = None,
+        certificate: tuple[str, Any] | None = None,
+        public: bool = False,
+        permissions: frozenset[str] = APP_PERMISSIONS,
+    ) -> App:
+        """An app registration; ``certificate`` is (SHA-1 thumbprint hex, public key)."""
+        app = App(tenant, client_id, secret, public=public, permissions=permissions)
+        if certificate:
+            thumb, app.certificate = certificate
+            app.thumbprint = base64.urlsafe_b64encode(bytes.fromhex(thumb)).decode().rstrip("=")
+        self.apps[client_id] = app
+        return app
+
+    def add_user(self, address: str) -> User:
+        with self.lock:
+            if address not in self.users:
+                self.users[address] = User(address, str(uuid.uuid5(uuid.NAMESPACE_URL, address)))
+                self.todo_list(address, "Tasks", wellknown="defaultList")
+            return self.users[address]
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def deliver(
+        self,
+        user: str,
+        folder: str = "inbox",
+        *,
+        subject: str,
+        sender: tuple[str, str],
+        to: list[tuple[str, str]],
+        cc: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        message_id: str | None = None,
+        conversation_id: str | None = None,
+        sent: dt.datetime | None = None,
+        body: str = "",
+        sensitivity: str = "normal",
+        categories: list[str] = (),  # type: ignore[assignment]
+        headers: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        is_draft: bool = False,
+    ) -> str:
+        """A message in ``folder``; returns its immutable id. Internet headers exist only on
+        messages that came from outside (not in Sent Items), as in Exchange Online."""
+        with self.lock:
+            box = self.add_user(user)
+            when = (sent or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+            iso = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+            mid = message_id or f"<{uuid.uuid4().hex}@emulator.test>"
+
+            def recipient(pair: tuple[str, str]) -> dict[str, Any]:
+                return {"emailAddress": {"name": pair[0], "address": pair[1]}}
+
+            resource: dict[str, Any] = {
+                "createdDateTime": iso,
+                "lastModifiedDateTime": iso,
+                "receivedDateTime": iso,
+                "sentDateTime": iso,
+                "hasAttachments": False,
+                "internetMessageId": mid,
+                "subject": subject,
+                "bodyPreview": " ".join(body.split())[:255],
+                "importance": "normal",
+                "conversationId": conversation_id or "AAQk" + uuid.uuid4().hex,
+                "isRead": False,
+                "isDraft": is_draft,
+                "sensitivity": sensitivity,
+                "categories": list(categories),
+                "body": {
+                    "contentType": "html",
+                    "content": f"<html><body><p>{body}</p></body></html>",
+                },
+                "sender": recipient(sender),
+                "from": recipient(sender),
+                "toRecipients": [recipient(p) for p in to],
+                "ccRecipients": [recipient(p) for p in cc],
+                "bccRecipients": [],
+            }
+            if folder != "sentitems":
+                resource["internetMessageHeaders"] = [
+                    {"name": "Message-ID", "value": mid},
+                    {"name": "Subject", "value": subject},
+                    {"name": "From", "value": f'"{sender[0]}" <{sender[1]}>'},
+                    *({"name": n, "value": v} for n, v in headers),
+                ]
+            immutable = "AAkAL" + secrets.token_urlsafe(24)
+            rest = "AAMkA" + secrets.token_urlsafe(24)
+            box.collection(folder)[immutable] = Record(immutable, rest, resource, self._next())
+            return immutable
+
+    def move(self, user: str, immutable_id: str, to_folder: str) -> None:
+        """Move a message: the old folder reports it removed, the new one has it with a new
+        REST id (the immutable id stays)."""
+        with self.lock:
+            box = self.users[user]
+            for name, coll in box.collections.items():
+                record = coll.get(immutable_id)
+                if record and not record.removed and name in WELL_KNOWN_FOLDERS:
+                    record.removed, record.seq = True, self._next()
+                    box.collection(to_folder)[immutable_id] = Record(
+                        immutable_id,
+                        "AAMkA" + secrets.token_urlsafe(24),
+                        dict(record.resource),
+                        self._next(),
+                    )
+                    return
+            raise KeyError(immutable_id)
+
+    def update_message(self, user: str, immutable_id: str, **changes: Any) -> None:
+        with self.lock:
+            for coll in self.users[user].collections.values():
+                record = coll.get(immutable_id)
+                if record and not record.removed:
+                    record.resource.update(changes)
+                    record.seq = self._next()
+
+    def delete_message(self, user: str, immutable_id: str) -> None:
+        with self.lock:
+            for coll in self.users[user].collections.values():
+                record = coll.get(immutable_id)
+                if record and not record.removed:
+                    record.removed, record.seq = True, self._next()
+
+    def add_event(
+        self,
+        user: str,
+        *,
+        subject: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        organizer: tuple[str, str],
+        attendees: list[tuple[str, str]],
+        uid: str | None = None,
+        zone: str = "UTC",
+        sensitivity: str = "normal",
+        categories: list[str] = (),  # type: ignore[assignment]
+        cancelled: bool = False,
+    ) -> str:
+        """An event on ``user``'s primary calendar (times kept in ``zone``); returns its id."""
+        return self._store_event(
+            user,
+            {
+                "subject": subject,
+                "iCalUId": uid or "040000008200E00074C5B7101A82E008" + uuid.uuid4().hex.upper(),
+                "organizer": {"emailAddress": {"name": organizer[0], "address": organizer[1]}},
+                "attendees": [
+                    {
+                        "type": "required",
+                        "status": {"response": "none", "time": "0001-01-01T00:00:00Z"},
+                        "emailAddress": {"name": n, "address": a},
+                    }
+                    for n, a in attendees
+                ],
+                "start": _graph_time(start, zone),
+                "end": _graph_time(end, zone),
+                "isCancelled": cancelled,
+                "sensitivity": sensitivity,
+                "categories": list(categories),
+            },
+        )
+
+    def _store_event(self, user: str, event: dict[str, Any]) -> str:
+        with self.lock:
+            box = self.add_user(user)
+            eid = "AAMkAE" + secrets.token_urlsafe(24)
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+            resource = {
+                "createdDateTime": now,
+                "lastModifiedDateTime": now,
+                "type": "singleInstance",
+                "showAs": "busy",
+                "isAllDay": False,
+                "isCancelled": False,
+                "isOrganizer": True,
+                "sensitivity": "normal",
+                "categories": [],
+                "attendees": [],
+                "bodyPreview": "",
+                "location": {"displayName": ""},
+                "transactionId": None,
+                **event,
+            }
+            resource["iCalUId"] = resource.get("iCalUId") or (
+                "040000008200E00074C5B7101A82E008" + uuid.uuid4().hex.upper()
+            )
+            box.collection("calendar")[eid] = Record(eid, eid, resource, self._next())
+            return eid
+
+    def update_event(self, user: str, event_id: str, **changes: Any) -> None:
+        with self.lock:
+            record = self.users[user].collection("calendar")[event_id]
+            record.resource.update(changes)
+            record.seq = self._next()
+
+    def delete_event(self, user: str, event_id: str) -> None:
+        with self.lock:
+            record = self.users[user].collection("calendar")[event_id]
+            record.removed, record.seq = True, self._next()
+
+    def events(self, user: str) -> list[dict[str, Any]]:
+        """The user's calendar as Outlook shows it (no deleted events)."""
+        with self.lock:
+            return [
+                {"id": r.immutable_id, **r.resource}
+                for r in self.users[user].collection("calendar").values()
+                if not r.removed
+            ]
+
+    def todo_list(self, user: str, name: str, wellknown: str = "none") -> str:
+        with self.lock:
+            box = self.users[user]
+            for lid, info in box.todo_lists.items():
+                if info["displayName"] == name:
+                    return lid
+            lid = "AQMkAD" + secrets.token_urlsafe(18)
+            box.todo_lists[lid] = {
+                "id": lid,
+                "displayName": name,
+                "isOwner": True,
+                "isShared": False,
+                "wellknownListName": wellknown,
+            }
+            box.todo_tasks[lid] = {}
+            return lid
+
+    def tasks(self, user: str) -> list[dict[str, Any]]:
+        """Every To Do task of ``user`` with its list's name, as the To Do app shows them."""
+        with self.lock:
+            box = self.users[user]
+            return [
+                {**task, "list": box.todo_lists[lid]["displayName"]}
+                for lid, tasks in box.todo_tasks.items()
+                for task in tasks.values()
+            ]
+
+    def complete_task(self, user: str, task_id: str) -> None:
+        """The user ticks the task off in To Do."""
+        with self.lock:
+            for tasks in self.users[user].todo_tasks.values():
+                if task_id in tasks:
+                    now = dt.datetime.now(dt.UTC)
+                    tasks[task_id]["status"] = "completed"
+                    tasks[task_id]["completedDateTime"] = _graph_time(now, "UTC")
+                    tasks[task_id]["lastModifiedDateTime"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    return
+            raise KeyError(task_id)
+
+    def expire_delta_tokens(self) -> None:
+        """Forget every sync state: stored delta links now answer 410 syncStateNotFound."""
+        with self.lock:
+            self.delta_tokens.clear()
+
+    def expire_access_tokens(self) -> None:
+        with self.lock:
+            for grant in self.grants.values():
+                grant.expires = 0
+
+    def revoke_consent(self, client_id: str) -> None:
+        """An admin removes the app's consent: tokens still come, Graph refuses them."""
+        self.apps[client_id].consented = False
+
+    def delete_secret(self, client_id: str) -> None:
+        self.apps[client_id].secret = None
+
+    def revoke_refresh_tokens(self, user: str) -> None:
+        with self.lock:
+            for token, (_, who) in list(self.refresh_tokens.items()):
+                if who == user:
+                    del self.refresh_tokens[token]
+            for token, grant in list(self.grants.items()):
+                if grant.user == user:
+                    del self.grants[token]
+
+    def inject(self, **fault: Any) -> None:
+        """Queue a fault for the next Graph request: status=503 (retry_after=s), status=429,
+        drop=True (close the connection unanswered), delay=seconds before answering;
+        path="…" limits it to requests whose path contains that text."""
+        self.faults.append(fault)
+
+    def peak_inflight(self) -> dict[str, int]:
+        return {u.address: u.peak_inflight for u in self.users.values()}
+
+    # --- serving -----------------------------------------------------------------------
+
+    def start(self) -> str:
+        emulator = self
+
+        class Handler(_Handler):
+            state = emulator
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self._cert, self._key)
+        # the handshake runs in the request's thread, so one slow client cannot stall accept()
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        self.server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.base = f"https://127.0.0.1:{server.server_port}"
+        return self.base
+
+    @property
+    def graph_url(self) -> str:
+        return self.base + "/v1.0/"
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # --- identity ----------------------------------------------------------------------
+
+    def openid_configuration(self, tenant: str) -> tuple[int, dict[str, Any]]:
+        if not any(app.tenant == tenant for app in self.apps.values()):
+            return _aad_error(
+                400,
+                "invalid_tenant",
+                90002,
+                f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID",
+            )
+        root = f"{self.base}/{tenant}"
+        return 200, {
+            "issuer": f"{root}/v2.0",
+            "authorization_endpoint": f"{root}/oauth2/v2.0/authorize",
+            "token_endpoint": f"{root}/oauth2/v2.0/token",
+            "device_authorization_endpoint": f"{root}/oauth2/v2.0/devicecode",
+            "jwks_uri": f"{root}/discovery/v2.0/keys",
+            "response_types_supported": ["code", "id_token", "code id_token"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
+            ],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "tenant_region_scope": "EU",
+        }
+
+    def _client(self, tenant: str, form: dict[str, str]) -> App | tuple[int, dict[str, Any]]:
+        client_id = form.get("client_id", "")
+        app = self.apps.get(client_id)
+        if app is None or app.tenant != tenant:
+            return _aad_error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory "
+                f"'{tenant}'. This can happen if the application has not been installed by the "
+                "administrator of the tenant or consented to by any user in the tenant.",
+            )
+        if app.public:
+            return app
+        if "client_assertion" in form:
+            return self._check_assertion(app, form, tenant)
+        if not form.get("client_secret") or form.get("client_secret") != app.secret:
+            return _aad_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request "
+                "is the client secret value, not the client secret ID, for a secret added to "
+                f"app '{client_id}'.",
+            )
+        return app
+
+    def _check_assertion(
+        self, app: App, form: dict[str, str], tenant: str
+    ) -> App | tuple[int, dict[str, Any]]:
+        assertion = form["client_assertion"]
+        try:
+            header = jwt.get_unverified_header(assertion)
+            if app.certificate is None or header.get("x5t") != app.thumbprint:
+                raise jwt.InvalidTokenError("no certificate with this thumbprint")
+            claims = jwt.decode(
+                assertion,
+                app.certificate,
+                algorithms=["RS256", "PS256"],
+                audience=f"{self.base}/{tenant}/oauth2/v2.0/token",
+            )
+            if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
+                raise jwt.InvalidTokenError("iss and sub must be the client id")
+        except jwt.InvalidTokenError as exc:
+            return _aad_error(
+                401,
+                "invalid_client",
+                700027,
+                f"The certificate with identifier used to sign the client assertion is not "
+                f"registered on application. [Reason - {exc}]",
+            )
+        return app
+
+    def _issue(self, app: App, user: str | None, scopes: frozenset[str]) -> dict[str, Any]:
+        token = "eyJ0eXAi." + secrets.token_urlsafe(32)
+        self.grants[token] = Grant(app, user, time.time() + 3599, scopes)
+        reply: dict[str, Any] = {
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": token,
+        }
+        if user is not None:
+            box = self.users[user]
+            refresh = "0.AXo" + secrets.token_urlsafe(40)
+            self.refresh_tokens[refresh] = (app.client_id, user)
+            claims = {
+                "aud": app.client_id,
+                "iss": f"{self.base}/{app.tenant}/v2.0",
+                "iat": int(time.time()),
+                "nbf": int(time.time()),
+                "exp": int(time.time()) + 3600,
+                "name": user.split("@")[0].title(),
+                "oid": box.object_id,
+                "preferred_username": user,
+                "sub": box.object_id,
+                "tid": app.tenant,
+                "ver": "2.0",
+            }
+            reply.update(
+                refresh_token=refresh,
+                scope=" ".join(sorted(scopes)),
+                id_token=jwt.encode(claims, "emulator-signing-key", algorithm="HS256"),
+                client_info=base64.urlsafe_b64encode(
+                    json.dumps({"uid": box.object_id, "utid": app.tenant}).encode()
+                )
+                .decode()
+                .rstrip("="),
+            )
+        else:
+            reply["scope"] = GRAPH_DEFAULT_SCOPE
+        return reply
+
+    def token(self, tenant: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.token_requests += 1
+            app = self._client(tenant, form)
+            if isinstance(app, tuple):
+                return app
+            grant = form.get("grant_type")
+            scopes = frozenset(form.get("scope", "").split())
+            if grant == "client_credentials":
+                if app.public:
+                    return _aad_error(
+                        400,
+                        "invalid_client",
+                        7000218,
+                        "The request body must contain the "
+                        "following parameter: 'client_assertion' or 'client_secret'.",
+                    )
+                if scopes != {GRAPH_DEFAULT_SCOPE}:
+                    return _aad_error(
+                        400,
+                        "invalid_scope",
+                        1002012,
+                        f"The provided value for scope {form.get('scope', '')} is not valid. "
+                        "Client credential flows must have a scope value with /.default "
+                        "suffixed to the resource identifier (application ID URI).",
+                    )
+                return 200, self._issue(app, None, frozenset())
+            if grant == "refresh_token":
+                owner = self.refresh_tokens.get(form.get("refresh_token", ""))
+                if owner is None or owner[0] != app.client_id:
+                    return _aad_error(
+                        400,
+                        "invalid_grant",
+                        50173,
+                        "The provided grant has expired due to it being revoked, a fresh auth "
+                        "token is needed. The user might have changed or reset their password.",
+                    )
+                del self.refresh_tokens[form["refresh_token"]]  # refresh tokens rotate
+                return 200, self._issue(app, owner[1], self._delegated(scopes))
+            if grant == "urn:ietf:params:oauth:grant-type:device_code":
+                flow = self.device_codes.get(form.get("device_code", ""))
+                if flow is None or flow["expires"] < time.time():
+                    return _aad_error(
+                        400,
+                        "expired_token",
+                        70020,
+                        "The provided authorization "
+                        "code or refresh token has expired due to inactivity.",
+                    )
+                if flow["user"] is None and self.auto_approve:
+                    flow["user"] = self.auto_approve
+                if flow["user"] is None:
+                    return _aad_error(
+                        400,
+                        "authorization_pending",
+                        70016,
+                        "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+                    )
+                del self.device_codes[form["device_code"]]
+                return 200, self._issue(app, flow["user"], flow["scopes"])
+            return _aad_error(
+                400,
+                "unsupported_grant_type",
+                70003,
+                f"The app requested an unsupported grant type '{grant}'.",
+            )
+
+    @staticmethod
+    def _delegated(scopes: frozenset[str]) -> frozenset[str]:
+        short = {s.rsplit("/", 1)[-1] for s in scopes}
+        return frozenset(short | {"openid", "profile", "offline_access"})
+
+    def device_code(self, tenant: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            app = self.apps.get(form.get("client_id", ""))
+            if app is None or app.tenant != tenant:
+                return _aad_error(
+                    400,
+                    "unauthorized_client",
+                    700016,
+                    f"Application with identifier '{form.get('client_id')}' was not found.",
+                )
+            user_code = "".join(
+                self._random.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(9)
+            )
+            code = secrets.token_urlsafe(32)
+            self.device_codes[code] = {
+                "user_code": user_code,
+                "user": None,
+                "expires": time.time() + 900,
+                "scopes": self._delegated(frozenset(form.get("scope", "").split())),
+            }
+            url = f"{self.base}/devicelogin"
+            return 200, {
+                "user_code": user_code,
+                "device_code": code,
+                "verification_uri": url,
+                "expires_in": 900,
+                "interval": 1,
+                "message": f"To sign in, use a web browser to open the page {url} and enter "
+                f"the code {user_code} to authenticate.",
+            }
+
+    def approve(self, user_code: str, user: str) -> None:
+        """``user`` signs in at the device page and enters ``user_code``."""
+        with self.lock:
+            for flow in self.device_codes.values():
+                if flow["user_code"] == user_code:
+                    flow["user"] = user
+                    return
+            raise KeyError(user_code)
+
+    # --- Graph -------------------------------------------------------------------------
+
+    def authorize(self, header: str | None) -> Grant:
+        token = (header or "").removeprefix("Bearer ").strip()
+        grant = self.grants.get(token)
+        if grant is None or grant.expires < time.time():
+            raise GraphError(
+                401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid."
+            )
+        if not grant.app.consented:
+            raise GraphError(
+                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
+        return grant
+
+    def resolve_user(self, grant: Grant, who: str) -> User:
+        if who == "me":
+            if grant.user is None:
+                raise GraphError(
+                    400,
+                    "BadRequest",
+                    "/me request is only valid with delegated authentication flow.",
+                )
+            who = grant.user
+        box = self.users.get(who) or next(
+            (u for u in self.users.values() if u.object_id == who), None
+        )
+        if box is None:
+            raise GraphError(404, "ErrorInvalidUser", f"The requested user '{who}' is invalid.")
+        if grant.user is not None and grant.user != box.address:
+            raise GraphError(
+                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
+        return box
+
+    @staticmethod
+    def _need(grant: Grant, *permissions: str) -> None:
+        have = grant.app.permissions if grant.user is None else grant.scopes
+        if not any(p in have for p in permissions):
+            raise GraphError(
+                403,
+                "ErrorAccessDenied",
+                f"Access is denied. Check credentials and try again. (needs {permissions[0]})",
+            )
+
+    def enter(self, box: User) -> None:
+        """A request to ``box`` starts: refused past the mailbox's concurrency or rate."""
+        with self.lock:
+            box.peak_inflight = max(box.peak_inflight, box.inflight + 1)
+            if box.inflight >= self.mailbox_concurrency:
+                self.throttled += 1
+                raise GraphError(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxConcurrency limit.",
+                    {"Retry-After": str(self.throttle_retry_after)},
+                )
+            if self.rate_limit:
+                count, window = self.rate_limit
+                now = time.monotonic()
+                while box.recent and box.recent[0] <= now - window:
+                    box.recent.popleft()
+                if len(box.recent) >= count:
+                    self.throttled += 1
+                    wait = max(1, int(box.recent[0] + window - now + 0.999))
+                    raise GraphError(
+                        429,
+                        "ApplicationThrottled",
+                        "Application is over its MailboxRequests limit.",
+                        {"Retry-After": str(wait)},
+                    )
+                box.recent.append(now)
+            box.inflight += 1
+
+    def leave(self, box: User) -> None:
+        with self.lock:
+            box.inflight -= 1
+
+    def graph(
+        self, method: str, target: str, headers: Any, body: bytes
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One Graph request (also one item of a $batch): (status, body, headers)."""
+        url = urlparse(target)
+        path = unquote(url.path).removeprefix("/v1.0")
+        if not path.startswith("/"):
+            path = "/" + path
+        params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        prefer = _prefer(headers)
+        try:
+            grant = self.authorize(headers.get("Authorization"))
+            m = re.match(r"^/(users/(?P<user>[^/]+)|me)(?P<rest>/.*)?$", path)
+            if not m:
+                raise GraphError(400, "BadRequest", f"Resource not found for the segment '{path}'.")
+            box = self.resolve_user(grant, m.group("user") or "me")
+            rest = m.group("rest") or ""
+            self.enter(box)
+            try:
+                if self.latency:
+                    time.sleep(self.latency)
+                return self._route(grant, box, method, rest, params, prefer, body)
+            finally:
+                self.leave(box)
+        except GraphError as err:
+            return err.status, err.body(), err.headers
+
+    def _route(
+        self,
+        grant: Grant,
+        box: User,
+        method: str,
+        rest: str,
+        params: dict[str, str],
+        prefer: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, Any, dict[str, str]]:
+        payload = json.loads(body) if body else {}
+        applied: dict[str, str] = {}
+        m = re.match(r"^/mailFolders/(?P<folder>[^/]+)/messages/delta$", rest)
+        if m and method == "GET":
+            self._need(grant, "Mail.Read", "Mail.ReadBasic.All", "Mail.ReadWrite")
+            folder = m.group("folder").lower()
+            if folder not in WELL_KNOWN_FOLDERS:
+                raise GraphError(
+                    404, "ErrorItemNotFound", "The specified object was not found in the store."
+                )
+            return 200, self._delta(box, folder, params, prefer, applied), applied
+        m = re.match(r"^/messages/(?P<id>[^/]+)$", rest)
+        if m and method == "GET":
+            self._need(grant, "Mail.Read", "Mail.ReadWrite")
+            record = self._find_message(box, m.group("id"))
+            return 200, self._message(record, params.get("$select"), prefer), {}
+        if rest == "/calendarView/delta" and method == "GET":
+            self._need(grant, "Calendars.Read", "Calendars.ReadWrite")
+            return 200, self._delta(box, "calendar", params, prefer, applied), applied
+        if rest == "/events" and method == "POST":
+            self._need(grant, "Calendars.ReadWrite")
+            return 201, self._create_event(box, payload, prefer), {}
+        m = re.match(r"^/events/(?P<id>[^/]+)$", rest)
+        if m and method in ("GET", "PATCH", "DELETE"):
+            self._need(
+                grant,
+                "Calendars.ReadWrite" if method != "GET" else "Calendars.Read",
+                "Calendars.ReadWrite",
+            )
+            record = box.collection("calendar").get(m.group("id"))
+            if record is None or record.removed:
+                raise GraphError(
+                    404, "ErrorItemNotFound", "The specified object was not found in the store."
+                )
+            if method == "DELETE":
+                record.removed, record.seq = True, self._next()
+                return 204, b"", {}
+            if method == "PATCH":
+                with self.lock:
+                    record.resource.update(self._event_fields(payload))
+                    record.seq = self._next()
+            return 200, self._event(record, prefer, params.get("$expand")), {}
+        if rest.startswith("/todo/"):
+            self._need(grant, "Tasks.ReadWrite.All", "Tasks.ReadWrite")
+            return self._todo(box, method, rest, params, payload)
+        raise GraphError(400, "BadRequest", f"Resource not found for the segment '{rest}'.")
+
+    # messages and events as answers
+
+    def _find_message(self, box: User, some_id: str) -> Record:
+        for coll_name, coll in box.collections.items():
+            if coll_name == "calendar":
+                continue
+            for record in coll.values():
+                if not record.removed and some_id in (record.immutable_id, record.rest_id):
+                    return record
+        raise GraphError(
+            404, "ErrorItemNotFound", "The specified object was not found in the store."
+        )
+
+    @staticmethod
+    def _id(record: Record, prefer: dict[str, str]) -> str:
+        return record.immutable_id if prefer.get("idtype") == "ImmutableId" else record.rest_id
+
+    def _message(
+        self, record: Record, select: str | None, prefer: dict[str, str]
+    ) -> dict[str, Any]:
+        resource = dict(record.resource)
+        if prefer.get("outlook.body-content-type") == "text":
+            text = re.sub(r"<[^>]+>", " ", resource["body"]["content"])
+            resource["body"] = {"contentType": "text", "content": " ".join(text.split())}
+        if select:
+            wanted = [s.strip() for s in select.split(",") if s.strip()]
+            out = {k: resource[k] for k in wanted if k in resource}
+        else:
+            out = {k: v for k, v in resource.items() if k != "internetMessageHeaders"}
+        return {"@odata.etag": f'W/"{record.seq}"', "id": self._id(record, prefer), **out}
+
+    def _event(
+        self, record: Record, prefer: dict[str, str], expand: str | None = None
+    ) -> dict[str, Any]:
+        resource = {k: v for k, v in record.resource.items() if not k.startswith("_")}
+        zone = prefer.get("outlook.timezone")
+        if zone:
+            for key in ("start", "end"):
+                resource[key] = _graph_time(_parse_graph_time(resource[key]), zone)
+        if expand and "singleValueExtendedProperties" in expand:
+            props = record.resource.get("_extended", [])
+            m = re.search(r"id eq '([^']+)'", expand)
+            if m:
+                props = [p for p in props if p["id"].lower() == m.group(1).lower()]
+            resource["singleValueExtendedProperties"] = props
+        return {"@odata.etag": f'W/"{record.seq}"', "id": record.immutable_id, **resource}
+
+    @staticmethod
+    def _event_fields(payload: dict[str, Any]) -> dict[str, Any]:
+        fields = {
+            k: v for k, v in payload.items() if k not in ("id", "singleValueExtendedProperties")
+        }
+        for key in ("start", "end"):
+            if key in fields:
+                _parse_graph_time(fields[key])  # refuse an unknown zone as Graph does
+        if "singleValueExtendedProperties" in payload:
+            fields["_extended"] = payload["singleValueExtendedProperties"]
+        return fields
+
+    def _create_event(
+        self, box: User, payload: dict[str, Any], prefer: dict[str, str]
+    ) -> dict[str, Any]:
+        for key in ("start", "end"):
+            if key not in payload:
+                raise GraphError(
+                    400,
+                    "ErrorInvalidRequest",
+                    f"Your request can't be completed. The '{key}' property is required.",
+                )
+        with self.lock:
+            transaction = payload.get("transactionId")
+            if transaction and transaction in box.transactions:  # a client's retry
+                record = box.collection("calendar")[box.transactions[transaction]]
+                return self._event(record, prefer)
+            eid = self._store_event(box.address, self._event_fields(payload))
+            if transaction:
+                box.transactions[transaction] = eid
+            return self._event(box.collection("calendar")[eid], prefer)
+
+    # delta
+
+    def _delta(
+        self,
+        box: User,
+        coll: str,
+        params: dict[str, str],
+        prefer: dict[str, str],
+        applied: dict[str, str],
+    ) -> dict[str, Any]:
+        with self.lock:
+            if "$deltatoken" in params:
+                state = self.delta_tokens.get(params["$deltatoken"])
+                if state is None or state["user"] != box.address or state["coll"] != coll:
+                    raise GraphError(
+                        410,
+                        "syncStateNotFound",
+                        "The sync state generation is not found. Resync required.",
+                    )
+                state = {
+                    **state,
+                    "since": state["upto"],
+                    "upto": self.seq,
+                    "offset": 0,
+                    "empty": self.empty_pages,
+                }
+            elif "$skiptoken" in params:
+                state = self.delta_tokens.get(params["$skiptoken"])
+                if state is None or state["user"] != box.address:
+                    raise GraphError(
+                        410,
+                        "syncStateNotFound",
+                        "The sync state generation is not found. Resync required.",
+                    )
+            else:
+                state = {
+                    "user": box.address,
+                    "coll": coll,
+                    "since": None,
+                    "upto": self.seq,
+                    "offset": 0,
+                    "empty": self.empty_pages,
+                }
+                if coll == "calendar":
+                    if "startDateTime" not in params or "endDateTime" not in params:
+                        raise GraphError(
+                            400,
+                            "ErrorInvalidParameter",
+                            "This request requires a time window specified by the query "
+                            "string parameters StartDateTime and EndDateTime.",
+                        )
+                    state["window"] = (params["startDateTime"], params["endDateTime"])
+                else:
+                    state["select"] = params.get("$select")
+                    state["filter"] = params.get("$filter")
+            size = int(prefer.get("odata.maxpagesize", DEFAULT_PAGE))
+            applied["Preference-Applied"] = f"odata.maxpagesize={size}"
+            link = f"{self.base}/v1.0/users/{quote(box.address)}" + (
+                f"/mailFolders/{coll}/messages/delta"
+                if coll != "calendar"
+                else "/calendarView/delta"
+            )
+            if state.get("empty"):  # an empty page that still carries a nextLink
+                token = secrets.token_urlsafe(24)
+                self.delta_tokens[token] = {**state, "empty": False}
+                return {
+                    "value": [],
+                    "@odata.nextLink": f"{link}?{urlencode({'$skiptoken': token})}",
+                }
+            changes = self._changes(box, coll, state)
+            page = changes[state["offset"] : state["offset"] + size]
+            token = secrets.token_urlsafe(24)
+            out: dict[str, Any] = {"@odata.context": f"{link}"}
+            if state["offset"] + size < len(changes):
+                self.delta_tokens[token] = {**state, "offset": state["offset"] + size}
+                out["@odata.nextLink"] = f"{link}?{urlencode({'$skiptoken': token})}"
+            else:
+                self.delta_tokens[token] = {**state, "offset": 0}
+                out["@odata.deltaLink"] = f"{link}?{urlencode({'$deltatoken': token})}"
+            out["value"] = [self._delta_entry(r, coll, state, prefer) for r in page]
+            return out
+
+    def _in_window(self, record: Record, state: dict[str, Any]) -> bool:
+        start, end = (dt.datetime.fromisoformat(s.replace("Z", "+00:00")) for s in state["window"])
+        if start.tzinfo is None:
+            start, end = start.replace(tzinfo=dt.UTC), end.replace(tzinfo=dt.UTC)
+        return (
+            _parse_graph_time(record.resource["start"]) < end
+            and _parse_graph_time(record.resource["end"]) > start
+        )
+
+    def _changes(self, box: User, coll: str, state: dict[str, Any]) -> list[Record]:
+        records = sorted(box.collection(coll).values(), key=lambda r: r.seq)
+        since, upto = state["since"], state["upto"]
+        flt = state.get("filter") or ""
+        m = re.match(r"receivedDateTime (ge|gt) (\S+)", flt)
+        floor = m.group(2) if m else None
+        if since is None:
+            found = [r for r in records if not r.removed and r.seq <= upto]
+            if floor:
+                found = [r for r in found if r.resource["receivedDateTime"] >= floor]
+                found = found[-5000:]  # [message-delta: $filter caps the results at 5,000]
+        else:
+            found = [r for r in records if since < r.seq <= upto]
+            if self.replays:  # order is not guaranteed and changes may come again
+                found = [r for r in records if r.seq <= since][-2:] + found
+        if coll == "calendar":
+            found = [r for r in found if r.removed or self._in_window(r, state)]
+        return found
+
+    def _delta_entry(
+        self, record: Record, coll: str, state: dict[str, Any], prefer: dict[str, str]
+    ) -> dict[str, Any]:
+        if record.removed:
+            rid = record.immutable_id if coll == "calendar" else self._id(record, prefer)
+            return {"id": rid, "@removed": {"reason": "deleted"}}
+        if coll == "calendar":
+            return self._event(record, prefer)
+        return self._message(record, state.get("select"), prefer)
+
+    # To Do
+
+    def _todo(
+        self, box: User, method: str, rest: str, params: dict[str, str], payload: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, str]]:
+        with self.lock:
+            if rest == "/todo/lists":
+                if method == "GET":
+                    return 200, {"value": list(box.todo_lists.values())}, {}
+                if method == "POST":
+                    if not payload.get("displayName"):
+                        raise GraphError(400, "invalidRequest", "displayName is required")
+                    lid = "AQMkAD" + secrets.token_urlsafe(18)
+                    box.todo_lists[lid] = {
+                        "id": lid,
+                        "displayName": payload["displayName"],
+                        "isOwner": True,
+                        "isShared": False,
+                        "wellknownListName": "none",
+                    }
+                    box.todo_tasks[lid] = {}
+                    return 201, box.todo_lists[lid], {}
+            m = re.match(r"^/todo/lists/(?P<list>[^/]+)/tasks(?:/(?P<task>[^/]+))?$", rest)
+            if not m or m.group("list") not in box.todo_lists:
+                raise GraphError(404, "NotFound", "The requested resource was not found.")
+            tasks = box.todo_tasks[m.group("list")]
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+            expand = "linkedResources" in params.get("$expand", "")
+            if m.group("task") is None:
+                if method == "GET":
+                    items = sorted(tasks.values(), key=lambda t: t["createdDateTime"])
+                    skip, top = int(params.get("$skip", 0)), int(params.get("$top", 100))
+                    out: dict[str, Any] = {
+                        "value": [self._task(t, expand) for t in items[skip : skip + top]]
+                    }
+                    if skip + top < len(items):
+                        query = {**params, "$skip": str(skip + top), "$top": str(top)}
+                        out["@odata.nextLink"] = (
+                            f"{self.base}/v1.0/users/{quote(box.address)}{rest}?{urlencode(query)}"
+                        )
+                    return 200, out, {}
+                if method == "POST":
+                    if not payload.get("title"):
+                        raise GraphError(400, "invalidRequest", "title is required")
+                    tid = "AAkALg" + secrets.token_urlsafe(24)
+                    task = {
+                        "importance": "normal",
+                        "status": "notStarted",
+                        "isReminderOn": False,
+                        "categories": [],
+                        "body": {"content": "", "contentType": "text"},
+                        **payload,
+                        "id": tid,
+                        "createdDateTime": now,
+                        "lastModifiedDateTime": now,
+                    }
+                    task["linkedResources"] = [
+                        {"id": str(uuid.uuid4()), **r} for r in payload.get("linkedResources", [])
+                    ]
+                    tasks[tid] = task
+                    return 201, self._task(task, True), {}
+            else:
+                task = tasks.get(m.group("task"))
+                if task is None:
+                    raise GraphError(404, "NotFound", "The requested resource was not found.")
+                if method == "GET":
+                    return 200, self._task(task, expand), {}
+                if method == "PATCH":
+                    task.update({k: v for k, v in payload.items() if k != "linkedResources"})
+                    task["lastModifiedDateTime"] = now
+                    if payload.get("status") == "completed":
+                        task["completedDateTime"] = {"dateTime": now[:-1], "timeZone": "UTC"}
+                    return 200, self._task(task, False), {}
+                if method == "DELETE":
+                    del tasks[m.group("task")]
+                    return 204, b"", {}
+        raise GraphError(405, "MethodNotAllowed", f"{method} is not allowed on {rest}")
+
+    @staticmethod
+    def _task(task: dict[str, Any], expand: bool) -> dict[str, Any]:
+        return {k: v for k, v in task.items() if expand or k != "linkedResources"}
+
+    # $batch
+
+    def batch(self, headers: Any, body: bytes) -> tuple[int, Any]:
+        try:
+            requests = json.loads(body)["requests"]
+        except (ValueError, KeyError, TypeError):
+            return 400, GraphError(400, "BadRequest", "Invalid batch payload format.").body()
+        if len(requests) > MAX_BATCH:
+            return 400, GraphError(
+                400,
+                "MaximumRequestsExceeded",
+                f"The number of requests in the batch exceeds the limit of {MAX_BATCH}.",
+            ).body()
+        ids = [r.get("id") for r in requests]
+        if len(set(ids)) != len(ids) or not all(ids):
+            return 400, GraphError(
+                400, "BadRequest", "Batch request contains duplicate or missing ids."
+            ).body()
+        results: dict[str, dict[str, Any]] = {}
+        pending = list(requests)
+        auth = headers.get("Authorization")
+        with ThreadPoolExecutor(max_workers=MAX_BATCH) as pool:
+            while pending:
+                ready = [r for r in pending if all(d in results for d in r.get("dependsOn", []))]
+                if not ready:
+                    return 400, GraphError(
+                        400, "BadRequest", "dependsOn refers to an id that is not in the batch."
+                    ).body()
+                pending = [r for r in pending if r not in ready]
+                runnable = []
+                for r in ready:
+                    failed = [d for d in r.get("dependsOn", []) if results[d]["status"] >= 400]
+                    if failed:
+                        results[r["id"]] = {
+                            "id": r["id"],
+                            "status": 424,
+                            "body": GraphError(
+                                424, "FailedDependency", "Failed dependency."
+                            ).body(),
+                        }
+                    else:
+                        runnable.append(r)
+
+                def run(r: dict[str, Any]) -> dict[str, Any]:
+                    inner = _Headers({**(r.get("headers") or {}), "Authorization": auth})
+                    data = json.dumps(r["body"]).encode() if r.get("body") is not None else b""
+                    status, answer, extra = self.graph(r["method"].upper(), r["url"], inner, data)
+                    item: dict[str, Any] = {"id": r["id"], "status": status, "headers": extra}
+                    if answer != b"":
+                        item["body"] = answer
+                    return item
+
+                for item in pool.map(run, runnable):
+                    results[item["id"]] = item
+        answers = list(results.values())
+        self._random.shuffle(answers)  # "responses can come back in any order"
+        return 200, {"responses": answers}
+
+
+class _Headers(dict):  # type: ignore[type-arg]
+    """Case-insensitive ``get`` for a batch item's headers."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__({k.lower(): v for k, v in values.items() if v is not None})
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: MicrosoftEmulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        if data:
+            self.send_header("Content-Type", "application/json; odata.metadata=minimal")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", str(uuid.uuid4()))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _fault(self) -> bool:
+        """Apply the next queued fault that fits this request; True when it answered."""
+        faults = self.state.faults
+        with self.state.lock:
+            fault = next((f for f in faults if f.get("path", "") in self.path), None)
+            if fault is None:
+                return False
+            faults.remove(fault)
+        if fault.get("delay"):
+            time.sleep(fault["delay"])
+        if fault.get("drop"):
+            self.close_connection = True
+            self.connection.close()
+            return True
+        status = fault.get("status")
+        if status:
+            headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
+            if status == 429:
+                self.state.throttled += 1
+                err = GraphError(429, "TooManyRequests", "Too many requests.")
+            else:
+                err = GraphError(
+                    status,
+                    "serviceNotAvailable" if status == 503 else "generalException",
+                    "The service is temporarily unavailable.",
+                )
+            self._send(status, err.body(), headers)
+            return True
+        return False
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _identity(self, method: str) -> bool:
+        m = re.match(
+            r"^/(?P<tenant>[^/]+)/(?P<what>v2\.0/\.well-known/openid-configuration|"
+            r"oauth2/v2\.0/token|oauth2/v2\.0/devicecode)$",
+            urlparse(self.path).path,
+        )
+        if not m:
+            return False
+        tenant, what = m.group("tenant"), m.group("what")
+        if what.startswith("v2.0") and method == "GET":
+            self._send(*self.state.openid_configuration(tenant))
+            return True
+        if method != "POST":
+            return False
+        form = {k: v[-1] for k, v in parse_qs(self._body().decode()).items()}
+        if what.endswith("token"):
+            self._send(*self.state.token(tenant, form))
+        else:
+            self._send(*self.state.device_code(tenant, form))
+        return True
+
+    def _handle(self, method: str) -> None:
+        if self._identity(method):
+            return
+        if not self.path.startswith("/v1.0/"):
+            self._send(404, GraphError(404, "NotFound", "Not found").body())
+            return
+        body = self._body() if method in ("POST", "PATCH") else b""
+        with self.state.lock:
+            self.state.requests += 1
+        if self._fault():
+            return
+        if self.path.split("?")[0] == "/v1.0/$batch" and method == "POST":
+            self._send(*self.state.batch(self.headers, body))
+            return
+        status, answer, headers = self.state.graph(method, self.path, self.headers, body)
+        self._send(status, answer, headers)
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
