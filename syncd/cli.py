@@ -31,7 +31,7 @@ from syncd.crm.database import (
 from syncd.crm.loader import LoadError, load_csv
 from syncd.crm.models import Mailbox, User
 from syncd.matching.addresses import normalize_address
-from syncd.secrets import Secret, SecretBox, SecretsError
+from syncd.secrets import Secret, SecretBox, SecretsError, token_cache_path
 
 app = typer.Typer(
     help="syncd keeps a CRM up to date from salespeople's mailboxes and calendars.",
@@ -163,6 +163,12 @@ class Kind(StrEnum):
     local = "local"
     imap = "imap"
     gmail = "gmail"
+    microsoft = "microsoft"
+
+
+class TaskPlace(StrEnum):
+    todo = "todo"
+    events = "events"
 
 
 class Body(StrEnum):
@@ -246,13 +252,9 @@ def _gmail_settings(
     from syncd.connectors import gmail
 
     settings: dict[str, Any] = {}
-    if since:
-        try:
-            days = (datetime.now(UTC).date() - date.fromisoformat(since)).days
-        except ValueError:
-            fail(f"--since {since!r} is not a date such as 2024-01-31")
-            raise
-        settings["since_days"] = max(days, 0)
+    days = _since_days(since)
+    if days is not None:
+        settings["since_days"] = days
     try:
         if service_account is not None and oauth_client is None:
             settings["mode"] = "service_account"
@@ -282,6 +284,56 @@ def _gmail_settings(
         "(user mode), one of them"
     )
     raise AssertionError
+
+
+def _since_days(since: str | None) -> int | None:
+    if not since:
+        return None
+    try:
+        return max((datetime.now(UTC).date() - date.fromisoformat(since)).days, 0)
+    except ValueError:
+        fail(f"--since {since!r} is not a date such as 2024-01-31")
+        raise
+
+
+def _microsoft_secret(
+    settings: dict[str, Any],
+    email: str,
+    client_secret_file: Path | None,
+    certificate: Path | None,
+    device_code: bool,
+) -> Secret:
+    """The secret of a microsoft mailbox: a client secret, a certificate (admin mode), or
+    the token cache of a device-code sign-in (user mode, run now)."""
+    from syncd.connectors import microsoft
+
+    if sum((client_secret_file is not None, certificate is not None, device_code)) != 1:
+        fail(
+            "a microsoft mailbox needs one of --client-secret-file FILE or --certificate PEM "
+            "(admin mode, application permissions) or --device-code (user mode)"
+        )
+    try:
+        if device_code:
+            settings["mode"] = "device"
+            return Secret(
+                microsoft.sign_in_with_device_code(
+                    settings, lambda text: say(f"{text} (sign in as {email})", sys.stderr)
+                )
+            )
+        settings["mode"] = "app"
+        if certificate is not None:
+            return Secret(microsoft.read_certificate(str(certificate)))
+        assert client_secret_file is not None
+        value = client_secret_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        fail(f"--client-secret-file {str(client_secret_file)!r}: {exc.strerror}")
+        raise
+    except ConnectorError as exc:
+        fail(str(exc))
+        raise
+    if not value:
+        fail(f"--client-secret-file {str(client_secret_file)!r} is empty")
+    return Secret(value)
 
 
 @mailbox_app.command("add")
@@ -357,8 +409,59 @@ def mailbox_add(
     since: Annotated[
         str | None,
         typer.Option(
-            "--since", help="gmail: first sync from DATE (YYYY-MM-DD); default 90 days back."
+            "--since",
+            help="gmail, microsoft: first sync from DATE (YYYY-MM-DD); default 90 days back.",
         ),
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="microsoft: the Entra ID tenant (id or domain)."),
+    ] = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option("--client-id", help="microsoft: the app registration's client id."),
+    ] = None,
+    client_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--client-secret-file",
+            help="microsoft (admin mode): a file holding the app's client secret.",
+        ),
+    ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate",
+            help="microsoft (admin mode): a PEM file with the private key and the certificate "
+            "uploaded to the app registration.",
+        ),
+    ] = None,
+    device_code: Annotated[
+        bool,
+        typer.Option(
+            "--device-code",
+            help="microsoft (user mode): sign in as the user now (prints a code to enter).",
+        ),
+    ] = False,
+    tasks: Annotated[
+        TaskPlace,
+        typer.Option("--tasks", help="microsoft: write follow-ups as To Do tasks or events."),
+    ] = TaskPlace.todo,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-bundle",
+            help="microsoft: a PEM file of CAs to trust instead of the system's "
+            "(a TLS-inspecting proxy).",
+        ),
+    ] = None,
+    authority: Annotated[
+        str | None,
+        typer.Option("--authority", hidden=True, help="microsoft: another sign-in host."),
+    ] = None,
+    graph_url: Annotated[
+        str | None,
+        typer.Option("--graph-url", hidden=True, help="microsoft: another Graph base URL."),
     ] = None,
     api_endpoint: Annotated[
         str | None,
@@ -383,11 +486,28 @@ def mailbox_add(
            [--password-file F | --password-env VAR | prompt] [--folder F ...] [--idle]
            [--caldav URL]
     gmail: --service-account KEYFILE | --oauth-client FILE [--since DATE]
+    microsoft: --tenant T --client-id C (--client-secret-file F | --certificate PEM
+           | --device-code) [--tasks todo|events] [--since DATE] [--ca-bundle PEM]
     all:   [--exclude-folder F ...] [--poll-interval S] [--body metadata|snippet|full]
     """
     secret: Secret | None = None
     if kind is Kind.local:
         settings = _local_settings(maildir, calendar, mbox or [])
+    elif kind is Kind.microsoft:
+        if not tenant or not client_id:
+            fail("a microsoft mailbox needs --tenant and --client-id")
+        settings = {"tenant": tenant, "client_id": client_id, "tasks": tasks.value}
+        for key, value in (
+            ("authority", authority),
+            ("graph_url", graph_url),
+            ("ca_bundle", str(ca_bundle.resolve()) if ca_bundle else None),
+            ("since_days", _since_days(since)),
+        ):
+            if value is not None:
+                settings[key] = value
+        secret = _microsoft_secret(
+            settings, normalize_address(user), client_secret_file, certificate, device_code
+        )
     elif kind is Kind.gmail:
         settings, secret = _gmail_settings(user, service_account, oauth_client, since)
         if api_endpoint:
@@ -449,12 +569,22 @@ def mailbox_reauth(
         Path | None,
         typer.Option("--service-account", help="gmail (admin mode): a new key file."),
     ] = None,
+    client_secret_file: Annotated[
+        Path | None,
+        typer.Option("--client-secret-file", help="microsoft (admin mode): a new client secret."),
+    ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option("--certificate", help="microsoft (admin mode): a new certificate (PEM)."),
+    ] = None,
 ) -> None:
     """Give a mailbox new credentials and retry it at the next poll.
 
     \b
     imap:  a new password or token (--password-file, --password-env or a prompt)
     gmail: user mode runs the consent again; admin mode takes --service-account KEYFILE
+    microsoft: user mode signs in again (device code); admin mode takes
+           --client-secret-file F or --certificate PEM
     """
     box = SecretBox(state.settings().home)
     with state.sessions()() as session:
@@ -500,6 +630,11 @@ def mailbox_reauth(
             fail(str(exc))
             return
         what = "credentials"
+    elif kind == "microsoft":
+        device = settings.get("mode") == "device"
+        secret = _microsoft_secret(settings, email, client_secret_file, certificate, device)
+        token_cache_path(state.settings().home, name).unlink(missing_ok=True)
+        what = "sign-in" if device else "credentials"
     else:
         what = "token" if settings.get("auth") == "xoauth2" else "password"
         secret = read_secret(password_file, password_env, what)
@@ -543,6 +678,7 @@ def mailbox_remove(name: Annotated[str, typer.Argument(help="The mailbox name.")
     with state.sessions().begin() as session:
         if session.execute(delete(Mailbox).where(Mailbox.name == name)).rowcount == 0:  # type: ignore[attr-defined]
             fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
+    token_cache_path(state.settings().home, name).unlink(missing_ok=True)
     say(f"mailbox {name!r} removed")
 
 

@@ -7,6 +7,7 @@ value in a repr, a log line or an error message: code asks for it with ``reveal(
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -85,3 +86,9 @@ class SecretBox:
                 f"{what}: the stored secret does not open with {str(self.path)!r} (was the key "
                 "replaced?); give the secret again to 'syncd mailbox add'"
             ) from None
+
+
+def token_cache_path(home: Path, mailbox: str) -> Path:
+    """Where a mailbox's working token cache lives (encrypted with the key above): the
+    device-code sign-in of a microsoft mailbox, whose refresh token rotates."""
+    return home / "tokens" / f"{hashlib.sha256(mailbox.encode()).hexdigest()[:16]}.msal"

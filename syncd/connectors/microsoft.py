@@ -7,7 +7,7 @@ once with the device-code flow), ``tenant``, ``client_id``, ``authority`` (defau
 ``https://graph.microsoft.com/``), ``ca_bundle`` (a PEM file of CAs to trust instead of the
 system's), ``since_days`` (first sync window, default 90), ``tasks`` (``todo``, the default,
 or ``events``), ``todo_list`` (default "CRM follow-ups"). The secret is the client secret,
-or ``{"private_key", "thumbprint"}`` (JSON) for a certificate, or the msal token cache for
+or ``{"private_key", "public_certificate"}`` (JSON) for a certificate, or the msal token cache for
 ``device`` (the working copy lives encrypted in ``$SYNCD_HOME/tokens/``).
 
 Sources: ``graph:inbox`` and ``graph:sentitems`` read by message delta (one delta link per
@@ -63,7 +63,7 @@ from syncd.items import (
     TaskState,
 )
 from syncd.matching.addresses import normalize_address
-from syncd.secrets import Secret, SecretBox
+from syncd.secrets import Secret, SecretBox, token_cache_path
 
 log = logging.getLogger("syncd.microsoft")
 # O365 logs request headers (the bearer token) at debug level: keep it quiet whatever the
@@ -248,9 +248,10 @@ def sign_in_with_device_code(settings: dict[str, Any], show: Callable[[str], Non
 
 def read_certificate(path: str) -> str:
     """A PEM file holding the private key and the certificate uploaded to the app
-    registration -> the secret to store: {"private_key", "thumbprint"} (JSON)."""
+    registration -> the secret to store: {"private_key", "public_certificate"} (JSON); msal
+    signs its assertions with the certificate's SHA-256 thumbprint (x5t#S256, PS256)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
 
     try:
         data = Path(path).read_bytes()
@@ -264,8 +265,8 @@ def read_certificate(path: str) -> str:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()
-    return json.dumps({"private_key": pem, "thumbprint": thumbprint})
+    public = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return json.dumps({"private_key": pem, "public_certificate": public})
 
 
 class GraphAccount:
@@ -292,11 +293,9 @@ class GraphAccount:
         http = _Http(self.ca_bundle, self.timeout)
         self.cache: BaseTokenBackend
         if self.mode == "device":
-            home = Path(str(s.get("state_dir", "."))) / "tokens"
+            home = Path(str(s.get("state_dir", ".")))
             self.cache = EncryptedCache(
-                home / f"{hashlib.sha256(spec.name.encode()).hexdigest()[:16]}.msal",
-                SecretBox(home.parent),
-                spec.secret.reveal(),
+                token_cache_path(home, spec.name), SecretBox(home), spec.secret.reveal()
             )
             self.msal: Any = msal.PublicClientApplication(
                 s["client_id"],
@@ -604,7 +603,7 @@ class GraphMail:
     def __init__(self, account: GraphAccount, spec: MailboxSpec, folder: str) -> None:
         self.account, self.spec, self.folder = account, spec, folder
         self.name = f"graph:{folder}"
-        self.page = max(10, min(spec.batch_size, 1000))
+        self.page = int(spec.settings.get("page_size", max(10, min(spec.batch_size, 1000))))
         self.since = timedelta(days=int(spec.settings.get("since_days", 90)))
 
     def _first_link(self) -> str:

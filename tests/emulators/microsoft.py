@@ -111,7 +111,7 @@ class App:
     client_id: str
     secret: str | None = None
     certificate: Any = None  # the public key a certificate assertion must verify with
-    thumbprint: str | None = None  # base64url SHA-1 of the certificate (the x5t header)
+    thumbprints: tuple[str, ...] = ()  # base64url SHA-1 (x5t) and SHA-256 (x5t#S256)
     public: bool = False  # a public client (device code) rather than a confidential one
     permissions: frozenset[str] = APP_PERMISSIONS
     consented: bool = True
@@ -260,9 +260,9 @@ def make_tls(directory: Path) -> tuple[Path, Path, Path]:
     return ca_pem, cert_pem, key_pem
 
 
-def make_client_certificate() -> tuple[str, str, Any]:
+def make_client_certificate() -> tuple[str, str]:
     """A self-signed certificate an admin would upload to the app registration:
-    (private key PEM + certificate PEM, SHA-1 thumbprint hex, public key)."""
+    (private key PEM + certificate PEM, certificate PEM)."""
     now = dt.datetime.now(dt.UTC)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "syncd")])
@@ -276,15 +276,13 @@ def make_client_certificate() -> tuple[str, str, Any]:
         .not_valid_after(now + dt.timedelta(days=365))
         .sign(key, hashes.SHA256())
     )
-    pem = (
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-        + cert.public_bytes(serialization.Encoding.PEM).decode()
-    )
-    return pem, cert.fingerprint(hashes.SHA1()).hex().upper(), key.public_key()
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return key_pem + cert_pem, cert_pem
 
 
 class MicrosoftEmulator:
@@ -328,15 +326,19 @@ class MicrosoftEmulator:
         tenant: str,
         client_id: str,
         secret: str | None = None,
-        certificate: tuple[str, Any] | None = None,
+        certificate: str | None = None,
         public: bool = False,
         permissions: frozenset[str] = APP_PERMISSIONS,
     ) -> App:
-        """An app registration; ``certificate`` is (SHA-1 thumbprint hex, public key)."""
+        """An app registration; ``certificate`` is the PEM of a certificate uploaded to it."""
         app = App(tenant, client_id, secret, public=public, permissions=permissions)
         if certificate:
-            thumb, app.certificate = certificate
-            app.thumbprint = base64.urlsafe_b64encode(bytes.fromhex(thumb)).decode().rstrip("=")
+            cert = x509.load_pem_x509_certificate(certificate.encode())
+            app.certificate = cert.public_key()
+            app.thumbprints = tuple(
+                base64.urlsafe_b64encode(cert.fingerprint(h)).decode().rstrip("=")
+                for h in (hashes.SHA1(), hashes.SHA256())
+            )
         self.apps[client_id] = app
         return app
 
@@ -701,7 +703,8 @@ class MicrosoftEmulator:
         assertion = form["client_assertion"]
         try:
             header = jwt.get_unverified_header(assertion)
-            if app.certificate is None or header.get("x5t") != app.thumbprint:
+            sent = {str(header.get(k, "")).rstrip("=") for k in ("x5t", "x5t#S256")}
+            if app.certificate is None or not sent & set(app.thumbprints):
                 raise jwt.InvalidTokenError("no certificate with this thumbprint")
             claims = jwt.decode(
                 assertion,
@@ -750,7 +753,9 @@ class MicrosoftEmulator:
             reply.update(
                 refresh_token=refresh,
                 scope=" ".join(sorted(scopes)),
-                id_token=jwt.encode(claims, "emulator-signing-key", algorithm="HS256"),
+                id_token=jwt.encode(
+                    claims, "syncd-emulator-id-token-signing-key-32b", algorithm="HS256"
+                ),
                 client_info=base64.urlsafe_b64encode(
                     json.dumps({"uid": box.object_id, "utid": app.tenant}).encode()
                 )

@@ -1,0 +1,539 @@
+"""Microsoft 365 mailboxes against the local Graph emulator (TLS, a test CA), through msal and
+O365 with only the authority and the Graph URL changed; the CRM on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.config import Settings
+from syncd.connectors.base import MailboxSpec
+from syncd.connectors.microsoft import (
+    EventTasks,
+    GraphAccount,
+    TodoTasks,
+    _Slots,
+    read_certificate,
+)
+from syncd.crm import queries, recorder
+from syncd.crm.models import Activity, Mailbox, Sighting, Task, User
+from syncd.items import TaskItem
+from syncd.secrets import Secret, SecretBox
+from syncd.sync import SyncReport, sync_mailbox
+
+from .emulators.microsoft import MicrosoftEmulator, make_client_certificate
+
+S = sessionmaker[Session]
+NOW = datetime.now(UTC).replace(microsecond=0)
+ANA, BEN = "ana@northwind.test", "ben@northwind.test"
+CARLA = ("Carla Díaz", "carla@acme.test")
+TENANT = "northwind.onmicrosoft.com"
+
+
+@pytest.fixture
+def microsoft(tmp_path) -> Iterator[MicrosoftEmulator]:
+    emulator = MicrosoftEmulator()
+    emulator.add_app(TENANT, "app-1", secret="secret-1")
+    emulator.add_app(TENANT, "app-2", secret="secret-2")
+    emulator.add_app(TENANT, "public-1", public=True)
+    for user in (ANA, BEN):
+        emulator.add_user(user)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+def where(emulator: MicrosoftEmulator) -> dict[str, str]:
+    return {
+        "authority": emulator.base,
+        "graph_url": emulator.base + "/",
+        "ca_bundle": str(emulator.ca_pem),
+    }
+
+
+def add_mailbox(
+    sessions: S,
+    settings: Settings,
+    emulator: MicrosoftEmulator,
+    name: str = "ana",
+    user: str = ANA,
+    secret: str = "secret-1",
+    **extra: Any,
+) -> None:
+    token = SecretBox(settings.home).encrypt(Secret(secret))
+    values = {"mode": "app", "tenant": TENANT, "client_id": "app-1", **where(emulator), **extra}
+    with sessions.begin() as session:
+        user_id = session.scalar(select(User.id).where(User.email == user))
+        assert user_id is not None
+        recorder.add_mailbox(
+            session,
+            name=name,
+            kind="microsoft",
+            user_id=user_id,
+            settings=values,
+            secret_token=token,
+        )
+
+
+def deliver(
+    emulator: MicrosoftEmulator,
+    i: int,
+    user: str = ANA,
+    folder: str = "inbox",
+    sender: tuple[str, str] = CARLA,
+    to: tuple[str, str] = ("Ana Ruiz", ANA),
+    **kw: Any,
+) -> str:
+    return emulator.deliver(
+        user,
+        folder,
+        subject=kw.pop("subject", f"graph note {i}"),
+        sender=sender,
+        to=[to],
+        message_id=kw.pop("message_id", f"<m{i}@acme.test>"),
+        sent=kw.pop("sent", NOW - timedelta(hours=i)),
+        body=kw.pop("body", f"Hello, this is note {i}."),
+        **kw,
+    )
+
+
+def sync(sessions: S, settings: Settings, name: str = "ana") -> SyncReport:
+    report = sync_mailbox(sessions, settings, name)
+    assert report.ok, report.error
+    return report
+
+
+def keys(sessions: S) -> list[str]:
+    with sessions() as session:
+        return sorted(session.scalars(select(Activity.key)))
+
+
+def test_first_sync_delta_sync_and_an_expired_delta_token(sessions, settings, company, microsoft):
+    for i in range(12):
+        deliver(microsoft, i)
+    deliver(microsoft, 90, sent=NOW - timedelta(days=120))  # outside the 90-day window
+    deliver(microsoft, 91, folder="drafts")  # never read
+    deliver(microsoft, 92, is_draft=True)
+    deliver(
+        microsoft, 13, folder="sentitems", sender=("Ana Ruiz", ANA), to=CARLA, subject="Re: note"
+    )
+    add_mailbox(sessions, settings, microsoft, page_size=5)
+    first = sync(sessions, settings)
+    assert first.new_activities == 13
+    deliver(microsoft, 14)
+    second = sync(sessions, settings)
+    assert (second.new_activities, second.new_sightings) == (1, 1)
+    quiet = sync(sessions, settings)
+    assert (quiet.new_activities, quiet.new_sightings) == (0, 0)
+    microsoft.expire_delta_tokens()  # 410 syncStateNotFound: the folders are read again
+    deliver(microsoft, 15)
+    third = sync(sessions, settings)
+    assert (third.new_activities, third.new_sightings) == (1, 1)
+    expected = sorted(f"mid:m{i}@acme.test" for i in [*range(12), 13, 14, 15])
+    assert keys(sessions) == expected
+    with sessions() as session:
+        direction = session.scalar(
+            select(Activity.direction).where(Activity.key == "mid:m13@acme.test")
+        )
+    assert direction == "outbound"
+
+
+def test_replays_empty_pages_and_a_moved_message_log_nothing_twice(
+    sessions, settings, company, microsoft
+):
+    moved = deliver(microsoft, 1)
+    deliver(microsoft, 2)
+    add_mailbox(sessions, settings, microsoft)
+    assert sync(sessions, settings).new_activities == 2
+    microsoft.replays = microsoft.empty_pages = True
+    microsoft.move(ANA, moved, "archive")
+    microsoft.move(ANA, moved, "inbox")  # back again: same immutable id, same sighting
+    deliver(microsoft, 3)
+    again = sync(sessions, settings)
+    assert (again.new_activities, again.new_sightings) == (1, 1)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Sighting)) == 3
+
+
+def test_private_items_never_and_categories_exclude_or_force(
+    sessions, settings, company, microsoft
+):
+    deliver(microsoft, 1, sensitivity="private")
+    deliver(microsoft, 2, sensitivity="confidential")
+    deliver(microsoft, 3, categories=["No CRM"])
+    deliver(microsoft, 4, categories=["CRM"], sender=("Ben", BEN))  # internal, forced in
+    deliver(microsoft, 5, categories=["CRM"], sensitivity="private")  # private wins
+    deliver(microsoft, 6, sender=("Ben", BEN))  # internal: not logged
+    deliver(microsoft, 7, headers=[("List-Id", "<news.acme.test>")])  # bulk
+    deliver(microsoft, 8, headers=[("List-Id", "<news.acme.test>")], categories=["crm"])
+    microsoft.add_event(
+        ANA,
+        subject="Private lunch",
+        start=NOW - timedelta(days=2),
+        end=NOW - timedelta(days=2) + timedelta(hours=1),
+        organizer=CARLA,
+        attendees=[("Ana", ANA)],
+        sensitivity="private",
+    )
+    microsoft.add_event(
+        ANA,
+        subject="Skip me",
+        start=NOW + timedelta(days=2),
+        end=NOW + timedelta(days=2, hours=1),
+        organizer=CARLA,
+        attendees=[("Ana", ANA)],
+        categories=["No CRM"],
+    )
+    add_mailbox(sessions, settings, microsoft)
+    report = sync(sessions, settings)
+    assert keys(sessions) == ["mid:m4@acme.test", "mid:m8@acme.test"]
+    assert report.excluded["private"] == 4 and report.excluded["excluded label"] == 2
+
+
+def test_calendar_delta_meetings_in_time_zones_cancellations_and_removals(
+    sessions, settings, company, microsoft
+):
+    start = (NOW + timedelta(days=3)).replace(hour=15, minute=0, second=0)
+    eid = microsoft.add_event(
+        ANA,
+        subject="Acme QBR",
+        start=start,
+        end=start + timedelta(hours=1),
+        organizer=("Ana", ANA),
+        attendees=[CARLA],
+        zone="Pacific Standard Time",
+        uid="qbr-1@northwind.test",
+    )
+    gone = microsoft.add_event(
+        ANA,
+        subject="Acme intro",
+        start=start + timedelta(days=1),
+        end=start + timedelta(days=1, hours=1),
+        organizer=CARLA,
+        attendees=[("Ana", ANA)],
+    )
+    add_mailbox(sessions, settings, microsoft)
+    assert sync(sessions, settings).new_activities == 2
+    with sessions() as session:
+        when = session.scalar(
+            select(Activity.occurred_at).where(Activity.key == "ical:qbr-1@northwind.test")
+        )
+    assert when is not None and when.replace(tzinfo=UTC) == start  # the zone was honoured
+    microsoft.update_event(ANA, eid, isCancelled=True)
+    microsoft.delete_event(ANA, gone)
+    changed = sync(sessions, settings)
+    assert changed.new_activities == 0 and changed.updated >= 2
+    microsoft.expire_delta_tokens()
+    assert sync(sessions, settings).new_activities == 0
+
+
+def test_one_message_seen_by_two_microsoft_users_is_one_activity(
+    sessions, settings, company, microsoft
+):
+    deliver(microsoft, 1, to=("Ana", ANA))
+    deliver(microsoft, 1, user=BEN, to=("Ben", BEN))
+    add_mailbox(sessions, settings, microsoft)
+    add_mailbox(sessions, settings, microsoft, "ben", BEN)
+    assert sync(sessions, settings, "ana").new_activities == 1
+    ben = sync(sessions, settings, "ben")
+    assert (ben.new_activities, ben.new_sightings) == (0, 1)
+    assert keys(sessions) == ["mid:m1@acme.test"]
+
+
+def test_throttling_storms_5xx_and_drops_mid_backfill_end_like_a_clean_run(
+    sessions, settings, company, microsoft
+):
+    for i in range(120):
+        deliver(microsoft, i)
+    microsoft.rate_limit = (6, 1.0)  # six requests a second per mailbox, then 429 + Retry-After
+    microsoft.latency = 0.01
+    add_mailbox(sessions, settings, microsoft, page_size=10)
+    for fault in (
+        {"status": 503, "retry_after": 1},
+        {"status": 429, "retry_after": 1},
+        {"drop": True},
+        {"status": 500},
+        {"status": 502},
+        {"delay": 0.5},
+    ):
+        microsoft.inject(**fault, path="messages/delta")
+    fast = settings.model_copy(update={"sync": settings.sync.model_copy(update={"batch_size": 10})})
+    report = sync(sessions, fast)
+    assert report.new_activities == 120
+    assert keys(sessions) == sorted(f"mid:m{i}@acme.test" for i in range(120))
+    assert not microsoft.faults  # every fault was met, and survived
+    assert microsoft.throttled > 0
+    assert max(microsoft.peak_inflight().values()) <= 4
+
+
+def test_a_fault_that_never_ends_fails_the_pass_and_the_next_resumes(
+    sessions, settings, company, microsoft
+):
+    for i in range(30):
+        deliver(microsoft, i)
+    add_mailbox(sessions, settings, microsoft, retries=2)
+    fast = settings.model_copy(update={"sync": settings.sync.model_copy(update={"batch_size": 10})})
+    microsoft.inject(status=503, path="skiptoken")
+    microsoft.inject(status=503, path="skiptoken")
+    failed = sync_mailbox(sessions, fast, "ana")
+    assert failed.state == "failing" and "the next poll resumes" in (failed.error or "")
+    assert failed.new_activities == 10  # the first page was committed with its cursor
+    resumed = sync(sessions, fast)
+    assert resumed.new_activities == 20
+    assert len(keys(sessions)) == 30
+
+
+def test_revoked_consent_or_a_deleted_secret_parks_only_that_mailbox(
+    sessions, settings, company, microsoft
+):
+    deliver(microsoft, 1)
+    deliver(microsoft, 2, user=BEN, to=("Ben", BEN))
+    add_mailbox(sessions, settings, microsoft)
+    add_mailbox(sessions, settings, microsoft, "ben", BEN, secret="secret-2", client_id="app-2")
+    microsoft.revoke_consent("app-1")
+    bad = sync_mailbox(sessions, settings, "ana")
+    assert bad.state == "parked"
+    assert "admin consent" in (bad.error or "") and "Mail.Read" in (bad.error or "")
+    sync(sessions, settings, "ben")
+    microsoft.delete_secret("app-2")
+    microsoft.expire_access_tokens()
+    gone = sync_mailbox(sessions, settings, "ben")
+    assert gone.state == "parked"
+    assert "invalid_client" in (gone.error or "") and "reauth ben" in (gone.error or "")
+    assert "secret-2" not in (gone.error or "")
+    with sessions() as session:
+        states = dict(session.execute(select(Mailbox.name, Mailbox.state)).all())
+    assert states == {"ana": "parked", "ben": "parked"}
+    with sessions() as session:
+        stored = session.scalars(select(Mailbox.secret)).all()
+    assert all("secret-" not in (s or "") for s in stored)
+
+
+def test_certificate_credentials(sessions, settings, company, microsoft, tmp_path):
+    pem, certificate = make_client_certificate()
+    microsoft.add_app(TENANT, "app-cert", certificate=certificate)
+    path = tmp_path / "app.pem"
+    path.write_text(pem)
+    deliver(microsoft, 1)
+    add_mailbox(
+        sessions, settings, microsoft, secret=read_certificate(str(path)), client_id="app-cert"
+    )
+    assert sync(sessions, settings).new_activities == 1
+    other, _ = make_client_certificate()  # a certificate the app does not know
+    with sessions.begin() as session:
+        box = session.scalar(select(Mailbox))
+        assert box is not None
+        path.write_text(other)
+        box.secret = SecretBox(settings.home).encrypt(Secret(read_certificate(str(path))))
+    refused = sync_mailbox(sessions, settings, "ana")
+    assert refused.state == "parked" and "AADSTS700027" in (refused.error or "")
+
+
+def yesterday_meeting(emulator: MicrosoftEmulator, subject: str, hours: int = 0) -> str:
+    start = (NOW - timedelta(days=1)).replace(hour=10, minute=0, second=0) + timedelta(hours=hours)
+    return emulator.add_event(
+        ANA,
+        subject=subject,
+        start=start,
+        end=start + timedelta(hours=1),
+        organizer=("Ana", ANA),
+        attendees=[CARLA],
+    )
+
+
+def task_report(sessions: S) -> dict[str, dict[str, Any]]:
+    with sessions() as session:
+        return {t["title"]: t for t in queries.task_report(session)}
+
+
+def test_todo_write_back_completion_in_todo_and_no_duplicates(
+    sessions, settings, company, microsoft
+):
+    yesterday_meeting(microsoft, "Acme check-in")
+    yesterday_meeting(microsoft, "Acme pricing", hours=3)
+    add_mailbox(sessions, settings, microsoft)
+    first = sync(sessions, settings)
+    assert first.tasks_written == 2
+    tasks = [t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]
+    assert sorted(t["title"] for t in tasks) == [
+        "Send notes and next steps: Acme check-in",
+        "Send notes and next steps: Acme pricing",
+    ]
+    assert all(t["linkedResources"][0]["applicationName"] == "syncd" for t in tasks)
+    again = sync(sessions, settings)
+    assert again.tasks_written == 0 and again.new_activities == 0
+    # the user ticks one off in To Do: done in the CRM at the next sync
+    done = next(t for t in tasks if t["title"].endswith("check-in"))
+    microsoft.complete_task(ANA, done["id"])
+    sync(sessions, settings)
+    report = task_report(sessions)
+    assert report["Send notes and next steps: Acme check-in"]["status"] == "done"
+    assert report["Send notes and next steps: Acme pricing"]["status"] == "open"
+    # a retry from scratch (a crash after the write, before it was recorded) adds nothing
+    with sessions.begin() as session:
+        for task in session.scalars(select(Task)):
+            task.written_version = 0
+    sync(sessions, settings)
+    assert len([t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]) == 2
+
+
+def test_tasks_as_events_are_idempotent_and_never_logged_as_meetings(
+    sessions, settings, company, microsoft
+):
+    yesterday_meeting(microsoft, "Acme check-in")
+    add_mailbox(sessions, settings, microsoft, tasks="events")
+    assert sync(sessions, settings).tasks_written == 1
+    own = [e for e in microsoft.events(ANA) if e.get("transactionId")]
+    assert len(own) == 1 and own[0]["subject"] == "Send notes and next steps: Acme check-in"
+    assert own[0]["_extended"][0]["value"] == own[0]["transactionId"]
+    again = sync(sessions, settings)  # its own event read back: no meeting, no rewrite
+    assert (again.new_activities, again.tasks_written) == (0, 0)
+    with sessions.begin() as session:
+        for task in session.scalars(select(Task)):
+            task.written_version = 0  # as if the write's record was lost
+    sync(sessions, settings)
+    assert len([e for e in microsoft.events(ANA) if e.get("transactionId")]) == 1
+    microsoft.update_event(ANA, own[0]["id"], subject="Done: " + own[0]["subject"])
+    sync(sessions, settings)
+    assert task_report(sessions)["Send notes and next steps: Acme check-in"]["status"] == "done"
+    assert (
+        keys(sessions) == sorted(k for k in keys(sessions) if k.startswith("ical:"))
+        and len(keys(sessions)) == 1
+    )
+
+
+def account(emulator: MicrosoftEmulator, secret: str = "secret-1", **extra: Any) -> GraphAccount:
+    return GraphAccount(
+        MailboxSpec(
+            "ana",
+            "microsoft",
+            ANA,
+            {"mode": "app", "tenant": TENANT, "client_id": "app-1", **where(emulator), **extra},
+            secret=Secret(secret),
+        )
+    )
+
+
+def test_todo_writes_go_in_batches_of_twenty_within_four_in_flight(microsoft):
+    writer = TodoTasks(account(microsoft), MailboxSpec("ana", "microsoft", ANA, {}))
+    microsoft.latency = 0.02
+    tasks = [
+        TaskItem(f"syncd-test-{i}", f"Task {i}", "d", NOW + timedelta(days=1), "open", NOW)
+        for i in range(45)
+    ]
+    writer.known()  # finds (here: creates) the list and reads what it holds
+    before = microsoft.requests
+    ids = writer.put_many(tasks)
+    assert len(set(ids)) == 45 and all(ids)
+    assert microsoft.requests - before == 3  # 45 calls in 3 requests
+    assert microsoft.peak_inflight()[ANA] <= 4
+    assert _Slots.peak  # the connector's own count
+    writer.put_many([dataclasses.replace(tasks[0], status="cancelled")])
+    assert len(microsoft.tasks(ANA)) == 44
+
+
+def test_event_task_writes_are_idempotent_by_transaction_id(microsoft):
+    writer = EventTasks(account(microsoft))
+    task = TaskItem("syncd-no-reply-abc", "Follow up", "d", NOW, "open", NOW)
+    assert writer.put(task) == writer.put(task)
+    writer.put(dataclasses.replace(task, status="done"))
+    (event,) = [e for e in microsoft.events(ANA) if e.get("transactionId")]
+    assert event["subject"] == "Done: Follow up"
+    writer.put(dataclasses.replace(task, status="cancelled"))
+    assert not [e for e in microsoft.events(ANA) if e.get("transactionId")]
+
+
+def test_secrets_never_reach_logs(sessions, settings, company, microsoft, caplog):
+    caplog.set_level("DEBUG")
+    deliver(microsoft, 1)
+    add_mailbox(sessions, settings, microsoft)
+    sync(sessions, settings)
+    microsoft.delete_secret("app-1")
+    microsoft.expire_access_tokens()
+    sync_mailbox(sessions, settings, "ana")
+    tokens = [*microsoft.grants, "secret-1"]
+    assert not any(t in caplog.text for t in tokens)
+
+
+def cli_env(tmp_path, db_url: str) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "SYNCD_HOME": str(tmp_path / "home"), "SYNCD_DATABASE_URL": db_url}
+
+
+def test_cli_adds_microsoft_mailboxes_in_admin_and_device_code_mode(
+    db_url, sessions, company, microsoft, tmp_path
+):
+    from .test_cli import run
+
+    env = cli_env(tmp_path, db_url)
+    deliver(microsoft, 1)
+    deliver(microsoft, 2, user=BEN, to=("Ben", BEN))
+    secret = tmp_path / "client-secret"
+    secret.write_text("secret-1\n")
+    hidden = [
+        "--authority",
+        microsoft.base,
+        "--graph-url",
+        microsoft.base + "/",
+        "--ca-bundle",
+        str(microsoft.ca_pem),
+    ]
+    common = ["--kind", "microsoft", "--tenant", TENANT, *hidden]
+    run(
+        env,
+        "mailbox",
+        "add",
+        "ana",
+        "--user",
+        ANA,
+        *common,
+        "--client-id",
+        "app-1",
+        "--client-secret-file",
+        str(secret),
+    )
+    microsoft.auto_approve = BEN  # Ben signs in at the device page
+    added = run(
+        env,
+        "mailbox",
+        "add",
+        "ben",
+        "--user",
+        BEN,
+        *common,
+        "--client-id",
+        "public-1",
+        "--device-code",
+    )
+    assert "enter the code" in added.stderr
+    synced = run(env, "sync")
+    assert "ana" in synced.stdout and "ben" in synced.stdout
+    with sessions() as session:
+        states = dict(session.execute(select(Mailbox.name, Mailbox.state)).all())
+    assert states == {"ana": "ok", "ben": "ok"}
+    assert len(keys(sessions)) == 2
+    assert "secret-1" not in (tmp_path / "home").joinpath("secret.key").read_text()
+    # access tokens expire: Ben's refresh token (rotating) is used and the new one kept
+    microsoft.expire_access_tokens()
+    deliver(microsoft, 3, user=BEN, to=("Ben", BEN))
+    run(env, "sync", "ben")
+    microsoft.expire_access_tokens()
+    run(env, "sync", "ben")
+    caches = list((tmp_path / "home" / "tokens").glob("*.msal"))
+    assert len(caches) == 1 and b"refresh" not in caches[0].read_bytes()  # encrypted
+    microsoft.revoke_refresh_tokens(BEN)
+    parked = run(env, "sync", "ben", check=False)
+    assert parked.returncode != 0 and "syncd mailbox reauth ben" in parked.stdout + parked.stderr
+    run(env, "mailbox", "reauth", "ben")  # signs in again (device code)
+    run(env, "sync", "ben")
+    wrong = run(
+        env, "mailbox", "add", "x", "--user", ANA, *common, "--client-id", "app-1", check=False
+    )
+    assert wrong.returncode != 0 and "--client-secret-file" in wrong.stderr
