@@ -26,8 +26,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -115,11 +117,12 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (_Retry, requests.ConnectionError, requests.Timeout))
 
 
-def _wait(state: tenacity.RetryCallState) -> float:
+def _wait(backoff: float, state: tenacity.RetryCallState) -> float:
+    """Retry-After when the answer gave one, else exponential backoff from ``backoff``."""
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, _Retry) and exc.retry_after is not None:
         return exc.retry_after
-    return min(0.5 * 2 ** (state.attempt_number - 1), 30.0)
+    return min(backoff * 2 ** (state.attempt_number - 1), 30.0)
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -135,32 +138,26 @@ def _error_text(body: Any) -> tuple[str, str]:
 
 
 class _Slots:
-    """At most MAX_IN_FLIGHT requests to one mailbox from this process, whatever asks."""
+    """At most MAX_IN_FLIGHT requests to one mailbox from this process, whatever asks; a
+    ``$batch`` takes all four at once (its calls run four abreast)."""
 
-    _lock = threading.Lock()
-    _by_mailbox: ClassVar[dict[str, threading.BoundedSemaphore]] = {}
-    peak: ClassVar[dict[str, int]] = {}
+    _ready = threading.Condition()
     _inflight: ClassVar[dict[str, int]] = {}
+    peak: ClassVar[dict[str, int]] = {}
 
     @classmethod
     @contextmanager
     def hold(cls, mailbox: str, n: int = 1) -> Iterator[None]:
-        with cls._lock:
-            sem = cls._by_mailbox.setdefault(mailbox, threading.BoundedSemaphore(MAX_IN_FLIGHT))
-        taken = 0
+        with cls._ready:
+            cls._ready.wait_for(lambda: cls._inflight.get(mailbox, 0) + n <= MAX_IN_FLIGHT)
+            cls._inflight[mailbox] = cls._inflight.get(mailbox, 0) + n
+            cls.peak[mailbox] = max(cls.peak.get(mailbox, 0), cls._inflight[mailbox])
         try:
-            for _ in range(n):
-                sem.acquire()
-                taken += 1
-            with cls._lock:
-                cls._inflight[mailbox] = cls._inflight.get(mailbox, 0) + n
-                cls.peak[mailbox] = max(cls.peak.get(mailbox, 0), cls._inflight[mailbox])
             yield
         finally:
-            with cls._lock:
-                cls._inflight[mailbox] = cls._inflight.get(mailbox, 0) - taken
-            for _ in range(taken):
-                sem.release()
+            with cls._ready:
+                cls._inflight[mailbox] -= n
+                cls._ready.notify_all()
 
 
 class _Http(requests.Session):
@@ -289,6 +286,7 @@ class GraphAccount:
         self.ca_bundle = s.get("ca_bundle")
         self.timeout = float(s.get("timeout", 60))
         self.retries = int(s.get("retries", 8))
+        self.backoff = float(s.get("backoff", 0.5))  # seconds before the first retry
         authority = f"{str(s.get('authority', AUTHORITY)).rstrip('/')}/{s['tenant']}"
         http = _Http(self.ca_bundle, self.timeout)
         self.cache: BaseTokenBackend
@@ -428,7 +426,7 @@ class GraphAccount:
             for attempt in tenacity.Retrying(
                 retry=tenacity.retry_if_exception(_transient),
                 stop=tenacity.stop_after_attempt(self.retries),
-                wait=_wait,
+                wait=partial(_wait, self.backoff),
                 reraise=True,
             ):
                 with attempt:
@@ -449,6 +447,11 @@ class GraphAccount:
         code, text = _error_text(data)
         if status == 410:
             raise CursorExpired(f"Graph sync state expired ({code or 'resync required'})")
+        if status == 404 and code == "ErrorInvalidUser":
+            raise AuthError(
+                f"{self._where()}: the tenant has no mailbox {self.user!r} ({text}); check the "
+                f"user's address, then run 'syncd mailbox resume {self.spec.name}'"
+            )
         if status in (401, 403):
             raise AuthError(
                 f"{self._where()} refused access to {self.user} ({status} {code}: {text}); "
@@ -502,7 +505,7 @@ class GraphAccount:
                         results[call["id"]] = (status, reply.get("body"))
             pending = again
             if pending:
-                time.sleep(wait or min(0.5 * 2**attempt, 30.0))
+                time.sleep(wait or min(self.backoff * 2**attempt, 30.0))
         if pending:
             raise ConnectorError(
                 f"{self._where()}: {len(pending)} batched calls kept failing; the next poll resumes"
@@ -618,8 +621,28 @@ class GraphMail:
         floor = datetime.now(UTC) - self.since if not state.get("synced") else None
         synced = bool(state.get("synced"))
         headers = {"Prefer": f"odata.maxpagesize={self.page}"}
+        # the next page is fetched while this one is parsed and recorded (two of the
+        # mailbox's four slots at most): the network wait and the CRM's work overlap
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-prefetch") as pool:
+            ahead = pool.submit(self.account.request, "GET", link, headers=headers)
+            try:
+                yield from self._pages(ahead, pool, headers, floor, synced)
+            finally:
+                ahead.cancel()
+
+    def _pages(
+        self,
+        ahead: Future[tuple[int, Any]],
+        pool: ThreadPoolExecutor,
+        headers: dict[str, str],
+        floor: datetime | None,
+        synced: bool,
+    ) -> Iterator[Batch[MailItem]]:
         while True:
-            _, page = self.account.request("GET", link, headers=headers)
+            _, page = ahead.result()
+            following = page.get("@odata.nextLink")
+            if following:
+                ahead = pool.submit(self.account.request, "GET", following, headers=headers)
             items: list[MailItem] = []
             quarantined: list[Quarantined] = []
             for message in page.get("value", []):
@@ -633,7 +656,6 @@ class GraphMail:
                 if floor is not None and item.sent_at < floor:
                     continue
                 items.append(item)
-            following = page.get("@odata.nextLink")
             final = page.get("@odata.deltaLink")
             if following:
                 new_state = {"link": following, "synced": synced}
@@ -645,7 +667,6 @@ class GraphMail:
                 yield Batch(tuple(items), Cursor(json.dumps(new_state)), tuple(quarantined))
             if not following:
                 return
-            link = following
 
 
 # --- calendar ---------------------------------------------------------------------------------
@@ -800,20 +821,26 @@ class TodoTasks:
         self._list_id: str | None = None
         self._known: dict[str, dict[str, Any]] | None = None
 
-    def list_id(self) -> str:
+    def find_list(self, create: bool) -> str | None:
+        """The id of syncd's To Do list (made on first write, never just to read)."""
         if self._list_id is None:
             _, lists = self.account.request("GET", self.account.user_url("/todo/lists"))
             found = next(
                 (x["id"] for x in lists.get("value", []) if x.get("displayName") == self.list_name),
                 None,
             )
-            if found is None:
+            if found is None and create:
                 _, made = self.account.request(
                     "POST", self.account.user_url("/todo/lists"), {"displayName": self.list_name}
                 )
                 found = made["id"]
-            self._list_id = str(found)
+            self._list_id = str(found) if found else None
         return self._list_id
+
+    def list_id(self) -> str:
+        found = self.find_list(create=True)
+        assert found is not None
+        return found
 
     def known(self) -> dict[str, dict[str, Any]]:
         """syncd's tasks in the list, by task uid."""
@@ -823,7 +850,13 @@ class TodoTasks:
                 f"/todo/lists/{self.list_id()}/tasks?$expand=linkedResources&$top=100"
             )
             while link:
-                _, page = self.account.request("GET", link)
+                status, page = self.account.request("GET", link, ok=(200, 404))
+                if status == 404:  # the user deleted the list: start a new one
+                    self._list_id, found = None, {}
+                    link = self.account.user_url(
+                        f"/todo/lists/{self.list_id()}/tasks?$expand=linkedResources&$top=100"
+                    )
+                    continue
                 for task in page.get("value", []):
                     for resource in task.get("linkedResources") or []:
                         if resource.get("applicationName") == "syncd" and resource.get(
@@ -890,12 +923,22 @@ class TodoTasks:
         return ids
 
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
+        """The tasks the user completed; the cursor keeps the list's id (one request a poll)
+        and a digest of what was reported, so an unchanged list reports nothing."""
+        state = json.loads(cursor.value) if cursor else {}
+        self._list_id = self._list_id or state.get("list")
         self._known = None
+        if self.find_list(create=False) is None:
+            return  # nothing written yet
         done = sorted(uid for uid, t in self.known().items() if t.get("status") == "completed")
         digest = hashlib.sha256("\n".join(done).encode()).hexdigest()[:32]
-        if cursor and cursor.value == digest:
+        if state == {"list": self._list_id, "done": digest}:
             return
-        yield Batch((), Cursor(digest), task_states=tuple(TaskState(uid, "done") for uid in done))
+        yield Batch(
+            (),
+            Cursor(json.dumps({"list": self._list_id, "done": digest})),
+            task_states=tuple(TaskState(uid, "done") for uid in done),
+        )
 
 
 class EventTasks:

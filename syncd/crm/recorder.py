@@ -322,9 +322,16 @@ def _quarantine(
 
 
 def _cancel_removed(session: Session, mailbox_id: int, uids: Sequence[str], now: datetime) -> None:
-    """A meeting gone from the calendar before it started is cancelled; a past one stays."""
-    patterns = [Activity.key == f"ical:{u}" for u in uids] + [
-        Activity.key.startswith(f"ical:{u}#", autoescape=True) for u in uids
+    """A meeting gone from the calendar before it started is cancelled; a past one stays.
+    ``uids`` are iCalendar UIDs, or the provider's ids when only those come back (Graph's
+    ``@removed`` entries)."""
+    by_provider_id = select(Sighting.activity_id).where(
+        Sighting.mailbox_id == mailbox_id, Sighting.provider_id.in_(list(uids))
+    )
+    patterns = [
+        Activity.id.in_(by_provider_id),
+        *(Activity.key == f"ical:{u}" for u in uids),
+        *(Activity.key.startswith(f"ical:{u}#", autoescape=True) for u in uids),
     ]
     sighted = select(Sighting.activity_id).where(Sighting.mailbox_id == mailbox_id)
     session.execute(
