@@ -1,8 +1,9 @@
 """Benchmark: a Microsoft 365 backfill against the local Graph emulator with its throttling on.
 
 The emulator refuses a fifth concurrent request to a mailbox and, with ``--rate``, more than
-that many requests a second to it (429 + Retry-After). The ceiling is measured in the same
-run, against the same emulator and throttle: the raw delta fetch of the same folders with
+that many requests a second to it (429 + Retry-After); each answer takes ``--latency``. The
+ceiling is measured in the same run, against the same emulator, latency and throttle: the
+raw delta fetch of the same folders with
 the same page size and ``$select`` by plain requests (honouring Retry-After), parsing
 nothing and storing nothing. Prints syncd's rate as a ratio of it, HTTP requests per
 message, the 429s received, the peak of requests in flight to the mailbox (Graph allows 4)
@@ -33,7 +34,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--page-size", type=int, default=100)
-    parser.add_argument("--rate", type=int, default=10, help="requests/s a mailbox may make")
+    parser.add_argument("--rate", type=int, default=5, help="requests/s a mailbox may make")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.1,
+        help="seconds each Graph answer takes (a real "
+        "delta page of 100 messages takes a few hundred ms)",
+    )
     parser.add_argument("--database", default=None, help="a database URL (default: SQLite)")
     args = parser.parse_args()
 
@@ -57,7 +65,9 @@ def main() -> None:
     # do not compete with syncd for this process's GIL, and the peak RSS below is syncd's
     control, child_end = multiprocessing.Pipe()
     server = multiprocessing.get_context("fork").Process(
-        target=serve, args=(child_end, args.messages, args.rate, tenant, user), daemon=True
+        target=serve,
+        args=(child_end, args.messages, args.rate, args.latency, tenant, user),
+        daemon=True,
     )
     server.start()
     emulator = Remote(control)
@@ -137,8 +147,8 @@ def main() -> None:
     print(
         f"HTTP requests: {stats['requests']} ({stats['requests'] / args.messages:.3f} per "
         f"message); 429s received: {stats['throttled']}; peak requests in flight to the "
-        f"mailbox: {stats['peak']} (limit 4); throttle {args.rate} req/s, "
-        f"page size {args.page_size}; peak RSS of syncd "
+        f"mailbox: {stats['peak']} (limit 4); throttle {args.rate} req/s, latency "
+        f"{args.latency * 1000:.0f} ms, page size {args.page_size}; peak RSS of syncd "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )
 
@@ -166,10 +176,11 @@ class Remote:
         self._ask("stop")
 
 
-def serve(control: Any, messages: int, rate: int, tenant: str, user: str) -> None:
+def serve(control: Any, messages: int, rate: int, latency: float, tenant: str, user: str) -> None:
     from tests.emulators.microsoft import MicrosoftEmulator
 
     emulator = MicrosoftEmulator(rate_limit=(rate, 1.0))
+    emulator.latency = latency
     emulator.add_app(tenant, "app-1", secret="secret-1")
     emulator.add_user(user)
     now = datetime.now(UTC)

@@ -112,6 +112,37 @@ def mailbox_done(url: str) -> bool:
         engine.dispose()
 
 
+def kill_then_finish(env: dict[str, str], url: str, moments: list[float]) -> None:
+    """``syncd run`` killed with SIGKILL after each of ``moments`` seconds (it must not have
+    finished a pass by then), then run until the mailbox has finished and stopped with
+    SIGTERM (exit 0)."""
+    for moment in moments:
+        proc = subprocess.Popen(
+            [*SYNCD, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(moment)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # the kills landed mid-import: the mailbox has never finished a pass yet
+    assert not mailbox_done(url), f"syncd finished before it was killed ({moments} s)"
+    proc = subprocess.Popen(
+        [*SYNCD, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 600
+    while not mailbox_done(url):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "syncd run did not finish the mailbox"
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+def assert_same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
+    for table, rows in got.items():
+        assert all(n == 1 for n in rows.values()), f"duplicate {table} {where}"
+        assert rows == want[table], f"{table} differ from the reference {where}"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("crash")
@@ -178,35 +209,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     }
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    kills = []
-    for _ in range(4):
-        proc = subprocess.Popen(
-            [*SYNCD, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        # after start-up (~1 s), a random point within the first fifth of an import: the
-        # four kills together never let it finish
-        moment = 1.0 + rng.uniform(0.02, 0.2) * world["seconds"]
-        time.sleep(moment)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills.append(round(moment, 2))
-    # the kills landed mid-import: the mailbox has never finished a pass yet
-    assert not mailbox_done(url), f"syncd finished before it was killed ({kills} s)"
-    proc = subprocess.Popen(
-        [*SYNCD, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 600
-    while not mailbox_done(url):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "syncd run did not finish the mailbox"
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
+    # after start-up (~1 s), a random point within the first fifth of an import: the four
+    # kills together never let it finish
+    kills = [round(1.0 + rng.uniform(0.02, 0.2) * world["seconds"], 2) for _ in range(4)]
+    kill_then_finish(env, url, kills)
     got = snapshot(url)
-    where = f"(seed {seed}, kills after {kills} s)"
-    for table, rows in got.items():
-        assert all(n == 1 for n in rows.values()), f"duplicate {table} {where}"
-        assert rows == world["reference"][table], f"{table} differ from the reference {where}"
+    assert_same(got, world["reference"], f"(seed {seed}, kills after {kills} s)")
     assert len(got["activities"]) > MESSAGES * 0.9
     assert len(got["tasks"]) > 0
     # the calendar holds each task once, as in the reference run

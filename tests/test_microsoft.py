@@ -4,6 +4,9 @@ O365 with only the authority and the Graph URL changed; the CRM on SQLite and Po
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,12 +25,16 @@ from syncd.connectors.microsoft import (
     read_certificate,
 )
 from syncd.crm import queries, recorder
+from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import Activity, Mailbox, Sighting, Task, User
+from syncd.demo import load_company
 from syncd.items import TaskItem
 from syncd.secrets import Secret, SecretBox
 from syncd.sync import SyncReport, sync_mailbox
 
 from .emulators.microsoft import MicrosoftEmulator, make_client_certificate
+from .test_cli import run
+from .test_crash import assert_same, kill_then_finish, snapshot
 
 S = sessionmaker[Session]
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -145,6 +152,8 @@ def test_first_sync_delta_sync_and_an_expired_delta_token(sessions, settings, co
     deliver(microsoft, 15)
     third = sync(sessions, settings)
     assert (third.new_activities, third.new_sightings) == (1, 1)
+    microsoft.expire_delta_tokens(maintenance=True)  # 410 with Location: the same
+    assert sync(sessions, settings).new_activities == 0
     expected = sorted(f"mid:m{i}@acme.test" for i in [*range(12), 13, 14, 15])
     assert keys(sessions) == expected
     with sessions() as session:
@@ -283,9 +292,6 @@ def test_throttling_storms_5xx_and_drops_mid_backfill_end_like_a_clean_run(
             headers=[("In-Reply-To", f"<m{i - 1}@acme.test>")] if i % 3 == 0 and i else [],
         )
     # the clean run, into a CRM of its own
-    from syncd.crm.database import make_engine, session_factory, upgrade
-    from syncd.demo import load_company
-
     engine = make_engine(f"sqlite:///{tmp_path / 'clean.db'}")
     upgrade(engine)
     clean = session_factory(engine)
@@ -505,16 +511,12 @@ def test_secrets_never_reach_logs(sessions, settings, company, microsoft, caplog
 
 
 def cli_env(tmp_path, db_url: str) -> dict[str, str]:
-    import os
-
     return {**os.environ, "SYNCD_HOME": str(tmp_path / "home"), "SYNCD_DATABASE_URL": db_url}
 
 
 def test_cli_adds_microsoft_mailboxes_in_admin_and_device_code_mode(
     db_url, sessions, company, microsoft, tmp_path
 ):
-    from .test_cli import run
-
     env = cli_env(tmp_path, db_url)
     deliver(microsoft, 1)
     deliver(microsoft, 2, user=BEN, to=("Ben", BEN))
@@ -587,18 +589,6 @@ def test_sigkill_mid_backfill_loses_and_duplicates_nothing(
 ):
     """A real ``syncd run`` against the emulator, killed at random moments and restarted,
     ends with exactly the CRM of an uninterrupted run, and To Do holds each task once."""
-    import os
-    import random
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from syncd.crm.database import make_engine, session_factory, upgrade
-    from syncd.demo import load_company
-
-    from .test_crash import mailbox_done, snapshot
-
     for i in range(3000):
         deliver(microsoft, i, sent=NOW - timedelta(minutes=i), subject=f"note {i} [OPP-101]")
     for i in range(3):
@@ -626,38 +616,39 @@ def test_sigkill_mid_backfill_loses_and_duplicates_nothing(
     }
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    kills = []
-    for _ in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        moment = 1.5 + rng.uniform(0.05, 0.25) * seconds  # after start-up, mid-import
-        time.sleep(moment)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills.append(round(moment, 2))
-    assert not mailbox_done(db_url), f"syncd finished before it was killed ({kills} s)"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 300
-    while not mailbox_done(db_url):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "syncd run did not finish the mailbox"
-        time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    got, want = snapshot(db_url), snapshot(reference)
+    # after start-up, a random point within the first quarter of the import
+    kills = [round(1.5 + rng.uniform(0.05, 0.25) * seconds, 2) for _ in range(3)]
+    kill_then_finish(env, db_url, kills)
+    got = snapshot(db_url)
     where = f"(seed {seed}, kills after {kills} s)"
-    for table, rows in got.items():
-        assert all(n == 1 for n in rows.values()), f"duplicate {table} {where}"
-        assert rows == want[table], f"{table} differ from the reference {where}"
+    assert_same(got, snapshot(reference), where)
     assert len(got["activities"]) == 3003
     todo = [t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]
     assert len(todo) == 3, where
+
+
+def test_a_todo_task_is_completed_when_its_rule_resolves(sessions, settings, company, microsoft):
+    deliver(
+        microsoft,
+        1,
+        folder="sentitems",
+        sender=("Ana Ruiz", ANA),
+        to=CARLA,
+        subject="Proposal [OPP-101]",
+        sent=NOW - timedelta(days=8),
+    )
+    add_mailbox(sessions, settings, microsoft)
+    assert sync(sessions, settings).tasks_written == 1
+    (task,) = [t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]
+    assert task["title"].startswith("Follow up with Carla") and task["status"] == "notStarted"
+    deliver(  # Carla answers: the rule resolves, the To Do task is ticked off by syncd
+        microsoft,
+        2,
+        subject="Re: Proposal [OPP-101]",
+        sent=NOW - timedelta(hours=1),
+        headers=[("In-Reply-To", "<m1@acme.test>"), ("References", "<m1@acme.test>")],
+    )
+    assert sync(sessions, settings).tasks_written == 1
+    (task,) = [t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]
+    assert task["status"] == "completed"
+    assert next(iter(task_report(sessions).values()))["status"] == "done"

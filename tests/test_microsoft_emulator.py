@@ -177,6 +177,9 @@ def test_message_delta_pages_removals_select_and_410(em, graph):
     em.expire_delta_tokens()
     gone = graph("GET", changes["@odata.deltaLink"])
     assert gone.status_code == 410 and gone.json()["error"]["code"] == "syncStateNotFound"
+    em.expire_delta_tokens(maintenance=True)
+    moved = graph("GET", changes["@odata.deltaLink"], allow_redirects=False)
+    assert moved.status_code == 410 and moved.headers["Location"].endswith("$deltatoken=")
 
 
 def test_ids_change_on_a_move_unless_immutable_ids_are_asked_for(em, graph):

@@ -52,7 +52,7 @@ from syncd.connectors.base import (
     TaskWriter,
 )
 from syncd.connectors.ical import meeting_key
-from syncd.connectors.mime import SNIPPET_CHARS, clean, message_ids, stable_key
+from syncd.connectors.mime import SNIPPET_CHARS, clean, identity, message_ids
 from syncd.items import (
     Batch,
     Cursor,
@@ -566,12 +566,9 @@ def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
     message_id = ids[0] if ids else None
     in_reply_to = message_ids(headers.get("in-reply-to"))
     references = message_ids(headers.get("references"))
-    if message_id:
-        key = f"mid:{message_id}"
-    else:
-        addrs = ",".join(sorted(f"{p.role}:{p.address}" for p in people))
-        key = stable_key([addrs, sent_at.isoformat(), subject])
-    root = references[0] if references else (in_reply_to[0] if in_reply_to else None)
+    key, thread_key, related = identity(
+        message_id, in_reply_to, references, people, sent_at.isoformat(), subject
+    )
     body = message.get("body") or {}
     text = clean(str(body.get("content") or "")) if body_policy == "full" else ""
     preview = " ".join(clean(str(message.get("bodyPreview") or "")).split())
@@ -586,8 +583,8 @@ def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
         subject=subject,
         sent_at=sent_at.astimezone(UTC),
         participants=tuple(people),
-        thread_key=f"mid:{root}" if root else key,
-        related_keys=tuple(dict.fromkeys(f"mid:{m}" for m in [*references, *in_reply_to])),
+        thread_key=thread_key,
+        related_keys=related,
         provider_thread_id=message.get("conversationId"),
         snippet=preview[:SNIPPET_CHARS],
         body=text,

@@ -161,6 +161,27 @@ def stable_key(parts: list[str]) -> str:
     return f"hash:{digest[:40]}"
 
 
+def identity(
+    message_id: str | None,
+    in_reply_to: list[str],
+    references: list[str],
+    participants: list[Participant],
+    date_text: str,
+    subject: str,
+) -> tuple[str, str, tuple[str, ...]]:
+    """(key, thread key, related keys) of a message, by the same rules for every connector:
+    the key is its Message-ID (else a stable hash of its headers); the thread is the root of
+    its References (else In-Reply-To, else itself)."""
+    if message_id:
+        key = f"mid:{message_id}"
+    else:
+        addrs = ",".join(sorted(f"{p.role}:{p.address}" for p in participants))
+        key = stable_key([addrs, date_text, subject, ",".join(in_reply_to)])
+    related = tuple(dict.fromkeys(f"mid:{m}" for m in [*references, *in_reply_to]))
+    root = references[0] if references else (in_reply_to[0] if in_reply_to else None)
+    return key, f"mid:{root}" if root else key, related
+
+
 def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> MailItem:
     """Parse one message. Raises :class:`UnreadableMessage` when it cannot be logged at all."""
     if not data.strip():
@@ -190,14 +211,9 @@ def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> Mai
     message_id = own_ids[0] if own_ids else None
     in_reply_to = message_ids(raw.get("in-reply-to"))
     references = message_ids(raw.get("references"))
-    if message_id:
-        key = f"mid:{message_id}"
-    else:
-        addrs = ",".join(sorted(f"{p.role}:{p.address}" for p in participants))
-        key = stable_key([addrs, raw.get("date", ""), subject, ",".join(in_reply_to)])
-    related = tuple(dict.fromkeys(f"mid:{m}" for m in [*references, *in_reply_to]))
-    root = references[0] if references else (in_reply_to[0] if in_reply_to else None)
-    thread_key = f"mid:{root}" if root else key
+    key, thread_key, related = identity(
+        message_id, in_reply_to, references, participants, raw.get("date", ""), subject
+    )
 
     content_type = raw.get("content-type", "").lower()
     body = _text_body(msg, content_type)

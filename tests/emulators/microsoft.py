@@ -308,6 +308,7 @@ class MicrosoftEmulator:
         self.rate_limit = rate_limit
         self.replays = False  # incremental rounds repeat some earlier changes
         self.empty_pages = False  # every delta round starts with an empty page + nextLink
+        self.maintenance = False  # an unknown delta token answers 410 with Location
         self.latency = 0.0  # seconds every Graph request takes
         self.faults: deque[dict[str, Any]] = deque()
         self.requests = 0  # HTTP requests to Graph (a $batch is one)
@@ -576,10 +577,13 @@ class MicrosoftEmulator:
                     return
             raise KeyError(task_id)
 
-    def expire_delta_tokens(self) -> None:
-        """Forget every sync state: stored delta links now answer 410 syncStateNotFound."""
+    def expire_delta_tokens(self, maintenance: bool = False) -> None:
+        """Forget every sync state: stored delta links now answer 410 syncStateNotFound, or
+        with ``maintenance`` 410 with a ``Location`` header (an empty $deltatoken: start
+        over), as during a mailbox's maintenance."""
         with self.lock:
             self.delta_tokens.clear()
+            self.maintenance = maintenance
 
     def expire_access_tokens(self) -> None:
         with self.lock:
@@ -1133,6 +1137,15 @@ class MicrosoftEmulator:
             if "$deltatoken" in params:
                 state = self.delta_tokens.get(params["$deltatoken"])
                 if state is None or state["user"] != box.address or state["coll"] != coll:
+                    if self.maintenance:
+                        here = f"{self.base}/v1.0/users/{quote(box.address)}" + (
+                            f"/mailFolders/{coll}/messages/delta?$deltatoken="
+                            if coll != "calendar"
+                            else "/calendarView/delta?$deltatoken="
+                        )
+                        raise GraphError(
+                            410, "resyncRequired", "Resync required.", {"Location": here}
+                        )
                     raise GraphError(
                         410,
                         "syncStateNotFound",
