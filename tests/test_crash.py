@@ -112,14 +112,30 @@ def mailbox_done(url: str) -> bool:
         engine.dispose()
 
 
-def kill_then_finish(env: dict[str, str], url: str, moments: list[float]) -> None:
+def activities(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as s:
+            return len(s.scalars(select(Activity.id)).all())
+    finally:
+        engine.dispose()
+
+
+def kill_then_finish(
+    env: dict[str, str], url: str, moments: list[float], from_progress: bool = False
+) -> None:
     """``syncd run`` killed with SIGKILL after each of ``moments`` seconds (it must not have
     finished a pass by then), then run until the mailbox has finished and stopped with
-    SIGTERM (exit 0)."""
+    SIGTERM (exit 0). With ``from_progress``, each moment counts from when that run has
+    stored its first new activity (start-up times vary more than imports take)."""
     for moment in moments:
+        before = activities(url) if from_progress else 0
         proc = subprocess.Popen(
             [*SYNCD, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        deadline = time.monotonic() + 60
+        while from_progress and activities(url) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(moment)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

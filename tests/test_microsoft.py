@@ -593,7 +593,7 @@ def test_sigkill_mid_backfill_loses_and_duplicates_nothing(
         deliver(microsoft, i, sent=NOW - timedelta(minutes=i), subject=f"note {i} [OPP-101]")
     for i in range(3):
         yesterday_meeting(microsoft, f"Acme meeting {i}", hours=i)
-    microsoft.latency = 0.005
+    microsoft.latency = 0.01
     reference = f"sqlite:///{tmp_path / 'reference.db'}"
     engine = make_engine(reference)
     upgrade(engine)
@@ -616,9 +616,9 @@ def test_sigkill_mid_backfill_loses_and_duplicates_nothing(
     }
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    # after start-up, a random point within the first quarter of the import
-    kills = [round(1.5 + rng.uniform(0.05, 0.25) * seconds, 2) for _ in range(3)]
-    kill_then_finish(env, db_url, kills)
+    # a random point within the first tenth of the import, once the run has begun storing
+    kills = [round(rng.uniform(0.0, 0.1) * seconds, 2) for _ in range(3)]
+    kill_then_finish(env, db_url, kills, from_progress=True)
     got = snapshot(db_url)
     where = f"(seed {seed}, kills after {kills} s)"
     assert_same(got, snapshot(reference), where)
@@ -652,3 +652,22 @@ def test_a_todo_task_is_completed_when_its_rule_resolves(sessions, settings, com
     (task,) = [t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]
     assert task["status"] == "completed"
     assert next(iter(task_report(sessions).values()))["status"] == "done"
+
+
+def test_an_unreadable_message_is_quarantined_with_its_reason(
+    sessions, settings, company, microsoft
+):
+    from syncd.crm.models import QuarantineEntry
+
+    bad = deliver(microsoft, 1)
+    microsoft.update_message(ANA, bad, **{"from": None, "sender": None, "toRecipients": []})
+    worse = deliver(microsoft, 2)
+    microsoft.update_message(ANA, worse, sentDateTime="yesterday", receivedDateTime=None)
+    deliver(microsoft, 3)
+    add_mailbox(sessions, settings, microsoft)
+    report = sync(sessions, settings)
+    assert report.new_activities == 1 and report.quarantined == 2
+    with sessions() as session:
+        reasons = sorted(session.scalars(select(QuarantineEntry.reason)))
+    assert any("no From, To or Cc" in r for r in reasons)
+    assert any("no usable date" in r and "yesterday" in r for r in reasons)
