@@ -582,6 +582,20 @@ def test_cli_adds_microsoft_mailboxes_in_admin_and_device_code_mode(
         env, "mailbox", "add", "x", "--user", ANA, *common, "--client-id", "app-1", check=False
     )
     assert wrong.returncode != 0 and "--client-secret-file" in wrong.stderr
+    confidential = run(
+        env,
+        "mailbox",
+        "add",
+        "x",
+        "--user",
+        ANA,
+        *common,
+        "--client-id",
+        "app-1",
+        "--device-code",
+        check=False,
+    )
+    assert confidential.returncode != 0 and "allow public client flows" in confidential.stderr
 
 
 def test_sigkill_mid_backfill_loses_and_duplicates_nothing(

@@ -182,6 +182,18 @@ def test_message_delta_pages_removals_select_and_410(em, graph):
     assert moved.status_code == 410 and moved.headers["Location"].endswith("$deltatoken=")
 
 
+def test_unknown_properties_and_unsupported_options_are_refused(em, graph):
+    delta = f"/users/{ANA}/mailFolders/inbox/messages/delta"
+    typo = graph("GET", delta + "?$select=subject,internetMessageHeader")
+    assert typo.status_code == 400 and "internetMessageHeader'" in typo.json()["error"]["message"]
+    assert graph("GET", delta + "?$search=renewal").status_code == 400
+    assert graph("GET", delta + "?$filter=subject eq 'x'").status_code == 400
+    window = "startDateTime=2029-12-01T00:00:00Z&endDateTime=2030-02-01T00:00:00Z"
+    assert (
+        graph("GET", f"/users/{ANA}/calendarView/delta?{window}&$select=subject").status_code == 400
+    )
+
+
 def test_ids_change_on_a_move_unless_immutable_ids_are_asked_for(em, graph):
     mid = em.deliver(ANA, subject="s", sender=("C", "c@x.test"), to=[("A", ANA)])
     url = f"/users/{ANA}/messages/{mid}?$select=subject"

@@ -236,9 +236,15 @@ def sign_in_with_device_code(settings: dict[str, Any], show: Callable[[str], Non
     show(str(flow["message"]))
     result = app.acquire_token_by_device_flow(flow)
     if "access_token" not in result:
+        fix = (
+            "; the app registration must allow public client flows (Entra ID: the app > "
+            "Authentication > Allow public client flows)"
+            if result.get("error") in ("invalid_client", "unauthorized_client")
+            else "; run it again"
+        )
         raise AuthError(
             f"the device sign-in did not complete ({result.get('error')}: "
-            f"{str(result.get('error_description', '')).splitlines()[0]})"
+            f"{str(result.get('error_description', '')).splitlines()[0]}){fix}"
         )
     return str(cache.serialize())
 

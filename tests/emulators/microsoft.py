@@ -59,6 +59,50 @@ from cryptography.x509.oid import NameOID
 GRAPH_DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
 WELL_KNOWN_FOLDERS = ("inbox", "sentitems", "drafts", "deleteditems", "archive")
 DEFAULT_PAGE = 10  # delta's default page size [message-delta]
+DELTA_QUERY = {
+    "$select",
+    "$top",
+    "$filter",
+    "$orderby",
+    "$expand",
+    "changeType",
+    "$deltatoken",
+    "$skiptoken",
+}
+MESSAGE_PROPERTIES = {
+    "id",
+    "bccRecipients",
+    "body",
+    "bodyPreview",
+    "categories",
+    "ccRecipients",
+    "changeKey",
+    "conversationId",
+    "conversationIndex",
+    "createdDateTime",
+    "flag",
+    "from",
+    "hasAttachments",
+    "importance",
+    "inferenceClassification",
+    "internetMessageHeaders",
+    "internetMessageId",
+    "isDeliveryReceiptRequested",
+    "isDraft",
+    "isRead",
+    "isReadReceiptRequested",
+    "lastModifiedDateTime",
+    "parentFolderId",
+    "receivedDateTime",
+    "replyTo",
+    "sender",
+    "sentDateTime",
+    "subject",
+    "toRecipients",
+    "uniqueBody",
+    "webLink",
+    "sensitivity",
+}
 MAX_BATCH = 20  # [json-batching]
 MAILBOX_CONCURRENCY = 4  # [throttling-limits: Outlook service]
 APP_PERMISSIONS = frozenset({"Mail.Read", "Calendars.ReadWrite", "Tasks.ReadWrite.All"})
@@ -690,7 +734,15 @@ class MicrosoftEmulator:
             return app
         if "client_assertion" in form:
             return self._check_assertion(app, form, tenant)
-        if not form.get("client_secret") or form.get("client_secret") != app.secret:
+        if not form.get("client_secret"):  # e.g. a device-code sign-in with a confidential app
+            return _aad_error(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or "
+                "'client_secret'.",
+            )
+        if form.get("client_secret") != app.secret:
             return _aad_error(
                 401,
                 "invalid_client",
@@ -1002,6 +1054,7 @@ class MicrosoftEmulator:
         m = re.match(r"^/mailFolders/(?P<folder>[^/]+)/messages/delta$", rest)
         if m and method == "GET":
             self._need(grant, "Mail.Read", "Mail.ReadBasic.All", "Mail.ReadWrite")
+            self._check_query(params, DELTA_QUERY)
             folder = m.group("folder").lower()
             if folder not in WELL_KNOWN_FOLDERS:
                 raise GraphError(
@@ -1011,10 +1064,13 @@ class MicrosoftEmulator:
         m = re.match(r"^/messages/(?P<id>[^/]+)$", rest)
         if m and method == "GET":
             self._need(grant, "Mail.Read", "Mail.ReadWrite")
+            self._check_query(params, {"$select", "$expand"})
             record = self._find_message(box, m.group("id"))
             return 200, self._message(record, params.get("$select"), prefer), {}
         if rest == "/calendarView/delta" and method == "GET":
             self._need(grant, "Calendars.Read", "Calendars.ReadWrite")
+            # [event-delta]: no $select, $filter, $orderby, $expand or $search
+            self._check_query(params, {"startDateTime", "endDateTime", "$deltatoken", "$skiptoken"})
             return 200, self._delta(box, "calendar", params, prefer, applied), applied
         if rest == "/events" and method == "POST":
             self._need(grant, "Calendars.ReadWrite")
@@ -1043,6 +1099,30 @@ class MicrosoftEmulator:
             self._need(grant, "Tasks.ReadWrite.All", "Tasks.ReadWrite")
             return self._todo(box, method, rest, params, payload)
         raise GraphError(400, "BadRequest", f"Resource not found for the segment '{rest}'.")
+
+    @staticmethod
+    def _check_query(params: dict[str, str], allowed: set[str]) -> None:
+        """Unsupported query options and unknown properties are refused, as Graph does."""
+        for name in params:
+            if name not in allowed:
+                raise GraphError(
+                    400,
+                    "BadRequest",
+                    f"The query parameter '{name}' is not supported with this request.",
+                )
+        for prop in (params.get("$select") or "").split(","):
+            if prop.strip() and prop.strip() not in MESSAGE_PROPERTIES:
+                raise GraphError(
+                    400,
+                    "RequestBroker--ParseUri",
+                    f"Could not find a property named '{prop.strip()}' on type "
+                    "'microsoft.graph.message'.",
+                )
+        flt = params.get("$filter")
+        if flt and not re.fullmatch(r"receivedDateTime (ge|gt) \S+", flt):
+            raise GraphError(  # [message-delta]: only receivedDateTime ge/gt
+                400, "ErrorInvalidProperty", "The property is not supported in a delta $filter."
+            )
 
     # messages and events as answers
 
