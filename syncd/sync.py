@@ -329,6 +329,10 @@ class SyncJob:
             if error:
                 raise ConnectorError(error)
             self.report.tasks_written += len(chunk)
+            self.heartbeat()  # a long write-back under throttling keeps the watchdog fed
+            if self.stop():  # the rest is written at the next pass
+                self.report.stopped = True
+                return
 
 
 def sync_mailbox(

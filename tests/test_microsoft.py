@@ -338,6 +338,20 @@ def test_a_fault_that_never_ends_fails_the_pass_and_the_next_resumes(
     assert len(keys(sessions)) == 30
 
 
+def test_a_long_retry_after_ends_the_pass_instead_of_sleeping(
+    sessions, settings, company, microsoft
+):
+    deliver(microsoft, 1)
+    add_mailbox(sessions, settings, microsoft)
+    microsoft.inject(status=429, retry_after=3600, path="inbox")
+    started = time.monotonic()
+    throttled = sync_mailbox(sessions, settings, "ana")
+    assert time.monotonic() - started < 60
+    assert throttled.state == "failing"
+    assert "HTTP 429" in (throttled.error or "") and "next poll resumes" in (throttled.error or "")
+    assert sync(sessions, settings).new_activities == 1
+
+
 def test_revoked_consent_or_a_deleted_secret_parks_only_that_mailbox(
     sessions, settings, company, microsoft
 ):
@@ -485,6 +499,21 @@ def test_todo_writes_go_in_batches_of_twenty_within_four_in_flight(microsoft):
     assert _Slots.peak  # the connector's own count
     writer.put_many([dataclasses.replace(tasks[0], status="cancelled")])
     assert len(microsoft.tasks(ANA)) == 44
+
+
+def test_todo_batches_shrink_while_throttled_and_lose_nothing(microsoft):
+    writer = TodoTasks(account(microsoft, backoff=0.01), MailboxSpec("ana", "microsoft", ANA, {}))
+    writer.known()
+    microsoft.rate_limit = (4, 0.5)  # eight calls a second: most of a batch of 20 is refused
+    tasks = [
+        TaskItem(f"syncd-test-{i}", f"Task {i}", "d", NOW + timedelta(days=1), "open", NOW)
+        for i in range(30)
+    ]
+    ids = writer.put_many(tasks)
+    assert len(set(ids)) == 30 and microsoft.throttled > 0
+    assert sorted(t["title"] for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups") == (
+        sorted(f"Task {i}" for i in range(30))
+    )
 
 
 def test_event_task_writes_are_idempotent_by_transaction_id(microsoft):

@@ -103,6 +103,7 @@ SELECT = ",".join(
 TASK_PROPERTY = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name syncdTask"
 DONE_MARKS = ("Done", "done", "DONE", "✓", "✔", "☑")
 RETRYABLE = (429, 500, 502, 503, 504)
+MAX_WAIT = 60.0  # the longest Retry-After honoured within a pass
 
 
 class _Retry(Exception):
@@ -114,7 +115,12 @@ class _Retry(Exception):
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (_Retry, requests.ConnectionError, requests.Timeout))
+    """Worth another try now: a refusal whose Retry-After is short, a dropped connection.
+    A longer Retry-After ends the pass instead (the next poll resumes), so that a sync job
+    never sleeps past the service watchdog."""
+    if isinstance(exc, _Retry):
+        return (exc.retry_after or 0.0) <= MAX_WAIT
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
 
 
 def _wait(backoff: float, state: tenacity.RetryCallState) -> float:
@@ -344,6 +350,7 @@ class GraphAccount:
         self.con = self.account.con
         self.con.session = self.con.get_session(load_token=False)
         self._token: str | None = None
+        self._renew_at = 0.0
         self.token_lock = threading.Lock()
         self.requests = 0
 
@@ -374,6 +381,8 @@ class GraphAccount:
                 raise AuthError(self._auth_fix(result))
             if isinstance(self.cache, EncryptedCache):
                 self.cache.save_token()
+            # msal renews a token five minutes before it expires; ask it again by then
+            self._renew_at = time.monotonic() + max(float(result.get("expires_in", 3600)) - 300, 0)
             if result["access_token"] != self._token:
                 self._token = result["access_token"]
                 self.con.update_session_auth_header(access_token=self._token)
@@ -399,7 +408,7 @@ class GraphAccount:
     def _send(
         self, method: str, url: str, body: Any, headers: dict[str, str] | None, slots: int
     ) -> requests.Response:
-        if self._token is None:
+        if self._token is None or time.monotonic() >= self._renew_at:
             self.refresh()
         kwargs: dict[str, Any] = {"headers": dict(headers or {})}
         if body is not None:
@@ -472,50 +481,67 @@ class GraphAccount:
             f"{self._where()}: {method} {url.split('?')[0]} gave {status} {code}: {text}"
         )
 
+    @property
+    def root(self) -> str:
+        """The mailbox's path: ``/me`` when signed in as the user (whose sign-in name may
+        differ from the CRM address), ``/users/{address}`` for an app."""
+        return "/me" if self.mode == "device" else f"/users/{self.user}"
+
     def user_url(self, path: str) -> str:
-        return f"{self.graph}/users/{self.user}{path}"
+        return f"{self.graph}{self.root}{path}"
 
     def batch(self, calls: list[dict[str, Any]]) -> dict[str, tuple[int, Any]]:
-        """Run up to any number of calls through ``$batch`` (20 a request), as four chains
-        tied by ``dependsOn`` so that no more than four reach the mailbox at once; calls
-        refused with 429/503/5xx (or failed by a refused predecessor, 424) go again after
-        the longest Retry-After. Returns {call id: (status, body)}."""
+        """Run any number of calls through ``$batch``, up to 20 a request, as four chains tied
+        by ``dependsOn`` so that no more than four reach the mailbox at once. Graph counts
+        each call against the mailbox's limits: calls refused with 429/503/5xx (or failed by
+        a refused predecessor, 424) go again after the longest Retry-After, in smaller
+        requests while the mailbox is throttled (as many as got through), larger again once
+        all pass. Only rounds in which nothing got through count toward giving up.
+        Returns {call id: (status, body)}."""
         results: dict[str, tuple[int, Any]] = {}
         pending = list(calls)
-        for attempt in range(self.retries):
-            if not pending:
-                break
-            wait = 0.0
-            again: list[dict[str, Any]] = []
-            for start in range(0, len(pending), MAX_BATCH):
-                chunk = pending[start : start + MAX_BATCH]
-                requests_ = []
-                for i, call in enumerate(chunk):
-                    item = {**call, "headers": {"Prefer": PREFER, **call.get("headers", {})}}
-                    if call.get("body") is not None:
-                        item["headers"]["Content-Type"] = "application/json"
-                    if i >= MAX_IN_FLIGHT:
-                        item["dependsOn"] = [chunk[i - MAX_IN_FLIGHT]["id"]]
-                    requests_.append(item)
-                _, answer = self.request(
-                    "POST", f"{self.graph}/$batch", {"requests": requests_}, slots=MAX_IN_FLIGHT
-                )
-                by_id = {r["id"]: r for r in answer.get("responses", [])}
-                for call in chunk:
-                    reply = by_id.get(call["id"], {"status": 424})
-                    status = int(reply.get("status", 500))
-                    if status in (*RETRYABLE, 424):
-                        again.append(call)
-                        wait = max(wait, _retry_after(reply.get("headers")) or 0.0)
-                    else:
-                        results[call["id"]] = (status, reply.get("body"))
-            pending = again
-            if pending:
-                time.sleep(wait or min(self.backoff * 2**attempt, 30.0))
-        if pending:
-            raise ConnectorError(
-                f"{self._where()}: {len(pending)} batched calls kept failing; the next poll resumes"
+        size, stuck = MAX_BATCH, 0
+        while pending:
+            chunk, pending = pending[:size], pending[size:]
+            requests_ = []
+            for i, call in enumerate(chunk):
+                item = {**call, "headers": {"Prefer": PREFER, **call.get("headers", {})}}
+                if call.get("body") is not None:
+                    item["headers"]["Content-Type"] = "application/json"
+                if i >= MAX_IN_FLIGHT:
+                    item["dependsOn"] = [chunk[i - MAX_IN_FLIGHT]["id"]]
+                requests_.append(item)
+            _, answer = self.request(
+                "POST", f"{self.graph}/$batch", {"requests": requests_}, slots=MAX_IN_FLIGHT
             )
+            by_id = {r["id"]: r for r in answer.get("responses", [])}
+            again: list[dict[str, Any]] = []
+            wait = 0.0
+            for call in chunk:
+                reply = by_id.get(call["id"], {"status": 424})
+                status = int(reply.get("status", 500))
+                if status in (*RETRYABLE, 424):
+                    again.append(call)
+                    wait = max(wait, _retry_after(reply.get("headers")) or 0.0)
+                else:
+                    results[call["id"]] = (status, reply.get("body"))
+            passed = len(chunk) - len(again)
+            if not again:
+                size = min(MAX_BATCH, size * 2)
+                continue
+            stuck = 0 if passed else stuck + 1
+            if stuck >= self.retries:
+                raise ConnectorError(
+                    f"{self._where()}: {len(again) + len(pending)} batched calls kept failing; "
+                    "the next poll resumes"
+                )
+            size = max(1, passed)
+            pending = again + pending
+            if wait > MAX_WAIT:
+                raise ConnectorError(
+                    f"{self._where()}: throttled (Retry-After {wait:.0f} s); the next poll resumes"
+                )
+            time.sleep(wait or min(self.backoff * 2 ** max(stuck - 1, 0), 30.0))
         return results
 
 
@@ -805,12 +831,6 @@ class GraphCalendar:
 # --- follow-up tasks --------------------------------------------------------------------------
 
 
-def transaction_id(task_uid: str) -> str:
-    """The event's transactionId: the task's uid itself (``syncd-…``), so a retried POST
-    returns the event created before instead of a second one."""
-    return task_uid
-
-
 class TodoTasks:
     """Follow-up tasks in a To Do list of the user's, each linked to its task uid (a linked
     resource with ``externalId``), so a retry or a second pass updates instead of adding.
@@ -872,7 +892,7 @@ class TodoTasks:
 
     def _call(self, task: TaskItem) -> dict[str, Any] | None:
         """The Graph call that brings To Do in line with ``task`` (None: nothing to do)."""
-        base = f"/users/{self.account.user}/todo/lists/{self.list_id()}/tasks"
+        base = f"{self.account.root}/todo/lists/{self.list_id()}/tasks"
         existing = self.known().get(task.uid)
         due = task.due.astimezone(UTC)
         fields: dict[str, Any] = {
@@ -971,7 +991,8 @@ class EventTasks:
             self.account.user_url("/events"),
             {
                 **fields,
-                "transactionId": transaction_id(task.uid),
+                # the task's uid (syncd-…): a retried POST returns the event made before
+                "transactionId": task.uid,
                 "singleValueExtendedProperties": [{"id": TASK_PROPERTY, "value": task.uid}],
             },
         )
