@@ -336,6 +336,17 @@ def _microsoft_secret(
     return Secret(value)
 
 
+def _new_mailbox_owner(session: Session, name: str, user: str) -> int:
+    """The id of the CRM user who will own mailbox ``name``, which must be a new name."""
+    owner = session.scalar(select(User.id).where(User.email == normalize_address(user)))
+    if owner is None:
+        fail(f"no CRM user {user!r}; load users first with 'syncd crm load users FILE.csv'")
+        raise AssertionError
+    if session.scalar(select(Mailbox.id).where(Mailbox.name == name)) is not None:
+        fail(f"a mailbox named {name!r} exists already; remove it or pick another name")
+    return owner
+
+
 @mailbox_app.command("add")
 def mailbox_add(
     name: Annotated[str, typer.Argument(help="A name for the mailbox, e.g. the address.")],
@@ -490,6 +501,9 @@ def mailbox_add(
            | --device-code) [--tasks todo|events] [--since DATE] [--ca-bundle PEM]
     all:   [--exclude-folder F ...] [--poll-interval S] [--body metadata|snippet|full]
     """
+    email = normalize_address(user)
+    with state.sessions()() as session:  # before any sign-in or consent is asked for
+        _new_mailbox_owner(session, name, user)
     secret: Secret | None = None
     if kind is Kind.local:
         settings = _local_settings(maildir, calendar, mbox or [])
@@ -505,9 +519,7 @@ def mailbox_add(
         ):
             if value is not None:
                 settings[key] = value
-        secret = _microsoft_secret(
-            settings, normalize_address(user), client_secret_file, certificate, device_code
-        )
+        secret = _microsoft_secret(settings, email, client_secret_file, certificate, device_code)
     elif kind is Kind.gmail:
         settings, secret = _gmail_settings(user, service_account, oauth_client, since)
         if api_endpoint:
@@ -540,20 +552,13 @@ def mailbox_add(
         settings["poll_interval"] = poll_interval
     if body is not None:
         settings["body"] = body.value
-    email = normalize_address(user)
     token = SecretBox(state.settings().home).encrypt(secret) if secret else None
     with state.sessions().begin() as session:
-        owner = session.scalar(select(User).where(User.email == email))
-        if owner is None:
-            fail(f"no CRM user {user!r}; load users first with 'syncd crm load users FILE.csv'")
-            return
-        if session.scalar(select(Mailbox).where(Mailbox.name == name)) is not None:
-            fail(f"a mailbox named {name!r} exists already; remove it or pick another name")
         recorder.add_mailbox(
             session,
             name=name,
             kind=kind.value,
-            user_id=owner.id,
+            user_id=_new_mailbox_owner(session, name, user),
             settings=settings,
             secret_token=token,
         )

@@ -625,6 +625,13 @@ def test_cli_adds_microsoft_mailboxes_in_admin_and_device_code_mode(
         check=False,
     )
     assert confidential.returncode != 0 and "allow public client flows" in confidential.stderr
+    codes = len(microsoft.device_codes)
+    stranger = run(
+        env, "mailbox", "add", "zed", "--user", "zed@northwind.test", *common,
+        "--client-id", "public-1", "--device-code", check=False,
+    )  # fmt: skip
+    assert stranger.returncode != 0 and "no CRM user" in stranger.stderr
+    assert len(microsoft.device_codes) == codes  # refused before any sign-in was started
 
 
 def test_sigkill_mid_backfill_loses_and_duplicates_nothing(
