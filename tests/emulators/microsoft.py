@@ -36,6 +36,7 @@ import json
 import random
 import re
 import secrets
+import shutil
 import ssl
 import tempfile
 import threading
@@ -688,6 +689,7 @@ class MicrosoftEmulator:
         if self.server:
             self.server.shutdown()
             self.server.server_close()
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
 
     # --- identity ----------------------------------------------------------------------
 
