@@ -93,6 +93,11 @@ class Quarantined:
     reason: str
 
 
+# how a user marks a task event done in a calendar that has no done state: its title starts
+# with one of these (read back by the Google and Microsoft connectors)
+DONE_MARKS = ("Done", "done", "DONE", "✓", "✔", "☑")
+
+
 @dataclass(frozen=True)
 class TaskState:
     """A syncd task as the user's calendar shows it now (read back from the calendar)."""

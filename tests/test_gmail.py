@@ -13,13 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.crm import queries, recorder
-from syncd.crm.models import Activity, Mailbox, Sighting, User
+from syncd.crm import queries
+from syncd.crm.models import Mailbox, Sighting
 from syncd.demo import email_bytes
-from syncd.secrets import Secret, SecretBox
-from syncd.sync import SyncReport, sync_mailbox
+from syncd.secrets import Secret
+from syncd.sync import sync_mailbox
 
 from .emulators.google import GoogleEmulator
+from .helpers import add_mailbox, keys, sync
 from .test_google_emulator import service_account_key
 
 S = sessionmaker[Session]
@@ -41,13 +42,7 @@ def google() -> Iterator[tuple[GoogleEmulator, str]]:
 def add_gmail(
     sessions: S, settings: Settings, name: str, user: str, secret: dict[str, Any], **extra: Any
 ) -> None:
-    token = SecretBox(settings.home).encrypt(Secret(json.dumps(secret)))
-    with sessions.begin() as session:
-        user_id = session.scalar(select(User.id).where(User.email == user))
-        assert user_id is not None
-        recorder.add_mailbox(
-            session, name=name, kind="gmail", user_id=user_id, settings=extra, secret_token=token
-        )
+    add_mailbox(sessions, settings, name, "gmail", user, json.dumps(secret), extra)
 
 
 def oauth_mailbox(
@@ -97,17 +92,6 @@ def deliver(
         internal_date_ms=int((NOW - timedelta(hours=i)).timestamp() * 1000),
     )
     return raw
-
-
-def sync(sessions: S, settings: Settings, name: str) -> SyncReport:
-    report = sync_mailbox(sessions, settings, name)
-    assert report.ok, report.error
-    return report
-
-
-def keys(sessions: S) -> list[str]:
-    with sessions() as session:
-        return sorted(session.scalars(select(Activity.key)))
 
 
 def test_first_sync_then_history_then_an_expired_history_id(sessions, settings, company, google):

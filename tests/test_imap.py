@@ -14,12 +14,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.crm import queries, recorder
-from syncd.crm.models import Activity, Sighting, User
+from syncd.crm import queries
+from syncd.crm.models import Activity, Sighting
 from syncd.demo import email_bytes, event_ics
 from syncd.secrets import Secret, SecretBox
-from syncd.sync import SyncReport, sync_mailbox
+from syncd.sync import sync_mailbox
 
+from .helpers import add_mailbox, sync
 from .servers import Dovecot, Radicale, ServerMissing, TcpProxy, dovecot, radicale
 
 S = sessionmaker[Session]
@@ -83,31 +84,15 @@ def add_imap_mailbox(
     password: str | None = None,
     **extra: Any,
 ) -> None:
-    token = SecretBox(settings.home).encrypt(Secret(password or Dovecot.PASSWORD))
-    with sessions.begin() as session:
-        user_id = session.scalar(select(User.id).where(User.email == user))
-        assert user_id is not None
-        recorder.add_mailbox(
-            session,
-            name=name,
-            kind="imap",
-            user_id=user_id,
-            secret_token=token,
-            settings={
-                "host": server.host,
-                "port": server.port,
-                "tls": "none",
-                "login": login,
-                "retries": 4,
-                **extra,
-            },
-        )
-
-
-def sync(sessions: S, settings: Settings, name: str) -> SyncReport:
-    report = sync_mailbox(sessions, settings, name)
-    assert report.ok, report.error
-    return report
+    values = {
+        "host": server.host,
+        "port": server.port,
+        "tls": "none",
+        "login": login,
+        "retries": 4,
+        **extra,
+    }
+    add_mailbox(sessions, settings, name, "imap", user, password or Dovecot.PASSWORD, values)
 
 
 def subjects(sessions: S) -> list[str]:

@@ -24,15 +24,17 @@ from syncd.connectors.microsoft import (
     _Slots,
     read_certificate,
 )
-from syncd.crm import queries, recorder
+from syncd.crm import queries
 from syncd.crm.database import make_engine, session_factory, upgrade
-from syncd.crm.models import Activity, Mailbox, Sighting, Task, User
+from syncd.crm.models import Activity, Mailbox, Sighting, Task
 from syncd.demo import load_company
 from syncd.items import TaskItem
 from syncd.secrets import Secret, SecretBox
-from syncd.sync import SyncReport, sync_mailbox
+from syncd.sync import sync_mailbox
 
+from . import helpers
 from .emulators.microsoft import MicrosoftEmulator, make_client_certificate
+from .helpers import keys, sync
 from .test_cli import run
 from .test_crash import assert_same, kill_then_finish, snapshot
 
@@ -73,7 +75,6 @@ def add_mailbox(
     secret: str = "secret-1",
     **extra: Any,
 ) -> None:
-    token = SecretBox(settings.home).encrypt(Secret(secret))
     values = {
         "mode": "app",
         "tenant": TENANT,
@@ -82,17 +83,7 @@ def add_mailbox(
         **where(emulator),
         **extra,
     }
-    with sessions.begin() as session:
-        user_id = session.scalar(select(User.id).where(User.email == user))
-        assert user_id is not None
-        recorder.add_mailbox(
-            session,
-            name=name,
-            kind="microsoft",
-            user_id=user_id,
-            settings=values,
-            secret_token=token,
-        )
+    helpers.add_mailbox(sessions, settings, name, "microsoft", user, secret, values)
 
 
 def deliver(
@@ -115,17 +106,6 @@ def deliver(
         body=kw.pop("body", f"Hello, this is note {i}."),
         **kw,
     )
-
-
-def sync(sessions: S, settings: Settings, name: str = "ana") -> SyncReport:
-    report = sync_mailbox(sessions, settings, name)
-    assert report.ok, report.error
-    return report
-
-
-def keys(sessions: S) -> list[str]:
-    with sessions() as session:
-        return sorted(session.scalars(select(Activity.key)))
 
 
 def test_first_sync_delta_sync_and_an_expired_delta_token(sessions, settings, company, microsoft):

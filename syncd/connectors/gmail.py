@@ -51,6 +51,7 @@ from syncd.connectors.base import (
 from syncd.connectors.ical import meeting_key
 from syncd.connectors.mime import UnreadableMessage, parse_message
 from syncd.items import (
+    DONE_MARKS,
     Batch,
     Cursor,
     MailItem,
@@ -72,7 +73,6 @@ GOOGLE_ENDPOINT = "https://gmail.googleapis.com/"
 NEVER_READ = {"SPAM", "TRASH", "CHAT", "DRAFT"}
 UNITS = {"getProfile": 1, "list": 5, "get": 5, "history": 2}
 BATCH = 100  # Gmail's cap on calls in one batch request
-DONE_MARKS = ("Done", "done", "DONE", "✓", "✔", "☑")  # how a user marks an event done
 
 
 class QuotaLimiter:
@@ -170,7 +170,6 @@ class GmailAccount:
             client_options={"api_endpoint": calendar_base},
         )
         self.limiter = QuotaLimiter(int(s.get("quota_units_per_minute", 15_000)))
-        self.requests = 0
 
     def _where(self) -> str:
         return f"mailbox {self.spec.name!r}: Gmail"
@@ -186,7 +185,6 @@ class GmailAccount:
             ):
                 with attempt:
                     self.limiter.take(units)
-                    self.requests += 1
                     return make().execute()
         except RefreshError as exc:
             raise AuthError(

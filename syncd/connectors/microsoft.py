@@ -52,8 +52,9 @@ from syncd.connectors.base import (
     TaskWriter,
 )
 from syncd.connectors.ical import meeting_key
-from syncd.connectors.mime import SNIPPET_CHARS, clean, identity, message_ids
+from syncd.connectors.mime import SNIPPET_CHARS, bulk_signals, clean, identity, message_ids
 from syncd.items import (
+    DONE_MARKS,
     Batch,
     Cursor,
     MailItem,
@@ -101,7 +102,6 @@ SELECT = ",".join(
     )
 )
 TASK_PROPERTY = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name syncdTask"
-DONE_MARKS = ("Done", "done", "DONE", "✓", "✔", "☑")
 RETRYABLE = (429, 500, 502, 503, 504)
 MAX_WAIT = 60.0  # the longest Retry-After honoured within a pass
 
@@ -212,24 +212,18 @@ def _protocol(graph_url: str) -> MSGraphProtocol:
     return protocol
 
 
-def device_flow_app(
-    settings: dict[str, Any], cache: msal.TokenCache | None = None
-) -> msal.PublicClientApplication:
-    return msal.PublicClientApplication(
-        settings["client_id"],
-        authority=f"{settings.get('authority', AUTHORITY).rstrip('/')}/{settings['tenant']}",
-        instance_discovery=False,
-        token_cache=cache,
-        http_client=_Http(settings.get("ca_bundle"), float(settings.get("timeout", 60))),
-    )
-
-
 def sign_in_with_device_code(settings: dict[str, Any], show: Callable[[str], None]) -> str:
     """The device-code flow (user mode): show the sign-in message, wait for the user, and
     return the msal token cache to store (it holds the refresh token)."""
     cache = msal.SerializableTokenCache()
     try:
-        app = device_flow_app(settings, cache)
+        app = msal.PublicClientApplication(
+            settings["client_id"],
+            authority=f"{settings.get('authority', AUTHORITY).rstrip('/')}/{settings['tenant']}",
+            instance_discovery=False,
+            token_cache=cache,
+            http_client=_Http(settings.get("ca_bundle"), float(settings.get("timeout", 60))),
+        )
         flow = app.initiate_device_flow(scopes=USER_SCOPES)
     except (ValueError, requests.RequestException) as exc:
         raise ConnectorError(f"cannot reach the Microsoft sign-in service: {exc}") from None
@@ -352,7 +346,6 @@ class GraphAccount:
         self._token: str | None = None
         self._renew_at = 0.0
         self.token_lock = threading.Lock()
-        self.requests = 0
 
     def _where(self) -> str:
         return f"mailbox {self.spec.name!r}: Microsoft Graph"
@@ -416,7 +409,6 @@ class GraphAccount:
         if self.ca_bundle:
             kwargs["verify"] = self.ca_bundle
         with _Slots.hold(f"{self.graph}|{self.user}", slots):
-            self.requests += 1
             try:
                 response: requests.Response = self.con.oauth_request(url, method, **kwargs)
             except RuntimeError as exc:  # O365's own refresh failed
@@ -604,10 +596,6 @@ def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
     body = message.get("body") or {}
     text = clean(str(body.get("content") or "")) if body_policy == "full" else ""
     preview = " ".join(clean(str(message.get("bodyPreview") or "")).split())
-    autoreply = next(
-        (h for h in ("x-autoreply", "x-autorespond", "x-auto-response-suppress") if h in headers),
-        None,
-    )
     return MailItem(
         key=key,
         provider_id=str(message["id"]),
@@ -620,10 +608,7 @@ def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
         provider_thread_id=message.get("conversationId"),
         snippet=preview[:SNIPPET_CHARS],
         body=text,
-        list_id=headers.get("list-id"),
-        precedence=headers.get("precedence", "").lower() or None,
-        auto_submitted=headers.get("auto-submitted", "").lower() or None,
-        autoreply_header=autoreply,
+        **bulk_signals(headers),
         private=str(message.get("sensitivity", "")).lower() in ("private", "confidential"),
         labels=tuple(str(c) for c in message.get("categories") or ()),
     )
@@ -869,16 +854,13 @@ class TodoTasks:
         """syncd's tasks in the list, by task uid."""
         if self._known is None:
             found: dict[str, dict[str, Any]] = {}
-            link: str | None = self.account.user_url(
-                f"/todo/lists/{self.list_id()}/tasks?$expand=linkedResources&$top=100"
-            )
+            first = "/todo/lists/{}/tasks?$expand=linkedResources&$top=100"
+            link: str | None = self.account.user_url(first.format(self.list_id()))
             while link:
                 status, page = self.account.request("GET", link, ok=(200, 404))
                 if status == 404:  # the user deleted the list: start a new one
                     self._list_id, found = None, {}
-                    link = self.account.user_url(
-                        f"/todo/lists/{self.list_id()}/tasks?$expand=linkedResources&$top=100"
-                    )
+                    link = self.account.user_url(first.format(self.list_id()))
                     continue
                 for task in page.get("value", []):
                     for resource in task.get("linkedResources") or []:

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import EmailPolicy
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from syncd.connectors.ical import invitations_from_ical
 from syncd.items import MailItem, Participant, ParticipantRole
@@ -161,6 +161,23 @@ def stable_key(parts: list[str]) -> str:
     return f"hash:{digest[:40]}"
 
 
+class BulkSignals(TypedDict):
+    list_id: str | None
+    precedence: str | None
+    auto_submitted: str | None
+    autoreply_header: str | None
+
+
+def bulk_signals(headers: dict[str, str]) -> BulkSignals:
+    """The MailItem fields that mark bulk mail and auto-replies, from lower-cased headers."""
+    return {
+        "list_id": headers.get("list-id"),
+        "precedence": headers.get("precedence", "").lower() or None,
+        "auto_submitted": headers.get("auto-submitted", "").lower() or None,
+        "autoreply_header": next((h for h in _AUTOREPLY_HEADERS if h in headers), None),
+    }
+
+
 def identity(
     message_id: str | None,
     in_reply_to: list[str],
@@ -219,7 +236,6 @@ def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> Mai
     body = _text_body(msg, content_type)
     snippet = _WS_RE.sub(" ", body).strip()[:SNIPPET_CHARS]
     sensitivity = raw.get("sensitivity", "").lower()
-    autoreply = next((h for h in _AUTOREPLY_HEADERS if h in raw), None)
     labels = tuple(
         label.strip() for label in raw.get("x-gmail-labels", "").split(",") if label.strip()
     )
@@ -240,10 +256,7 @@ def parse_message(data: bytes, provider_id: str, fallback_time: datetime) -> Mai
         related_keys=related,
         snippet=snippet,
         body=body,
-        list_id=raw.get("list-id"),
-        precedence=raw.get("precedence", "").lower() or None,
-        auto_submitted=raw.get("auto-submitted", "").lower() or None,
-        autoreply_header=autoreply,
+        **bulk_signals(raw),
         private=sensitivity in ("private", "company-confidential", "confidential"),
         labels=labels,
         invitations=tuple(invitations),
