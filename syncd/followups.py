@@ -20,13 +20,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from syncd.config import WEEKDAYS, Settings, parse_working_hours
 from syncd.crm.queries import Candidate
 from syncd.crm.recorder import TaskPlan
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+AHEAD = timedelta(days=5 * 366)
 RULE_NO_REPLY = "no-reply"
 RULE_MEETING_NOTES = "meeting-notes"
 
@@ -113,14 +115,29 @@ def plan(
     working: Mapping[int, WorkingTime],
     existing: Mapping[str, str],
     now: datetime,
+    existing_deals: Mapping[str, int | None] | None = None,
 ) -> list[TaskPlan]:
-    """Decide new tasks and status changes. ``existing`` maps task uid -> current status."""
+    """Decide new tasks and status changes. ``existing`` maps task uid -> current status,
+    ``existing_deals`` task uid -> its opportunity: an open task whose activity moved to
+    another deal (its conversation was settled again) is rewritten with the new deal."""
+    deals = existing_deals or {}
+
+    def create_or_move(uid: str, due: bool) -> bool:
+        """A new task whose time has come, or an open one whose activity changed deal."""
+        if uid not in existing:
+            return due
+        return existing[uid] == "open" and deals.get(uid) != c.opportunity_id
+
     rules = settings.followups
     since = now - timedelta(days=rules.lookback_days)
     plans: list[TaskPlan] = []
     for c in candidates:
         if c.owner_id is None or not c.contacts or c.owner_id not in working:
             continue
+        if not (EARLIEST <= c.occurred_at <= now + AHEAD) or (
+            c.ends_at is not None and c.ends_at > now + AHEAD
+        ):
+            continue  # a time no calendar arithmetic should meet (stored before the range check)
         wt = working[c.owner_id]
         if c.kind == "email" and rules.no_reply.enabled:
             uid = task_uid(RULE_NO_REPLY, c.activity_key)
@@ -128,7 +145,7 @@ def plan(
             if c.replied_at is not None:
                 if existing.get(uid) == "open":
                     plans.append(_task(c, uid, RULE_NO_REPLY, "done", "replied", wt, deadline))
-            elif now >= deadline and uid not in existing and c.occurred_at >= since:
+            elif create_or_move(uid, now >= deadline and c.occurred_at >= since):
                 plans.append(_task(c, uid, RULE_NO_REPLY, "open", None, wt, deadline))
         elif c.kind == "meeting" and rules.meeting_notes.enabled and c.ends_at is not None:
             uid = task_uid(RULE_MEETING_NOTES, c.activity_key)
@@ -145,7 +162,7 @@ def plan(
                             c.ends_at,
                         )
                     )
-            elif now >= c.ends_at and uid not in existing and c.occurred_at >= since:
+            elif create_or_move(uid, now >= c.ends_at and c.occurred_at >= since):
                 plans.append(_task(c, uid, RULE_MEETING_NOTES, "open", None, wt, c.ends_at))
     return plans
 

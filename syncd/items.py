@@ -17,6 +17,7 @@ cursor
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,12 +86,40 @@ Item = MailItem | MeetingItem
 T = TypeVar("T", MailItem, MeetingItem)
 
 
+KEY_LENGTH = 512  # the CRM's key columns
+ADDRESS_LENGTH = 320
+
+
+def fit(value: str, limit: int = KEY_LENGTH) -> str:
+    """A key or id as every database stores it: one too long or holding a control character
+    becomes a stable hash of itself (never a truncation, which could collide)."""
+    if len(value) <= limit and value.isprintable():
+        return value
+    return "hash:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def conversation_keys(item: Item) -> list[str]:
+    """Every key under which another item of the same conversation may name this one: its
+    own key, its thread's root, what it refers to, and the provider's thread id. Two items
+    sharing one of these keys are one conversation (see ``syncd.matching.matcher.settle``)."""
+    if isinstance(item, MeetingItem):
+        return [fit(f"ical:{item.uid}")]
+    keys = [item.key, item.thread_key, *item.related_keys]
+    if item.provider_thread_id:
+        keys.append(f"provider-thread:{item.provider_thread_id}")
+    return list(dict.fromkeys(fit(k) for k in keys))
+
+
 @dataclass(frozen=True)
 class Quarantined:
     """An item a connector could not read; stored with its reason, never dropped silently."""
 
     provider_id: str
     reason: str
+    # what was read, when it is small enough to keep, so ``syncd quarantine retry`` can parse
+    # it again after an upgrade; ``format`` names the parser: rfc822, ical, graph-message, ...
+    raw: bytes | None = None
+    format: str | None = None
 
 
 # how a user marks a task event done in a calendar that has no done state: its title starts

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
@@ -31,9 +32,19 @@ from syncd.connectors.base import (
 from syncd.crm import queries, recorder
 from syncd.crm.models import Mailbox, User
 from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan, task_uid
-from syncd.items import Batch, Item, MailItem, MeetingItem, TaskItem
+from syncd.items import (
+    ADDRESS_LENGTH,
+    Batch,
+    Item,
+    MailItem,
+    MeetingItem,
+    Quarantined,
+    TaskItem,
+    conversation_keys,
+    fit,
+)
 from syncd.matching.exclusions import exclusion, label_hit, mail_exclusion
-from syncd.matching.matcher import CrmIndex, match, remembered_keys
+from syncd.matching.matcher import CrmIndex, match, settle
 from syncd.secrets import SecretBox, SecretsError
 
 log = logging.getLogger("syncd.sync")
@@ -52,6 +63,8 @@ class SyncReport:
     updated: int = 0  # meetings changed or removed, task states read back
     tasks_changed: int = 0
     tasks_written: int = 0
+    writer_state: str = "ok"  # the task write-back's own state (a calendar may refuse it)
+    writer_error: str | None = None
     stopped: bool = False
 
     @property
@@ -60,22 +73,94 @@ class SyncReport:
 
 
 def decide(
-    items: Iterable[Item], index: CrmIndex, settings: Settings, excluded: Counter[str]
+    items: Iterable[Item],
+    index: CrmIndex,
+    settings: Settings,
+    excluded: Counter[str],
+    quarantined: list[Quarantined] | None = None,
 ) -> list[recorder.Decision]:
     """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
-    The result does not depend on how items are cut into batches."""
+    An item whose matching fails goes to ``quarantined`` (when given) with its reason; it
+    never stops the batch. The result does not depend on how items are cut into batches."""
     decisions = []
-    for item, forced in _expand(items, settings, excluded):
-        m = match(item, index)
-        reason = exclusion(item, m, index, forced)
+    for raw_item, forced in _expand(items, settings, excluded):
+        try:
+            item = fit_item(raw_item, datetime.now(UTC))
+            m = match(item, index)
+            reason = exclusion(item, m, index, forced)
+        except Exception as exc:  # one item never stops its mailbox
+            if quarantined is None:
+                raise
+            reason = str(exc) if isinstance(exc, OutOfRange) else f"cannot match: {_describe(exc)}"
+            log.warning("item %r not logged: %s", raw_item.provider_id, reason)
+            quarantined.append(Quarantined(raw_item.provider_id, reason))
+            continue
         if reason:
             excluded[reason.split(":")[0]] += 1
             continue
         decisions.append(recorder.Decision(item, m))
-        # later items of this very batch see this one (the thread rule, "most recent")
-        when = item.sent_at if isinstance(item, MailItem) else item.start
-        index.remember(remembered_keys(item), m.opportunity_id, when)
     return decisions
+
+
+class OutOfRange(ValueError):
+    """An item whose time no rule can work with (before 1970, or years ahead)."""
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+MAIL_AHEAD = timedelta(days=5 * 366)  # mail dated further ahead than this is not believed
+MEETING_AHEAD = timedelta(days=10 * 366)
+
+
+def fit_item(item: Item, now: datetime) -> Item:
+    """The item as the CRM can keep it: keys and ids that fit their columns (a stable hash
+    where they do not), addresses that fit theirs, and a time in a sane range (else
+    :class:`OutOfRange`, and the item is quarantined: no rule ever sees year 9999)."""
+    if isinstance(item, MailItem):
+        when, ahead = item.sent_at, MAIL_AHEAD
+    else:  # a meeting's end counts too: the rules work from it
+        when, ahead = max(item.start, item.end, key=_utc), MEETING_AHEAD
+        if item.start.tzinfo is not None and item.start < EARLIEST:
+            when = item.start
+    if when.tzinfo is not None and not (EARLIEST <= when <= now + ahead):
+        raise OutOfRange(
+            f"date out of range: {when.isoformat()} (syncd keeps 1970 to now + "
+            f"{ahead.days // 366} years)"
+        )
+    people = item.participants
+    if any(len(p.address) > ADDRESS_LENGTH or not p.address.isprintable() for p in people):
+        people = tuple(
+            replace(p, address=fit(p.address, 0)[5:37] + "@invalid.invalid")
+            if len(p.address) > ADDRESS_LENGTH or not p.address.isprintable()
+            else p
+            for p in people
+        )
+    if isinstance(item, MailItem):
+        return replace(
+            item,
+            key=fit(item.key),
+            provider_id=fit(item.provider_id),
+            thread_key=fit(item.thread_key),
+            related_keys=tuple(fit(k) for k in item.related_keys),
+            participants=people,
+        )
+    return replace(item, key=fit(item.key), provider_id=fit(item.provider_id), participants=people)
+
+
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one line a user may read: never the SQL or parameters of a database
+    error (they may hold anything an item carried)."""
+    if isinstance(exc, StatementError):
+        orig = exc.orig
+        if orig is None:
+            return f"the CRM database refused it ({exc.__class__.__name__})"
+        text = str(orig).splitlines()[0] if str(orig) else ""
+        return f"the CRM database refused it ({orig.__class__.__name__}: {text[:200]})"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{exc.__class__.__name__}: {text[:300]}"
 
 
 def _expand(
@@ -102,6 +187,26 @@ def _expand(
                     yield invite, forced
         else:
             yield item, forced
+
+
+def _reorders(index: CrmIndex, opp_id: int, before: datetime | None) -> bool:
+    """Whether a deal's newer tagged activity changes which of the open deals sharing its
+    account or a contact with it is the most recent (and so what weaker links choose)."""
+    opp = index.opportunities.get(opp_id)
+    after = index.last_activity.get(opp_id)
+    if opp is None or after is None:
+        return False
+    for other in index.opportunities.values():
+        if other.id == opp_id or other.status != "open":
+            continue
+        if other.account_id != opp.account_id and not (other.contact_ids & opp.contact_ids):
+            continue
+        theirs = index.last_activity.get(other.id)  # None: no tagged activity, the floor
+        was_ahead_or_tied = before is None or (theirs is not None and before <= theirs)
+        now_ahead_or_tied = theirs is None or theirs <= after
+        if was_ahead_or_tied and now_ahead_or_tied:
+            return True
+    return False
 
 
 def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
@@ -190,7 +295,7 @@ class SyncJob:
             self._fail("failing", str(exc))
         except Exception as exc:  # one bad mailbox never stalls the others
             log.exception("mailbox %r: unexpected error", self.name)
-            self._fail("failing", f"{exc.__class__.__name__}: {exc}")
+            self._fail("failing", _describe(exc))
         else:
             if not self.report.stopped:
                 with self.sessions.begin() as session:
@@ -232,34 +337,143 @@ class SyncJob:
         spec: MailboxSpec,
     ) -> None:
         for batch in batches:
+            quarantined = list(batch.quarantined)
+            index = self._crm_index() if batch.items else None
             decisions = (
-                decide(batch.items, self._crm_index(), self.settings, self.report.excluded)
-                if batch.items
+                decide(batch.items, index, self.settings, self.report.excluded, quarantined)
+                if index is not None
                 else []
             )
-            with self.sessions.begin() as session:
-                result = recorder.record_batch(
-                    session,
-                    mailbox_id=self.mailbox_id,
-                    source=source,
-                    decisions=decisions,
-                    quarantined=batch.quarantined,
-                    cursor=batch.cursor,
-                    body_policy=spec.body_policy,
-                    now=self.now(),
-                    removed_uids=batch.removed,
-                    task_states=batch.task_states,
+            try:
+                with self.sessions.begin() as session:
+                    result = self._record(session, source, batch, decisions, quarantined, spec)
+            except (StatementError, ValueError, OverflowError) as exc:
+                # one item the database refuses must not stop the mailbox: store the batch
+                # again item by item, each in a savepoint, and quarantine what is refused
+                log.warning(
+                    "mailbox %r: batch refused (%s); storing it item by item",
+                    self.name,
+                    _describe(exc),
                 )
+                self._index = None  # what the failed transaction taught the index is void
+                with self.sessions.begin() as session:
+                    result = self._record_one_by_one(
+                        session, source, batch, decisions, quarantined, spec
+                    )
             self.report.new_activities += result.new_activities
             self.report.new_sightings += result.new_sightings
             self.report.updated += (
-                result.updated_meetings + len(batch.removed) + len(batch.task_states)
+                result.updated_meetings
+                + len(batch.removed)
+                + len(batch.task_states)
+                + result.relinked
             )
-            self.report.quarantined += len(batch.quarantined)
+            self.report.quarantined += len(quarantined)
             self.heartbeat()
             if self.stop():
                 self.report.stopped = True
                 return
+
+    def _record(
+        self,
+        session: Session,
+        source: str,
+        batch: Batch[MailItem] | Batch[MeetingItem],
+        decisions: list[recorder.Decision],
+        quarantined: list[Quarantined],
+        spec: MailboxSpec,
+    ) -> recorder.BatchResult:
+        """Store a batch, settle the conversations it touched, and move the cursor: one
+        transaction (the caller's)."""
+        result = recorder.record_batch(
+            session,
+            mailbox_id=self.mailbox_id,
+            source=source,
+            decisions=decisions,
+            quarantined=quarantined,
+            cursor=batch.cursor,
+            body_policy=spec.body_policy,
+            now=self.now(),
+            removed_uids=batch.removed,
+            task_states=batch.task_states,
+        )
+        if decisions:
+            result.relinked = self._settle(session, decisions)
+        return result
+
+    def _record_one_by_one(
+        self,
+        session: Session,
+        source: str,
+        batch: Batch[MailItem] | Batch[MeetingItem],
+        decisions: list[recorder.Decision],
+        quarantined: list[Quarantined],
+        spec: MailboxSpec,
+    ) -> recorder.BatchResult:
+        total = recorder.BatchResult()
+        kept: list[recorder.Decision] = []
+        for d in decisions:
+            try:
+                with session.begin_nested():
+                    one = recorder.record_batch(
+                        session,
+                        mailbox_id=self.mailbox_id,
+                        source=source,
+                        decisions=[d],
+                        quarantined=(),
+                        cursor=None,
+                        body_policy=spec.body_policy,
+                        now=self.now(),
+                    )
+            except (StatementError, ValueError, OverflowError) as exc:
+                reason = f"cannot store: {_describe(exc)}"
+                log.warning("mailbox %r: item %r %s", self.name, d.item.provider_id, reason)
+                quarantined.append(Quarantined(d.item.provider_id, reason))
+                continue
+            kept.append(d)
+            total.new_activities += one.new_activities
+            total.new_sightings += one.new_sightings
+            total.updated_meetings += one.updated_meetings
+        rest = recorder.record_batch(
+            session,
+            mailbox_id=self.mailbox_id,
+            source=source,
+            decisions=[],
+            quarantined=quarantined,
+            cursor=batch.cursor,
+            body_policy=spec.body_policy,
+            now=self.now(),
+            removed_uids=batch.removed,
+            task_states=batch.task_states,
+        )
+        total.new_sightings += rest.new_sightings
+        if kept:
+            total.relinked = self._settle(session, kept)
+        return total
+
+    def _settle(self, session: Session, decisions: list[recorder.Decision]) -> int:
+        """Decide the deal of every conversation this batch touched, from all its stored
+        items (a reply stored before the message it answers is relinked now), and of every
+        item whose candidate deals were reordered by a newly tagged activity."""
+        index = self._crm_index()
+        keys: set[str] = set()
+        reordered: list[int] = []
+        for d in decisions:
+            keys.update(conversation_keys(d.item))
+            when = d.item.sent_at if isinstance(d.item, MailItem) else d.item.start
+            for lk in d.match.links:
+                if lk.reason == "tag":
+                    before = index.last_activity.get(lk.target_id)
+                    if index.remember(lk.target_id, when) and _reorders(
+                        index, lk.target_id, before
+                    ):
+                        reordered.append(lk.target_id)
+        if reordered:
+            keys.update(queries.conversation_keys_of_candidates(session, index, reordered))
+        changed = 0
+        for component in queries.thread_components(session, keys):
+            changed += recorder.relink(session, settle(component, index))
+        return changed
 
     def _followups(self) -> None:
         """Run the rules after a pass that changed something, else at most every
@@ -287,11 +501,19 @@ class SyncJob:
                 for rule in (RULE_NO_REPLY, RULE_MEETING_NOTES)
             ]
             existing = queries.task_status_by_uid(session, uids)
-            plans = plan(candidates, self.settings, working, existing, now)
+            deals = queries.task_deal_by_uid(session, uids)
+            plans = plan(candidates, self.settings, working, existing, now, deals)
             self.report.tasks_changed += recorder.apply_task_plans(session, plans, now)
 
     def _write_tasks(self, connector: Connector) -> None:
-        writer = connector.task_writer()
+        """Write pending tasks into the user's calendar. A calendar that refuses them puts
+        the writer, not the mailbox, in ``failing``: mail goes on being read and logged,
+        and the tasks are written at a later pass."""
+        try:
+            writer = connector.task_writer()
+        except (ConnectorError, OSError) as exc:
+            self._writer_state("failing", f"cannot open the calendar for tasks: {exc}")
+            return
         if writer is None:
             return  # without a calendar, tasks live in the CRM only
         with self.sessions() as session:
@@ -319,6 +541,8 @@ class SyncJob:
                     refs, error = list(put_many(items[start : start + step])), None
                 else:
                     refs, error = [writer.put(items[start])], None
+            except AuthError:
+                raise  # a refused sign-in parks the mailbox, as for reading
             except (ConnectorError, OSError) as exc:
                 refs, error = [None] * len(chunk), f"cannot write task to the calendar: {exc}"
             with self.sessions.begin() as session:
@@ -327,12 +551,22 @@ class SyncJob:
                         session, task.id, task.version, self.mailbox_id, ref, error
                     )
             if error:
-                raise ConnectorError(error)
+                self._writer_state("failing", error)
+                return
             self.report.tasks_written += len(chunk)
             self.heartbeat()  # a long write-back under throttling keeps the watchdog fed
             if self.stop():  # the rest is written at the next pass
                 self.report.stopped = True
                 return
+        if pending:
+            self._writer_state("ok", None)
+
+    def _writer_state(self, state: str, error: str | None) -> None:
+        self.report.writer_state, self.report.writer_error = state, error
+        if error:
+            log.warning("mailbox %r: tasks not written: %s", self.name, error)
+        with self.sessions.begin() as session:
+            recorder.mark_writer(session, self.mailbox_id, state=state, now=self.now(), error=error)
 
 
 def sync_mailbox(

@@ -15,8 +15,10 @@ from syncd.matching.matcher import (
     ContactRef,
     CrmIndex,
     OpportunityRef,
+    ThreadNode,
     UserRef,
     match,
+    settle,
 )
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
@@ -91,11 +93,46 @@ def test_a_tag_wins_over_everything_and_unknown_tags_are_noted():
     assert m.note == "tag OPP-99 names no opportunity"
 
 
+def node(id_: int, minutes: int, tags=(), contacts=(), accounts=(100,), opp=None, note=None):
+    return ThreadNode(
+        id=id_,
+        key=f"mid:{id_}@x",
+        when=T0 + timedelta(minutes=minutes),
+        tags=tuple(tags),
+        contact_ids=tuple(contacts),
+        account_ids=tuple(accounts),
+        opportunity=opp,
+        note=note,
+    )
+
+
+def wanted(nodes, idx=None) -> dict[int, tuple[int, str] | None]:
+    """What each node ends with after settling."""
+    result = {n.id: n.opportunity for n in nodes}
+    result.update({c.activity_id: c.opportunity for c in settle(nodes, idx or index())})
+    return result
+
+
 def test_the_thread_links_a_reply_to_the_deal_of_its_conversation():
-    idx = index()
-    idx.remember(["mid:root@x"], 2, T0)
-    reply = mail("carla@acme.test", "ana@northwind.test", key="mid:2@x", thread_key="mid:root@x")
-    assert ("opportunity", 2, "thread") in links(match(reply, idx))
+    # the tagged message decides, whatever the reply's contact-role would say
+    tagged = node(1, 0, tags=(2,))
+    reply = node(2, 5, contacts=(10,), opp=(1, "contact-role"))
+    assert wanted([reply, tagged]) == {1: None, 2: (2, "thread")}
+    # without a tag the first item's own deal is the thread's: carla has a role in OPP-1
+    first = node(3, 0, contacts=(10,), opp=(1, "contact-role"))
+    later = node(4, 9, contacts=(), opp=None, note="ambiguous opportunity, linked to ...")
+    assert wanted([later, first]) == {3: (1, "contact-role"), 4: (1, "thread")}
+    assert [c.note for c in settle([later, first], index()) if c.activity_id == 4] == [None]
+
+
+def test_each_reply_follows_the_nearest_earlier_tag_of_its_thread():
+    a = node(1, 0, tags=(1,))
+    b = node(2, 10)
+    c = node(3, 20, tags=(2,))
+    d = node(4, 30)
+    early = node(5, -5)  # before any tag: the first tag of the thread
+    nodes = [d, c, b, a, early]
+    assert wanted(nodes) == {1: None, 2: (1, "thread"), 3: None, 4: (2, "thread"), 5: (1, "thread")}
 
 
 def test_most_recent_activity_decides_and_ties_are_ambiguous():
@@ -108,7 +145,7 @@ def test_most_recent_activity_decides_and_ties_are_ambiguous():
     tie = match(mail("dan@acme.test", "ana@northwind.test"), idx)
     assert links(tie) == {("account", 100, "domain")}
     assert tie.note and "ambiguous" in tie.note and "OPP-1" in tie.note and "OPP-2" in tie.note
-    idx.remember(["mid:older@x"], 2, T0 - timedelta(days=1))
+    idx.remember(2, T0 - timedelta(days=1))
     m = match(mail("dan@acme.test", "ana@northwind.test"), idx)
     assert ("opportunity", 2, "account") in links(m)
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -166,6 +167,11 @@ class Mailbox(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     items_logged: Mapped[int] = mapped_column(BigInteger, default=0)
     followups_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # rules last evaluated
+    # the task write-back has its own state: a calendar that refuses writes never stops the
+    # mailbox's mail from being read and logged (ok / failing; error names the fix)
+    writer_state: Mapped[str] = mapped_column(String(10), default="ok")
+    writer_error: Mapped[str | None] = mapped_column(Text)
+    writer_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     user: Mapped[User] = relationship()
 
 
@@ -198,6 +204,19 @@ class Activity(Base):
         cascade="all, delete-orphan", order_by="ActivityParticipant.id"
     )
     links: Mapped[list[Link]] = relationship(cascade="all, delete-orphan", order_by="Link.id")
+
+
+class ThreadKey(Base):
+    """Every key under which another item of the same conversation may name this activity:
+    its own key, its thread's root, the keys it refers to (In-Reply-To, References) and the
+    provider's thread id (Gmail threadId, Graph conversationId). Two activities sharing a
+    key are one thread, whatever order they arrived in, and after a restart too."""
+
+    __tablename__ = "thread_keys"
+    __table_args__ = (UniqueConstraint("activity_id", "key"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(512), index=True)
 
 
 class ActivityParticipant(Base):
@@ -273,3 +292,8 @@ class QuarantineEntry(Base):
     provider_id: Mapped[str] = mapped_column(String(512))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # what was read (up to the message size limit) and which parser reads it again
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    format: Mapped[str | None] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

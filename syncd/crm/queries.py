@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, select
+from sqlalchemy import Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from syncd.config import Settings
@@ -27,10 +27,18 @@ from syncd.crm.models import (
     OpportunityContact,
     Sighting,
     Task,
+    ThreadKey,
     User,
 )
 from syncd.matching.addresses import domain_of, normalize_address, normalize_domain
-from syncd.matching.matcher import AccountRef, ContactRef, CrmIndex, OpportunityRef, UserRef
+from syncd.matching.matcher import (
+    AccountRef,
+    ContactRef,
+    CrmIndex,
+    OpportunityRef,
+    ThreadNode,
+    UserRef,
+)
 
 
 def company_domains(session: Session, settings: Settings) -> set[str]:
@@ -63,11 +71,11 @@ def load_index(session: Session, settings: Settings) -> CrmIndex:
         )
         for o in session.scalars(select(Opportunity))
     }
-    opp_links = (
-        select(Activity.key, Activity.thread_key, Activity.occurred_at, Link.target_id)
-        .join(Link, Link.activity_id == Activity.id)
-        .where(Link.type == "opportunity")
-        .order_by(Activity.occurred_at)
+    tag_links = (
+        select(Link.target_id, func.max(Activity.occurred_at))
+        .join(Activity, Link.activity_id == Activity.id)
+        .where(Link.type == "opportunity", Link.reason == "tag")
+        .group_by(Link.target_id)
     )
     index = CrmIndex(
         company_domains=company_domains(session, settings),
@@ -80,9 +88,126 @@ def load_index(session: Session, settings: Settings) -> CrmIndex:
         blocked_domains=set(settings.exclusions.domains),
         tag_prefix=settings.matching.opportunity_tag_prefix,
     )
-    for key, thread_key, occurred_at, opp_id in session.execute(opp_links):
-        index.remember([key, thread_key], opp_id, occurred_at)
+    for opp_id, occurred_at in session.execute(tag_links):
+        index.remember(opp_id, occurred_at)
     return index
+
+
+# --- conversations ----------------------------------------------------------------------
+
+THREAD_HOPS = 8  # a conversation is followed this many keys deep, then cut (a safe bound)
+THREAD_SIZE = 2000  # activities of one conversation considered at most
+
+
+def thread_components(session: Session, keys: Iterable[str]) -> list[list[ThreadNode]]:
+    """The stored conversations that share a thread key with ``keys``: every activity
+    reachable through shared keys (its own, its root, its references, the provider's thread
+    id), grouped into connected conversations, each activity as :class:`ThreadNode`."""
+    frontier = set(keys)
+    seen_keys: set[str] = set()
+    edges: dict[int, set[str]] = defaultdict(set)
+    for _ in range(THREAD_HOPS):
+        frontier -= seen_keys
+        if not frontier or len(edges) >= THREAD_SIZE:
+            break
+        seen_keys |= frontier
+        found: set[int] = set()
+        for chunk in _chunked(sorted(frontier)):
+            found.update(
+                session.scalars(select(ThreadKey.activity_id).where(ThreadKey.key.in_(chunk)))
+            )
+        new = found - set(edges)
+        if not new:
+            break
+        frontier = set()
+        for chunk in _chunked(sorted(new)):
+            for activity_id, key in session.execute(
+                select(ThreadKey.activity_id, ThreadKey.key).where(ThreadKey.activity_id.in_(chunk))
+            ):
+                edges[activity_id].add(key)
+                frontier.add(key)
+    if not edges:
+        return []
+    nodes = _thread_nodes(session, sorted(edges))
+    # connected components over shared keys (union-find on activity ids)
+    parent = {a: a for a in edges}
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    owner: dict[str, int] = {}
+    for activity_id in sorted(edges):
+        for key in edges[activity_id]:
+            if key in owner:
+                parent[root(activity_id)] = root(owner[key])
+            else:
+                owner[key] = activity_id
+    groups: dict[int, list[ThreadNode]] = defaultdict(list)
+    for activity_id, node in nodes.items():
+        groups[root(activity_id)].append(node)
+    return [groups[g] for g in sorted(groups)]
+
+
+def conversation_keys_of_candidates(
+    session: Session, index: CrmIndex, opportunity_ids: Iterable[int]
+) -> set[str]:
+    """The conversation keys of every activity that may choose one of these deals by a
+    weaker rule: those linked to the deal's account or to a contact with a role in it."""
+    accounts: set[int] = set()
+    contacts: set[int] = set()
+    for opp_id in opportunity_ids:
+        opp = index.opportunities.get(opp_id)
+        if opp is not None:
+            accounts.add(opp.account_id)
+            contacts.update(opp.contact_ids)
+    activity_ids: set[int] = set()
+    for kind, targets in (("account", accounts), ("contact", contacts)):
+        for chunk in _chunked(sorted(targets)):
+            activity_ids.update(
+                session.scalars(
+                    select(Link.activity_id).where(Link.type == kind, Link.target_id.in_(chunk))
+                )
+            )
+    keys: set[str] = set()
+    for chunk in _chunked(sorted(activity_ids)):
+        keys.update(session.scalars(select(ThreadKey.key).where(ThreadKey.activity_id.in_(chunk))))
+    return keys
+
+
+def _thread_nodes(session: Session, ids: list[int]) -> dict[int, ThreadNode]:
+    base: dict[int, tuple[str, datetime, str | None]] = {}
+    links: dict[int, list[tuple[str, int, str]]] = defaultdict(list)
+    for chunk in _chunked(ids):
+        for activity_id, key, when, note in session.execute(
+            select(Activity.id, Activity.key, Activity.occurred_at, Activity.match_note).where(
+                Activity.id.in_(chunk)
+            )
+        ):
+            base[activity_id] = (key, when, note)
+        for activity_id, type_, target, reason in session.execute(
+            select(Link.activity_id, Link.type, Link.target_id, Link.reason)
+            .where(Link.activity_id.in_(chunk))
+            .order_by(Link.id)
+        ):
+            links[activity_id].append((type_, target, reason))
+    nodes = {}
+    for activity_id, (key, when, note) in base.items():
+        own = links[activity_id]
+        deal = next(((t, r) for k, t, r in own if k == "opportunity" and r != "tag"), None)
+        nodes[activity_id] = ThreadNode(
+            id=activity_id,
+            key=key,
+            when=when,
+            tags=tuple(t for k, t, r in own if k == "opportunity" and r == "tag"),
+            contact_ids=tuple(t for k, t, _ in own if k == "contact"),
+            account_ids=tuple(t for k, t, _ in own if k == "account"),
+            opportunity=deal,
+            note=note,
+        )
+    return nodes
 
 
 # --- follow-up candidates ---------------------------------------------------------------
@@ -236,6 +361,15 @@ def task_status_by_uid(session: Session, uids: list[str]) -> dict[str, str]:
             session.execute(
                 select(Task.uid, Task.status).where(Task.uid.in_(uids[i : i + 500]))
             ).all()
+        )
+    return found
+
+
+def task_deal_by_uid(session: Session, uids: list[str]) -> dict[str, int | None]:
+    found: dict[str, int | None] = {}
+    for chunk in _chunked(uids):
+        found.update(
+            session.execute(select(Task.uid, Task.opportunity_id).where(Task.uid.in_(chunk))).all()
         )
     return found
 

@@ -9,12 +9,14 @@ a mailbox sees an activity once, and a link is unique per (activity, type, targe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import Table, delete, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from syncd.crm.models import (
@@ -27,11 +29,22 @@ from syncd.crm.models import (
     Sighting,
     SourceCursor,
     Task,
+    ThreadKey,
 )
-from syncd.items import Cursor, Item, MailItem, MeetingItem, Quarantined, TaskState
-from syncd.matching.matcher import Match
+from syncd.items import (
+    Cursor,
+    Item,
+    MailItem,
+    MeetingItem,
+    Quarantined,
+    TaskState,
+    conversation_keys,
+    fit,
+)
+from syncd.matching.matcher import Match, Relink
 
 _CHUNK = 500  # keys per IN (...) list
+RAW_KEPT = 10 * 1024 * 1024  # a quarantined item's bytes are kept up to this size, for retry
 
 
 def _insert_rows(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -70,9 +83,12 @@ def _copy_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> No
         assert column in table.c, column
     raw: Any = session.connection().connection.dbapi_connection  # a psycopg connection
     sql = f'COPY "{table.name}" ({", ".join(columns)}) FROM STDIN'
-    with raw.cursor() as cursor, cursor.copy(sql) as copy:
-        for row in rows:
-            copy.write_row([row[c] for c in columns])
+    try:
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+    except Exception as exc:  # the driver's own error, raised as SQLAlchemy raises one
+        raise DBAPIError(sql, None, exc) from exc
 
 
 @dataclass(frozen=True)
@@ -88,11 +104,21 @@ class BatchResult:
     new_activities: int = 0
     new_sightings: int = 0
     updated_meetings: int = 0
+    relinked: int = 0  # activities of earlier batches whose deal a conversation changed
     activity_ids: dict[str, int] = field(default_factory=dict)  # key -> id
 
 
 def _chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
     return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean(text: str | None) -> str | None:
+    """Text as every database stores it: no NUL (PostgreSQL refuses it) and no other
+    control character (tabs and line breaks stay); each becomes U+FFFD."""
+    return _CONTROL.sub("\ufffd", text) if text else text
 
 
 def _activity_row(d: Decision, body_policy: str, now: datetime) -> dict[str, Any]:
@@ -104,11 +130,14 @@ def _activity_row(d: Decision, body_policy: str, now: datetime) -> dict[str, Any
         kind, when, ends, text = "meeting", item.start, item.end, item.description
         status = "cancelled" if item.cancelled else "confirmed"
         thread_key = f"ical:{item.uid}"
+    if when.tzinfo is None or (ends is not None and ends.tzinfo is None):
+        raise ValueError(f"item {item.provider_id!r} has a time without a time zone")
+    text = clean(text) or ""
     snippet = " ".join(text.split())[:280] if body_policy in ("snippet", "full") else None
     return {
         "key": item.key,
         "kind": kind,
-        "subject": item.subject,
+        "subject": clean(item.subject),
         "occurred_at": when,
         "ends_at": ends,
         "direction": d.match.direction,
@@ -152,7 +181,7 @@ def record_batch(
     source: str,
     decisions: Sequence[Decision],
     quarantined: Sequence[Quarantined],
-    cursor: Cursor,
+    cursor: Cursor | None,
     body_policy: str,
     now: datetime,
     removed_uids: Sequence[str] = (),
@@ -176,7 +205,7 @@ def record_batch(
             {
                 "activity_id": ids[d.item.key],
                 "address": p.address,
-                "name": p.name[:200],
+                "name": clean(p.name[:200]),
                 "role": p.role,
                 "contact_id": p.contact_id,
                 "user_id": p.user_id,
@@ -196,6 +225,15 @@ def record_batch(
             for lk in d.match.links
         ]
         _insert_rows(session, Link, links)
+        _insert_rows(
+            session,
+            ThreadKey,
+            [
+                {"activity_id": ids[d.item.key], "key": key}
+                for d in new
+                for key in conversation_keys(d.item)
+            ],
+        )
         result.activity_ids.update(ids)
 
     seen = [d for key, d in unique.items() if key in existing]
@@ -207,8 +245,11 @@ def record_batch(
     if removed_uids:
         _cancel_removed(session, mailbox_id, removed_uids, now)
     if task_states:
-        apply_calendar_task_states(session, task_states, now)
-    set_cursor(session, mailbox_id, source, cursor, now)
+        owner = session.scalar(select(Mailbox.user_id).where(Mailbox.id == mailbox_id))
+        assert owner is not None
+        apply_calendar_task_states(session, task_states, now, owner)
+    if cursor is not None:  # None: items read again outside a pass (quarantine retry)
+        set_cursor(session, mailbox_id, source, cursor, now)
     if result.new_sightings:
         session.execute(
             update(Mailbox)
@@ -232,8 +273,23 @@ def _merge_seen(
                 )
             ).all()
         )
-    with_opportunity = {a for a, t, _ in have if t == "opportunity"}
+    with_tag = {
+        a
+        for chunk in _chunks(ids)
+        for a in session.scalars(
+            select(Link.activity_id).where(
+                Link.activity_id.in_(chunk), Link.type == "opportunity", Link.reason == "tag"
+            )
+        )
+    }
     links = []
+    keys: set[tuple[int, str]] = set()
+    for chunk in _chunks(ids):
+        keys.update(
+            session.execute(
+                select(ThreadKey.activity_id, ThreadKey.key).where(ThreadKey.activity_id.in_(chunk))
+            ).all()
+        )
     for d in seen:
         activity = existing[d.item.key]
         result.activity_ids[d.item.key] = activity.id
@@ -242,8 +298,8 @@ def _merge_seen(
         for lk in d.match.links:
             if (activity.id, lk.type, lk.target_id) in have:
                 continue
-            if lk.type == "opportunity" and activity.id in with_opportunity:
-                continue  # the first decision about a deal stands
+            if lk.type == "opportunity" and (lk.reason != "tag" or activity.id in with_tag):
+                continue  # conversations are settled as a whole (matcher.settle)
             have.add((activity.id, lk.type, lk.target_id))
             links.append(
                 {
@@ -255,6 +311,47 @@ def _merge_seen(
             )
     if links:
         session.execute(insert(Link), links)
+    # another mailbox's copy may know more of its conversation (another provider's thread id)
+    new_keys = []
+    for d in seen:
+        activity_id = existing[d.item.key].id
+        for key in conversation_keys(d.item):
+            if (activity_id, key) not in keys:
+                keys.add((activity_id, key))
+                new_keys.append({"activity_id": activity_id, "key": key})
+    if new_keys:
+        session.execute(insert(ThreadKey), new_keys)
+
+
+def relink(session: Session, changes: Sequence[Relink]) -> int:
+    """Apply what the matcher settled for a conversation: replace each activity's deal link
+    (a tag link is never touched) and its note. Returns how many activities changed."""
+    if not changes:
+        return 0
+    ids = [c.activity_id for c in changes]
+    for chunk in _chunks(ids):
+        session.execute(
+            delete(Link).where(
+                Link.activity_id.in_(chunk), Link.type == "opportunity", Link.reason != "tag"
+            )
+        )
+    rows = [
+        {
+            "activity_id": c.activity_id,
+            "type": "opportunity",
+            "target_id": c.opportunity[0],
+            "reason": c.opportunity[1],
+        }
+        for c in changes
+        if c.opportunity is not None
+    ]
+    if rows:
+        session.execute(insert(Link), rows)
+    for c in changes:
+        session.execute(
+            update(Activity).where(Activity.id == c.activity_id).values(match_note=c.note)
+        )
+    return len(changes)
 
 
 def _add_sightings(
@@ -280,7 +377,7 @@ def _add_sightings(
             "activity_id": result.activity_ids[key],
             "mailbox_id": mailbox_id,
             "source": source,
-            "provider_id": d.item.provider_id[:512],
+            "provider_id": fit(d.item.provider_id),
             "seen_at": now,
         }
         for key, d in unique.items()
@@ -312,9 +409,13 @@ def _quarantine(
                 {
                     "mailbox_id": mailbox_id,
                     "source": source,
-                    "provider_id": q.provider_id[:512],
-                    "reason": q.reason,
+                    "provider_id": fit(q.provider_id),
+                    "reason": clean(q.reason),
                     "created_at": now,
+                    "raw": q.raw if q.raw is not None and len(q.raw) <= RAW_KEPT else None,
+                    "format": q.format,
+                    "attempts": 1,
+                    "updated_at": now,
                 }
             )
     if rows:
@@ -423,19 +524,33 @@ def apply_task_plans(session: Session, plans: Sequence[TaskPlan], now: datetime)
             task.updated_at = now
             task.version += 1
             changed += 1
+        elif task.status == plan.status == "open" and (
+            task.opportunity_id != plan.opportunity_id or task.description != plan.description
+        ):  # its activity moved to another deal: the calendar entry says so too
+            task.opportunity_id = plan.opportunity_id
+            task.title, task.description = plan.title, plan.description
+            task.updated_at = now
+            task.version += 1
+            changed += 1
     session.flush()
     return changed
 
 
 def apply_calendar_task_states(
-    session: Session, states: Sequence[TaskState], now: datetime
+    session: Session, states: Sequence[TaskState], now: datetime, user_id: int
 ) -> None:
     """The user completed or deleted a task in their calendar: the CRM follows. A state is
-    matched by the task's uid, or by the calendar's id for it where only that came back."""
+    matched by the task's uid, or by the calendar's id for it where only that came back,
+    among this user's tasks only: no one else's calendar (an invitation can carry any uid)
+    can close them."""
     uids = [s.uid for s in states if s.uid]
     refs = [s.ref for s in states if s.ref]
     found = list(
-        session.scalars(select(Task).where(or_(Task.uid.in_(uids), Task.calendar_ref.in_(refs))))
+        session.scalars(
+            select(Task).where(
+                Task.user_id == user_id, or_(Task.uid.in_(uids), Task.calendar_ref.in_(refs))
+            )
+        )
     )
     by_uid = {t.uid: t for t in found}
     by_ref = {t.calendar_ref: t for t in found if t.calendar_ref}
@@ -505,6 +620,17 @@ def add_mailbox(
     session.add(mailbox)
     session.flush()
     return mailbox
+
+
+def mark_writer(
+    session: Session, mailbox_id: int, *, state: str, now: datetime, error: str | None
+) -> None:
+    """The task write-back's own state; it never changes the mailbox's."""
+    session.execute(
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id)
+        .values(writer_state=state, writer_error=error, writer_at=now)
+    )
 
 
 def mark_mailbox(

@@ -1,30 +1,36 @@
 """Participants -> contacts, accounts and users; item -> opportunity. Pure: no I/O.
 
-The sync job builds a :class:`CrmIndex` from the database once per pass and tells it what
-each recorded batch linked (:meth:`CrmIndex.remember`), so that the thread rule and the
-"most recent activity" rule see earlier items of the same pass.
-
-Every link carries its reason:
+The sync job builds a :class:`CrmIndex` from the database once per pass. Every link
+carries its reason; for the opportunity they rank, strongest first:
 
 ==============  ================================================================
 ``address``     contact: a participant's address is one of the contact's addresses
 ``contact``     account: the account of a matched contact
 ``domain``      account: a participant's domain (or a parent domain) is the account's
 ``tag``         opportunity: ``[OPP-<external id>]`` in the subject or body
-``thread``      opportunity: an earlier item of the same thread is linked to it
+``thread``      opportunity: the deal of the item's conversation (see :func:`settle`)
 ``contact-role`` opportunity: the open opportunity a matched contact has a role in
-``account``     opportunity: the open opportunity of a matched account with the most
-                recent activity
+``account``     opportunity: the open opportunity of a matched account
 ==============  ================================================================
+
+Results never depend on the order items arrive in. :func:`match` decides what an item
+says by itself (participants, tags, and the deal its contacts and accounts point to);
+:func:`settle` then decides the deal of each item of a conversation from all of that
+conversation's stored items, so a reply stored before the message it answers is relinked
+when that message arrives. Where several open deals are candidates, the one whose latest
+*tagged* activity is the most recent wins: tags are facts of the items themselves, so
+that evidence does not depend on order either (links made by weaker rules never count,
+or the first guess would feed itself).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from syncd.items import Item, MailItem, MeetingItem
+from syncd.items import Item, MailItem
 from syncd.matching.addresses import domain_of, is_free_mail
 
 
@@ -68,8 +74,8 @@ class CrmIndex:
     accounts: dict[int, AccountRef] = field(default_factory=dict)
     account_domains: dict[str, int] = field(default_factory=dict)
     opportunities: dict[int, OpportunityRef] = field(default_factory=dict)
-    last_activity: dict[int, datetime] = field(default_factory=dict)  # opportunity -> time
-    thread_opportunity: dict[str, int] = field(default_factory=dict)  # thread key -> opp
+    # opportunity -> the time of its latest tagged activity (the "most recent" evidence)
+    last_activity: dict[int, datetime] = field(default_factory=dict)
     blocked_addresses: set[str] = field(default_factory=set)
     blocked_domains: set[str] = field(default_factory=set)
     tag_prefix: str = "OPP-"
@@ -87,15 +93,13 @@ class CrmIndex:
     def tags(self, text: str) -> list[str]:
         return self._tag_re.findall(text)
 
-    def remember(self, thread_keys: list[str], opportunity_id: int | None, when: datetime) -> None:
-        """Record what a just-stored item was linked to."""
-        if opportunity_id is None:
-            return
-        for key in thread_keys:
-            self.thread_opportunity.setdefault(key, opportunity_id)
+    def remember(self, opportunity_id: int, when: datetime) -> bool:
+        """Record a tagged activity of a deal; True when it is the deal's latest."""
         last = self.last_activity.get(opportunity_id)
         if last is None or when > last:
             self.last_activity[opportunity_id] = when
+            return True
+        return False
 
     def is_internal(self, address: str) -> bool:
         return address in self.users or _in_domains(domain_of(address), self.company_domains)
@@ -156,24 +160,6 @@ class Match:
         return any(lk.type in ("contact", "account") for lk in self.links)
 
 
-def thread_keys(item: Item) -> list[str]:
-    """Every key under which a later item of the same conversation may refer to this one."""
-    if isinstance(item, MeetingItem):
-        return [f"ical:{item.uid}"]
-    keys = [item.key, item.thread_key, *item.related_keys]
-    if item.provider_thread_id:
-        keys.append(f"provider-thread:{item.provider_thread_id}")
-    return list(dict.fromkeys(keys))
-
-
-def remembered_keys(item: Item) -> list[str]:
-    """What the index remembers of a stored item: exactly what the database keeps
-    (its key and its thread's key), so a restart sees what an uninterrupted run saw."""
-    if isinstance(item, MeetingItem):
-        return [f"ical:{item.uid}"]
-    return list(dict.fromkeys([item.key, item.thread_key]))
-
-
 def _direction(item: Item, index: CrmIndex) -> str:
     first = item.sender if isinstance(item, MailItem) else item.organizer
     if all(index.is_internal(p.address) for p in item.participants):
@@ -199,39 +185,122 @@ def _names(opps: list[OpportunityRef]) -> str:
     return ", ".join(f"{o.external_id} ({o.name})" for o in sorted(opps, key=lambda o: o.id))
 
 
-def _opportunity(
-    item: Item, index: CrmIndex, contact_ids: list[int], account_ids: list[int]
-) -> tuple[list[LinkDecision], str | None]:
+def tagged_opportunities(item: Item, index: CrmIndex) -> tuple[list[int], str | None]:
+    """The deals an item names by tag, and a note for tags that name none."""
     text = item.subject + "\n" + (item.body if isinstance(item, MailItem) else item.description)
     tagged, unknown = [], []
     for tag in dict.fromkeys(t.lower() for t in index.tags(text)):
         opp = index.opportunity_by_tag(tag)
-        (tagged.append(opp) if opp else unknown.append(tag))
+        (tagged.append(opp.id) if opp else unknown.append(tag))
     note = f"tag {index.tag_prefix}{', '.join(unknown)} names no opportunity" if unknown else None
-    if tagged:
-        return [LinkDecision("opportunity", o.id, "tag") for o in tagged], note
+    return list(dict.fromkeys(tagged)), note
 
-    for key in thread_keys(item):
-        if key in index.thread_opportunity and key != item.key:
-            return [LinkDecision("opportunity", index.thread_opportunity[key], "thread")], note
 
+def weak_choice(
+    index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterable[int]
+) -> tuple[LinkDecision | None, str | None]:
+    """The deal the matched contacts and accounts point to (``contact-role``, else
+    ``account``), or a note saying why there is none (a tie, or only closed deals)."""
+    contacts, accounts = set(contact_ids), set(account_ids)
+    if not contacts and not accounts:
+        return None, None
     related = [
         o
         for o in index.opportunities.values()
-        if o.account_id in account_ids or o.contact_ids & set(contact_ids)
+        if o.account_id in accounts or o.contact_ids & contacts
     ]
     open_ = [o for o in related if o.status == "open"]
-    with_role = [o for o in open_ if o.contact_ids & set(contact_ids)]
+    with_role = [o for o in open_ if o.contact_ids & contacts]
     for candidates, reason in ((with_role, "contact-role"), (open_, "account")):
         if not candidates:
             continue
         best = _most_recent(candidates, index)
         if len(best) == 1:
-            return [LinkDecision("opportunity", best[0].id, reason)], note
-        return [], f"ambiguous opportunity, linked to the account only: {_names(best)}"
+            return LinkDecision("opportunity", best[0].id, reason), None
+        return None, f"ambiguous opportunity, linked to the account only: {_names(best)}"
     if related:
-        return [], f"only closed opportunities: {_names(related)}"
-    return [], note
+        return None, f"only closed opportunities: {_names(related)}"
+    return None, None
+
+
+DERIVED_NOTES = ("ambiguous opportunity", "only closed opportunities")
+
+
+@dataclass(frozen=True)
+class ThreadNode:
+    """One stored activity of a conversation, as :func:`settle` needs it."""
+
+    id: int
+    key: str
+    when: datetime
+    tags: tuple[int, ...]  # opportunities it names by tag
+    contact_ids: tuple[int, ...]
+    account_ids: tuple[int, ...]
+    opportunity: tuple[int, str] | None  # its current (non-tag) deal link and reason
+    note: str | None
+
+
+@dataclass(frozen=True)
+class Relink:
+    """What :func:`settle` wants for one activity: its deal link (None: none) and note."""
+
+    activity_id: int
+    opportunity: tuple[int, str] | None
+    note: str | None
+
+
+def _order(node: ThreadNode) -> tuple[datetime, str]:
+    return (node.when, node.key)
+
+
+def settle(nodes: Iterable[ThreadNode], index: CrmIndex) -> list[Relink]:
+    """Decide the deal of every item of one conversation from all of its items.
+
+    A tagged item keeps its tags. Every other item takes the deal of the nearest tagged
+    item before it (else the first tagged item after it), by ``thread``. A conversation
+    without tags takes the deal its first item points to by itself (``contact-role`` or
+    ``account``): that item keeps its own reason, the others link by ``thread``. The result
+    depends on the set of items only, never on the order they arrived in. Returns the
+    changes to make.
+    """
+    ordered = sorted(nodes, key=_order)
+    tagged = [n for n in ordered if n.tags]
+    own = {n.id: weak_choice(index, n.contact_ids, n.account_ids) for n in ordered}
+    anchor_opp: int | None = None
+    anchor_id: int | None = None
+    if not tagged:
+        first = next((n for n in ordered if own[n.id][0] is not None), None)
+        if first is not None:
+            decision = own[first.id][0]
+            assert decision is not None
+            anchor_id, anchor_opp = first.id, decision.target_id
+    changes: list[Relink] = []
+    for n in ordered:
+        if n.tags:
+            want: tuple[int, str] | None = None  # its tag links are its deal
+            note = n.note if not _derived(n.note) else None
+        elif tagged:
+            before = [t for t in tagged if _order(t) <= _order(n)]
+            source = before[-1] if before else tagged[0]
+            want, note = (min(source.tags), "thread"), _keep(n.note)
+        elif anchor_opp is not None and n.id != anchor_id:
+            want, note = (anchor_opp, "thread"), _keep(n.note)
+        else:
+            decision, weak_note = own[n.id]
+            want = (decision.target_id, decision.reason) if decision else None
+            note = weak_note if weak_note else _keep(n.note)
+        if want != n.opportunity or note != n.note:
+            changes.append(Relink(n.id, want, note))
+    return changes
+
+
+def _derived(note: str | None) -> bool:
+    return note is not None and note.startswith(DERIVED_NOTES)
+
+
+def _keep(note: str | None) -> str | None:
+    """The part of a note that is a fact of the item (an unknown tag), not of the deal."""
+    return None if _derived(note) else note
 
 
 def match(item: Item, index: CrmIndex) -> Match:
@@ -268,7 +337,12 @@ def match(item: Item, index: CrmIndex) -> Match:
             link("account", account_id, "domain")
             account_ids.append(account_id)
 
-    opp_links, note = _opportunity(item, index, contact_ids, account_ids)
-    for lk in opp_links:
-        link(lk.type, lk.target_id, lk.reason)
+    tagged, note = tagged_opportunities(item, index)
+    for opp_id in tagged:
+        link("opportunity", opp_id, "tag")
+    if not tagged:
+        decision, weak_note = weak_choice(index, contact_ids, account_ids)
+        if decision is not None:
+            link(decision.type, decision.target_id, decision.reason)
+        note = weak_note or note
     return Match(tuple(participants), tuple(links), _direction(item, index), note)
