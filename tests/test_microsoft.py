@@ -4,6 +4,7 @@ O365 with only the authority and the Graph URL changed; the CRM on SQLite and Po
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import time
@@ -22,13 +23,25 @@ from syncd.connectors.microsoft import (
     GraphAccount,
     TodoTasks,
     _Slots,
+    item_from_raw,
+    mail_item,
+    meeting_item,
+    quarantined,
     read_certificate,
 )
 from syncd.crm import queries
 from syncd.crm.database import make_engine, session_factory, upgrade
-from syncd.crm.models import Activity, Mailbox, Sighting, Task
+from syncd.crm.models import (
+    Activity,
+    ActivityParticipant,
+    Mailbox,
+    Opportunity,
+    QuarantineEntry,
+    Sighting,
+    Task,
+)
 from syncd.demo import load_company
-from syncd.items import TaskItem
+from syncd.items import MailItem, MeetingItem, TaskItem
 from syncd.secrets import Secret, SecretBox
 from syncd.sync import sync_mailbox
 
@@ -193,6 +206,203 @@ def test_private_items_never_and_categories_exclude_or_force(
     report = sync(sessions, settings)
     assert keys(sessions) == ["mid:m4@acme.test", "mid:m8@acme.test"]
     assert report.excluded["private"] == 4 and report.excluded["excluded label"] == 2
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    """A Graph message resource as message delta returns it."""
+    return {
+        "id": "AAkALmsg1",
+        "internetMessageId": "<p1@acme.test>",
+        "conversationId": "AAQkconv1",
+        "subject": "Pricing",
+        "from": {"emailAddress": {"name": CARLA[0], "address": CARLA[1]}},
+        "toRecipients": [{"emailAddress": {"name": "Ana Ruiz", "address": ANA}}],
+        "sentDateTime": "2026-01-05T10:00:00Z",
+        "receivedDateTime": "2026-01-05T10:00:01Z",
+        "bodyPreview": "Hello Ana, about [OPP-101] pricing",
+        "body": {"contentType": "text", "content": "Hello Ana,\nabout [OPP-101] pricing"},
+        **fields,
+    }
+
+
+def sensitivity(value: str, pid: str = "Integer 0x36") -> dict[str, Any]:
+    return {"singleValueExtendedProperties": [{"id": pid, "value": value}]}
+
+
+def header(name: str, value: str) -> dict[str, Any]:
+    return {"internetMessageHeaders": [{"name": name, "value": value}]}
+
+
+def test_message_sensitivity_is_pid_tag_sensitivity_or_the_sensitivity_header():
+    """PidTagSensitivity 2 (private) and 3 (confidential) are private, 0 and 1 (personal) are
+    not, as the RFC 2156 header is read for MIME mail (Private, Company-Confidential)."""
+    assert not mail_item(message()).private
+    assert mail_item(message(**sensitivity("2"))).private
+    assert mail_item(message(**sensitivity("3", "Integer 0x0036"))).private
+    assert not mail_item(message(**sensitivity("1"))).private
+    assert not mail_item(message(**sensitivity("0"))).private
+    assert not mail_item(message(**sensitivity("2", "Integer 0x0037"))).private  # another tag
+    assert mail_item(message(**header("Sensitivity", "Company-Confidential"))).private
+    assert mail_item(message(**header("sensitivity", " private "))).private
+    assert not mail_item(message(**header("Sensitivity", "Personal"))).private
+    assert not mail_item(message(**sensitivity("not a number"))).private
+
+
+def test_the_body_policy_decides_which_text_reaches_the_item():
+    full = mail_item(message(), "full")
+    assert "[OPP-101]" in full.body and full.snippet == "Hello Ana, about [OPP-101] pricing"
+    html = mail_item(message(body={"contentType": "html", "content": "<p>Hi [OPP-7]</p>"}), "full")
+    assert "<p>" not in html.body and "[OPP-7]" in html.body
+    snippet = mail_item(message(), "snippet")
+    assert snippet.body == snippet.snippet == "Hello Ana, about [OPP-101] pricing"
+    bare = mail_item(message(), "metadata")
+    assert bare.body == bare.snippet == ""
+
+
+def test_unreadable_items_are_quarantined_with_their_json_and_parse_again():
+    broken = message(sentDateTime="yesterday", receivedDateTime=None)
+    with pytest.raises(ValueError, match="no usable date"):
+        mail_item(broken)
+    held = quarantined(broken, "no usable date", "graph-message")
+    assert (held.provider_id, held.format) == ("AAkALmsg1", "graph-message")
+    assert held.raw is not None and json.loads(held.raw) == broken
+    with pytest.raises(ValueError):
+        item_from_raw(held.raw, "graph-message")
+    fixed = held.raw.replace(b'"yesterday"', b'"2026-01-04T09:00:00Z"')
+    again = item_from_raw(fixed, "graph-message", "full")
+    assert isinstance(again, MailItem) and again.key == "mid:p1@acme.test"
+    with pytest.raises(ValueError, match="not a readable Graph message"):
+        mail_item({"from": "nobody", "toRecipients": 7})  # wrong shapes: ValueError only
+    # a private message that cannot be read keeps its reason, never its content
+    secret = quarantined({**broken, **sensitivity("3")}, "no usable date", "graph-message")
+    assert secret.raw is None and secret.format is None and "private" in secret.reason
+    event = {"id": "AAkALev1", "subject": "QBR", "start": {"dateTime": "soon", "timeZone": "UTC"}}
+    with pytest.raises(ValueError):
+        meeting_item(event)
+    held_event = quarantined(event, "bad start", "graph-event")
+    assert held_event.format == "graph-event" and held_event.raw is not None
+    event["start"] = event["end"] = {"dateTime": "2026-01-05T10:00:00", "timeZone": "UTC"}
+    meeting = item_from_raw(json.dumps(event).encode(), "graph-event")
+    assert isinstance(meeting, MeetingItem) and meeting.subject == "QBR"
+    with pytest.raises(ValueError):
+        item_from_raw(b"{not json", "graph-message")
+
+
+def activity_links(sessions: S, key: str) -> list[tuple[str, str, str]]:
+    """(type, target, reason) of an activity's links; opportunities by external id."""
+    with sessions() as session:
+        activity = session.scalar(select(Activity).where(Activity.key == key))
+        assert activity is not None, key
+        opps = dict(session.execute(select(Opportunity.id, Opportunity.external_id)).all())
+        return sorted(
+            (lk.type, opps[lk.target_id] if lk.type == "opportunity" else "", lk.reason)
+            for lk in activity.links
+        )
+
+
+def private_texts(sessions: S) -> list[str]:
+    """Every text of the CRM where a private message could have left a trace."""
+    with sessions() as session:
+        rows = [
+            *session.execute(select(Activity.subject, Activity.snippet, Activity.body)).all(),
+            *session.execute(select(QuarantineEntry.reason, QuarantineEntry.provider_id)).all(),
+            *session.execute(select(ActivityParticipant.name, ActivityParticipant.address)).all(),
+        ]
+    return [str(v) for row in rows for v in row if v]
+
+
+def test_private_and_confidential_mail_is_never_logged(
+    sessions, settings, company, microsoft, caplog
+):
+    """Sensitivity read through PidTagSensitivity ($expand on the delta itself; $select of
+    ``sensitivity`` is refused on messages) or the Sensitivity header: never in the CRM."""
+    caplog.set_level("DEBUG")
+    deliver(microsoft, 1, subject="Secret one", sensitivity="private", body="secret words")
+    deliver(microsoft, 2, subject="Secret two", sensitivity="confidential", body="secret words")
+    deliver(
+        microsoft,
+        3,
+        subject="Secret three",
+        body="secret words",
+        headers=[("Sensitivity", "Company-Confidential")],
+    )
+    deliver(microsoft, 4, subject="Secret four", headers=[("Sensitivity", "Private")])
+    deliver(microsoft, 5, subject="Personal note", sensitivity="personal")  # not private
+    deliver(microsoft, 6, subject="Plain note")
+    add_mailbox(sessions, settings, microsoft, body="full")
+    report = sync(sessions, settings)
+    assert keys(sessions) == ["mid:m5@acme.test", "mid:m6@acme.test"]
+    assert report.excluded["private"] == 4 and report.quarantined == 0
+    texts = private_texts(sessions)
+    assert not [t for t in texts if "Secret" in t or "secret words" in t]
+    assert "Secret" not in caplog.text and "secret words" not in caplog.text
+    assert sync(sessions, settings).new_activities == 0  # and not on the next pass either
+
+
+def test_snippet_policy_stores_the_preview_and_a_tag_in_it_links_the_deal(
+    sessions, settings, company, microsoft
+):
+    # from Carla, who has a role on OPP-101: without the body the link would be contact-role
+    deliver(microsoft, 1, subject="Pricing", body="Hi Ana, on [OPP-101]: the pricing we discussed")
+    deliver(microsoft, 2, subject="Lunch", body="Hi Ana, lunch next week?")
+    add_mailbox(sessions, settings, microsoft)  # the default policy: snippet
+    assert sync(sessions, settings).new_activities == 2
+    with sessions() as session:
+        stored = dict(session.execute(select(Activity.key, Activity.snippet)).all())
+        bodies = set(session.scalars(select(Activity.body)))
+    assert stored["mid:m1@acme.test"] == "Hi Ana, on [OPP-101]: the pricing we discussed"
+    assert stored["mid:m2@acme.test"] == "Hi Ana, lunch next week?"
+    assert bodies == {None}  # a snippet is all the policy keeps
+    assert ("opportunity", "OPP-101", "tag") in activity_links(sessions, "mid:m1@acme.test")
+    assert ("opportunity", "OPP-101", "contact-role") in activity_links(
+        sessions, "mid:m2@acme.test"
+    )
+
+
+def test_full_policy_reads_the_text_body_and_a_tag_deep_in_it_links_the_deal(
+    sessions, settings, company, microsoft
+):
+    long_text = "Hi Ana, " + "we went through the rollout plan in detail. " * 10
+    deliver(microsoft, 1, subject="Rollout", body=long_text + "This is for [OPP-202].")
+    add_mailbox(sessions, settings, microsoft, body="full")
+    assert sync(sessions, settings).new_activities == 1
+    with sessions() as session:
+        snippet, body = session.execute(select(Activity.snippet, Activity.body)).one()
+    assert body is not None and "[OPP-202]" in body and "<" not in body  # text, not HTML
+    assert snippet and snippet.startswith("Hi Ana, we went through")
+    # beyond bodyPreview's 255 characters: found only because the body itself was read
+    assert ("opportunity", "OPP-202", "tag") in activity_links(sessions, "mid:m1@acme.test")
+
+
+def test_metadata_policy_reads_no_text(sessions, settings, company, microsoft):
+    deliver(microsoft, 1, subject="Hello", body="Hi Ana, about [OPP-202]")
+    add_mailbox(sessions, settings, microsoft, body="metadata")
+    assert sync(sessions, settings).new_activities == 1
+    with sessions() as session:
+        assert session.execute(select(Activity.snippet, Activity.body)).one() == (None, None)
+    assert ("opportunity", "OPP-101", "contact-role") in activity_links(
+        sessions, "mid:m1@acme.test"
+    )
+
+
+def test_a_changed_body_policy_reads_the_folders_again_with_the_new_query(
+    sessions, settings, company, microsoft
+):
+    deliver(microsoft, 1, subject="Hello", body="Hi Ana")
+    add_mailbox(sessions, settings, microsoft, body="metadata")
+    sync(sessions, settings)
+    with sessions.begin() as session:
+        box = session.scalar(select(Mailbox))
+        assert box is not None
+        box.settings = {**box.settings, "body": "snippet"}
+    again = sync(sessions, settings)  # the old delta link carries the old $select
+    assert (again.new_activities, again.new_sightings) == (0, 0)
+    deliver(microsoft, 2, subject="Pricing", body="Hi Ana, on [OPP-202]")
+    assert sync(sessions, settings).new_activities == 1
+    with sessions() as session:
+        snippet = session.scalar(select(Activity.snippet).where(Activity.key == "mid:m2@acme.test"))
+    assert snippet == "Hi Ana, on [OPP-202]"
+    assert ("opportunity", "OPP-202", "tag") in activity_links(sessions, "mid:m2@acme.test")
 
 
 def test_calendar_delta_meetings_in_time_zones_cancellations_and_removals(
@@ -461,7 +671,9 @@ def account(emulator: MicrosoftEmulator, secret: str = "secret-1", **extra: Any)
     )
 
 
-def test_todo_writes_go_in_batches_of_twenty_within_four_in_flight(microsoft):
+def test_todo_writes_go_in_fully_parallel_batches_within_four_in_flight(microsoft):
+    """Graph refuses a batch that mixes parallel calls and dependsOn chains: syncd sends
+    fully parallel batches of four, so with far more than 4 (and 20) tasks all are written."""
     writer = TodoTasks(account(microsoft), MailboxSpec("ana", "microsoft", ANA, {}))
     microsoft.latency = 0.02
     tasks = [
@@ -472,11 +684,42 @@ def test_todo_writes_go_in_batches_of_twenty_within_four_in_flight(microsoft):
     before = microsoft.requests
     ids = writer.put_many(tasks)
     assert len(set(ids)) == 45 and all(ids)
-    assert microsoft.requests - before == 3  # 45 calls in 3 requests
+    assert microsoft.requests - before == 12  # 45 calls, four to a request
     assert microsoft.peak_inflight()[ANA] <= 4
-    assert _Slots.peak[f"{microsoft.base}/v1.0|{ANA}"] == 4  # a batch takes all four slots
-    writer.put_many([dataclasses.replace(tasks[0], status="cancelled")])
-    assert len(microsoft.tasks(ANA)) == 44
+    assert _Slots.peak[f"{microsoft.base}/v1.0|{ANA}"] == 4  # a batch of four fills the slots
+    assert sorted(t["title"] for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups") == (
+        sorted(f"Task {i}" for i in range(45))
+    )
+    # updates and deletions go the same way
+    done = [dataclasses.replace(t, status="done") for t in tasks[:23]]
+    writer.put_many([*done, *(dataclasses.replace(t, status="cancelled") for t in tasks[23:])])
+    left = [t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]
+    assert len(left) == 23 and all(t["status"] == "completed" for t in left)
+
+
+def test_many_pending_tasks_are_all_written_by_a_sync(sessions, settings, company, microsoft):
+    """25 meetings that ended: 25 follow-up tasks written back through $batch in one pass."""
+    start = (NOW - timedelta(days=2)).replace(hour=8, minute=0, second=0)
+    for i in range(25):
+        microsoft.add_event(
+            ANA,
+            subject=f"Acme sync {i}",
+            start=start + timedelta(minutes=20 * i),
+            end=start + timedelta(minutes=20 * i + 15),
+            organizer=("Ana", ANA),
+            attendees=[CARLA],
+        )
+    add_mailbox(sessions, settings, microsoft)
+    report = sync(sessions, settings)
+    assert report.tasks_written == 25
+    todo = [t for t in microsoft.tasks(ANA) if t["list"] == "CRM follow-ups"]
+    assert sorted(t["title"] for t in todo) == sorted(
+        f"Send notes and next steps: Acme sync {i}" for i in range(25)
+    )
+    assert max(microsoft.peak_inflight().values()) <= 4
+    assert sync(sessions, settings).tasks_written == 0  # all recorded as written
+    with sessions() as session:
+        assert session.scalar(select(Mailbox.state)) == "ok"
 
 
 def test_todo_batches_shrink_while_throttled_and_lose_nothing(microsoft):
@@ -685,8 +928,6 @@ def test_a_todo_task_is_completed_when_its_rule_resolves(sessions, settings, com
 def test_an_unreadable_message_is_quarantined_with_its_reason(
     sessions, settings, company, microsoft
 ):
-    from syncd.crm.models import QuarantineEntry
-
     bad = deliver(microsoft, 1)
     microsoft.update_message(ANA, bad, **{"from": None, "sender": None, "toRecipients": []})
     worse = deliver(microsoft, 2)
@@ -696,6 +937,32 @@ def test_an_unreadable_message_is_quarantined_with_its_reason(
     report = sync(sessions, settings)
     assert report.new_activities == 1 and report.quarantined == 2
     with sessions() as session:
-        reasons = sorted(session.scalars(select(QuarantineEntry.reason)))
+        entries = session.scalars(select(QuarantineEntry)).all()
+        reasons = sorted(e.reason for e in entries)
+        kept = {e.provider_id: (e.format, e.raw) for e in entries}
     assert any("no From, To or Cc" in r for r in reasons)
     assert any("no usable date" in r and "yesterday" in r for r in reasons)
+    # each kept as the JSON Graph gave, for ``syncd quarantine retry``
+    assert set(kept) == {bad, worse}
+    for provider_id, (format, raw) in kept.items():
+        assert format == "graph-message" and raw is not None
+        assert json.loads(raw)["id"] == provider_id
+    fixed = json.loads(kept[worse][1])
+    fixed["sentDateTime"] = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    item = item_from_raw(json.dumps(fixed).encode(), "graph-message")
+    assert item.key == "mid:m2@acme.test"
+
+
+def test_an_unreadable_event_is_quarantined_with_its_json(sessions, settings, company, microsoft):
+    good = yesterday_meeting(microsoft, "Acme check-in")
+    bad = yesterday_meeting(microsoft, "Acme broken", hours=2)
+    microsoft.update_event(ANA, bad, organizer="Acme front desk")  # not Graph's shape
+    add_mailbox(sessions, settings, microsoft)
+    report = sync(sessions, settings)
+    assert report.quarantined == 1 and len(keys(sessions)) == 1
+    with sessions() as session:
+        (entry,) = session.scalars(select(QuarantineEntry)).all()
+    assert entry.provider_id == bad and entry.format == "graph-event"
+    assert entry.raw is not None and json.loads(entry.raw)["subject"] == "Acme broken"
+    assert "not a readable Graph event" in entry.reason
+    assert good != bad

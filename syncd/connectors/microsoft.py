@@ -13,9 +13,15 @@ or ``{"private_key", "public_certificate"}`` (JSON) for a certificate, or the ms
 Sources: ``graph:inbox`` and ``graph:sentitems`` read by message delta (one delta link per
 folder), ``graph:calendar`` by ``calendarView/delta`` over the configured window, and
 ``graph:todo`` reads back the follow-up tasks the user completed. A 410 raises
-:class:`CursorExpired`. Every request asks for immutable ids, UTC times and text bodies, and
-holds one of the mailbox's four slots (Graph's per-mailbox concurrency limit); 429/503 and
-5xx are retried honouring Retry-After, and dropped connections too.
+:class:`CursorExpired`. Every request asks for immutable ids and UTC times, and holds one of
+the mailbox's four slots (Graph's per-mailbox concurrency limit; a ``$batch`` one per call);
+429/503 and 5xx are retried honouring Retry-After, and dropped connections too. Message
+delta reads what the body policy needs (``bodyPreview`` for ``snippet``, ``body`` as text for
+``full``) and a message's sensitivity as PidTagSensitivity, expanded on the delta itself.
+
+Pure parsers, usable on their own (``syncd quarantine retry``): :func:`mail_item`,
+:func:`meeting_item` and :func:`item_from_raw` (the JSON an unreadable item is quarantined
+with, format ``graph-message`` or ``graph-event``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -79,28 +86,43 @@ APP_SCOPES = ["https://graph.microsoft.com/.default"]
 USER_SCOPES = ["Mail.Read", "Calendars.ReadWrite", "Tasks.ReadWrite"]
 APP_PERMISSIONS = "Mail.Read, Calendars.ReadWrite and Tasks.ReadWrite.All"
 MAX_IN_FLIGHT = 4  # Graph's concurrency limit per app per mailbox
-MAX_BATCH = 20
+# $batch: a batch is either fully parallel or fully sequential (dependsOn chains), never both
+# (Graph answers 400 otherwise). syncd sends fully parallel batches of at most MAX_IN_FLIGHT
+# calls: each call is one of the mailbox's four slots, so one batch in flight fills them and
+# no other request of this process overlaps it. Sequential batches of 20 would hold one slot
+# but run one call at a time (a quarter of the throughput) and a single refused call (a 429,
+# a task the user deleted) would fail every call behind it with 424.
+MAX_PARALLEL_BATCH = MAX_IN_FLIGHT
 FOLDERS = ("inbox", "sentitems")
-PREFER = 'IdType="ImmutableId", outlook.timezone="UTC", outlook.body-content-type="text"'
-SELECT = ",".join(
-    (
-        "internetMessageId",
-        "conversationId",
-        "subject",
-        "from",
-        "toRecipients",
-        "ccRecipients",
-        "bccRecipients",
-        "sentDateTime",
-        "receivedDateTime",
-        "sensitivity",
-        "categories",
-        "isDraft",
-        "bodyPreview",
-        "body",
-        "internetMessageHeaders",
-    )
+PREFER = 'IdType="ImmutableId", outlook.timezone="UTC"'
+# what every body policy reads of a message; ``snippet`` adds bodyPreview (text, up to 255
+# characters), ``full`` adds body, asked for as text (Prefer: outlook.body-content-type)
+MESSAGE_FIELDS = (
+    "internetMessageId",
+    "conversationId",
+    "subject",
+    "from",
+    "toRecipients",
+    "ccRecipients",
+    "bccRecipients",
+    "sentDateTime",
+    "receivedDateTime",
+    "categories",
+    "isDraft",
+    "internetMessageHeaders",
 )
+BODY_FIELDS = {"metadata": (), "snippet": ("bodyPreview",), "full": ("body",)}
+TEXT_BODY = 'outlook.body-content-type="text"'
+# a v1.0 message has no ``sensitivity`` property (only an event has one): it is the MAPI
+# property PidTagSensitivity, read by expanding it on the delta request itself (message
+# delta supports $select, $top and $expand [message-delta.md])
+PID_TAG_SENSITIVITY = "Integer 0x0036"
+EXPAND = f"singleValueExtendedProperties($filter=id eq '{PID_TAG_SENSITIVITY}')"
+# PidTagSensitivity: 0 normal, 1 personal, 2 private, 3 confidential; as for the RFC 2156
+# Sensitivity header (mime.py), Private and Company-Confidential keep an item out of the CRM
+PRIVATE_SENSITIVITY = frozenset({2, 3})
+PRIVATE_HEADER = frozenset({"private", "company-confidential", "confidential"})
+MAX_RAW = 10 << 20  # the largest item JSON kept in the quarantine (the recorder keeps as much)
 TASK_PROPERTY = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name syncdTask"
 RETRYABLE = (429, 500, 502, 503, 504)
 MAX_WAIT = 60.0  # the longest Retry-After honoured within a pass
@@ -483,28 +505,28 @@ class GraphAccount:
         return f"{self.graph}{self.root}{path}"
 
     def batch(self, calls: list[dict[str, Any]]) -> dict[str, tuple[int, Any]]:
-        """Run any number of calls through ``$batch``, up to 20 a request, as four chains tied
-        by ``dependsOn`` so that no more than four reach the mailbox at once. Graph counts
-        each call against the mailbox's limits: calls refused with 429/503/5xx (or failed by
-        a refused predecessor, 424) go again after the longest Retry-After, in smaller
-        requests while the mailbox is throttled (as many as got through), larger again once
-        all pass. Only rounds in which nothing got through count toward giving up.
+        """Run any number of calls through ``$batch``: fully parallel batches (no
+        ``dependsOn``) of at most MAX_PARALLEL_BATCH calls, each holding one of the mailbox's
+        slots, so no more than four reach the mailbox at once (see MAX_PARALLEL_BATCH).
+        Graph counts each call against the mailbox's limits: calls refused with 429/503/5xx
+        (or 424) go again after the longest Retry-After, in smaller batches while the
+        mailbox is throttled (as many as got through), larger again once all pass. Only
+        rounds in which nothing got through count toward giving up.
         Returns {call id: (status, body)}."""
         results: dict[str, tuple[int, Any]] = {}
         pending = list(calls)
-        size, stuck = MAX_BATCH, 0
+        size, stuck = MAX_PARALLEL_BATCH, 0
         while pending:
             chunk, pending = pending[:size], pending[size:]
             requests_ = []
-            for i, call in enumerate(chunk):
+            for call in chunk:
+                # no dependsOn: the batch is fully parallel
                 item = {**call, "headers": {"Prefer": PREFER, **call.get("headers", {})}}
                 if call.get("body") is not None:
                     item["headers"]["Content-Type"] = "application/json"
-                if i >= MAX_IN_FLIGHT:
-                    item["dependsOn"] = [chunk[i - MAX_IN_FLIGHT]["id"]]
                 requests_.append(item)
             _, answer = self.request(
-                "POST", f"{self.graph}/$batch", {"requests": requests_}, slots=MAX_IN_FLIGHT
+                "POST", f"{self.graph}/$batch", {"requests": requests_}, slots=len(chunk)
             )
             by_id = {r["id"]: r for r in answer.get("responses", [])}
             again: list[dict[str, Any]] = []
@@ -519,7 +541,7 @@ class GraphAccount:
                     results[call["id"]] = (status, reply.get("body"))
             passed = len(chunk) - len(again)
             if not again:
-                size = min(MAX_BATCH, size * 2)
+                size = min(MAX_PARALLEL_BATCH, size * 2)
                 continue
             stuck = 0 if passed else stuck + 1
             if stuck >= self.retries:
@@ -572,13 +594,43 @@ def _when(value: str | None) -> datetime | None:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
-def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
-    """A Graph message resource -> :class:`MailItem`. Internet headers (present only on mail
-    that came from outside) add threading and bulk signals; ``conversationId`` is the
-    provider's thread key. Raises ValueError when nothing can be logged."""
+def _sensitivity(message: dict[str, Any]) -> int | None:
+    """PidTagSensitivity from the expanded single-value extended properties (Graph echoes
+    the id normalised, e.g. ``Integer 0x36``; the value is a string)."""
+    for prop in message.get("singleValueExtendedProperties") or []:
+        kind, _, tag = str(prop.get("id", "")).strip().partition(" ")
+        try:
+            if kind.lower() == "integer" and int(tag.strip(), 16) == 0x36:
+                return int(str(prop.get("value", "")).strip())
+        except ValueError:
+            continue
+    return None
+
+
+def _headers(message: dict[str, Any]) -> dict[str, str]:
+    """Internet headers (present only on mail that came from outside), lower-cased names,
+    first value of each."""
     headers: dict[str, str] = {}
     for header in message.get("internetMessageHeaders") or []:
         headers.setdefault(str(header.get("name", "")).lower(), clean(str(header.get("value", ""))))
+    return headers
+
+
+def is_private(message: dict[str, Any]) -> bool:
+    """A message marked private or confidential, by PidTagSensitivity (Outlook's setting) or
+    by the RFC 2156 ``Sensitivity`` header (mail from outside), as mime.py reads it. Never
+    raises: it decides whether anything of an unreadable message may be kept."""
+    try:
+        if _sensitivity(message) in PRIVATE_SENSITIVITY:
+            return True
+        value = _headers(message).get("sensitivity", "")
+        return " ".join(value.split()).lower() in PRIVATE_HEADER
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
+    headers = _headers(message)
     people = _participants(message)
     if not people:
         raise ValueError("no From, To or Cc address that can be read")
@@ -593,9 +645,18 @@ def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
     key, thread_key, related = identity(
         message_id, in_reply_to, references, people, sent_at.isoformat(), subject
     )
-    body = message.get("body") or {}
-    text = clean(str(body.get("content") or "")) if body_policy == "full" else ""
-    preview = " ".join(clean(str(message.get("bodyPreview") or "")).split())
+    # the text the policy asked for goes into MailItem.body, as the MIME connectors do: the
+    # matcher looks for [OPP-n] tags in it and the recorder stores its snippet (and, for
+    # ``full``, the text itself); a snippet is all the policy allows, and all that was read
+    if body_policy == "full":
+        body = message.get("body") or {}
+        text = clean(str(body.get("content") or ""))
+        if str(body.get("contentType", "text")).lower() == "html":  # a server ignoring Prefer
+            text = re.sub(r"<[^>]+>", " ", text)
+    elif body_policy == "snippet":
+        text = clean(str(message.get("bodyPreview") or ""))
+    else:
+        text = ""
     return MailItem(
         key=key,
         provider_id=str(message["id"]),
@@ -606,35 +667,99 @@ def mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
         thread_key=thread_key,
         related_keys=related,
         provider_thread_id=message.get("conversationId"),
-        snippet=preview[:SNIPPET_CHARS],
+        snippet=" ".join(text.split())[:SNIPPET_CHARS],
         body=text,
         **bulk_signals(headers),
-        private=str(message.get("sensitivity", "")).lower() in ("private", "confidential"),
+        private=is_private(message),
         labels=tuple(str(c) for c in message.get("categories") or ()),
     )
 
 
+def mail_item(message: dict[str, Any], body_policy: str = "snippet") -> MailItem:
+    """A Graph message resource (as message delta returns it) -> :class:`MailItem`. Pure:
+    ``body_policy`` (metadata, snippet, full) says which text goes into the item. Internet
+    headers add threading, bulk and sensitivity signals; ``conversationId`` is the
+    provider's thread key. Raises ValueError (only) when nothing can be logged."""
+    try:
+        return _mail_item(message, body_policy)
+    except ValueError:
+        raise
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a readable Graph message ({exc.__class__.__name__}: {exc})") from exc
+
+
+def quarantined(resource: Any, reason: str, format: str) -> Quarantined:
+    """An item that could not be read, with its JSON kept (``format`` graph-message or
+    graph-event) so that ``syncd quarantine retry`` can parse it again; a private one, or
+    one too large, is kept with its reason only."""
+    if not isinstance(resource, dict):
+        resource = {"value": resource}
+    provider_id = str(resource.get("id", "?"))
+    if is_private(resource) if format == "graph-message" else _event_private(resource):
+        return Quarantined(provider_id, f"{reason} (marked private: its content is not kept)")
+    raw = json.dumps(resource, ensure_ascii=False).encode("utf-8")
+    if len(raw) > MAX_RAW:
+        return Quarantined(provider_id, f"{reason} (too large to keep: {len(raw)} bytes)")
+    return Quarantined(provider_id, reason, raw=raw, format=format)
+
+
+def item_from_raw(raw: bytes, format: str, body_policy: str = "snippet") -> MailItem | MeetingItem:
+    """Parse a quarantined item again (``syncd quarantine retry``): ``raw`` is the JSON kept
+    by :func:`quarantined`, ``format`` graph-message or graph-event. Raises ValueError."""
+    try:
+        resource = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(resource, dict):
+        raise ValueError("not a Graph resource (a JSON object)")
+    if format == "graph-message":
+        return mail_item(resource, body_policy)
+    if format == "graph-event":
+        return meeting_item(resource)
+    raise ValueError(f"unknown format {format!r} (graph-message or graph-event)")
+
+
+def delta_query(body_policy: str) -> dict[str, str]:
+    """The query of a first message delta request for ``body_policy``."""
+    fields = (*MESSAGE_FIELDS, *BODY_FIELDS.get(body_policy, BODY_FIELDS["snippet"]))
+    return {"$select": ",".join(fields), "$expand": EXPAND}
+
+
+SELECT = delta_query("snippet")["$select"]  # the default policy's $select (bench/)
+
+
 class GraphMail:
-    """One mail folder by message delta; the cursor is the next or delta link."""
+    """One mail folder by message delta; the cursor is the next or delta link, and which
+    query made it (a changed body policy, or an older syncd's query, reads the folder again:
+    the links carry the query they were made with)."""
 
     def __init__(self, account: GraphAccount, spec: MailboxSpec, folder: str) -> None:
         self.account, self.spec, self.folder = account, spec, folder
         self.name = f"graph:{folder}"
         self.page = int(spec.settings.get("page_size", max(10, min(spec.batch_size, 1000))))
         self.since = timedelta(days=int(spec.settings.get("since_days", 90)))
+        self.policy = spec.body_policy
+        self.query = delta_query(self.policy)
+        self.query_id = hashlib.sha256(urlencode(self.query).encode()).hexdigest()[:16]
 
     def _first_link(self) -> str:
         # no $filter on receivedDateTime: Graph caps a filtered delta at 5,000 messages; the
         # window is applied here instead, so a busy mailbox loses nothing of it
-        query = urlencode({"$select": SELECT})
-        return self.account.user_url(f"/mailFolders/{self.folder}/messages/delta?{query}")
+        return self.account.user_url(
+            f"/mailFolders/{self.folder}/messages/delta?{urlencode(self.query)}"
+        )
 
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
         state = json.loads(cursor.value) if cursor else {}
+        if state.get("query") != self.query_id:
+            state = {}
         link = state.get("link") or self._first_link()
         floor = datetime.now(UTC) - self.since if not state.get("synced") else None
         synced = bool(state.get("synced"))
-        headers = {"Prefer": f"odata.maxpagesize={self.page}"}
+        prefer = [f"odata.maxpagesize={self.page}"]
+        if self.policy == "full":
+            prefer.append(TEXT_BODY)  # a header: not carried in the links, sent every time
+        headers = {"Prefer": ", ".join(prefer)}
         # the next page is fetched while this one is parsed and recorded (two of the
         # mailbox's four slots at most): the network wait and the CRM's work overlap
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-prefetch") as pool:
@@ -658,27 +783,30 @@ class GraphMail:
             if following:
                 ahead = pool.submit(self.account.request, "GET", following, headers=headers)
             items: list[MailItem] = []
-            quarantined: list[Quarantined] = []
+            held: list[Quarantined] = []
             for message in page.get("value", []):
+                if not isinstance(message, dict):
+                    held.append(quarantined(message, "not a Graph message", "graph-message"))
+                    continue
                 if "@removed" in message or message.get("isDraft"):
                     continue  # a move or a deletion: what was logged stays logged
                 try:
-                    item = mail_item(message, self.spec.body_policy)
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    quarantined.append(Quarantined(str(message.get("id", "?")), str(exc)))
+                    item = mail_item(message, self.policy)
+                except ValueError as exc:
+                    held.append(quarantined(message, str(exc), "graph-message"))
                     continue
                 if floor is not None and item.sent_at < floor:
                     continue
                 items.append(item)
             final = page.get("@odata.deltaLink")
             if following:
-                new_state = {"link": following, "synced": synced}
+                new_state = {"link": following, "synced": synced, "query": self.query_id}
             elif final:
-                new_state = {"link": final, "synced": True}
+                new_state = {"link": final, "synced": True, "query": self.query_id}
             else:
                 raise ConnectorError(f"{self.account._where()}: a delta page without a link")
-            if items or quarantined or not (synced and final and not page.get("value")):
-                yield Batch(tuple(items), Cursor(json.dumps(new_state)), tuple(quarantined))
+            if items or held or not (synced and final and not page.get("value")):
+                yield Batch(tuple(items), Cursor(json.dumps(new_state)), tuple(held))
             if not following:
                 return
 
@@ -713,7 +841,23 @@ def graph_time(value: dict[str, Any]) -> datetime:
     return (stamp if stamp.tzinfo else stamp.replace(tzinfo=zone)).astimezone(UTC)
 
 
+def _event_private(event: dict[str, Any]) -> bool:
+    """An event's own ``sensitivity`` (private or confidential keeps it out of the CRM)."""
+    return str(event.get("sensitivity", "")).lower() in ("private", "confidential")
+
+
 def meeting_item(event: dict[str, Any]) -> MeetingItem:
+    """A Graph event resource (as calendarView delta returns it) -> :class:`MeetingItem`.
+    Pure. Raises ValueError (only) when it cannot be read."""
+    try:
+        return _meeting_item(event)
+    except ValueError:
+        raise
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a readable Graph event ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _meeting_item(event: dict[str, Any]) -> MeetingItem:
     uid = str(event.get("iCalUId") or event["id"])
     start, end = graph_time(event["start"]), graph_time(event["end"])
     rid = (
@@ -744,7 +888,7 @@ def meeting_item(event: dict[str, Any]) -> MeetingItem:
         end=end,
         participants=tuple(people),
         cancelled=bool(event.get("isCancelled")),
-        private=str(event.get("sensitivity", "")).lower() in ("private", "confidential"),
+        private=_event_private(event),
         description=str(event.get("bodyPreview") or ""),
         location=str((event.get("location") or {}).get("displayName") or ""),
         labels=tuple(str(c) for c in event.get("categories") or ()),
@@ -778,11 +922,16 @@ class GraphCalendar:
             meetings: list[MeetingItem] = []
             states: list[TaskState] = []
             removed: list[str] = []
-            quarantined: list[Quarantined] = []
+            held: list[Quarantined] = []
             for event in page.get("value", []):
-                if "@removed" in event:  # only the id comes: a meeting gone, or one of our tasks
-                    removed.append(str(event["id"]))
-                    states.append(TaskState("", "cancelled", ref=str(event["id"])))
+                if not isinstance(event, dict):
+                    held.append(quarantined(event, "not a Graph event", "graph-event"))
+                    continue
+                # a removal brings only the id: a meeting gone, or one of our tasks
+                if "@removed" in event:
+                    if event.get("id"):
+                        removed.append(str(event["id"]))
+                        states.append(TaskState("", "cancelled", ref=str(event["id"])))
                     continue
                 transaction = str(event.get("transactionId") or "")
                 if transaction.startswith("syncd-"):  # syncd's own task: never a meeting
@@ -793,18 +942,18 @@ class GraphCalendar:
                     continue
                 try:
                     meetings.append(meeting_item(event))
-                except (ValueError, KeyError, TypeError) as exc:
-                    quarantined.append(Quarantined(str(event.get("id", "?")), str(exc)))
+                except ValueError as exc:
+                    held.append(quarantined(event, str(exc), "graph-event"))
             following = page.get("@odata.nextLink")
             final = page.get("@odata.deltaLink")
             if not (following or final):
                 raise ConnectorError(f"{self.account._where()}: a delta page without a link")
-            changed = meetings or states or removed or quarantined
+            changed = meetings or states or removed or held
             if changed or following or not state.get("link"):
                 yield Batch(
                     tuple(meetings),
                     Cursor(json.dumps({"link": following or final})),
-                    tuple(quarantined),
+                    tuple(held),
                     removed=tuple(removed),
                     task_states=tuple(states),
                 )
