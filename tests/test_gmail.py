@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.crm import queries
-from syncd.crm.models import Mailbox, Sighting
+from syncd.crm.models import Mailbox, QuarantineEntry, Sighting
 from syncd.demo import email_bytes
 from syncd.secrets import Secret
 from syncd.sync import sync_mailbox
@@ -76,7 +76,8 @@ def deliver(
     to: str = ANA,
     labels: tuple[str, ...] = ("INBOX",),
     **kw: Any,
-) -> bytes:
+) -> str:
+    """Message ``g<i>@acme.test``, ``i`` hours old; returns its Gmail id."""
     raw = email_bytes(
         sender=sender,
         to=[to],
@@ -85,13 +86,12 @@ def deliver(
         message_id=f"g{i}@acme.test",
         **kw,
     )
-    emulator.deliver(
+    return emulator.deliver(
         user,
         raw,
         labels=labels,
         internal_date_ms=int((NOW - timedelta(hours=i)).timestamp() * 1000),
     )
-    return raw
 
 
 def test_first_sync_then_history_then_an_expired_history_id(sessions, settings, company, google):
@@ -408,3 +408,147 @@ def test_task_writes_are_idempotent_by_their_event_id(google, settings):
     writer.put(dataclasses.replace(task, status="done"))
     (event,) = emulator.mailboxes[ANA].events.values()
     assert event["summary"] == "Done: Follow up"
+
+
+# --- labels, Spam and Trash (issue 9, points 6 and 7) -----------------------------------------
+
+
+def test_user_labels_match_by_name_no_crm_excludes_and_crm_forces_in(
+    sessions, settings, company, google
+):
+    emulator, _ = google
+    no_crm = emulator.add_label(ANA, "No CRM")  # Gmail puts Label_<n> on messages, not names
+    crm = emulator.add_label(ANA, "CRM")
+    emulator.add_label(ANA, "Receipts")
+    deliver(emulator, ANA, 1, labels=("INBOX", no_crm))  # a contact, but the user said no
+    deliver(emulator, ANA, 2)  # the same kind of mail, unlabelled: logged
+    # internal-only, so excluded unless forced: one with the CRM label, one without
+    deliver(emulator, ANA, 3, sender=ANA, to=BEN, labels=("SENT", crm))
+    deliver(emulator, ANA, 4, sender=ANA, to=BEN, labels=("SENT",))
+    oauth_mailbox(sessions, settings, google)
+    report = sync(sessions, settings, "ana")
+    assert keys(sessions) == ["mid:g2@acme.test", "mid:g3@acme.test"]
+    assert report.excluded["excluded label"] == 1 and report.excluded["internal-only"] == 1
+
+
+def test_a_label_made_after_the_labels_were_read_is_resolved(sessions, settings, company, google):
+    """One connector across passes (as a long-running worker keeps it): its label list was
+    read before the user made "No CRM" and "CRM"; the unknown ids make it read it again."""
+    from syncd.connectors.gmail import GmailConnector
+
+    emulator, _ = google
+    deliver(emulator, ANA, 1, labels=("INBOX", "CATEGORY_UPDATES"))
+    oauth_mailbox(sessions, settings, google)
+    kept: list[GmailConnector] = []
+
+    def same_connector(spec: Any) -> GmailConnector:
+        if not kept:
+            kept.append(GmailConnector(spec))
+        return kept[0]
+
+    first = sync_mailbox(sessions, settings, "ana", connector_factory=same_connector)
+    assert first.ok and first.new_activities == 1  # the labels are listed now
+    no_crm = emulator.add_label(ANA, "No CRM")
+    crm = emulator.add_label(ANA, "CRM")
+    deliver(emulator, ANA, 2, labels=("INBOX", no_crm))
+    deliver(emulator, ANA, 3, sender=ANA, to=BEN, labels=("SENT", crm))
+    second = sync_mailbox(sessions, settings, "ana", connector_factory=same_connector)
+    assert second.ok, second.error
+    assert keys(sessions) == ["mid:g1@acme.test", "mid:g3@acme.test"]
+
+
+def test_a_crm_label_applied_after_arrival_forces_the_message_in(
+    sessions, settings, company, google
+):
+    emulator, _ = google
+    crm = emulator.add_label(ANA, "CRM")
+    oauth_mailbox(sessions, settings, google)
+    sync(sessions, settings, "ana")
+    internal = deliver(emulator, ANA, 1, sender=ANA, to=BEN, labels=("SENT",))
+    assert sync(sessions, settings, "ana").new_activities == 0  # internal-only
+    emulator.modify(ANA, internal, add=(crm,))  # the user labels it afterwards
+    assert sync(sessions, settings, "ana").new_activities == 1
+    assert keys(sessions) == ["mid:g1@acme.test"]
+
+
+def test_a_message_taken_out_of_spam_or_trash_is_logged_once(sessions, settings, company, google):
+    emulator, _ = google
+    spam = deliver(emulator, ANA, 1, labels=("SPAM",))  # there before the first sync
+    trash = deliver(emulator, ANA, 2, labels=("TRASH",))
+    deliver(emulator, ANA, 3)
+    oauth_mailbox(sessions, settings, google)
+    assert sync(sessions, settings, "ana").new_activities == 1
+    later = deliver(emulator, ANA, 4, labels=("SPAM",))  # arrives after it, straight to Spam
+    to_trash = deliver(emulator, ANA, 5, labels=("SPAM",))
+    assert sync(sessions, settings, "ana").new_activities == 0
+    emulator.modify(ANA, spam, add=("INBOX",), remove=("SPAM",))  # "Not spam"
+    emulator.modify(ANA, trash, remove=("TRASH",))  # restored from Trash
+    emulator.modify(ANA, later, add=("INBOX",), remove=("SPAM",))
+    emulator.modify(ANA, to_trash, add=("TRASH",), remove=("SPAM",))  # still never read
+    report = sync(sessions, settings, "ana")
+    assert (report.new_activities, report.new_sightings) == (3, 3)
+    assert keys(sessions) == [f"mid:g{i}@acme.test" for i in (1, 2, 3, 4)]
+    # a logged message trashed and restored is read again, and nothing is logged twice
+    emulator.modify(ANA, spam, add=("TRASH",))
+    emulator.modify(ANA, spam, remove=("TRASH",))
+    again = sync(sessions, settings, "ana")
+    assert (again.new_activities, again.new_sightings) == (0, 0)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Sighting)) == 4
+
+
+def test_an_unparseable_gmail_message_is_quarantined_with_its_bytes(
+    sessions, settings, company, google
+):
+    emulator, _ = google
+    broken = b"Subject: no address anywhere\r\n\r\nbody\r\n"
+    bad = emulator.deliver(ANA, broken, internal_date_ms=int(NOW.timestamp() * 1000))
+    deliver(emulator, ANA, 1)
+    oauth_mailbox(sessions, settings, google)
+    report = sync(sessions, settings, "ana")
+    assert (report.new_activities, report.quarantined) == (1, 1)
+    with sessions() as session:
+        (entry,) = session.scalars(select(QuarantineEntry)).all()
+    assert (entry.provider_id, entry.raw, entry.format) == (bad, broken, "rfc822")
+    assert "no From, To, Cc or Bcc" in entry.reason
+
+
+# --- the calendar window (issue 9, point 8) ---------------------------------------------------
+
+
+def set_mailbox(sessions: S, name: str, **values: Any) -> None:
+    with sessions.begin() as session:
+        mailbox = session.scalars(select(Mailbox).where(Mailbox.name == name)).one()
+        mailbox.settings = {**mailbox.settings, **values}
+
+
+def test_google_calendar_logs_only_the_configured_window(sessions, settings, company, google):
+    emulator, _ = google
+    noon = NOW.replace(hour=12, minute=0, second=0)
+    emulator.add_event(ANA, meeting("Globex soon", noon + timedelta(days=10)))
+    far = emulator.add_event(ANA, meeting("Globex in 45 days", noon + timedelta(days=45)))
+    emulator.add_event(ANA, meeting("Globex long ago", noon - timedelta(days=100)))
+    oauth_mailbox(sessions, settings, google)  # the config's defaults: 90 days back, 30 ahead
+    assert settings.sync.calendar_future_days == 30 and settings.sync.calendar_past_days == 90
+    sync(sessions, settings, "ana")
+
+    def subjects() -> list[str]:
+        with sessions() as session:
+            return sorted(r["subject"] for r in queries.timeline(session))
+
+    assert subjects() == ["Globex soon"]
+    # changes come by sync token, at any date: the window still holds
+    box = emulator.mailboxes[ANA]
+    box.event_seq += 1
+    box.events[far["id"]].update(location="Room 2", sequence_no=box.event_seq)
+    emulator.add_event(ANA, meeting("Globex in 50 days", noon + timedelta(days=50)))
+    emulator.add_event(ANA, meeting("Globex 95 days ago", noon - timedelta(days=95)))
+    changed = sync(sessions, settings, "ana")
+    assert changed.new_activities == 0 and subjects() == ["Globex soon"]
+    # the window grows (or time passes): what it now covers is read, unchanged as it is
+    set_mailbox(sessions, "ana", calendar_future_days=46, calendar_past_days=96)
+    grown = sync(sessions, settings, "ana")
+    assert grown.new_activities == 2
+    assert subjects() == ["Globex 95 days ago", "Globex in 45 days", "Globex soon"]
+    quiet = sync(sessions, settings, "ana")
+    assert (quiet.new_activities, quiet.updated) == (0, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import google_auth_httplib2
 import httplib2
@@ -275,3 +276,131 @@ def test_calendar_events_through_the_client_library(google):
     with pytest.raises(HttpError) as err:
         events.import_(calendarId="primary", body={**body, "iCalUID": "u1@x"}).execute()
     assert err.value.resp.status == 409
+
+
+def test_user_labels_have_ids_unlike_their_names_and_messages_carry_the_ids(google):
+    emulator, base = google
+    no_crm = emulator.add_label(USER, "No CRM")
+    assert no_crm.startswith("Label_") and no_crm != "No CRM"
+    with pytest.raises(ValueError, match="never names"):
+        emulator.deliver(USER, b"From: a@x.test\r\n\r\nx", labels=("INBOX", "No CRM"))
+    with pytest.raises(ValueError):
+        emulator.add_label(USER, "Inbox")  # system label names are reserved
+    seed(emulator, 1)
+    (mid,) = emulator.mailboxes[USER].messages
+    emulator.modify(USER, mid, add=(no_crm,))
+    service = gmail(emulator, base)
+    labels = service.users().labels().list(userId="me").execute()["labels"]
+    # each label of the list holds only these fields [ListLabelsResponse in gmail.v1.json]
+    listed = {"id", "name", "messageListVisibility", "labelListVisibility", "type"}
+    assert listed <= set(GMAIL["schemas"]["Label"]["properties"])
+    assert all(set(label) <= listed for label in labels)
+    by_id = {label["id"]: label for label in labels}
+    assert by_id[no_crm]["name"] == "No CRM" and by_id[no_crm]["type"] == "user"
+    assert by_id["INBOX"] == {"id": "INBOX", "name": "INBOX", "type": "system"}
+    got = service.users().messages().get(userId="me", id=mid, format="minimal").execute()
+    assert no_crm in got["labelIds"] and "No CRM" not in got["labelIds"]
+
+
+def test_label_changes_are_history_records_filtered_by_history_types(google):
+    emulator, base = google
+    service = gmail(emulator, base)
+    start = service.users().getProfile(userId="me").execute()["historyId"]
+    raw = email_bytes(
+        sender="carla@acme.test", to=[USER], subject="s", when=datetime.now(UTC), message_id="s@x"
+    )
+    mid = emulator.deliver(USER, raw, labels=("SPAM",))
+    emulator.modify(USER, mid, add=("INBOX",), remove=("SPAM",))  # "Not spam"
+    emulator.modify(USER, mid, remove=("SPAM",))  # nothing left to remove: no record
+
+    def history(*types: str) -> list[dict]:
+        response = (
+            service.users()
+            .history()
+            .list(userId="me", startHistoryId=start, historyTypes=list(types) or None)
+            .execute()
+        )
+        return list(response.get("history", []))
+
+    everything = history()
+    assert len(everything) == 3
+    fields = set(GMAIL["schemas"]["History"]["properties"])
+    assert all(set(record) <= fields for record in everything)
+    ids = [int(r["id"]) for r in everything]
+    assert ids == sorted(ids)  # chronological [history.list]
+    (removed,) = history("labelRemoved")
+    (change,) = removed["labelsRemoved"]
+    assert change["labelIds"] == ["SPAM"] and change["message"]["id"] == mid
+    assert change["message"]["labelIds"] == ["INBOX"]  # what the message has now
+    (added,) = history("labelAdded")
+    assert added["labelsAdded"][0]["labelIds"] == ["INBOX"]
+    assert [r["id"] for r in history("messageAdded", "labelRemoved")] == [
+        everything[0]["id"],
+        removed["id"],
+    ]
+    # the field's name is not a history type (the client library refuses it before sending)
+    resp, body = service._http.request(
+        base + f"gmail/v1/users/me/history?startHistoryId={start}&historyTypes=labelsRemoved"
+    )
+    assert resp.status == 400 and b"historyTypes" in body
+
+
+def test_calendar_time_bounds_and_what_a_sync_token_refuses(google):
+    emulator, base = google
+    creds = Credentials(
+        None,
+        refresh_token=emulator.grant(USER),
+        token_uri=base + "token",
+        client_id="client-1",
+        client_secret="secret-1",
+    )
+    events = build(
+        "calendar",
+        "v3",
+        http=google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http()),
+        static_discovery=True,
+        client_options={"api_endpoint": base + "calendar/v3/"},
+    ).events()
+
+    def at(day: int, hours: int = 1, summary: str = "") -> dict:
+        start = datetime(2026, 12, day, 10, tzinfo=UTC)
+        return {
+            "summary": summary or f"d{day}",
+            "start": {"dateTime": start.isoformat()},
+            "end": {"dateTime": (start + timedelta(hours=hours)).isoformat()},
+        }
+
+    for day in (1, 10, 20):
+        emulator.add_event(USER, at(day))
+    emulator.add_event(
+        USER, {"summary": "all day", "start": {"date": "2026-12-15"}, "end": {"date": "2026-12-16"}}
+    )
+
+    def summaries(**bounds: str) -> list[str]:
+        return [
+            e["summary"] for e in events.list(calendarId="primary", **bounds).execute()["items"]
+        ]
+
+    # timeMin bounds the end, timeMax the start, both exclusive
+    assert summaries(timeMin="2026-12-01T11:00:00Z") == ["d10", "d20", "all day"]
+    assert summaries(timeMin="2026-12-01T10:59:59+00:00", timeMax="2026-12-10T10:00:00Z") == ["d1"]
+    assert summaries(timeMin="2026-12-14T00:00:00Z", timeMax="2026-12-16T00:00:00Z") == ["all day"]
+    for bad in (
+        {"timeMin": "2026-12-01T10:00:00"},  # the offset is mandatory
+        {"timeMin": "2026-12-10T00:00:00Z", "timeMax": "2026-12-01T00:00:00Z"},
+    ):
+        with pytest.raises(HttpError) as err:
+            events.list(calendarId="primary", **bad).execute()
+        assert err.value.resp.status == 400
+    token = events.list(calendarId="primary").execute()["nextSyncToken"]
+    for refused in (
+        {"timeMax": "2027-01-01T00:00:00Z"},
+        {"timeMin": "2026-01-01T00:00:00Z"},
+        {"showDeleted": False},
+    ):
+        with pytest.raises(HttpError) as err:
+            events.list(calendarId="primary", syncToken=token, **refused).execute()
+        assert err.value.resp.status == 400
+    emulator.add_event(USER, at(25))
+    changed = events.list(calendarId="primary", syncToken=token, showDeleted=True).execute()
+    assert [e["summary"] for e in changed["items"]] == ["d25"]

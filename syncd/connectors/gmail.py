@@ -10,7 +10,21 @@ The source ``gmail:mail``: a first sync lists messages newer than the window and
 them raw in batches of 100 (one HTTP request a batch); its cursor remembers the page and the
 position in it, so a crash mid-backfill resumes there. Then ``history.list`` from the
 history id taken before the backfill; a 404 raises :class:`CursorExpired`. SPAM, TRASH,
-CHAT and drafts are never read. Gmail's threadId is kept as a second thread key.
+CHAT and drafts are never read; a message taken out of Spam or Trash later (a history record
+removing SPAM or TRASH) is read then, like a new one, and so is a message the user gives a
+label of their own (so that a "CRM" label applied after arrival forces it in). Gmail's
+threadId is kept as a second thread key.
+
+Labels: messages carry label *ids*; a user label's id (``Label_12``) is not its name ("No
+CRM"). Items carry the names of user labels and the ids of system labels (INBOX, SENT), so
+that ``exclusions.labels`` and ``exclusions.force_labels`` match. The names come from
+``users.labels.list``, once per connector and again when an id not seen yet appears.
+
+The source ``gcal:primary``: the primary calendar by sync token, bounded to
+``calendar_past_days`` .. ``calendar_future_days`` around now like the other calendars.
+Google refuses ``timeMin``/``timeMax`` with a sync token, so the window is applied to what
+comes back, and the strips the window has moved over since the last pass (a meeting 45 days
+ahead enters a 30-day window 15 days later without changing) are listed by time.
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -71,7 +85,10 @@ SCOPES = [
 ]
 GOOGLE_ENDPOINT = "https://gmail.googleapis.com/"
 NEVER_READ = {"SPAM", "TRASH", "CHAT", "DRAFT"}
-UNITS = {"getProfile": 1, "list": 5, "get": 5, "history": 2}
+RESTORED = {"SPAM", "TRASH"}  # a message taken out of these is read like a new one
+# history record types read: new mail, and label changes that can make a message loggable
+HISTORY_TYPES = ["messageAdded", "labelAdded", "labelRemoved"]
+UNITS = {"getProfile": 1, "labels": 1, "list": 5, "get": 5, "history": 2}
 BATCH = 100  # Gmail's cap on calls in one batch request
 
 
@@ -170,6 +187,41 @@ class GmailAccount:
             client_options={"api_endpoint": calendar_base},
         )
         self.limiter = QuotaLimiter(int(s.get("quota_units_per_minute", 15_000)))
+        # label id -> (name, is a user label); listed on first use, again for an unknown id
+        self._labels: dict[str, tuple[str, bool]] | None = None
+        self._unresolved: set[str] = set()  # ids still unknown after a fresh listing
+
+    def _list_labels(self) -> None:
+        response = self.execute(
+            UNITS["labels"], lambda: self.service.users().labels().list(userId="me")
+        )
+        labels: dict[str, tuple[str, bool]] = {}
+        for label in response.get("labels", []):
+            user = label.get("type") == "user"
+            labels[str(label["id"])] = (str(label.get("name") or label["id"]), user)
+        self._labels = labels
+
+    def _label(self, label_id: str) -> tuple[str, bool]:
+        if self._labels is None or (
+            label_id not in self._labels and label_id not in self._unresolved
+        ):
+            self._list_labels()  # a label made since the last listing
+            assert self._labels is not None
+            if label_id not in self._labels:
+                self._unresolved.add(label_id)  # e.g. deleted meanwhile: never asked again
+        return self._labels.get(label_id, (label_id, False))
+
+    def label_names(self, ids: Sequence[str]) -> tuple[str, ...]:
+        """The labels as exclusions name them: a user label by its name, a system label
+        (INBOX, SENT, CATEGORY_UPDATES) by its id, an id Gmail does not list as it is."""
+        names = []
+        for label_id in ids:
+            name, user = self._label(label_id)
+            names.append(name if user else label_id)
+        return tuple(names)
+
+    def is_user_label(self, label_id: str) -> bool:
+        return self._label(label_id)[1]
 
     def _where(self) -> str:
         return f"mailbox {self.spec.name!r}: Gmail"
@@ -283,17 +335,22 @@ class GmailMail:
                 m = raw.get(i)
                 if m is None or NEVER_READ & set(m.get("labelIds", [])):
                     continue
-                when = datetime.fromtimestamp(int(m.get("internalDate", "0")) / 1000, UTC)
-                try:
-                    item = parse_message(base64.urlsafe_b64decode(m["raw"]), i, when)
-                except (UnreadableMessage, KeyError, ValueError) as exc:
-                    quarantined.append(Quarantined(i, str(exc)))
+                data: bytes | None = None
+                try:  # no message can stop the mailbox: what cannot be read is quarantined
+                    data = _unbase64(m["raw"])
+                    when = datetime.fromtimestamp(int(m.get("internalDate", "0")) / 1000, UTC)
+                    item = parse_message(data, i, when)
+                except Exception as exc:
+                    reason = str(exc) if isinstance(exc, UnreadableMessage) else _reason(exc)
+                    quarantined.append(
+                        Quarantined(i, reason, data, "rfc822" if data is not None else None)
+                    )
                     continue
                 items.append(
                     dataclasses.replace(
                         item,
                         provider_thread_id=m.get("threadId"),
-                        labels=tuple(m.get("labelIds", [])),
+                        labels=self.account.label_names(m.get("labelIds", [])),
                     )
                 )
         return items, quarantined
@@ -332,6 +389,20 @@ class GmailMail:
             yield Batch((), Cursor(json.dumps(state)))
         yield from self._history(state["h"])
 
+    def _to_read(self, record: dict[str, Any]) -> Iterator[str]:
+        """The messages one history record asks to read (a record may change several
+        messages in several ways [History in gmail.v1.json]): new ones, those taken out of
+        Spam or Trash, and those given a label of the user's. Their labels are checked
+        again when they are read (a message moved from Spam to Trash stays unread)."""
+        for added in record.get("messagesAdded", []):
+            yield str(added["message"]["id"])
+        for removed in record.get("labelsRemoved", []):
+            if RESTORED & set(removed.get("labelIds", [])):
+                yield str(removed["message"]["id"])
+        for labelled in record.get("labelsAdded", []):
+            if any(self.account.is_user_label(i) for i in labelled.get("labelIds", [])):
+                yield str(labelled["message"]["id"])
+
     def _history(self, start: str) -> Iterator[Batch[MailItem]]:
         users = self.account.service.users()
         page: str | None = None
@@ -345,7 +416,7 @@ class GmailMail:
                         users.history().list,
                         userId="me",
                         startHistoryId=start,
-                        historyTypes=["messageAdded"],
+                        historyTypes=HISTORY_TYPES,
                         maxResults=500,
                         pageToken=page,
                     ),
@@ -355,8 +426,7 @@ class GmailMail:
                     raise CursorExpired(f"Gmail history id {start} is too old") from None
                 raise
             for record in response.get("history", []):
-                for added_msg in record.get("messagesAdded", []):
-                    added.append(added_msg["message"]["id"])
+                added.extend(self._to_read(record))
             latest = response.get("historyId", latest)
             page = response.get("nextPageToken")
             if not page:
@@ -372,6 +442,15 @@ class GmailMail:
                 Cursor(json.dumps({"h": latest if final else start})),
                 tuple(quarantined),
             )
+
+
+def _unbase64(value: str) -> bytes:
+    """Gmail's ``raw``: base64url, with or without its padding."""
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _google_time(value: dict[str, Any]) -> datetime:
@@ -416,30 +495,52 @@ def _event_meeting(event: dict[str, Any]) -> MeetingItem | None:
     )
 
 
+STRIP_EVERY = timedelta(hours=1)  # how far the window moves before its new edge is listed
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass
+class _Read:
+    """What one pass of the calendar found."""
+
+    meetings: dict[str, MeetingItem] = dataclasses.field(default_factory=dict)  # by key
+    states: list[TaskState] = dataclasses.field(default_factory=list)
+    removed: list[str] = dataclasses.field(default_factory=list)
+    quarantined: list[Quarantined] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.meetings or self.states or self.removed or self.quarantined)
+
+
 class GoogleCalendar:
-    """The user's primary calendar, incrementally by sync token (410 -> read again)."""
+    """The user's primary calendar, incrementally by sync token (410 -> read again), within
+    [now - calendar_past_days, now + calendar_future_days] like the other calendars.
+
+    The cursor holds the sync token and the stretch of time already listed (``from`` ..
+    ``until``). A sync token returns changed events at any date, so the window is applied
+    after reading; and an event that does not change never comes back by sync token, so the
+    strips the window has moved onto since (``until`` .. now + future, and now - past ..
+    ``from`` when the setting grew) are listed by time, without the token."""
 
     name = "gcal:primary"
 
     def __init__(self, account: GmailAccount, spec: MailboxSpec) -> None:
         self.account = account
+        # the config's sync.calendar_*_days, unless the mailbox sets its own (mailbox_spec)
         self.past = timedelta(days=int(spec.settings.get("calendar_past_days", 90)))
+        self.future = timedelta(days=int(spec.settings.get("calendar_future_days", 30)))
         self.batch_size = spec.batch_size
 
-    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
-        state = json.loads(cursor.value) if cursor else {}
+    def _list(
+        self, found: _Read, window: tuple[datetime, datetime], tasks: bool, **query: str
+    ) -> str | None:
+        """Every page of one events.list; returns the nextSyncToken of the last page."""
         events = self.account.calendar.events()
         page: str | None = None
-        meetings: list[MeetingItem] = []
-        states: list[TaskState] = []
-        removed: list[str] = []
-        token = state.get("token")
         while True:
-            if token:
-                query = {"syncToken": token}
-            else:
-                since = (datetime.now(UTC) - self.past).strftime("%Y-%m-%dT%H:%M:%SZ")
-                query = {"timeMin": since}
             try:
                 response = self.account.execute(
                     1,
@@ -457,34 +558,90 @@ class GoogleCalendar:
                     raise CursorExpired("Google Calendar sync token expired") from None
                 raise
             for event in response.get("items", []):
-                task_uid = event.get("extendedProperties", {}).get("private", {}).get("syncdTask")
-                if task_uid:  # syncd's own task: never a meeting
-                    if event.get("status") == "cancelled":
-                        states.append(TaskState(task_uid, "cancelled"))
-                    elif event.get("summary", "").lstrip().startswith(DONE_MARKS):
-                        states.append(TaskState(task_uid, "done"))  # the user ticked it off
-                    continue
-                if event.get("status") == "cancelled" and "start" not in event:
-                    # a tombstone carries its id only: a meeting gone, or one of our tasks
-                    removed.append(event.get("iCalUID") or event["id"])
-                    states.append(TaskState("", "cancelled", ref=event["id"]))
-                    continue
-                item = _event_meeting(event)
-                if item is not None:
-                    meetings.append(item)
+                self._take(event, found, window, tasks)
             page = response.get("nextPageToken")
             if not page:
-                new_token = response.get("nextSyncToken")
-                break
-        if token and new_token == token and not (meetings or states or removed):
+                token = response.get("nextSyncToken")
+                return str(token) if token else None
+
+    def _strip(
+        self, found: _Read, window: tuple[datetime, datetime], since: datetime, until: datetime
+    ) -> None:
+        """The events of [since, until) by time (no sync token; timeMin must be before
+        timeMax [events.list in calendar.v3.json]); syncd's own tasks come by sync token."""
+        if since < until:
+            self._list(found, window, False, timeMin=_rfc3339(since), timeMax=_rfc3339(until))
+
+    @staticmethod
+    def _take(
+        event: dict[str, Any], found: _Read, window: tuple[datetime, datetime], tasks: bool
+    ) -> None:
+        task_uid = event.get("extendedProperties", {}).get("private", {}).get("syncdTask")
+        if task_uid:  # syncd's own task: never a meeting
+            if not tasks:
+                return  # listed by time: its changes come by sync token
+            if event.get("status") == "cancelled":
+                found.states.append(TaskState(task_uid, "cancelled"))
+            elif event.get("summary", "").lstrip().startswith(DONE_MARKS):
+                found.states.append(TaskState(task_uid, "done"))  # the user ticked it off
             return
+        if event.get("status") == "cancelled" and "start" not in event:
+            # a tombstone carries its id only: a meeting gone, or one of our tasks
+            found.removed.append(event.get("iCalUID") or event["id"])
+            found.states.append(TaskState("", "cancelled", ref=event["id"]))
+            return
+        try:
+            item = _event_meeting(event)
+        except Exception as exc:  # one bad event never stops the calendar
+            found.quarantined.append(Quarantined(str(event.get("id", "?")), _reason(exc)))
+            return
+        if item is None:
+            return
+        if not (item.end > window[0] and item.start < window[1]):
+            if item.cancelled:  # cancelled out there: an activity logged earlier is too
+                found.removed.append(item.provider_id)
+            return
+        found.meetings[item.key] = item
+
+    def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
+        state = json.loads(cursor.value) if cursor else {}
+        now = datetime.now(UTC)
+        window = (now - self.past, now + self.future)
+        found = _Read()
+        token = state.get("token")
+        if token:
+            # timeMin/timeMax cannot go with a sync token (HTTP 400): filtered in _take
+            new_token = self._list(found, window, True, syncToken=token)
+            # a cursor from before the window was kept: it read everything from then on
+            listed = [
+                datetime.fromisoformat(state[k]) if k in state else edge
+                for k, edge in (("from", window[0]), ("until", window[1]))
+            ]
+            if window[1] - listed[1] >= STRIP_EVERY:  # the window moved on
+                self._strip(found, window, max(listed[1], window[0]), window[1])
+                listed[1] = window[1]
+            if listed[0] - window[0] >= STRIP_EVERY:  # calendar_past_days grew
+                self._strip(found, window, window[0], min(listed[0], window[1]))
+                listed[0] = window[0]
+        else:
+            new_token = self._list(found, window, True, timeMin=_rfc3339(window[0]))
+            listed = list(window)
+        new_state = {
+            "token": new_token,
+            "from": listed[0].isoformat(),
+            "until": listed[1].isoformat(),
+        }
+        if token and new_state == state and not found:
+            return
+        meetings = list(found.meetings.values())
         for start in range(0, max(len(meetings), 1), self.batch_size):
             last = start + self.batch_size >= len(meetings)
             yield Batch(
                 items=tuple(meetings[start : start + self.batch_size]),
-                cursor=Cursor(json.dumps({"token": new_token} if last else state)),
-                removed=tuple(removed) if last else (),
-                task_states=tuple(states) if last else (),
+                cursor=Cursor(json.dumps(new_state if last else state)),
+                quarantined=tuple(found.quarantined) if last else (),
+                removed=tuple(found.removed) if last else (),
+                task_states=tuple(found.states) if last else (),
             )
 
 

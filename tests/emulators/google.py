@@ -9,9 +9,15 @@ Written from the public API reference, not from what syncd sends:
 
 Mailboxes live in memory, seeded from RFC 5322 messages; every change gets the next history
 id of its mailbox (monotonic, per change), as Gmail assigns them. Faults can be queued.
+Messages carry label *ids*, never names: system labels are their own ids (INBOX, SPAM), user
+labels are made with :meth:`GoogleEmulator.add_label` and get ``Label_<n>``, as Gmail's do.
+Label changes (:meth:`GoogleEmulator.modify`, what the web interface does when a message is
+moved out of Spam, trashed or labelled) are history records with ``labelsAdded`` /
+``labelsRemoved``, and ``history.list`` returns only the ``historyTypes`` asked for.
 
 Calendar v3 covers the primary calendar's events: list (sync tokens, paging, 410,
-privateExtendedProperty), insert with a client-chosen id (409 duplicate, even after a
+privateExtendedProperty, timeMin/timeMax, and the 400 for parameters a sync token forbids),
+insert with a client-chosen id (409 duplicate, even after a
 delete), import by iCalUID, get, patch, delete. Not here: People (no issue needs it yet).
 """
 
@@ -27,6 +33,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -47,9 +54,21 @@ SYSTEM_LABELS = [
     "IMPORTANT",
     "CHAT",
     "CATEGORY_PERSONAL",
-    "CATEGORY_UPDATES",
+    "CATEGORY_SOCIAL",
     "CATEGORY_PROMOTIONS",
-]
+    "CATEGORY_UPDATES",
+    "CATEGORY_FORUMS",
+]  # system labels are their own ids [gmail/api/guides/labels: "Types of labels"]
+# historyTypes values [history.list in gmail.v1.json] -> the History field each one fills
+# [History schema: messagesAdded, messagesDeleted, labelsAdded, labelsRemoved]
+HISTORY_FIELDS = {
+    "messageAdded": "messagesAdded",
+    "messageDeleted": "messagesDeleted",
+    "labelAdded": "labelsAdded",
+    "labelRemoved": "labelsRemoved",
+}
+# RFC 3339 with its mandatory offset [timeMin/timeMax in calendar.v3.json events.list]
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 # quota units per method [gmail/api/reference/quota]
 UNITS = {
     "getProfile": 1,
@@ -112,6 +131,7 @@ class Mailbox:
     oldest_history: int = 1000  # older start ids answer 404, as Gmail does after a week
     units: deque[tuple[float, int]] = field(default_factory=deque)
     threads: dict[str, str] = field(default_factory=dict)  # Message-ID -> thread id
+    labels: dict[str, str] = field(default_factory=dict)  # user labels: id -> name
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # primary calendar
     event_seq: int = 0  # bumped on every event change; sync tokens are positions in it
     oldest_sync: int = 0
@@ -190,6 +210,53 @@ class GoogleEmulator:
     def revoke(self, refresh_token: str) -> None:
         self.refresh_tokens.pop(refresh_token, None)
 
+    def add_label(self, user: str, name: str) -> str:
+        """A user label, as the user makes it in Gmail; returns its id (``Label_<n>``), which
+        is what messages carry. System label names are reserved, and names are unique
+        [gmail/api/guides/labels: "no USER label can be created with the same name as any
+        SYSTEM label"]."""
+        with self.lock:
+            box = self.add_user(user)
+            taken = {n.lower() for n in box.labels.values()} | {n.lower() for n in SYSTEM_LABELS}
+            if name.lower() in taken:
+                raise ValueError(f"label name {name!r} exists or conflicts")
+            label_id = f"Label_{len(box.labels) + 1}"
+            box.labels[label_id] = name
+            return label_id
+
+    @staticmethod
+    def _label_ids(box: Mailbox, labels: tuple[str, ...] | list[str]) -> set[str]:
+        for label in labels:
+            if label not in SYSTEM_LABELS and label not in box.labels:
+                raise ValueError(
+                    f"{label!r} is not a label id of {box.email}: messages carry label ids "
+                    "(INBOX, SPAM, or the Label_<n> that add_label returns), never names"
+                )
+        return set(labels)
+
+    def modify(
+        self, user: str, message_id: str, add: tuple[str, ...] = (), remove: tuple[str, ...] = ()
+    ) -> None:
+        """Change a message's labels, as the web interface (or messages.modify) does: "Not
+        spam" removes SPAM and adds INBOX, restoring from Trash removes TRASH. Each actual
+        change is a history record with ``labelsAdded`` or ``labelsRemoved`` entries
+        (message + labelIds) [History, HistoryLabelAdded/Removed in gmail.v1.json]."""
+        with self.lock:
+            box = self.mailboxes[user]
+            m = box.messages[message_id]
+            if set(add) & set(remove):
+                raise ValueError("a label cannot be added and removed at once")
+            added = sorted(self._label_ids(box, add) - m.labels)
+            removed = sorted(self._label_ids(box, remove) & m.labels)
+            m.labels = (m.labels | set(added)) - set(removed)
+            ref = {"id": m.id, "threadId": m.thread_id}
+            for key, ids in (("labelsRemoved", removed), ("labelsAdded", added)):
+                if ids:
+                    box.history_id += 1
+                    m.history_id = box.history_id
+                    change = {"message": {**ref, "labelIds": sorted(m.labels)}, "labelIds": ids}
+                    box.history.append({"id": box.history_id, "messages": [ref], key: [change]})
+
     def deliver(
         self,
         user: str,
@@ -197,8 +264,10 @@ class GoogleEmulator:
         labels: tuple[str, ...] = ("INBOX", "UNREAD"),
         internal_date_ms: int | None = None,
     ) -> str:
+        """A message arrives with ``labels`` (ids: see :meth:`add_label`)."""
         with self.lock:
             box = self.add_user(user)
+            self._label_ids(box, labels)
             box.history_id += 1
             msg = email.message_from_bytes(raw, policy=email.policy.compat32)
             refs = (msg.get("References", "") + " " + msg.get("In-Reply-To", "")).split()
@@ -212,6 +281,7 @@ class GoogleEmulator:
             box.history.append(
                 {
                     "id": box.history_id,
+                    "messages": [{"id": mid, "threadId": thread}],
                     "messagesAdded": [
                         {"message": {"id": mid, "threadId": thread, "labelIds": sorted(labels)}}
                     ],
@@ -395,7 +465,20 @@ class GoogleEmulator:
     def _labels_list(
         self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
     ) -> dict[str, Any]:
-        return {"labels": [{"id": lab, "name": lab, "type": "system"} for lab in SYSTEM_LABELS]}
+        """Each label with only id, name, messageListVisibility, labelListVisibility and type
+        [ListLabelsResponse.labels in gmail.v1.json]; a user label's id is not its name."""
+        system = [{"id": lab, "name": lab, "type": "system"} for lab in SYSTEM_LABELS]
+        user = [
+            {
+                "id": label_id,
+                "name": name,
+                "messageListVisibility": "show",
+                "labelListVisibility": "labelShow",
+                "type": "user",
+            }
+            for label_id, name in box.labels.items()
+        ]
+        return {"labels": system + user}
 
     def _messages_list(
         self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str]
@@ -471,6 +554,14 @@ class GoogleEmulator:
             raise GmailError(404, "notFound", "Requested entity was not found.")
         size = min(int(params.get("maxResults", ["100"])[0]), 500)
         records = [r for r in box.history if r["id"] > start]
+        types = params.get("historyTypes", [])
+        unknown = sorted(set(types) - set(HISTORY_FIELDS))
+        if unknown:
+            raise GmailError(
+                400, "invalidArgument", f"Invalid value for historyTypes: {unknown[0]}"
+            )
+        if types:  # "History types to be returned by the function" [history.list]
+            records = [r for r in records if any(HISTORY_FIELDS[t] in r for t in types)]
         offset = int(params.get("pageToken", ["0"])[0])
         page = records[offset : offset + size]
         out: dict[str, Any] = {"historyId": str(box.history_id)}
@@ -511,6 +602,8 @@ class GoogleEmulator:
     ) -> dict[str, Any]:
         token = params.get("syncToken", [None])[0]
         if token is not None:
+            # "cannot be specified together with nextSyncToken", and showDeleted may not be
+            # False [syncToken in calendar.v3.json events.list]
             banned = {
                 "iCalUID",
                 "orderBy",
@@ -521,6 +614,8 @@ class GoogleEmulator:
                 "privateExtendedProperty",
                 "sharedExtendedProperty",
             } & set(params)
+            if params.get("showDeleted") == ["false"]:
+                banned.add("showDeleted")
             if banned:
                 raise GmailError(
                     400, "invalid", f"{sorted(banned)[0]} cannot be used with syncToken", "calendar"
@@ -544,6 +639,7 @@ class GoogleEmulator:
                     for e in found
                     if e.get("extendedProperties", {}).get("private", {}).get(key) == value
                 ]
+            found = self._between(found, params)
         found.sort(key=lambda e: e["sequence_no"])
         size = min(int(params.get("maxResults", ["250"])[0]), 2500)
         offset = int(params.get("pageToken", ["0"])[0])
@@ -562,6 +658,29 @@ class GoogleEmulator:
         else:  # nextSyncToken only on the last page
             out["nextSyncToken"] = str(box.event_seq)
         return out
+
+    @staticmethod
+    def _between(found: list[dict[str, Any]], params: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """timeMin: "Lower bound (exclusive) for an event's end time"; timeMax: "Upper bound
+        (exclusive) for an event's start time"; both RFC 3339 with an offset, timeMin before
+        timeMax [events.list in calendar.v3.json]."""
+        bounds: dict[str, float] = {}
+        for name in ("timeMin", "timeMax"):
+            if name in params:
+                value = params[name][0]
+                if not _RFC3339.match(value):
+                    raise GmailError(400, "badRequest", "Bad Request", "calendar")
+                bounds[name] = _epoch(value)
+        if "timeMin" in bounds and "timeMax" in bounds and bounds["timeMin"] >= bounds["timeMax"]:
+            raise GmailError(
+                400, "timeRangeEmpty", "The specified time range is empty.", "calendar"
+            )
+        return [
+            e
+            for e in found
+            if _event_epoch(e, "end") > bounds.get("timeMin", float("-inf"))
+            and _event_epoch(e, "start") < bounds.get("timeMax", float("inf"))
+        ]
 
     def _events_insert(
         self, box: Mailbox, params: dict[str, list[str]], path: dict[str, str], body: dict[str, Any]
@@ -618,6 +737,20 @@ class GoogleEmulator:
             raise GmailError(410, "deleted", "Resource has been deleted", "calendar")
         self._store_event(box, {**event, "status": "cancelled"})
         return {}
+
+
+def _epoch(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _event_epoch(event: dict[str, Any], edge: str) -> float:
+    """An event's start or end: a dateTime, or an all-day date (taken at UTC midnight)."""
+    when = event.get(edge, {})
+    if "dateTime" in when:
+        return _epoch(when["dateTime"])
+    if "date" in when:
+        return datetime.fromisoformat(when["date"]).replace(tzinfo=UTC).timestamp()
+    return 0.0
 
 
 class _Handler(BaseHTTPRequestHandler):
