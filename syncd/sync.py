@@ -470,10 +470,12 @@ class SyncJob:
                         reordered.append(lk.target_id)
         if reordered:
             keys.update(queries.conversation_keys_of_candidates(session, index, reordered))
-        changed = 0
-        for component in queries.thread_components(session, keys):
-            changed += recorder.relink(session, settle(component, index))
-        return changed
+        changes = [
+            change
+            for component in queries.thread_components(session, keys)
+            for change in settle(component, index)
+        ]
+        return recorder.relink(session, changes)
 
     def _followups(self) -> None:
         """Run the rules after a pass that changed something, else at most every

@@ -324,12 +324,13 @@ def _merge_seen(
 
 
 def relink(session: Session, changes: Sequence[Relink]) -> int:
-    """Apply what the matcher settled for a conversation: replace each activity's deal link
-    (a tag link is never touched) and its note. Returns how many activities changed."""
+    """Apply what the matcher settled for conversations: replace each activity's deal link
+    (a tag link is never touched) and its note, a few statements for all of them. Returns
+    how many activities changed."""
     if not changes:
         return 0
-    ids = [c.activity_id for c in changes]
-    for chunk in _chunks(ids):
+    moved = [c for c in changes if c.deal_changed]
+    for chunk in _chunks([c.activity_id for c in moved]):
         session.execute(
             delete(Link).where(
                 Link.activity_id.in_(chunk), Link.type == "opportunity", Link.reason != "tag"
@@ -342,15 +343,14 @@ def relink(session: Session, changes: Sequence[Relink]) -> int:
             "target_id": c.opportunity[0],
             "reason": c.opportunity[1],
         }
-        for c in changes
+        for c in moved
         if c.opportunity is not None
     ]
     if rows:
         session.execute(insert(Link), rows)
-    for c in changes:
-        session.execute(
-            update(Activity).where(Activity.id == c.activity_id).values(match_note=c.note)
-        )
+    notes = [{"id": c.activity_id, "match_note": c.note} for c in changes if c.note_changed]
+    if notes:
+        session.execute(update(Activity), notes)  # by primary key, executemany
     return len(changes)
 
 

@@ -247,6 +247,8 @@ class Relink:
     activity_id: int
     opportunity: tuple[int, str] | None
     note: str | None
+    deal_changed: bool = True
+    note_changed: bool = True
 
 
 def _order(node: ThreadNode) -> tuple[datetime, str]:
@@ -290,7 +292,7 @@ def settle(nodes: Iterable[ThreadNode], index: CrmIndex) -> list[Relink]:
             want = (decision.target_id, decision.reason) if decision else None
             note = weak_note if weak_note else _keep(n.note)
         if want != n.opportunity or note != n.note:
-            changes.append(Relink(n.id, want, note))
+            changes.append(Relink(n.id, want, note, want != n.opportunity, note != n.note))
     return changes
 
 
