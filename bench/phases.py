@@ -6,14 +6,19 @@ import json
 import resource
 import subprocess
 import sys
+from typing import Any
 
 
-def run_phase(script: str, *args: str) -> dict[str, float]:
+def run_phase(script: str, *args: str, timeout: float | None = None) -> dict[str, Any]:
     """Run ``script`` with ``args``; its last line of output is the phase's JSON result."""
     out = subprocess.run(
-        [sys.executable, script, *args], check=True, capture_output=True, text=True
+        [sys.executable, script, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
 

@@ -13,9 +13,11 @@ import tomllib
 from datetime import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import URL, make_url
 
 from syncd.matching.addresses import normalize_address, normalize_domain
 
@@ -27,6 +29,81 @@ _HOURS_RE = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
 class ConfigError(Exception):
     """The config cannot be used; the message says which key, which value and the fix."""
+
+
+# --- secrets in database URLs -----------------------------------------------------------
+
+# query parameters that may carry a secret (?password=, sslpassword, token, api_key, ...):
+# masked wherever a URL is shown, and kept out of the engine's URL (syncd.crm.database)
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+_URL_LIKE = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:/")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+URL_EXAMPLE = "postgresql+psycopg://syncd@db.example.com/crm or sqlite:////var/lib/syncd/syncd.db"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a URL query parameter or a config key may carry a secret."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def looks_like_url(value: str) -> bool:
+    return bool(_URL_LIKE.match(value)) or "://" in value
+
+
+def mask_url(url: str | URL) -> str:
+    """A database URL to show: its password and every query parameter that may carry a
+    secret (``?password=``, ``sslpassword``, ``token``, ...) become ``***``."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return "<a database URL that cannot be parsed (not shown)>"
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    params = []
+    for name, value in parsed.query.items():
+        for v in value if isinstance(value, tuple) else (value,):
+            params.append(f"{quote(name)}={'***' if is_secret_name(name) else quote(v)}")
+    return shown + ("?" + "&".join(params) if params else "")
+
+
+def url_secrets(url: str | URL) -> list[str]:
+    """The secret values inside a URL (its password, secret query parameters), to scrub
+    from any text (a driver's error message) before it is shown."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return []
+    found = [parsed.password] if parsed.password else []
+    for name, value in parsed.query.items():
+        if is_secret_name(name):
+            found.extend(value if isinstance(value, tuple) else (value,))
+    return [str(v) for v in found if v]
+
+
+def check_database_url(value: str, where: str) -> str:
+    """``value`` if it is a database URL syncd can use; else a ConfigError naming where it
+    came from and the fix, never the value (it may hold a password)."""
+    value = value.strip()
+    if not value:
+        raise ConfigError(f"{where} is empty; it must hold a database URL such as {URL_EXAMPLE}")
+    try:
+        backend = make_url(value).get_backend_name()
+    except Exception:
+        hint = ""
+        if _ENV_NAME.match(value):
+            hint = (
+                " (it looks like the name of an environment variable: name it in "
+                "database.url_env instead)"
+            )
+        raise ConfigError(
+            f"{where} does not hold a database URL{hint}; the value is not shown, as it may "
+            f"hold a password; give a URL such as {URL_EXAMPLE}"
+        ) from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"{where}: database {backend!r} is not supported; syncd runs on SQLite or "
+            f"PostgreSQL, e.g. {URL_EXAMPLE}"
+        )
+    return value
 
 
 def parse_working_hours(value: str) -> tuple[time, time]:
@@ -58,6 +135,36 @@ class DatabaseSettings(_Section):
     url: str | None = None
     url_env: str | None = None
     url_file: Path | None = None
+
+    # the messages below never repeat the value: a URL put in the wrong key holds a password
+    @field_validator("url_env")
+    @classmethod
+    def _url_env(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if looks_like_url(v):
+            raise ValueError(
+                "the value looks like a database URL, but this key takes the *name* of an "
+                'environment variable that holds the URL (e.g. url_env = "CRM_DATABASE_URL"); '
+                "put the URL in that variable (or in SYNCD_DATABASE_URL) and name it here"
+            )
+        if not _ENV_NAME.match(v):
+            raise ValueError(
+                "this is not the name of an environment variable (letters, digits and '_', "
+                'not starting with a digit), e.g. url_env = "CRM_DATABASE_URL"'
+            )
+        return v
+
+    @field_validator("url_file", mode="before")
+    @classmethod
+    def _url_file(cls, v: object) -> object:
+        if isinstance(v, str) and looks_like_url(v):
+            raise ValueError(
+                "the value looks like a database URL, but this key takes the *path* of a file "
+                "that holds the URL; put the URL in a file only syncd can read (chmod 600) "
+                "and give its path here"
+            )
+        return v
 
 
 class CompanySettings(_Section):
@@ -157,9 +264,14 @@ class Settings(_Section):
     followups: FollowupSettings = FollowupSettings()
 
     def database_url(self) -> str:
-        """The database URL: SYNCD_DATABASE_URL, else url_env, url_file, url, else SQLite."""
+        """The database URL: SYNCD_DATABASE_URL, else url_env, url_file, url, else SQLite.
+
+        A value that is not a usable URL is a ConfigError naming where it came from; the
+        value itself is never shown (it may hold a password)."""
         if os.environ.get("SYNCD_DATABASE_URL"):
-            return os.environ["SYNCD_DATABASE_URL"]
+            return check_database_url(
+                os.environ["SYNCD_DATABASE_URL"], "the environment variable SYNCD_DATABASE_URL"
+            )
         db = self.database
         if db.url_env:
             value = os.environ.get(db.url_env)
@@ -168,26 +280,43 @@ class Settings(_Section):
                     f"key 'database.url_env': environment variable {db.url_env!r} is not set; "
                     "set it to the database URL or remove the key"
                 )
-            return value
+            return check_database_url(
+                value, f"the environment variable {db.url_env!r} (key 'database.url_env')"
+            )
         if db.url_file:
             try:
-                return db.url_file.expanduser().read_text().strip()
-            except OSError as exc:
+                value = db.url_file.expanduser().read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
                 raise ConfigError(
-                    f"key 'database.url_file': cannot read {str(db.url_file)!r} ({exc.strerror}); "
+                    f"key 'database.url_file': cannot read {str(db.url_file)!r} ({why}); "
                     "point it at a readable file holding the database URL"
                 ) from None
+            return check_database_url(
+                value, f"the file {str(db.url_file)!r} (key 'database.url_file')"
+            )
         if db.url:
-            return db.url
+            return check_database_url(db.url, "key 'database.url'")
         return f"sqlite:///{self.home / 'syncd.db'}"
+
+
+def _shown(key: str, value: Any) -> str:
+    """A config value as an error may show it: never one that may hold a secret (anything
+    under [database], a key named like a password or token, a URL with credentials)."""
+    if key.startswith("database.") or any(is_secret_name(part) for part in key.split(".")):
+        return "(not shown: it may hold a secret)"
+    if isinstance(value, str) and looks_like_url(value) and url_secrets(value):
+        return repr(mask_url(value))
+    return repr(value)
 
 
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in error["loc"])
+    value = _shown(key, error["input"])
     if error["type"] == "extra_forbidden":
-        return f"unknown key {key!r} (value {error['input']!r}); see config/syncd.example.toml"
+        return f"unknown key {key!r} (value {value}); see config/syncd.example.toml"
     msg = error["msg"].removeprefix("Value error, ")
-    return f"key {key!r}: value {error['input']!r} is not allowed: {msg}"
+    return f"key {key!r}: value {value} is not allowed: {msg}"
 
 
 def load_settings(path: Path | None = None) -> Settings:

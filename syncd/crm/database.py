@@ -1,73 +1,226 @@
-"""Engines, sessions and Alembic migrations for the CRM database (SQLite WAL or PostgreSQL)."""
+"""Engines, sessions and Alembic migrations for the CRM database (SQLite WAL or PostgreSQL).
+
+Sessions: ``sessions()`` reads, ``sessions.begin()`` is a transaction that writes. On SQLite
+the latter starts with ``BEGIN IMMEDIATE``: it takes the write lock before it reads and waits
+up to the busy timeout (30 s, ``?timeout=SECONDS`` in the URL) for another process to finish.
+A deferred ``BEGIN`` would read first and then fail at once with "database is locked" when it
+tries to write while another process writes (SQLite cannot let a reader holding an older
+snapshot wait for the lock). Reads stay deferred: in WAL mode they never wait, and a read
+session left open never holds up a write, even one of the same thread. A writer still locked
+out after the timeout gets :class:`DatabaseBusy`, a one-line message, never a traceback.
+
+Secrets: a password, and any query parameter that may carry a secret (``?password=``), never
+reach the engine's URL (they go to the driver as connect arguments), so neither the URL nor a
+``repr`` of the engine can show them; :func:`safe_url` masks them in everything printed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd.config import is_secret_name, mask_url, url_secrets
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+WRITE = "syncd_write"  # execution option: this connection's transactions write
+SQLITE_TIMEOUT = 30.0  # seconds a SQLite writer waits for another one (busy_timeout)
+_SQLITE_BUSY = 5  # SQLITE_BUSY, and its extended codes (BUSY_SNAPSHOT, ...) in the low byte
 
 
 class DatabaseError(Exception):
     """The CRM database cannot be used as it is; the message says what to run."""
 
 
-def safe_url(url: str) -> str:
-    """The URL with its password masked, for logs and errors."""
+class DatabaseBusy(DatabaseError, TimeoutError):
+    """Another process held the SQLite database's write lock for longer than the busy
+    timeout. A TimeoutError too, so code that treats a timed-out resource as a passing
+    failure (the sync job's OSError handling) does so."""
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password and secret query parameters masked, for logs and errors."""
+    return mask_url(url)
+
+
+def _scrubbed(text: str, secrets: list[str]) -> str:
+    """A driver's message without the secrets of the URL (however it quotes them); with a
+    secret too short to find reliably, without the message."""
+    if any(len(s) < 4 for s in secrets):
+        return "(details not shown: they may contain the password)"
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return text
+
+
+def describe_error(exc: BaseException, url: str | URL) -> str:
+    """A database error as one line: the driver's first line, never the SQL, its parameters
+    or a secret of the URL."""
+    orig = getattr(exc, "orig", None) if isinstance(exc, StatementError) else None
+    cause = orig if orig is not None else exc
+    first = str(cause).splitlines()[0].strip() if str(cause).strip() else ""
+    return f"{cause.__class__.__name__}: {_scrubbed(first[:300], url_secrets(url))}".rstrip(": ")
+
+
+def _split_secrets(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The URL without its secret query parameters, and those as connect arguments (the
+    drivers take them either way: SQLAlchemy passes the query to the driver's connect)."""
+    secret = {k: v for k, v in url.query.items() if is_secret_name(k)}
+    if not secret:
+        return url, {}
+    return url.difference_update_query(list(secret)), dict(secret)
+
+
+def _busy_message(url: URL, timeout: float) -> str:
+    where = url.database or "(in memory)"
+    return (
+        f"the CRM database {where} is locked: another process (most likely another syncd, "
+        f"a 'syncd run' or 'syncd sync') has been writing to it for more than {timeout:g} s; "
+        "wait for it to finish and run this again, or stop the other one (systemctl stop "
+        "syncd); a longer wait: ?timeout=SECONDS in the database URL; several writers at "
+        "once: use PostgreSQL"
+    )
+
+
+def _is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF == _SQLITE_BUSY
+    return "database is locked" in str(exc)
+
+
+def _sqlite_timeout(url: URL) -> float:
+    raw = url.query.get("timeout")
+    if raw is None:
+        return SQLITE_TIMEOUT
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable database URL>"
+        value = float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise DatabaseError(
+            f"the database URL {safe_url(url)}: timeout={raw!r} is not a number of seconds "
+            "from 0 to 86400; fix ?timeout= in the URL"
+        )
+    return value
 
 
 def make_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+    """An engine for ``url``; a URL that cannot be used is a DatabaseError that never shows
+    a secret."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise DatabaseError(
+            "the database URL cannot be parsed (it is not shown, as it may hold a password); "
+            "give one such as postgresql+psycopg://syncd@db.example.com/crm or "
+            "sqlite:////var/lib/syncd/syncd.db"
+        ) from None
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        parsed, secret_args = _split_secrets(parsed)
+        return create_engine(parsed, pool_pre_ping=True, connect_args=secret_args)
+    except DatabaseError:
+        raise
+    except (ImportError, SQLAlchemyError, TypeError, ValueError) as exc:
+        raise DatabaseError(
+            f"cannot use the database URL {safe_url(url)}: {describe_error(exc, url)}; "
+            "syncd runs on sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        ) from None
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL: readers never block the writer; NORMAL is durable against a process crash.
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-            # let SQLAlchemy, not pysqlite, open transactions (SAVEPOINT needs it)
-            dbapi_conn.isolation_level = None
 
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+def _sqlite_engine(url: URL) -> Engine:
+    secret = sorted(k for k in url.query if is_secret_name(k))
+    if secret:
+        raise DatabaseError(
+            f"the database URL {safe_url(url)}: SQLite takes no {', '.join(secret)}; remove "
+            "it from the URL (protect the database file with its permissions instead)"
+        )
+    timeout = _sqlite_timeout(url)
+    read_only = url.query.get("mode") == "ro"
+    path = url.database
+    if path and path != ":memory:" and not path.startswith("file:") and not read_only:
+        folder = Path(path).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create the folder {str(folder)!r} of the CRM database ({exc.strerror}); "
+                "create it, writable by the user syncd runs as, or set SYNCD_HOME"
+            ) from None
+    engine = create_engine(url, connect_args={"timeout": timeout})
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        # WAL: readers never block the writer; NORMAL is durable against a process crash.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+        # let SQLAlchemy, not pysqlite, open transactions (SAVEPOINT needs it)
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        # a writer takes the write lock first, waiting up to the busy timeout, instead of
+        # failing at once when its read transaction tries to write (see the module docstring)
+        write = conn.get_execution_options().get(WRITE) and not read_only
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @event.listens_for(engine, "handle_error")
+    def _sqlite_busy(context: ExceptionContext) -> None:
+        if _is_busy(context.original_exception):
+            raise DatabaseBusy(_busy_message(url, timeout))
+
+    return engine
+
+
+class Sessions(sessionmaker[Session]):
+    """``sessions()`` for reading; ``sessions.begin()`` for a transaction that writes (and
+    commits at the end of the block): on SQLite it starts with BEGIN IMMEDIATE."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, expire_on_commit=False)
+        self.writer = engine.execution_options(**{WRITE: True})
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Session]:
+        with self(bind=self.writer) as session, session.begin():
+            yield session
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    return Sessions(engine)
 
 
-def _alembic_config(engine: Engine) -> Config:
+def _alembic_config(engine: Engine | None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["engine"] = engine
+    # migrations write: on SQLite they take the write lock first, as sessions.begin() does
+    cfg.attributes["engine"] = engine.execution_options(**{WRITE: True}) if engine else None
     return cfg
 
 
 def head_revision() -> str:
-    script = ScriptDirectory.from_config(_alembic_config(None))  # type: ignore[arg-type]
+    script = ScriptDirectory.from_config(_alembic_config(None))
     head = script.get_current_head()
     assert head is not None
     return head
@@ -78,24 +231,41 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _cannot_open(engine: Engine, exc: BaseException) -> DatabaseError:
+    return DatabaseError(
+        f"cannot open the CRM database {safe_url(engine.url)}: {describe_error(exc, engine.url)}; "
+        "check the database URL (SYNCD_DATABASE_URL or database.* in the config) and that "
+        "the database server is running"
+    )
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Create or migrate the schema to ``revision`` (Alembic)."""
-    command.upgrade(_alembic_config(engine), revision)
+    try:
+        command.upgrade(_alembic_config(engine), revision)
+    except DatabaseError:
+        raise
+    except SQLAlchemyError as exc:
+        raise _cannot_open(engine, exc) from None
+    except CommandError as exc:  # e.g. a revision this syncd does not know (a newer syncd's)
+        raise DatabaseError(
+            f"cannot migrate the CRM database {safe_url(engine.url)}: {exc}; run the syncd "
+            "version that last upgraded it, or restore the database from a backup"
+        ) from None
 
 
 def check_schema(engine: Engine) -> None:
     """Refuse to run on a database that is missing or behind: name the command that fixes it."""
     try:
         current = current_revision(engine)
+    except DatabaseError:
+        raise
     except Exception as exc:
-        raise DatabaseError(
-            f"cannot open the CRM database {safe_url(str(engine.url))}: {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}; check database.url in the config"
-        ) from None
+        raise _cannot_open(engine, exc) from None
     head = head_revision()
     if current != head:
         state = "is empty" if current is None else f"is at revision {current}"
         raise DatabaseError(
-            f"the CRM database {safe_url(str(engine.url))} {state}, syncd needs {head}; "
+            f"the CRM database {safe_url(engine.url)} {state}, syncd needs {head}; "
             "run 'syncd db upgrade'"
         )

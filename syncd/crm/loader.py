@@ -2,12 +2,15 @@
 
 Upserts by natural key: a user and a contact by email, an account by external id, domain
 or name, an opportunity by external id. One transaction per file: every bad row is
-reported with its line and column, and nothing of that file is written.
+reported with its line and column, and nothing of that file is written. Every value is
+checked against the column it goes to (its length, no control characters; an amount finite
+and within Numeric(18, 2)) before the database sees it, on SQLite as on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -15,7 +18,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from syncd.config import check_timezone, parse_working_hours
 from syncd.crm.models import (
@@ -40,6 +44,22 @@ COLUMNS: dict[str, tuple[set[str], set[str]]] = {
     ),
 }
 MAX_REPORTED = 50
+SHOWN = 80  # characters of a bad value repeated in its error
+
+_AMOUNT = Opportunity.__table__.c.amount.type  # Numeric(18, 2)
+_SCALE: int = _AMOUNT.scale  # type: ignore[attr-defined]
+_QUANTUM = Decimal(1).scaleb(-_SCALE)  # 0.01
+# 15 significant digits: what both databases store exactly (PostgreSQL's numeric(18, 2)
+# takes 18, but SQLite keeps a NUMERIC column's value as a double, exact to 15)
+_DIGITS = min(15, _AMOUNT.precision)  # type: ignore[attr-defined]
+_AMOUNT_MAX = Decimal(10) ** (_DIGITS - _SCALE) - _QUANTUM  # 9999999999999.99
+_AMOUNT_ALLOWED = (
+    f"an amount is a number with at most {_SCALE} decimals from -{_AMOUNT_MAX} to "
+    f"{_AMOUNT_MAX}, '.' before the decimals and ',' only between thousands, such as 12500.00 "
+    "or 12,500.00"
+)
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 class LoadError(Exception):
@@ -63,18 +83,68 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(";") if v.strip()]
 
 
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= SHOWN else value[:SHOWN] + "...")
+
+
+def _fit(column: str, value: str, target: InstrumentedAttribute[object]) -> str:
+    """``value`` if it fits the database column ``target``: no control character (PostgreSQL
+    refuses NUL; a name goes on into calendars) and not longer than the column."""
+    bad = _CONTROL.search(value)
+    if bad:
+        raise RowError(
+            column,
+            f"{_shown(value)} contains a control character (U+{ord(bad.group()):04X}); remove it",
+        )
+    limit = getattr(target.property.columns[0].type, "length", None)
+    if limit is not None and len(value) > limit:
+        raise RowError(
+            column, f"is {len(value)} characters long; the CRM keeps at most {limit}: shorten it"
+        )
+    return value
+
+
+def _optional(
+    row: dict[str, str], column: str, target: InstrumentedAttribute[object]
+) -> str | None:
+    value = (row.get(column) or "").strip()
+    return _fit(column, value, target) if value else None
+
+
 def _address(column: str, value: str) -> str:
     address = normalize_address(value)
     if not address:
-        raise RowError(column, f"{value!r} is not an email address (name@domain)")
-    return address
+        raise RowError(column, f"{_shown(value)} is not an email address (name@domain)")
+    return _fit(column, address, ContactAddress.address)
 
 
-def _required(row: dict[str, str], column: str) -> str:
+def _required(
+    row: dict[str, str], column: str, target: InstrumentedAttribute[object] | None = None
+) -> str:
     value = (row.get(column) or "").strip()
     if not value:
         raise RowError(column, "is empty; this column is required")
-    return value
+    return _fit(column, value, target) if target is not None else value
+
+
+def _amount(raw: str) -> Decimal:
+    """An amount that fits Numeric(18, 2): finite, in range, at most two decimals."""
+    text = raw.strip()
+    if "," in text:
+        if not _THOUSANDS.match(text):
+            raise RowError("amount", f"is not a number; {_AMOUNT_ALLOWED}")
+        text = text.replace(",", "")
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise RowError("amount", f"is not a number; {_AMOUNT_ALLOWED}") from None
+    if not value.is_finite():
+        raise RowError("amount", f"is not a finite number; {_AMOUNT_ALLOWED}")
+    if abs(value) > _AMOUNT_MAX:
+        raise RowError("amount", f"is too large for the CRM's amount column; {_AMOUNT_ALLOWED}")
+    if value != value.quantize(_QUANTUM):
+        raise RowError("amount", f"has more than {_SCALE} decimals (round it); {_AMOUNT_ALLOWED}")
+    return value.quantize(_QUANTUM)
 
 
 def _account(session: Session, column: str, value: str) -> Account:
@@ -90,14 +160,14 @@ def _account(session: Session, column: str, value: str) -> Account:
 
 def _load_user(session: Session, row: dict[str, str], report: LoadReport) -> None:
     email = _address("email", _required(row, "email"))
-    name = _required(row, "name")
-    tz = (row.get("timezone") or "").strip() or None
+    name = _required(row, "name", User.name)
+    tz = _optional(row, "timezone", User.timezone)
     if tz:
         try:
             check_timezone(tz)
         except ValueError as exc:
             raise RowError("timezone", str(exc)) from None
-    hours = (row.get("working_hours") or "").strip() or None
+    hours = _optional(row, "working_hours", User.working_hours)
     if hours:
         try:
             parse_working_hours(hours)
@@ -113,8 +183,11 @@ def _load_user(session: Session, row: dict[str, str], report: LoadReport) -> Non
 
 
 def _load_account(session: Session, row: dict[str, str], report: LoadReport) -> None:
-    name = _required(row, "name")
-    domains = [normalize_domain(d) for d in _split(_required(row, "domains"))]
+    name = _required(row, "name", Account.name)
+    domains = [
+        _fit("domains", normalize_domain(d), AccountDomain.domain)
+        for d in _split(_required(row, "domains"))
+    ]
     for d in domains:
         if "." not in d:
             raise RowError("domains", f"{d!r} is not a domain such as 'acme.com'")
@@ -123,7 +196,7 @@ def _load_account(session: Session, row: dict[str, str], report: LoadReport) -> 
                 "domains",
                 f"{d!r} is a free-mail domain and cannot identify an account; remove it",
             )
-    external_id = (row.get("external_id") or "").strip() or None
+    external_id = _optional(row, "external_id", Account.external_id)
     account = None
     if external_id:
         account = session.scalar(select(Account).where(Account.external_id == external_id))
@@ -152,7 +225,7 @@ def _load_account(session: Session, row: dict[str, str], report: LoadReport) -> 
 
 def _load_contact(session: Session, row: dict[str, str], report: LoadReport) -> None:
     emails = [_address("emails", e) for e in _split(_required(row, "emails"))]
-    name = _required(row, "name")
+    name = _required(row, "name", Contact.name)
     account_value = (row.get("account") or "").strip()
     account = _account(session, "account", account_value) if account_value else None
     owners = set(
@@ -169,8 +242,8 @@ def _load_contact(session: Session, row: dict[str, str], report: LoadReport) -> 
         report.updated += 1
     contact.name = name
     contact.account_id = account.id if account else contact.account_id
-    contact.title = (row.get("title") or "").strip() or contact.title
-    contact.phone = (row.get("phone") or "").strip() or contact.phone
+    contact.title = _optional(row, "title", Contact.title) or contact.title
+    contact.phone = _optional(row, "phone", Contact.phone) or contact.phone
     session.flush()
     have = {a.address for a in contact.addresses}
     for e in emails:
@@ -179,8 +252,9 @@ def _load_contact(session: Session, row: dict[str, str], report: LoadReport) -> 
 
 
 def _load_opportunity(session: Session, row: dict[str, str], report: LoadReport) -> None:
-    external_id = _required(row, "external_id")
-    name = _required(row, "name")
+    external_id = _required(row, "external_id", Opportunity.external_id)
+    name = _required(row, "name", Opportunity.name)
+    stage = _optional(row, "stage", Opportunity.stage)
     account = _account(session, "account", _required(row, "account"))
     owner_email = _address("owner", _required(row, "owner"))
     owner = session.scalar(select(User).where(User.email == owner_email))
@@ -189,14 +263,7 @@ def _load_opportunity(session: Session, row: dict[str, str], report: LoadReport)
     status = (row.get("status") or "open").strip().lower()
     if status not in ("open", "won", "lost"):
         raise RowError("status", f"{status!r} is not one of open, won, lost")
-    amount = None
-    if (row.get("amount") or "").strip():
-        try:
-            amount = Decimal(row["amount"].strip().replace(",", ""))
-        except InvalidOperation:
-            raise RowError(
-                "amount", f"{row['amount']!r} is not a number such as 12500.00"
-            ) from None
+    amount = _amount(row["amount"]) if (row.get("amount") or "").strip() else None
     currency = (row.get("currency") or "").strip().upper() or None
     if currency and (len(currency) != 3 or not currency.isalpha()):
         raise RowError("currency", f"{currency!r} is not an ISO 4217 code such as EUR")
@@ -217,7 +284,7 @@ def _load_opportunity(session: Session, row: dict[str, str], report: LoadReport)
         )
         if contact_id is None:
             raise RowError("contacts", f"no contact with address {norm!r}; load contacts first")
-        roles[contact_id] = role.strip() or None
+        roles[contact_id] = _fit("contacts", role.strip(), OpportunityContact.role) or None
     opp = session.scalar(select(Opportunity).where(Opportunity.external_id == external_id))
     if opp is None:
         opp = Opportunity(external_id=external_id)
@@ -226,7 +293,7 @@ def _load_opportunity(session: Session, row: dict[str, str], report: LoadReport)
     else:
         report.updated += 1
     opp.name, opp.account_id, opp.owner_id, opp.status = name, account.id, owner.id, status
-    opp.stage = (row.get("stage") or "").strip() or None
+    opp.stage = stage
     opp.amount, opp.currency, opp.close_date = amount, currency, close_date
     session.flush()
     current = {oc.contact_id: oc for oc in opp.contacts}
@@ -283,7 +350,16 @@ def load_csv(session: Session, kind: str, path: Path) -> LoadReport:
                 LOADERS[kind](session, row, report)
         except RowError as exc:
             value = (row.get(exc.column) or "").strip()
-            errors.append(f"{path} line {line}, column {exc.column!r} (value {value!r}): {exc}")
+            errors.append(
+                f"{path} line {line}, column {exc.column!r} (value {_shown(value)}): {exc}"
+            )
+        except StatementError as exc:  # a check above missed something: never the SQL
+            orig = exc.orig if exc.orig is not None else exc
+            first = str(orig).splitlines()[0][:200] if str(orig) else ""
+            errors.append(
+                f"{path} line {line}: the CRM database refused this row "
+                f"({orig.__class__.__name__}: {first}); fix the row"
+            )
         if len(errors) >= MAX_REPORTED:
             errors.append("... (stopped after 50 errors)")
             break
