@@ -254,6 +254,26 @@ class FollowupSettings(_Section):
     meeting_notes: MeetingNotesRule = MeetingNotesRule()
 
 
+MiB = 1024 * 1024
+
+
+class LimitSettings(_Section):
+    """What one item may hold before any parser sees it (issue: hostile input). An item over
+    a limit is quarantined naming the limit it broke, and the pass goes on. Anyone on the
+    internet can mail a salesperson: these keep one message from exhausting syncd."""
+
+    message_bytes: int = Field(25 * MiB, ge=64 * 1024, le=1024 * MiB)
+    header_bytes: int = Field(256 * 1024, ge=4096, le=64 * MiB)
+    headers: int = Field(1000, ge=50, le=1_000_000)  # header fields in a message
+    encoded_words: int = Field(200, ge=10, le=1_000_000)  # RFC 2047 words in one header
+    mime_parts: int = Field(500, ge=10, le=1_000_000)
+    mime_depth: int = Field(20, ge=3, le=1000)
+    calendar_objects: int = Field(1000, ge=10, le=1_000_000)  # components in one .ics
+    occurrences: int = Field(500, ge=10, le=1_000_000)  # of one event, in the window
+    batch_bytes: int = Field(64 * MiB, ge=MiB, le=4096 * MiB)  # raw bytes held per batch
+    parse_seconds: float = Field(5.0, ge=0.1, le=300)  # one item's parse, at most
+
+
 class Settings(_Section):
     home: Path = Field(default_factory=lambda: Path("~/.local/state/syncd").expanduser())
     database: DatabaseSettings = DatabaseSettings()
@@ -262,6 +282,7 @@ class Settings(_Section):
     matching: MatchingSettings = MatchingSettings()
     exclusions: ExclusionSettings = ExclusionSettings()
     followups: FollowupSettings = FollowupSettings()
+    limits: LimitSettings = LimitSettings()
 
     def database_url(self) -> str:
         """The database URL: SYNCD_DATABASE_URL, else url_env, url_file, url, else SQLite.

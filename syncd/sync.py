@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
@@ -30,6 +30,7 @@ from syncd.connectors.base import (
     open_connector,
 )
 from syncd.crm import queries, recorder
+from syncd.crm.database import DatabaseError
 from syncd.crm.models import Mailbox, User
 from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan, task_uid
 from syncd.items import (
@@ -229,6 +230,7 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
         settings=merged,
         batch_size=settings.sync.batch_size,
         body_policy=str(mailbox.settings.get("body", settings.sync.body)),
+        limits=settings.limits,
         secret=(
             SecretBox(settings.home).decrypt(mailbox.secret, f"mailbox {mailbox.name!r}")
             if mailbox.secret
@@ -291,10 +293,15 @@ class SyncJob:
                 connector.close()
         except AuthError as exc:
             self._fail("parked", str(exc))
+        except DatabaseError:
+            raise  # the CRM database, not the mailbox: the caller says so, nothing is failing
+        except OperationalError as exc:  # the database went away mid-pass: likewise
+            raise DatabaseError(_describe(exc)) from exc
         except (ConnectorError, OSError) as exc:
             self._fail("failing", str(exc))
         except Exception as exc:  # one bad mailbox never stalls the others
-            log.exception("mailbox %r: unexpected error", self.name)
+            log.error("mailbox %r: unexpected error: %s", self.name, _describe(exc))
+            log.debug("mailbox %r: unexpected error", self.name, exc_info=True)
             self._fail("failing", _describe(exc))
         else:
             if not self.report.stopped:
@@ -347,6 +354,8 @@ class SyncJob:
             try:
                 with self.sessions.begin() as session:
                     result = self._record(session, source, batch, decisions, quarantined, spec)
+            except OperationalError:
+                raise  # the database itself (locked, gone), not an item
             except (StatementError, ValueError, OverflowError) as exc:
                 # one item the database refuses must not stop the mailbox: store the batch
                 # again item by item, each in a savepoint, and quarantine what is refused
@@ -385,21 +394,34 @@ class SyncJob:
     ) -> recorder.BatchResult:
         """Store a batch, settle the conversations it touched, and move the cursor: one
         transaction (the caller's)."""
-        result = recorder.record_batch(
+        result = self._store(session, source, spec, decisions, quarantined, batch)
+        if decisions:
+            result.relinked = self._settle(session, decisions)
+        return result
+
+    def _store(
+        self,
+        session: Session,
+        source: str,
+        spec: MailboxSpec,
+        decisions: Sequence[recorder.Decision],
+        quarantined: Sequence[Quarantined],
+        batch: Batch[MailItem] | Batch[MeetingItem] | None,
+    ) -> recorder.BatchResult:
+        """recorder.record_batch for this mailbox; with ``batch``, also its removals, task
+        states and cursor."""
+        return recorder.record_batch(
             session,
             mailbox_id=self.mailbox_id,
             source=source,
             decisions=decisions,
             quarantined=quarantined,
-            cursor=batch.cursor,
+            cursor=batch.cursor if batch else None,
             body_policy=spec.body_policy,
             now=self.now(),
-            removed_uids=batch.removed,
-            task_states=batch.task_states,
+            removed_uids=batch.removed if batch else (),
+            task_states=batch.task_states if batch else (),
         )
-        if decisions:
-            result.relinked = self._settle(session, decisions)
-        return result
 
     def _record_one_by_one(
         self,
@@ -415,16 +437,9 @@ class SyncJob:
         for d in decisions:
             try:
                 with session.begin_nested():
-                    one = recorder.record_batch(
-                        session,
-                        mailbox_id=self.mailbox_id,
-                        source=source,
-                        decisions=[d],
-                        quarantined=(),
-                        cursor=None,
-                        body_policy=spec.body_policy,
-                        now=self.now(),
-                    )
+                    one = self._store(session, source, spec, [d], (), None)
+            except OperationalError:
+                raise
             except (StatementError, ValueError, OverflowError) as exc:
                 reason = f"cannot store: {_describe(exc)}"
                 log.warning("mailbox %r: item %r %s", self.name, d.item.provider_id, reason)
@@ -434,18 +449,7 @@ class SyncJob:
             total.new_activities += one.new_activities
             total.new_sightings += one.new_sightings
             total.updated_meetings += one.updated_meetings
-        rest = recorder.record_batch(
-            session,
-            mailbox_id=self.mailbox_id,
-            source=source,
-            decisions=[],
-            quarantined=quarantined,
-            cursor=batch.cursor,
-            body_policy=spec.body_policy,
-            now=self.now(),
-            removed_uids=batch.removed,
-            task_states=batch.task_states,
-        )
+        rest = self._store(session, source, spec, [], quarantined, batch)
         total.new_sightings += rest.new_sightings
         if kept:
             total.relinked = self._settle(session, kept)

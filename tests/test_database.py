@@ -197,18 +197,6 @@ def test_two_mailboxes_of_one_user_planning_the_same_tasks_at_once_both_stay_ok(
 ):
     """Two mailboxes of one user (here on one Maildir) decide the same follow-up tasks at
     the same moment, in two processes."""
-    if not is_sqlite(db_url):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "recorder.apply_task_plans selects the tasks by uid, then inserts the "
-                    "missing ones: on PostgreSQL the second process's INSERT fails with "
-                    "UniqueViolation on uq_tasks_uid, SyncJob._followups does not recover, "
-                    "and its mailbox is marked failing (insert with ON CONFLICT DO NOTHING)"
-                ),
-            )
-        )
     with sessions() as session:
         maildir = session.scalars(select(Mailbox)).one().settings["maildir"]
     add_local_mailbox(sessions, "ana2", "ana@northwind.test", maildir=maildir)

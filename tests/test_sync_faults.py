@@ -199,35 +199,28 @@ def test_another_users_calendar_cannot_close_a_task(sessions, settings, world, n
         task = session.scalars(select(Task)).one()
         ben = session.scalar(select(User.id).where(User.email == "ben@northwind.test"))
         assert ben is not None
-        theirs = recorder.add_mailbox(session, name="ben", kind="memory", user_id=ben, settings={})
-        session.flush()
-        recorder.record_batch(  # ben's calendar says the task is done: it is not his task
-            session,
-            mailbox_id=theirs.id,
-            source="calendar",
-            decisions=[],
-            quarantined=[],
-            cursor=None,
-            body_policy="snippet",
-            now=now,
-            task_states=[TaskState(task.uid, "done")],
-        )
+        recorder.add_mailbox(session, name="ben", kind="memory", user_id=ben, settings={})
+
+    def calendar_says_done(mailbox: str) -> None:
+        with sessions.begin() as session:
+            mailbox_id = session.scalar(select(Mailbox.id).where(Mailbox.name == mailbox))
+            assert mailbox_id is not None
+            recorder.record_batch(
+                session,
+                mailbox_id=mailbox_id,
+                source="calendar",
+                decisions=[],
+                quarantined=[],
+                cursor=None,
+                body_policy="snippet",
+                now=now,
+                task_states=[TaskState(task.uid, "done")],
+            )
+
+    calendar_says_done("ben")  # ben's calendar says the task is done: it is not his task
     with sessions() as session:
         assert session.scalars(select(Task.status)).one() == "open"
-    with sessions.begin() as session:
-        mem = session.scalar(select(Mailbox.id).where(Mailbox.name == "mem"))
-        assert mem is not None
-        recorder.record_batch(
-            session,
-            mailbox_id=mem,
-            source="calendar",
-            decisions=[],
-            quarantined=[],
-            cursor=None,
-            body_policy="snippet",
-            now=now,
-            task_states=[TaskState(task.uid, "done")],
-        )
+    calendar_says_done("mem")
     with sessions() as session:
         assert session.scalars(select(Task.status)).one() == "done"
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from syncd.config import LimitSettings
 from syncd.items import Batch, ContactCard, Cursor, MailItem, MeetingItem, TaskItem
 from syncd.secrets import Secret
 
@@ -98,6 +99,8 @@ class MailboxSpec:
     batch_size: int = 500
     body_policy: str = "snippet"
     secret: Secret | None = None  # the mailbox's password or token, decrypted
+    # what one item may hold (the config's [limits]); frozen, so one default serves all
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
 
 class Connector(Protocol):

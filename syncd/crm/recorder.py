@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -74,6 +75,14 @@ def _insert_rows(session: Session, model: type[Base], rows: list[dict[str, Any]]
         return {}
     result = session.execute(insert(table).returning(table.c.id, table.c.key), rows)
     return {str(key): int(row_id) for row_id, key in result}
+
+
+def _insert_new(session: Session, model: type[Base], key: str) -> Any:
+    """INSERT that skips rows whose ``key`` is already stored (ON CONFLICT DO NOTHING)."""
+    table = Base.metadata.tables[model.__tablename__]
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
 
 
 def _copy_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -495,27 +504,28 @@ def apply_task_plans(session: Session, plans: Sequence[TaskPlan], now: datetime)
         t.uid: t for t in session.scalars(select(Task).where(Task.uid.in_([p.uid for p in plans])))
     }
     changed = 0
+    new_rows: list[dict[str, Any]] = []
     for plan in plans:
         task = existing.get(plan.uid)
         if task is None:
-            session.add(
-                Task(
-                    uid=plan.uid,
-                    rule=plan.rule,
-                    user_id=plan.user_id,
-                    activity_id=plan.activity_id,
-                    contact_id=plan.contact_id,
-                    opportunity_id=plan.opportunity_id,
-                    title=plan.title,
-                    description=plan.description,
-                    due=plan.due,
-                    status=plan.status,
-                    resolution=plan.resolution,
-                    created_at=now,
-                    updated_at=now,
-                    version=1,
-                    written_version=0,
-                )
+            new_rows.append(
+                {
+                    "uid": plan.uid,
+                    "rule": plan.rule,
+                    "user_id": plan.user_id,
+                    "activity_id": plan.activity_id,
+                    "contact_id": plan.contact_id,
+                    "opportunity_id": plan.opportunity_id,
+                    "title": clean(plan.title),
+                    "description": clean(plan.description),
+                    "due": plan.due,
+                    "status": plan.status,
+                    "resolution": plan.resolution,
+                    "created_at": now,
+                    "updated_at": now,
+                    "version": 1,
+                    "written_version": 0,
+                }
             )
             changed += 1
         elif task.status != plan.status and task.status == "open":
@@ -528,10 +538,15 @@ def apply_task_plans(session: Session, plans: Sequence[TaskPlan], now: datetime)
             task.opportunity_id != plan.opportunity_id or task.description != plan.description
         ):  # its activity moved to another deal: the calendar entry says so too
             task.opportunity_id = plan.opportunity_id
-            task.title, task.description = plan.title, plan.description
+            task.title = clean(plan.title) or ""
+            task.description = clean(plan.description) or ""
             task.updated_at = now
             task.version += 1
             changed += 1
+    if new_rows:
+        # two mailboxes of one user may plan the same task at once (two processes on
+        # PostgreSQL): the uid is the task, whoever stores it first
+        session.execute(_insert_new(session, Task, "uid"), new_rows)
     session.flush()
     return changed
 
