@@ -16,6 +16,34 @@ from syncd.demo import DemoCompany, build_demo, load_company
 
 from .servers import ServerMissing, new_pg_database, postgres
 
+# fixtures that start a server (PostgreSQL, Dovecot, Radicale, the Google and Microsoft
+# emulators): a test that uses one, or the PostgreSQL side of a database parameter, is an
+# integration test, and so is every test of a module that runs syncd as processes (the
+# CLI, the daemon, the crash test) and any test marked so by hand; `scripts/test --unit`
+# runs every other test (pytest -m "not integration")
+SERVER_FIXTURES = {
+    "pg_server",
+    "imap_server",
+    "dav_server",
+    "corpus_servers",
+    "google",
+    "microsoft",
+    "em",
+}
+
+
+PROCESS_MODULES = {"test_cli", "test_crash", "test_daemon"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        params = set(map(str, callspec.params.values())) if callspec else set()
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if names & SERVER_FIXTURES or "postgresql" in params or module in PROCESS_MODULES:
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:

@@ -135,6 +135,7 @@ def demo_env(tmp_path: Path, db_url: str, sessions: sessionmaker[Session]) -> di
 # --- two writers ------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # runs syncd as processes
 def test_two_syncs_started_while_another_writer_holds_the_database_wait_and_log_once(
     db_url, sessions, demo_env
 ):
@@ -161,6 +162,7 @@ def test_two_syncs_started_while_another_writer_holds_the_database_wait_and_log_
     assert code == 0 and new_activities(out) == 0, err
 
 
+@pytest.mark.integration  # runs syncd as processes
 def test_a_second_sync_beside_a_running_one_waits_its_turn_batch_by_batch(
     db_url, sessions, tmp_path
 ):
@@ -192,6 +194,7 @@ def test_a_second_sync_beside_a_running_one_waits_its_turn_batch_by_batch(
         assert session.scalars(select(Mailbox.state)).one() == "ok"
 
 
+@pytest.mark.integration  # runs syncd as processes
 def test_two_mailboxes_of_one_user_planning_the_same_tasks_at_once_both_stay_ok(
     request, db_url, sessions, demo_env, tmp_path
 ):
@@ -216,6 +219,7 @@ def test_two_mailboxes_of_one_user_planning_the_same_tasks_at_once_both_stay_ok(
     assert count(sessions, Task) > 0
 
 
+@pytest.mark.integration  # runs syncd as processes
 def test_a_lock_held_past_the_busy_timeout_is_one_clear_line_and_fails_no_mailbox(
     tmp_path,
 ):
