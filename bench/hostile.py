@@ -76,42 +76,95 @@ def many_parts() -> bytes:
     return _message(head, body + "--b--\r\n")
 
 
-def _vevent(n: int, freq: str) -> str:
+def part_words() -> bytes:
+    """The From bomb in a MIME part's header (an attachment's file name), past the message's
+    own header block."""
+    words = " ".join("=?utf-8?q?a?=" for _ in range(16_000))
+    head = _basic('MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n')
+    body = (
+        "--b\r\nContent-Type: text/plain\r\n\r\nHello\r\n--b\r\n"
+        f'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="{words}"'
+        "\r\n\r\nJVBERi0=\r\n--b--\r\n"
+    )
+    return _message(head, body)
+
+
+def long_to() -> bytes:
+    """A To of 8,000 addresses (220 KB, under header_bytes): read, by the light parser."""
+    to = ", ".join(f"User {i} <u{i}@acme.test>" for i in range(8_000))
+    return _message(_basic().replace("To: ana@northwind.test", f"To: ana@northwind.test, {to}"))
+
+
+def html_angles() -> bytes:
+    """5 MB of '<' as an HTML body: a tag-stripping regex must not be quadratic on it."""
+    head = _basic("MIME-Version: 1.0\r\nContent-Type: text/html\r\n")
+    return _message(head, "<" * (5 << 20))
+
+
+def _vevent(n: int, freq: str, days_ago: int = 20) -> str:
+    start = NOW - timedelta(days=days_ago)
     return (
         f"BEGIN:VEVENT\r\nUID:bomb-{n}@evil.test\r\nDTSTAMP:20260101T000000Z\r\n"
-        f"DTSTART:{(NOW - timedelta(days=20)):%Y%m%dT%H%M%SZ}\r\n"
-        f"DTEND:{(NOW - timedelta(days=20) + timedelta(minutes=30)):%Y%m%dT%H%M%SZ}\r\n"
+        f"DTSTART:{start:%Y%m%dT%H%M%SZ}\r\n"
+        f"DTEND:{(start + timedelta(minutes=30)):%Y%m%dT%H%M%SZ}\r\n"
         f"RRULE:FREQ={freq}\r\nSUMMARY:Bomb {n}\r\n"
         "ORGANIZER:mailto:carla@acme.test\r\nATTENDEE:mailto:ana@northwind.test\r\n"
         "END:VEVENT\r\n"
     )
 
 
-def invitation_secondly() -> bytes:
-    """A 1.8 KB invitation by mail with six RRULE:FREQ=SECONDLY events."""
-    cal = (
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//evil//EN\r\nMETHOD:REQUEST\r\n"
-        + "".join(_vevent(n, "SECONDLY") for n in range(6))
+def _vcalendar(events: list[str], method: str = "") -> str:
+    return (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//evil//EN\r\n"
+        + (f"METHOD:{method}\r\n" if method else "")
+        + "".join(events)
         + "END:VCALENDAR\r\n"
     )
+
+
+def _invitation(cal: str) -> bytes:
     head = _basic("MIME-Version: 1.0\r\nContent-Type: text/calendar; method=REQUEST\r\n")
     return _message(head, cal)
+
+
+def invitation_objects() -> bytes:
+    """An invitation of 5,000 events."""
+    return _invitation(_vcalendar([_vevent(n, "DAILY;COUNT=1") for n in range(5_000)], "REQUEST"))
+
+
+def invitation_slow() -> bytes:
+    """900 series of 480 occurrences on their first day: under every size limit, seconds of
+    work; the invitation gets half the parse bound, then the mail is logged without it."""
+    events = [_vevent(n, "MINUTELY;INTERVAL=3", 1) for n in range(900)]
+    return _invitation(_vcalendar(events, "REQUEST"))
+
+
+def invitation_secondly() -> bytes:
+    """A 1.8 KB invitation by mail with six RRULE:FREQ=SECONDLY events."""
+    return _invitation(_vcalendar([_vevent(n, "SECONDLY") for n in range(6)], "REQUEST"))
 
 
 def date_overflow() -> bytes:
     return _message(_basic().replace(f"Date: {WHEN}", "Date: Mon, 1 Jan 2026 10:00:00 +9999999"))
 
 
-def vdir(freq: str) -> Callable[[], bytes]:
+def vdir(freq: str, days_ago: int = 20) -> Callable[[], bytes]:
     def make() -> bytes:
-        return (
-            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//evil//EN\r\n"
-            + _vevent(0, freq)
-            + "END:VCALENDAR\r\n"
-        ).encode()
+        return _vcalendar([_vevent(0, freq, days_ago)]).encode()
 
-    make.__doc__ = f"a vdir event with RRULE:FREQ={freq}"
+    make.__doc__ = f"a vdir event with RRULE:FREQ={freq}, begun {days_ago} days ago"
     return make
+
+
+def vdir_objects() -> bytes:
+    """A .ics of 5,000 events."""
+    return _vcalendar([_vevent(n, "DAILY;COUNT=1") for n in range(5_000)]).encode()
+
+
+def vdir_series() -> bytes:
+    """990 daily series, each under the occurrence limit: 89,000 occurrences in the window
+    from one 230 KB file (over limits.occurrences as a whole)."""
+    return _vcalendar([_vevent(n, "DAILY", 60) for n in range(990)]).encode()
 
 
 MAIL_BOMBS: dict[str, Callable[[], bytes]] = {
@@ -120,12 +173,20 @@ MAIL_BOMBS: dict[str, Callable[[], bytes]] = {
     "many-headers": many_headers,
     "deep-mime": deep_mime,
     "many-parts": many_parts,
+    "part-words": part_words,
+    "long-to": long_to,
+    "html-angles": html_angles,
     "invitation-secondly": invitation_secondly,
+    "invitation-objects": invitation_objects,
+    "invitation-slow": invitation_slow,
     "date-overflow": date_overflow,
 }
 CALENDAR_BOMBS: dict[str, Callable[[], bytes]] = {
     "vdir-secondly": vdir("SECONDLY"),
     "vdir-minutely": vdir("MINUTELY"),
+    "vdir-secondly-old": vdir("SECONDLY", 500),
+    "vdir-objects": vdir_objects,
+    "vdir-many-series": vdir_series,
 }
 
 
@@ -137,8 +198,14 @@ def clean_of_size(size: int) -> bytes:
     return _message(head, body)[:size] if size > 200 else _message(head)
 
 
-def clean_event() -> bytes:
-    return vdir("DAILY;COUNT=3")()
+def clean_calendar(size: int) -> bytes:
+    """An ordinary .ics of about ``size`` bytes: single meetings (at most 900, under the
+    component limit), or one short series when the bomb is small."""
+    one = _vevent(0, "DAILY;COUNT=1")
+    n = min(max(size // len(one), 1), 900)
+    if n == 1:
+        return vdir("DAILY;COUNT=3")()
+    return _vcalendar([_vevent(i, "DAILY;COUNT=1") for i in range(n)]).encode()
 
 
 def phase_sync(path: Path, kind: str, crm: Path) -> dict[str, object]:
@@ -241,7 +308,10 @@ def main() -> None:
         data = make()
         bomb = measure(data, kind, crm, args.timeout)
         clean = measure(
-            clean_of_size(len(data)) if kind == "mail" else clean_event(), kind, crm, args.timeout
+            clean_of_size(len(data)) if kind == "mail" else clean_calendar(len(data)),
+            kind,
+            crm,
+            args.timeout,
         )
         rss = float(bomb["peak_rss_mb"]) / float(clean["peak_rss_mb"])  # type: ignore[arg-type]
         worst_rss = max(worst_rss, rss) if rss == rss else float("inf")

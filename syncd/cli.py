@@ -14,11 +14,21 @@ from typing import Annotated, Any, TextIO
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import ConfigError, Settings, load_settings
-from syncd.connectors.base import ConnectorError, check_tls
+from syncd.connectors.base import (
+    ConnectorError,
+    check_endpoints,
+    check_tls,
+    check_url,
+    mask_urls,
+    split_credentials,
+)
+from syncd.crm import quarantine as quarantine_store
 from syncd.crm import queries, recorder
 from syncd.crm.database import (
     DatabaseError,
@@ -42,11 +52,25 @@ app = typer.Typer(
 db_app = typer.Typer(help="The CRM database.", no_args_is_help=True)
 crm_app = typer.Typer(help="CRM records.", no_args_is_help=True)
 mailbox_app = typer.Typer(help="Connected mailboxes.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="Items syncd could not read: what they are, why, and a retry after an upgrade.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(crm_app, name="crm")
 app.add_typer(mailbox_app, name="mailbox")
+app.add_typer(quarantine_app, name="quarantine")
 
-out = Console()
+
+class _Out:
+    """The terminal for tables, made when one is printed: its width follows COLUMNS and
+    the terminal as they are then, not as they were when syncd was imported."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(Console(), name)
+
+
+out = _Out()
 
 
 class _State:
@@ -70,8 +94,9 @@ class _State:
 state = _State()
 
 
-def say(message: str, stream: TextIO = sys.stdout) -> None:
+def say(message: str, stream: TextIO | None = None) -> None:
     """Plain lines, never wrapped: admins grep them and scripts parse them."""
+    stream = stream or sys.stdout  # looked up now: a test or a caller may have replaced it
     stream.write(message + "\n")
     stream.flush()
 
@@ -258,9 +283,17 @@ def _gmail_settings(
     try:
         if service_account is not None and oauth_client is None:
             settings["mode"] = "service_account"
-            return settings, Secret(gmail.read_service_account(str(service_account)))
+            key = gmail.read_service_account(str(service_account))
+            token_uri = json.loads(key).get("token_uri")
+            if token_uri:  # where the signed assertion goes, for an access token
+                _checked_url(
+                    str(token_uri), f"--service-account {str(service_account)!r}: token_uri"
+                )
+            return settings, Secret(key)
         if oauth_client is not None and service_account is None:
             client = gmail.read_oauth_client(str(oauth_client))
+            for key in ("auth_uri", "token_uri"):
+                _checked_url(str(client[key]), f"--oauth-client {str(oauth_client)!r}: {key}")
             settings.update(
                 mode="oauth",
                 client_id=client["client_id"],
@@ -336,6 +369,56 @@ def _microsoft_secret(
     return Secret(value)
 
 
+def _checked_url(url: str, what: str) -> str:
+    """An endpoint given to ``mailbox add``: https (http only to this machine), and no login
+    or password in it (a URL is stored and shown in clear). Refused with exit code 2."""
+    bare = split_credentials(url)[0]
+    if bare != url:
+        fail(
+            f"{what} {mask_urls(url)!r} holds a login or password; a URL is stored and shown "
+            f"in clear, so syncd takes none in it: give {bare!r} (the password comes from "
+            "--password-file, --password-env or the prompt, and is stored encrypted)",
+            2,
+        )
+    try:
+        check_url(url, what)
+    except ConnectorError as exc:
+        fail(str(exc), 2)
+    return url
+
+
+def _caldav_url(url: str) -> tuple[str, str | None]:
+    """``--caldav``: the URL without credentials, and the CalDAV login when the URL named
+    only one (``https://ana@dav.example/``). A password in it is refused: it would be
+    stored in clear, and CalDAV uses the mailbox's own (encrypted) password."""
+    bare, login, password = split_credentials(url)
+    if password is not None:
+        fail(
+            f"--caldav {mask_urls(url)!r} holds a password; a URL is stored and shown in "
+            f"clear, so syncd takes none in it: give --caldav {bare!r}. CalDAV logs in with "
+            "the mailbox's login (--login) and its password (--password-file, --password-env "
+            "or the prompt), which is stored encrypted",
+            2,
+        )
+    try:
+        check_url(bare, "--caldav")
+    except ConnectorError as exc:
+        fail(str(exc), 2)
+    return bare, login
+
+
+def _shown(value: Any) -> Any:
+    """A mailbox setting as it may be shown: a URL's login and password masked (a row
+    written by an older syncd or edited by hand may hold them)."""
+    if isinstance(value, str):
+        return mask_urls(value)
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items()}
+    return value
+
+
 def _new_mailbox_owner(session: Session, name: str, user: str) -> int:
     """The id of the CRM user who will own mailbox ``name``, which must be a new name."""
     owner = session.scalar(select(User.id).where(User.email == normalize_address(user)))
@@ -399,8 +482,8 @@ def mailbox_add(
         str | None,
         typer.Option(
             "--caldav",
-            help="imap: the CalDAV server URL of the same user's "
-            "calendars (same login and password).",
+            help="imap: the CalDAV server URL of the same user's calendars (same login and "
+            "password): https://, or http:// to this machine only; never a password in it.",
         ),
     ] = None,
     service_account: Annotated[
@@ -510,6 +593,9 @@ def mailbox_add(
     elif kind is Kind.microsoft:
         if not tenant or not client_id:
             fail("a microsoft mailbox needs --tenant and --client-id")
+        for url, option in ((authority, "--authority"), (graph_url, "--graph-url")):
+            if url is not None:
+                _checked_url(url, option)  # before the device-code sign-in sends anything
         settings = {"tenant": tenant, "client_id": client_id, "tasks": tasks.value}
         for key, value in (
             ("authority", authority),
@@ -521,6 +607,8 @@ def mailbox_add(
                 settings[key] = value
         secret = _microsoft_secret(settings, email, client_secret_file, certificate, device_code)
     elif kind is Kind.gmail:
+        if api_endpoint:
+            _checked_url(api_endpoint, "--api-endpoint")
         settings, secret = _gmail_settings(user, service_account, oauth_client, since)
         if api_endpoint:
             settings["api_endpoint"] = api_endpoint
@@ -531,7 +619,8 @@ def mailbox_add(
         try:
             check_tls(host, tls.value)
         except ConnectorError as exc:
-            fail(str(exc))
+            fail(str(exc), 2)
+        caldav_url, caldav_login = _caldav_url(caldav) if caldav else (None, None)
         settings = {
             "host": host,
             "tls": tls.value,
@@ -543,8 +632,10 @@ def mailbox_add(
             settings["port"] = port
         if login:
             settings["login"] = login
-        if caldav:
-            settings["caldav_url"] = caldav
+        if caldav_url:
+            settings["caldav_url"] = caldav_url
+            if caldav_login and caldav_login != (login or email):
+                settings["caldav_login"] = caldav_login
         secret = read_secret(password_file, password_env, "token" if xoauth2 else "password")
     if exclude_folder:
         settings["excluded_folders"] = exclude_folder
@@ -603,6 +694,10 @@ def mailbox_reauth(
             mailbox.secret,
             mailbox.user.email,
         )
+    try:
+        check_endpoints(name, settings)
+    except ConnectorError as exc:
+        fail(f"{exc}; fix the mailbox's settings (or remove it and add it again)", 2)
     if kind == "gmail":
         from syncd.connectors import gmail
 
@@ -643,6 +738,10 @@ def mailbox_reauth(
     else:
         what = "token" if settings.get("auth") == "xoauth2" else "password"
         secret = read_secret(password_file, password_env, what)
+    try:
+        check_endpoints(name, {}, secret)  # a new key names its own token endpoint
+    except ConnectorError as exc:
+        fail(str(exc), 2)
     with state.sessions().begin() as session:
         mailbox = session.scalar(select(Mailbox).where(Mailbox.name == name))
         assert mailbox is not None
@@ -658,7 +757,7 @@ def mailbox_list(
     """List connected mailboxes."""
     with state.sessions()() as session:
         rows: list[dict[str, Any]] = [
-            {"mailbox": m.name, "kind": m.kind, "user": u, "settings": m.settings}
+            {"mailbox": m.name, "kind": m.kind, "user": u, "settings": _shown(m.settings)}
             for m, u in session.execute(
                 select(Mailbox, User.email).join(User).order_by(Mailbox.name)
             )
@@ -723,7 +822,7 @@ def sync_cmd(
         try:
             r = sync_mailbox(sessions, state.settings(), n)
         except ConnectorError as exc:
-            say(f"{n}: failed: {exc}", sys.stderr)
+            say(f"{n}: failed: {mask_urls(str(exc))}", sys.stderr)
             failed += 1
             continue
         if r.ok:
@@ -734,7 +833,7 @@ def sync_cmd(
             )
         else:
             failed += 1
-            say(f"{n}: {r.state}: {r.error}", sys.stderr)
+            say(f"{n}: {r.state}: {mask_urls(r.error or '')}", sys.stderr)
     if failed:
         raise typer.Exit(1)
 
@@ -747,29 +846,81 @@ def run_cmd() -> None:
     raise typer.Exit(Daemon(state.sessions(), state.settings()).run())
 
 
+WRITER_FIX = (
+    "mail is still read and logged; give syncd write access to that calendar or task list (see the "
+    "error), then the pending tasks are written at the next poll, or now with 'syncd sync {name}'"
+)
+
+
+def _writer_and_quarantine(session: Session) -> dict[str, dict[str, Any]]:
+    """Per mailbox: its task write-back's own state, and how many items are quarantined."""
+    quarantined = quarantine_store.counts(session)
+    found: dict[str, dict[str, Any]] = {}
+    for name, writer_state, error, at in session.execute(
+        select(Mailbox.name, Mailbox.writer_state, Mailbox.writer_error, Mailbox.writer_at)
+    ):
+        tasks: dict[str, Any] = {
+            "state": writer_state or "ok",
+            "error": error,
+            "updated_at": at.isoformat() if at else None,
+        }
+        if tasks["state"] != "ok":
+            tasks["fix"] = WRITER_FIX.format(name=name)
+        found[name] = {"tasks": tasks, "quarantined": quarantined.get(name, 0)}
+    return found
+
+
 @app.command("status")
 def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Per mailbox: kind, state (ok / failing / parked), last success, items, last error."""
+    """Per mailbox: kind, state (ok / failing / parked), last success, items, last error,
+    the state of its follow-up task write-back (tasks: ok / failing), and how many of its
+    items are quarantined. A failing or parked mailbox's error names the fix."""
     with state.sessions()() as session:
         rows = queries.status_report(session)
+        extra = _writer_and_quarantine(session)
+    for r in rows:
+        r.update(extra.get(r["mailbox"], {"tasks": {"state": "ok"}, "quarantined": 0}))
+        if r.get("error"):  # an error stored by an older syncd may quote a URL's password
+            r["error"] = mask_urls(r["error"])
+        if r["tasks"].get("error"):
+            r["tasks"]["error"] = mask_urls(r["tasks"]["error"])
     if as_json:
         _json(rows)
         return
-    table = Table("mailbox", "kind", "user", "state", "last success", "items", "error")
+    table = Table(
+        "mailbox", "kind", "user", "state", "last success", "items", "error", "tasks", "quarantined"
+    )
     colour = {"ok": "green", "failing": "yellow", "parked": "red"}
+    notes: list[str] = []
     for r in rows:
+        tasks = r["tasks"]
+        tasks_cell = Text(tasks["state"], style=colour.get(tasks["state"], "white"))
+        if tasks.get("error"):
+            tasks_cell.append(f": {_printable(tasks['error'])}")
+        if tasks.get("fix"):
+            notes.append(f"{r['mailbox']}: follow-up tasks are not written: {tasks['fix']}")
+        if r["quarantined"]:
+            n = r["quarantined"]
+            notes.append(
+                f"{r['mailbox']}: {n} item{'s' if n != 1 else ''} could not be read: see "
+                f"'syncd quarantine list --mailbox {r['mailbox']}'"
+            )
         table.add_row(
-            r["mailbox"],
+            Text(r["mailbox"]),
             r["kind"],
             r["user"],
-            f"[{colour.get(r['state'], 'white')}]{r['state']}[/]",
+            Text(r["state"], style=colour.get(r["state"], "white")),
             r["last_success"] or "never",
             str(r["items"]),
-            r["error"] or "",
+            Text(_printable(r["error"] or "")),
+            tasks_cell,
+            str(r["quarantined"]),
         )
     out.print(table)
+    for note in notes:
+        say(note)
 
 
 @app.command("activities")
@@ -829,6 +980,218 @@ def tasks_cmd(
     out.print(table)
 
 
+# --- quarantine -------------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    """Text from outside (a reason, a provider id: they can hold anything) made safe for a
+    terminal: control characters are shown escaped, never sent."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _known_mailbox(session: Session, name: str | None) -> None:
+    if name is not None and session.scalar(select(Mailbox.id).where(Mailbox.name == name)) is None:
+        fail(f"--mailbox {name!r}: no mailbox has that name; see 'syncd mailbox list'", 2)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "not kept"
+    return f"{n} bytes" if n < 10240 else f"{n // 1024} KB"
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "never"
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    mailbox: Annotated[
+        str | None, typer.Option("--mailbox", help="Only this mailbox's entries.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The items syncd could not read, oldest first: id, mailbox, source, provider id, when,
+    attempts, whether a copy was kept (needed for a retry), and the reason."""
+    with state.sessions()() as session:
+        _known_mailbox(session, mailbox)
+        rows = quarantine_store.entries(session, mailbox)
+    if as_json:
+        _json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        say("nothing is quarantined" + (f" in mailbox {mailbox!r}" if mailbox else ""))
+        return
+    table = Table("id", "mailbox", "source", "provider id", "since", "tries", "kept", "reason")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            Text(r.mailbox),
+            Text(_printable(r.source)),
+            Text(_printable(r.provider_id)),
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            str(r.attempts),
+            f"{r.format}, {_size(r.size)}" if r.retryable else "no copy",
+            Text(_printable(r.reason)),
+        )
+    out.print(table)
+    say(
+        "details: syncd quarantine show ID; read again with this version of syncd: "
+        "syncd quarantine retry ID ... (or --all)"
+    )
+
+
+def _entry_or_fail(session: Session, entry_id: int) -> quarantine_store.Entry:
+    found = quarantine_store.entries(session, ids=[entry_id])
+    if not found:
+        fail(f"no quarantine entry {entry_id}; see 'syncd quarantine list' for the ids", 2)
+    return found[0]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file only its owner can read (0600), never over another."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        fail(f"--raw {str(path)!r} exists already; give the name of a new file", 2)
+        raise
+    except OSError as exc:
+        fail(f"--raw {str(path)!r}: {exc.strerror}")
+        raise
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(data)
+
+
+@quarantine_app.command("show")
+def quarantine_show(
+    entry_id: Annotated[int, typer.Argument(metavar="ID", help="The entry's id (see list).")],
+    raw_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--raw",
+            metavar="FILE",
+            help="Write the item's bytes, as read, to FILE (a new file, mode 0600). They are "
+            "never printed: they can hold anything.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One quarantined item: why it was not read, where it is (mailbox, source, provider
+    id), when, how many attempts, its format and size, and whether it can be retried."""
+    from syncd.quarantine import why_not_retryable
+
+    with state.sessions()() as session:
+        entry = _entry_or_fail(session, entry_id)
+        data = quarantine_store.raw(session, entry_id) if raw_file is not None else None
+    if raw_file is not None:
+        if data is None:
+            fail(f"entry {entry_id} has no bytes to write: {why_not_retryable(entry)}")
+            return
+        _write_private(raw_file, data)
+    if as_json:
+        _json({**entry.as_dict(), "raw_file": str(raw_file) if raw_file else None})
+        return
+    retry = (
+        f"syncd quarantine retry {entry.id}"
+        if entry.retryable
+        else f"not possible: {why_not_retryable(entry)}"
+    )
+    raw_line = (
+        f"written to {raw_file} (mode 0600)"
+        if raw_file is not None
+        else ("not shown; write them to a file with --raw FILE" if entry.retryable else "none")
+    )
+    for label, value in (
+        ("entry", str(entry.id)),
+        ("reason", entry.reason),
+        ("mailbox", entry.mailbox),
+        ("source", entry.source),
+        ("provider id", entry.provider_id),
+        ("quarantined", _when(entry.created_at)),
+        ("last attempt", _when(entry.updated_at or entry.created_at)),
+        ("attempts", str(entry.attempts)),
+        ("format", entry.format or "unknown"),
+        ("size", _size(entry.size)),
+        ("raw bytes", raw_line),
+        ("retry", retry),
+    ):
+        say(f"{label + ':':<14}{_printable(value)}")
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(
+    entry_ids: Annotated[
+        list[int] | None, typer.Argument(metavar="ID", help="The entries to retry.")
+    ] = None,
+    all_entries: Annotated[
+        bool, typer.Option("--all", help="Retry every entry (of --mailbox, if given).")
+    ] = False,
+    mailbox: Annotated[
+        str | None,
+        typer.Option("--mailbox", help="Retry every entry of this mailbox (same as with --all)."),
+    ] = None,
+) -> None:
+    """Read quarantined items again with this version of syncd, e.g. after an upgrade.
+
+    Each item is parsed again from the copy kept of it and goes through the same rules as
+    a sync: logged (and its entry dropped), not logged by the rules (bulk, private...:
+    the entry is dropped too), or still unreadable (the entry stays, with the new reason).
+    Exit code 0 when every item was read, 1 when some is still unreadable or has no copy
+    to read, 2 for a bad argument.
+    """
+    from syncd.quarantine import Retrier
+
+    if entry_ids and (all_entries or mailbox):
+        fail("give entry ids, or --all / --mailbox NAME, not both", 2)
+    if not entry_ids and not all_entries and mailbox is None:
+        fail(
+            "say which entries to retry: ID ... (see 'syncd quarantine list'), --all, or "
+            "--mailbox NAME",
+            2,
+        )
+    sessions = state.sessions()
+    with sessions() as session:
+        _known_mailbox(session, mailbox)
+        if entry_ids:
+            wanted = list(dict.fromkeys(entry_ids))
+            entries = quarantine_store.entries(session, ids=wanted)
+            missing = sorted(set(wanted) - {e.id for e in entries})
+            if missing:
+                fail(
+                    f"no quarantine entry {', '.join(map(str, missing))}; see 'syncd quarantine "
+                    "list' for the ids (nothing was retried)",
+                    2,
+                )
+        else:
+            entries = quarantine_store.entries(session, mailbox)
+    if not entries:
+        say("nothing is quarantined" + (f" in mailbox {mailbox!r}" if mailbox else ""))
+        return
+    counts = {"logged": 0, "not logged": 0, "still unreadable": 0, "not retryable": 0}
+    try:
+        for outcome in Retrier(sessions, state.settings()).retry(entries):
+            e = outcome.entry
+            counts[outcome.status] += 1
+            line = _printable(
+                f"{e.id} ({e.mailbox}, {e.provider_id}): {outcome.status}: {outcome.detail}"
+            )
+            say(line, sys.stdout if outcome.ok else sys.stderr)
+    except SQLAlchemyError as exc:
+        from syncd.quarantine import reason_of
+
+        fail(f"the CRM database failed during the retry: {reason_of(exc)}; run it again")
+    kept = counts["still unreadable"] + counts["not retryable"]
+    say(
+        f"retried {len(entries)}: {counts['logged']} logged, {counts['not logged']} read and "
+        f"not logged by the rules, {kept} still quarantined"
+    )
+    if kept:
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 def demo_cmd(
     directory: Annotated[
@@ -878,7 +1241,7 @@ def demo_cmd(
 def main() -> None:
     try:
         app()
-    except (ConfigError, DatabaseError, LoadError) as exc:
+    except (ConfigError, DatabaseError, LoadError, SecretsError) as exc:
         fail_code = 2 if isinstance(exc, ConfigError) else 1
         say(f"syncd: error: {exc}", sys.stderr)
         sys.exit(fail_code)

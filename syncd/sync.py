@@ -493,7 +493,7 @@ class SyncJob:
             last = mailbox.followups_at
             if not changed and last is not None and timedelta(0) <= now - last < FOLLOWUPS_EVERY:
                 return
-            mailbox.followups_at = now
+            recorder.mark_followups(session, self.mailbox_id, now)
             candidates = queries.followup_candidates(session, self.user_id, since)
             if not candidates:
                 return

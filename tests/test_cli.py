@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from syncd.demo import build_demo, deliver, email_bytes
 
@@ -258,6 +260,10 @@ def test_every_command_has_help(env):
         ["activities", "--help"],
         ["tasks", "--help"],
         ["demo", "--help"],
+        ["quarantine", "--help"],
+        ["quarantine", "list", "--help"],
+        ["quarantine", "show", "--help"],
+        ["quarantine", "retry", "--help"],
     ):
         proc = run(env, *args)
         assert "Usage:" in proc.stdout
@@ -334,17 +340,115 @@ def test_daemon_notifies_systemd_picks_up_new_mail_and_stops_on_sigterm(env, loa
             "live.1.host",
         )
         deadline = time.monotonic() + 30
-        while not as_json(env, "activities", "--contact", "eva@globex.test") or not any(
+        while not any(
             a["subject"] == "While you run"
             for a in as_json(env, "activities", "--contact", "eva@globex.test")
         ):
             assert time.monotonic() < deadline, "the daemon did not log the new message"
-            time.sleep(0.5)
+            messages += _received(sock)  # as systemd does: the socket is always drained
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
     assert code == 0
     assert "STOPPING=1" in _received(sock)
+    sock.close()
+
+
+def _fill(path: str) -> list[socket.socket]:
+    """Fill a datagram socket nobody reads until a new sender is refused too."""
+    senders = []
+    while True:
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.setblocking(False)
+        senders.append(sender)
+        try:
+            sender.sendto(b"FILLER=1", path)
+        except BlockingIOError:
+            return senders
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sender.sendto(b"FILLER=1", path)
+
+
+def test_a_notify_socket_nobody_reads_never_keeps_the_daemon_from_stopping(env, loaded, tmp_path):
+    sock, path = _notify_socket(tmp_path)
+    senders = _fill(path)  # a stuck supervisor: its socket is full and stays full
+    proc = subprocess.Popen(
+        [*SYNCD, "run"],
+        env={**env, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not as_json(env, "activities", "--contact", "eva@globex.test"):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the daemon did not sync with a full socket"
+            time.sleep(0.5)
+        time.sleep(2)  # a few more watchdog ticks into the full socket
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=20)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for sender in senders:
+            sender.close()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == 0, stderr
+    assert took < 10
+    assert "notify socket is full" in stderr and "Traceback" not in stderr
+    assert set(_received(sock)) == {"FILLER=1"}  # nothing of the daemon's got in
+    sock.close()
+
+
+def test_status_shows_the_task_writer_apart_from_the_mailbox_and_the_fix(env, loaded, db_url):
+    from syncd.crm import recorder
+    from syncd.crm.database import make_engine, session_factory
+    from syncd.crm.models import Mailbox
+
+    run(env, "sync")
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine).begin() as session:
+            ana = session.scalars(select(Mailbox).where(Mailbox.name == "ana")).one()
+            recorder.mark_writer(
+                session,
+                ana.id,
+                state="failing",
+                now=datetime.now(UTC),
+                error="cannot write task to the calendar: [Errno 13] Permission denied: '/cal'",
+            )
+    finally:
+        engine.dispose()
+    status = {r["mailbox"]: r for r in as_json(env, "status")}
+    assert status["ana"]["state"] == "ok" and status["ana"]["error"] is None
+    tasks = status["ana"]["tasks"]
+    assert tasks["state"] == "failing" and "Permission denied: '/cal'" in tasks["error"]
+    assert "give syncd write access" in tasks["fix"] and "syncd sync ana" in tasks["fix"]
+    datetime.fromisoformat(tasks["updated_at"])
+    assert status["ben"]["tasks"] == {"state": "ok", "error": None, "updated_at": None}
+    assert status["ana"]["quarantined"] == 1 and status["ben"]["quarantined"] == 0
+    table = run(env, "status").stdout
+    assert "tasks" in table and "failing: cannot write task to the calendar" in table
+    assert "ana: follow-up tasks are not written: mail is still read and logged" in table
+    assert "ana: 1 item could not be read: see 'syncd quarantine list --mailbox ana'" in table
+
+
+def test_quarantine_commands_exit_codes_as_an_admin_sees_them(env, loaded):
+    run(env, "sync")
+    (entry,) = as_json(env, "quarantine", "list")
+    assert entry["mailbox"] == "ana" and entry["reason"]
+    shown = run(env, "quarantine", "show", str(entry["id"]))
+    assert entry["reason"] in shown.stdout and "--raw FILE" in shown.stdout
+    retried = run(env, "quarantine", "retry", str(entry["id"]), check=False)
+    assert retried.returncode == 1 and "still unreadable" in retried.stderr
+    assert as_json(env, "quarantine", "list")[0]["attempts"] == 2
+    bad = run(env, "quarantine", "retry", "999", check=False)
+    assert bad.returncode == 2 and "no quarantine entry 999" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_pg_database_url_password_is_never_printed(tmp_path, pg_server):
@@ -356,3 +460,67 @@ def test_pg_database_url_password_is_never_printed(tmp_path, pg_server):
         {**env, "SYNCD_DATABASE_URL": url.replace("127.0.0.1", "127.0.0.2")}, "status", check=False
     )
     assert proc.returncode == 1 and "s3cret-pw" not in proc.stdout + proc.stderr
+
+
+def test_fifos_and_links_never_hang_the_daemon_and_show_in_status(env, loaded, tmp_path):
+    """Issue 10, finding 6: a FIFO once hung 'syncd run' so that SIGTERM no longer stopped
+    it. A FIFO, a link to /dev/zero or to the key, in a Maildir, a calendar folder and at an
+    mbox path: the daemon reads everything else, counts them in status, and stops at once."""
+    demo = loaded["demo"]
+    ana = demo.maildirs["ana"]
+    home = Path(env["SYNCD_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    key = home / "secret.key"
+    key.write_bytes(b"KEY-SENTINEL-not-to-be-read")
+    os.mkfifo(ana / "new" / "9001.fifo.host")
+    os.symlink("/dev/zero", ana / "new" / "9002.zero.host")
+    os.mkfifo(demo.calendar / "fifo.ics")
+    os.symlink(key, demo.calendar / "key.ics")
+    archive = tmp_path / "archive.mbox"
+    archive.write_bytes(b"From x Mon Jan  1 00:00:00 2024\nFrom: a@acme.test\n\nhi\n")
+    run(env, "mailbox", "add", "ana-archive", "--kind", "local", "--user", "ana@northwind.test",
+        "--mbox", str(archive))  # fmt: skip
+    archive.unlink()
+    os.mkfifo(archive)  # replaced once added: the path is now a FIFO
+    config = tmp_path / "fast.toml"
+    config.write_text("[sync]\npoll_interval = 5\n")
+    proc = subprocess.Popen(
+        [*SYNCD, "run"],
+        env={**env, "SYNCD_CONFIG": str(config)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            status = {r["mailbox"]: r for r in as_json(env, "status")}
+            if (
+                status["ana"]["items"]
+                and status["ana"]["quarantined"] >= 5
+                and status["ana-archive"]["quarantined"] == 1
+            ):
+                break
+            assert time.monotonic() < deadline, f"the daemon did not get past them: {status}"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=20)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == 0 and took < 10, stderr
+    assert status["ana"]["state"] == "ok" and status["ana-archive"]["state"] == "ok"
+    reasons = {e["provider_id"]: e["reason"] for e in as_json(env, "quarantine", "list")}
+    assert "a FIFO" in reasons["maildir:INBOX/9001.fifo.host"]
+    assert "a symbolic link" in reasons["maildir:INBOX/9002.zero.host"]
+    assert "a FIFO" in reasons["calendar/fifo.ics"]
+    assert "a symbolic link" in reasons["calendar/key.ics"]
+    assert "a FIFO" in reasons["mbox:archive.mbox"]
+    assert "KEY-SENTINEL" not in json.dumps(reasons)
+    table = run(env, "status").stdout
+    assert "ana-archive: 1 item could not be read: see 'syncd quarantine list" in table

@@ -3,6 +3,13 @@ on PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,13 +20,16 @@ from imapclient import IMAPClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from syncd.config import Settings
+from syncd.config import LimitSettings, Settings
+from syncd.connectors.base import AuthError, MailboxSpec
+from syncd.connectors.imap import ImapConnector
 from syncd.crm import queries
-from syncd.crm.models import Activity, Sighting
+from syncd.crm.models import Activity, QuarantineEntry, Sighting
 from syncd.demo import email_bytes, event_ics
 from syncd.secrets import Secret, SecretBox
 from syncd.sync import sync_mailbox
 
+from . import servers
 from .helpers import add_mailbox, sync
 from .servers import Dovecot, Radicale, ServerMissing, TcpProxy, dovecot, radicale
 
@@ -416,7 +426,7 @@ def test_cli_adds_an_imap_mailbox_without_a_password_on_the_command_line(
     clear = syncd(
         *base, "--host", "mail.example.com", "--tls", "none", "--password-env", "PW", PW="x"
     )
-    assert clear.returncode == 1 and "allowed only for a loopback host" in clear.stderr
+    assert clear.returncode == 2 and "allowed only for a loopback host" in clear.stderr
     nothing = syncd(*base, "--host", "127.0.0.1", "--port", str(imap_server.port), "--tls", "none")
     assert nothing.returncode == 1 and "--password-file FILE or --password-env VAR" in (
         nothing.stderr
@@ -526,3 +536,281 @@ def test_extra_folders_are_read_and_excluded_ones_never(sessions, settings, comp
     )
     sync(sessions, settings, "ana")
     assert subjects(sessions) == ["in deals"]  # Trash is excluded by the config's defaults
+
+
+# --- issue 10: logins whatever the password holds; sizes at read time ---------------------
+
+KiB = 1024
+
+
+@pytest.fixture(scope="module")
+def imap_passwords() -> Iterator[Dovecot]:
+    """A Dovecot whose users can have passwords of their own (a passwd-file, read before
+    the shared static one): ``users`` below writes them."""
+    original = servers._DOVECOT_CONF
+    static = "passdb {{\n  driver = static"
+    own = (
+        "passdb {{\n  driver = passwd-file\n  mechanisms = plain login\n"
+        "  args = scheme=PLAIN username_format=%u {root}/users\n}}\n"
+    )
+    assert static in original
+    servers._DOVECOT_CONF = original.replace(static, own + static)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                server = stack.enter_context(dovecot())
+            finally:
+                servers._DOVECOT_CONF = original  # read once, when it starts
+            users = server.root / "users"
+            users.write_text("")
+            users.chmod(0o644)
+            yield server
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
+
+
+def user_with_password(server: Dovecot, prefix: str, password: str) -> str:
+    login = new_login(server, prefix)
+    users = server.root / "users"
+    with users.open("a", encoding="utf-8") as fh:
+        fh.write(f"{login}:{{PLAIN}}{password}::::::\n")
+    # Dovecot reads the file again when its mtime changes, and looks at most once a second
+    later = max(time.time(), users.stat().st_mtime) + 1
+    os.utime(users, (later, later))
+    time.sleep(1.1)
+    return login
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["pässwörd-ñ-日本", 'pa"ss\\word', 'mïx"ed\\-ü'],
+    ids=["beyond-ascii", "quote-and-backslash", "both"],
+)
+def test_a_password_with_quotes_backslashes_or_beyond_ascii_logs_in(
+    sessions, settings, company, imap_passwords, password
+):
+    login = user_with_password(imap_passwords, "ana", password)
+    append(imap_passwords, login, "INBOX", msg(1, subject="for a special password"))
+    add_imap_mailbox(
+        sessions, settings, "ana", "ana@northwind.test", imap_passwords, login, password
+    )
+    report = sync(sessions, settings, "ana")
+    assert report.new_activities == 1 and subjects(sessions) == ["for a special password"]
+
+
+def imap_quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def leaked(text: str, password: str, login: str) -> list[str]:
+    """Every form of the password a server's echo or a library's message could show."""
+    forms = {password, imap_quoted(password)}
+    forms |= {repr(f.encode())[2:-1] for f in set(forms)}
+    forms |= {repr(f)[1:-1] for f in set(forms)}
+    forms.add(base64.b64encode(f"\0{login}\0{password}".encode()).decode())
+    forms |= {"ng-p", "w\\xc3\\xb6rd", "wörd"}  # pieces of the password below
+    return sorted(f for f in forms if f in text)
+
+
+class EchoingServer:
+    """An IMAP server that refuses every login and quotes what it got in its answer, as
+    some servers and proxies do: LOGIN with a NO (or a BAD, for ``bad``), and AUTHENTICATE
+    PLAIN with its base64 and its decoded text."""
+
+    def __init__(self, bad: bool = False, plain: bool = True) -> None:
+        self.bad = bad
+        self.caps = b"IMAP4rev1 AUTH=PLAIN" if plain else b"IMAP4rev1"
+        self.host = "127.0.0.1"
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as lines:
+                conn.sendall(b"* OK [CAPABILITY " + self.caps + b"] echo ready\r\n")
+                while line := lines.readline():
+                    tag, _, rest = line.rstrip(b"\r\n").partition(b" ")
+                    command = rest.split(b" ", 1)[0].upper()
+                    if command == b"CAPABILITY":
+                        caps = b"* CAPABILITY " + self.caps + b"\r\n"
+                        conn.sendall(caps + tag + b" OK done\r\n")
+                    elif command == b"LOGIN":
+                        word = b" BAD Error in IMAP command: " if self.bad else b" NO refused: "
+                        conn.sendall(tag + word + rest + b"\r\n")
+                    elif command == b"AUTHENTICATE":
+                        conn.sendall(b"+ \r\n")
+                        answer = lines.readline().strip()
+                        said = base64.b64decode(answer).replace(b"\0", b" ")
+                        conn.sendall(tag + b" NO refused " + answer + b" = " + said + b"\r\n")
+                    elif command == b"LOGOUT":
+                        conn.sendall(b"* BYE\r\n" + tag + b" OK bye\r\n")
+                        break
+                    else:
+                        conn.sendall(tag + b" BAD unknown\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["NO", "BAD"])
+@pytest.mark.parametrize(
+    "password", ['wr"o\\ng-pässwörd', 'wr"o\\ng-password'], ids=["non-ascii", "ascii"]
+)
+def test_a_refused_password_is_masked_even_when_the_server_echoes_it(
+    sessions, settings, company, caplog, bad, password
+):
+    server = EchoingServer(bad=bad)
+    login = "ana-login"
+    try:
+        spec = MailboxSpec(
+            "ana",
+            "imap",
+            "ana@northwind.test",
+            {"host": "127.0.0.1", "port": server.port, "tls": "none", "login": login},
+            secret=Secret(password),
+        )
+        with pytest.raises(AuthError) as refused:
+            ImapConnector(spec).folders()
+        message = str(refused.value)
+        assert "refused" in message and "***" in message  # the echo came, masked
+        assert leaked(message, password, login) == []
+        add_imap_mailbox(
+            sessions,
+            settings,
+            "ana",
+            "ana@northwind.test",
+            server,  # type: ignore[arg-type]  # a host and a port, as a Dovecot
+            login,
+            password,
+        )
+        with caplog.at_level(logging.DEBUG):
+            report = sync_mailbox(sessions, settings, "ana")
+        assert report.state == "parked" and "syncd mailbox reauth ana" in (report.error or "")
+        with sessions() as session:
+            (status,) = queries.status_report(session)
+        for text in (report.error or "", status["error"] or "", caplog.text):
+            assert leaked(text, password, login) == []
+    finally:
+        server.close()
+
+
+def test_a_password_beyond_ascii_without_authenticate_plain_says_why():
+    server = EchoingServer(plain=False)
+    password = "wr-o-ng-pässwörd"
+    try:
+        spec = MailboxSpec(
+            "ana",
+            "imap",
+            "ana@northwind.test",
+            {"host": "127.0.0.1", "port": server.port, "tls": "none", "login": "ana"},
+            secret=Secret(password),
+        )
+        with pytest.raises(AuthError) as refused:
+            ImapConnector(spec).folders()
+    finally:
+        server.close()
+    message = str(refused.value)
+    assert "beyond ASCII" in message and "no AUTHENTICATE PLAIN" in message
+    assert "syncd mailbox reauth ana" in message and leaked(message, password, "ana") == []
+
+
+def test_a_wrong_special_password_on_dovecot_parks_without_showing_it(
+    sessions, settings, company, imap_passwords
+):
+    login = user_with_password(imap_passwords, "ana", "right-pässwörd")
+    wrong = 'wr"o\\ng-pässwörd'
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_passwords, login, wrong)
+    report = sync_mailbox(sessions, settings, "ana")
+    assert report.state == "parked" and "AUTHENTICATIONFAILED" in (report.error or "")
+    assert leaked(report.error or "", wrong, login) == []
+
+
+class CountingProxy(TcpProxy):
+    """A TcpProxy that counts the bytes the server sends."""
+
+    def __init__(self, target_port: int) -> None:
+        self.received = 0
+        super().__init__(target_port)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        if not from_server:
+            super()._pipe(src, dst, from_server)
+            return
+        try:
+            while data := src.recv(65536):
+                self.received += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+@pytest.mark.parametrize("policy", ["full", "metadata"])
+def test_a_message_over_the_size_limit_is_quarantined_without_fetching_its_body(
+    sessions, settings, company, imap_server, policy
+):
+    login = new_login(imap_server, "ana")
+    big = msg(2, subject="the big one", body="B" * 400 * KiB)
+    append(imap_server, login, "INBOX", msg(3, subject="small before"), big, msg(1))
+    proxy = CountingProxy(imap_server.port)
+    try:
+        add_imap_mailbox(
+            sessions, settings, "ana", "ana@northwind.test", imap_server, login, port=proxy.port
+        )
+        with sessions.begin() as session:
+            from syncd.crm.models import Mailbox
+
+            box = session.scalars(select(Mailbox)).one()
+            box.settings = {**box.settings, "body": policy}
+        limited = settings.model_copy(update={"limits": LimitSettings(message_bytes=64 * KiB)})
+        report = sync(sessions, limited, "ana")
+    finally:
+        proxy.close()
+    assert subjects(sessions) == ["deal note 1", "small before"]
+    assert report.quarantined == 1
+    with sessions() as session:
+        (entry,) = session.scalars(select(QuarantineEntry)).all()
+    assert entry.provider_id.startswith("INBOX/") and entry.raw is None
+    assert "over the limit of 65536 bytes (limits.message_bytes): not read" in entry.reason
+    assert proxy.received < 100 * KiB  # the 400 KB body never crossed the wire
+
+
+def test_imap_batches_are_cut_by_bytes(sessions, settings, company, imap_server):
+    login = new_login(imap_server, "ana")
+    append(
+        imap_server,
+        login,
+        "INBOX",
+        *(msg(i, subject=f"bulky {i}", body="b" * 300 * KiB) for i in range(7)),
+    )
+    spec = MailboxSpec(
+        "ana",
+        "imap",
+        "ana@northwind.test",
+        {"host": imap_server.host, "port": imap_server.port, "tls": "none", "login": login},
+        body_policy="full",
+        secret=Secret(Dovecot.PASSWORD),
+        limits=LimitSettings(batch_bytes=1024 * KiB),
+    )
+    connector = ImapConnector(spec)
+    try:
+        (inbox,) = [s for s in connector.mail_sources() if s.name == "imap:INBOX"]
+        batches = list(inbox.changes(None))
+    finally:
+        connector.close()
+    sizes = [len(b.items) for b in batches]
+    assert sum(sizes) == 7 and max(sizes) <= 3 and len(batches) >= 3  # 3 x 300 KB < 1 MB
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login)
+    budget = settings.model_copy(update={"limits": LimitSettings(batch_bytes=1024 * KiB)})
+    sync(sessions, budget, "ana")
+    assert subjects(sessions) == sorted(f"bulky {i}" for i in range(7))

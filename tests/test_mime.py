@@ -1,15 +1,28 @@
-"""RFC 5322 / MIME parsing into MailItems (unit tests, no database)."""
+"""RFC 5322 / MIME parsing into MailItems, iCalendar objects into meetings, and how the
+connectors quarantine what they cannot read (unit tests, no database)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import os
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.connectors.mime import UnreadableMessage, parse_message
+from syncd.connectors.base import MailboxSpec
+from syncd.connectors.ical import (
+    RAW_KEPT,
+    UnreadableCalendar,
+    invitations_from_ical,
+    quarantined,
+    read_calendar,
+)
+from syncd.connectors.imap import ImapFolder, ImapSession
+from syncd.connectors.local import MaildirFolder, VdirCalendar
+from syncd.connectors.mime import UnreadableMessage, parse_message, read_message
 from syncd.demo import email_bytes, event_ics
+from syncd.items import Quarantined
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
@@ -136,3 +149,220 @@ def test_any_bytes_give_an_item_or_a_reason_never_a_crash(data):
     else:
         assert item.key and item.participants
         item.subject.encode("utf-8")  # always storable
+
+
+# -- lenient reading: what the standard library's parser refuses (issue 9, point 11) --------
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "unlisted-recipients:; (no To-header on input)",  # AttributeError: 'Group' ... local_part
+        "Sales: carla@acme.test, ben@acme.test; eva@globex.test",
+        ":;a",
+        '"',
+        "b@[ ",
+        "\\@[",
+    ],
+)
+def test_an_address_list_the_policy_cannot_parse_is_read_leniently(to):
+    raw = (
+        f"From: Carla <carla@acme.test>\r\nTo: {to}\r\nCc: =?utf-8?q?Eva_N=C3=B6vak?= "
+        "<eva@globex.test>\r\nSubject: hello\r\nMessage-ID: <g-1@acme.test>\r\n\r\nbody\r\n"
+    ).encode()
+    item = parse(raw)
+    by_role = {(p.address, p.role): p.name for p in item.participants}
+    assert by_role[("carla@acme.test", "from")] == "Carla"
+    assert by_role[("eva@globex.test", "cc")] == "Eva Növak"
+    if "Sales:" in to:
+        assert {
+            ("carla@acme.test", "to"),
+            ("ben@acme.test", "to"),
+            ("eva@globex.test", "to"),
+        } <= set(by_role)
+    assert all("@" in a and " " not in a for a, _ in by_role)  # nothing that is no address
+
+
+def test_a_header_block_broken_by_a_stray_line_is_mended():
+    raw = (
+        b"\xef\xbb\xbfReceived: by mx.acme.test; Mon, 02 Nov 2026 10:00:00 +0100\r\n"
+        b"quite Delivered-To: ana@northwind.test\r\n"
+        b"From  : Carla <carla@acme.test>\r\n"
+        b"To: ana@northwind.test\r\n"
+        b"Subject: mended\r\n\r\nbody\r\n"
+    )
+    item = parse(raw)
+    assert [(p.address, p.role) for p in item.participants] == [
+        ("carla@acme.test", "from"),
+        ("ana@northwind.test", "to"),
+    ]
+    assert item.subject == "mended" and item.body.strip() == "body"
+
+
+# -- dates (issue 10, finding 1): never an OverflowError, always 1970 .. now + 5 years ----------
+
+RECEIVED = b"Received: from mx.acme.test by mx.northwind.test; Mon, 02 Nov 2026 09:00:00 +0000\r\n"
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        b"Mon, 1 Jan 2026 10:00:00 +99999999999999999999",
+        b"Fri, 31 Dec 9999 23:00:00 -2359",
+        b"Mon, 01 Jan 1000 00:00:00 +2359",
+        b"Wed, 31 Dec 1969 23:59:59 +0000",
+        b"Sat, 01 Jan 2300 00:00:00 +0000",
+        b"not a date",
+    ],
+)
+def test_a_date_that_cannot_be_true_falls_back_to_received_then_the_file(date):
+    head = b"From: carla@acme.test\r\nTo: ana@northwind.test\r\nDate: " + date + b"\r\n"
+    with_received = parse(RECEIVED + head + b"\r\nbody")
+    assert with_received.sent_at == datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    without = parse(head + b"\r\nbody")
+    assert without.sent_at == T0  # the provider's time (file mtime, INTERNALDATE)
+    assert without.key == parse(head + b"\r\nbody").key  # still one stable key
+
+
+def test_a_provider_time_out_of_range_is_not_used_either():
+    raw = b"From: carla@acme.test\r\nTo: ana@northwind.test\r\nDate: junk\r\n\r\nbody"
+    item = parse_message(raw, "p1", datetime(9999, 12, 31, 23, 0, tzinfo=UTC))
+    assert abs(item.sent_at - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+# -- what the connectors get: a quarantine entry with its reason and its bytes ---------------
+
+
+def test_read_message_quarantines_with_the_bytes_to_retry():
+    raw = b"Subject: only a subject\r\n\r\nbody"
+    result = read_message(raw, "maildir:INBOX/1", T0)
+    assert isinstance(result, Quarantined)
+    assert result.reason == "no From, To, Cc or Bcc address that can be read"
+    assert (result.raw, result.format) == (raw, "rfc822")
+
+
+def test_only_ten_megabytes_are_kept_for_a_retry():
+    assert RAW_KEPT == 10 * 1024 * 1024
+    kept = quarantined("p", "too big to read", b"x" * RAW_KEPT, "rfc822")
+    assert kept.raw is not None and kept.format == "rfc822"
+    dropped = quarantined("p", "too big to read", b"x" * (RAW_KEPT + 1), "rfc822")
+    assert (dropped.raw, dropped.format, dropped.reason) == (None, None, "too big to read")
+
+
+def test_a_parser_error_message_is_one_bounded_line():
+    assert len(quarantined("p", "x" * 5000 + "\n" + "y", None, "ical").reason) <= 300
+
+
+# -- calendar objects: one broken event costs only itself -----------------------------------
+
+WINDOW = (T0 - timedelta(days=30), T0 + timedelta(days=30))
+
+
+def vcalendar(*events: str) -> bytes:
+    body = "".join(f"BEGIN:VEVENT\r\n{e}END:VEVENT\r\n" for e in events)
+    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\n{body}END:VCALENDAR\r\n".encode()
+
+
+GOOD = "UID:good@acme.test\r\nDTSTART:20261102T100000Z\r\nDTEND:20261102T110000Z\r\nSUMMARY:QBR\r\n"
+
+
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ("UID:bad@acme.test\r\nSUMMARY:no start\r\n", "event bad@acme.test: no DTSTART"),
+        ("UID:bad@acme.test\r\nDTSTART:INVALID-DATE\r\n", "event bad@acme.test: DTSTART"),
+        ("DTSTART:20261103T100000Z\r\nSUMMARY:no uid\r\n", "event without UID"),
+        (
+            "UID:bad@acme.test\r\nDTSTART:20261103T100000Z\r\nRRULE:FREQ=NONSENSE\r\n",
+            "event bad@acme.test: cannot expand",
+        ),
+    ],
+)
+def test_a_broken_event_is_named_and_the_others_are_read(bad, problem):
+    read = read_calendar(vcalendar(GOOD, bad), "work.ics", WINDOW)
+    assert [m.key for m in read.meetings] == ["ical:good@acme.test"]
+    assert len(read.problems) == 1 and read.problems[0].startswith(problem)
+
+
+def test_a_second_dtstart_is_ignored_and_a_broken_end_dropped():
+    event = (
+        "UID:twice@acme.test\r\nDTSTART:20261102T100000Z\r\nDTSTART:20261102T120000Z\r\n"
+        "DURATION:P999999999999999999\r\nSUMMARY:twice\r\n"
+    )
+    read = read_calendar(vcalendar(event), "work.ics", WINDOW)
+    (meeting,) = read.meetings
+    assert meeting.start == meeting.end == datetime(2026, 11, 2, 10, tzinfo=UTC)
+    assert read.problems == []
+
+
+def test_a_file_that_is_no_icalendar_raises_unreadable_calendar():
+    with pytest.raises(UnreadableCalendar, match="not valid iCalendar"):
+        read_calendar(b"BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\n", "cut.ics", WINDOW)
+
+
+def test_an_invitation_in_year_9999_leaves_the_mail_an_email():
+    ics = vcalendar("UID:far@acme.test\r\nDTSTART:99991231T230000Z\r\nSUMMARY:far\r\n")
+    assert invitations_from_ical(ics, "p1") == []
+    item = parse(
+        email_bytes(
+            sender="carla@acme.test",
+            to=["ana@northwind.test"],
+            subject="Invitation",
+            when=T0,
+            message_id="far@acme.test",
+            calendar=ics,
+        )
+    )
+    assert item.invitations == () and item.subject == "Invitation"
+
+
+def test_the_vdir_quarantines_a_file_with_its_text_and_logs_what_it_can(tmp_path):
+    (tmp_path / "mixed.ics").write_bytes(vcalendar(GOOD, "UID:bad@acme.test\r\n"))
+    (tmp_path / "junk.ics").write_bytes(b"\x00\x01 not a calendar")
+    (tmp_path / "folder.ics").mkdir()  # a directory named like a calendar object
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.key"
+    secret.write_bytes(b"BEGIN:VCALENDAR\r\nkey-material\r\n")
+    (tmp_path / "link.ics").symlink_to(secret)  # it could point at syncd's own key
+    os.mkfifo(tmp_path / "fifo.ics")  # reading it would wait forever
+    source = VdirCalendar(tmp_path, 100, past_days=3650, future_days=3650)
+    (batch,) = list(source.changes(None))
+    assert [m.key for m in batch.items] == ["ical:good@acme.test"]
+    by_id = {q.provider_id: q for q in batch.quarantined}
+    assert by_id["calendar/mixed.ics"].reason == "event bad@acme.test: no DTSTART"
+    assert by_id["calendar/mixed.ics"].raw == (tmp_path / "mixed.ics").read_bytes()
+    assert by_id["calendar/mixed.ics"].format == "ical"
+    assert by_id["calendar/junk.ics"].reason.startswith("not valid iCalendar")
+    for name, kind in (("folder", "a directory"), ("link", "a symbolic link"), ("fifo", "a FIFO")):
+        entry = by_id[f"calendar/{name}.ics"]
+        assert kind in entry.reason and "regular file" in entry.reason and entry.raw is None
+    assert not any("key-material" in q.reason for q in batch.quarantined)
+    assert list(source.changes(batch.cursor)) == []  # read once: nothing again
+
+
+def test_a_maildir_entry_that_cannot_be_read_is_quarantined_not_fatal(tmp_path):
+    for sub in ("cur", "new", "tmp"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "cur" / "1.dir:2,S").mkdir()
+    (tmp_path / "cur" / "2.ok:2,S").write_bytes(
+        b"From: carla@acme.test\r\nTo: ana@northwind.test\r\nDate: Fri, 31 Dec 9999 23:00:00 -2359"
+        b"\r\n\r\nbody"
+    )
+    (batch,) = list(MaildirFolder("maildir:INBOX", tmp_path, 100).changes(None))
+    assert [i.provider_id for i in batch.items] == ["maildir:INBOX/2.ok"]
+    (entry,) = batch.quarantined
+    assert entry.provider_id == "maildir:INBOX/1.dir"
+    assert "a directory" in entry.reason and "regular file" in entry.reason
+
+
+def test_an_imap_message_that_cannot_be_read_is_quarantined_with_its_bytes():
+    spec = MailboxSpec(
+        name="ana", kind="imap", user_email="ana@northwind.test", settings={"host": "127.0.0.1"}
+    )
+    folder = ImapFolder(ImapSession(spec), "INBOX", spec)
+    raw = b"Subject: no address\r\nDate: Mon, 1 Jan 2026 10:00:00 +99999999999999999999\r\n\r\n"
+    entry = folder._item(7, {b"BODY[]": raw, b"INTERNALDATE": T0}, 42)
+    assert isinstance(entry, Quarantined) and entry.provider_id == "INBOX/42/7"
+    assert (entry.raw, entry.format) == (raw, "rfc822")
+    odd = folder._item(8, {b"BODY[]": 12345}, 42)  # a FETCH answer of the wrong shape
+    assert isinstance(odd, Quarantined)
+    assert odd.reason == "unexpected FETCH response: TypeError: the message is a int, not bytes"

@@ -20,8 +20,23 @@ from urllib.parse import urlparse
 from caldav.davclient import DAVClient
 from caldav.lib import error as caldav_error
 
-from syncd.connectors.base import AuthError, ConnectorError, MailboxSpec
-from syncd.connectors.ical import UnreadableCalendar, read_calendar, task_to_ical
+from syncd.connectors.base import (
+    AuthError,
+    ConnectorError,
+    MailboxSpec,
+    check_url,
+    mask_secret,
+    mask_urls,
+    split_credentials,
+    too_large,
+)
+from syncd.connectors.ical import (
+    UnreadableCalendar,
+    describe,
+    quarantined,
+    read_calendar,
+    task_to_ical,
+)
 from syncd.items import Batch, Cursor, MeetingItem, Quarantined, TaskItem, TaskState
 
 log = logging.getLogger("syncd.caldav")
@@ -33,12 +48,18 @@ def _path(url: Any) -> str:
 
 class CalDavAccount:
     """The CalDAV side of a mailbox: settings ``caldav_url``, ``caldav_login`` (default the
-    IMAP login), the mailbox's secret as password."""
+    IMAP login), the mailbox's secret as password.
+
+    The URL is https, or http to this machine only (:func:`check_url`). A login or password
+    in it (a row of an older syncd, or edited by hand) is never sent in the URL nor shown:
+    it is taken out and ignored: CalDAV logs in with ``caldav_login`` and the mailbox's
+    encrypted secret, as it always did."""
 
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
         s = spec.settings
-        self.url = str(s["caldav_url"])
+        self.url = split_credentials(str(s["caldav_url"]))[0]
+        check_url(self.url, f"mailbox {spec.name!r}: --caldav")
         if spec.secret is None:
             raise AuthError(
                 f"mailbox {spec.name!r}: no CalDAV password stored; "
@@ -57,6 +78,11 @@ class CalDavAccount:
     def _where(self) -> str:
         return f"mailbox {self.spec.name!r}: CalDAV {self.url}"
 
+    def masked(self, exc: BaseException) -> str:
+        """An error as it may be shown: the password masked in any form, and any URL's."""
+        secret = self.spec.secret.reveal() if self.spec.secret else ""
+        return mask_urls(mask_secret(str(exc), secret))
+
     def calendars(self) -> list[Any]:
         if self._calendars is None:
             try:
@@ -67,7 +93,7 @@ class CalDavAccount:
                     f"'syncd mailbox reauth {self.spec.name}'"
                 ) from None
             except (caldav_error.DAVError, OSError) as exc:
-                raise ConnectorError(f"{self._where()}: {exc}") from exc
+                raise ConnectorError(f"{self._where()}: {self.masked(exc)}") from exc
             wanted = self.spec.settings.get("calendars")
             if wanted:
                 found = [c for c in found if c.get_display_name() in wanted]
@@ -86,6 +112,13 @@ class CalDavAccount:
             )
             for cal in self.calendars()
         ]
+
+    def close(self) -> None:
+        """Close the HTTP connections (a daemon opens an account every pass)."""
+        try:
+            self.client.close()
+        except Exception as exc:  # closing a broken connection: nothing left to do
+            log.debug("%s: close failed: %s", self._where(), exc)
 
     def task_writer(self) -> CalDavTaskWriter | None:
         calendars = self.calendars()
@@ -128,26 +161,37 @@ class CalDavCalendar:
         except caldav_error.AuthorizationError:
             raise AuthError(f"{self.account._where()} refused access to {self.name}") from None
         except (caldav_error.DAVError, OSError) as exc:
-            raise ConnectorError(f"{self.account._where()}: {exc}") from exc
+            raise ConnectorError(f"{self.account._where()}: {self.account.masked(exc)}") from exc
         uids: dict[str, list[str]] = dict(state["uids"])
         objects = [o for o in result if o.url is not None]
         meetings: list[MeetingItem] = []
         states: list[TaskState] = []
-        quarantined: list[Quarantined] = []
+        quarantine: list[Quarantined] = []
         for obj in objects:
             href = _path(obj.url)
-            data = obj.data
-            if not data:
-                continue
-            raw = data.encode() if isinstance(data, str) else data
             try:
-                found, task_states, object_uids = read_calendar(raw, href, window)
-            except UnreadableCalendar as exc:
-                quarantined.append(Quarantined(href, str(exc)))
+                data = obj.data
+                raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+            except Exception as exc:  # the library could not load this one object
+                quarantine.append(Quarantined(href, f"cannot read the object: {describe(exc)}"))
                 continue
-            meetings.extend(found)
-            states.extend(task_states)
-            uids[href] = sorted(object_uids)
+            if not raw:
+                continue
+            limit = self.account.spec.limits.message_bytes
+            if len(raw) > limit:  # the library has it in memory already; nothing keeps it
+                quarantine.append(Quarantined(href, too_large(len(raw), limit)))
+                continue
+            try:
+                read = read_calendar(bytes(raw), href, window, limits=self.account.spec.limits)
+            except Exception as exc:  # UnreadableCalendar, or whatever a parser raised
+                reason = str(exc) if isinstance(exc, UnreadableCalendar) else describe(exc)
+                quarantine.append(quarantined(href, reason, bytes(raw), "ical"))
+                continue
+            if read.problems:  # the events that could be read are logged all the same
+                quarantine.append(quarantined(href, "; ".join(read.problems), bytes(raw), "ical"))
+            meetings.extend(read.meetings)
+            states.extend(read.task_states)
+            uids[href] = sorted(read.uids)
         removed: list[str] = []
         for url in getattr(result, "deleted_urls", set()):
             for uid in uids.pop(_path(url), []):
@@ -164,14 +208,14 @@ class CalDavCalendar:
             "uids": uids,
             "day": now.date().isoformat(),
         }
-        if new_state == state and not (meetings or states or removed or quarantined):
+        if new_state == state and not (meetings or states or removed or quarantine):
             return  # nothing changed: no write either
         for start in range(0, max(len(meetings), 1), self.batch_size):
             last = start + self.batch_size >= len(meetings)
             yield Batch(
                 items=tuple(meetings[start : start + self.batch_size]),
                 cursor=Cursor(json.dumps(new_state if last else state)),
-                quarantined=tuple(quarantined) if last else (),
+                quarantined=tuple(quarantine) if last else (),
                 removed=tuple(removed) if last else (),
                 task_states=tuple(states) if last else (),
             )

@@ -53,6 +53,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
+from syncd.config import LimitSettings
 from syncd.connectors.base import (
     AuthError,
     CalendarSource,
@@ -75,6 +76,7 @@ from syncd.items import (
     TaskItem,
     TaskState,
 )
+from syncd.limits import OverLimit, check
 from syncd.matching.addresses import normalize_address
 
 log = logging.getLogger("syncd.gmail")
@@ -325,21 +327,47 @@ class GmailMail:
         self.batch_size = max(BATCH, spec.batch_size // BATCH * BATCH)
         self.since = timedelta(days=int(spec.settings.get("since_days", 90)))
 
-    def _items(self, ids: list[str]) -> tuple[list[MailItem], list[Quarantined]]:
+    def _items(self, ids: list[str]) -> Iterator[tuple[list[MailItem], list[Quarantined], int]]:
+        """Read ``ids`` in order: (items, quarantined, how many of ``ids`` they cover), each
+        time the raw bytes read reach ``limits.batch_bytes`` and once at the end (so at
+        least once). A message over ``limits.message_bytes`` is quarantined unread, by the length
+        of its ``raw`` before it is decoded. A batch request asks for as many messages as
+        the batch bytes hold at the size of the largest of the previous request (at most
+        100): Gmail's listing carries no sizes, and asking for them costs as much quota as
+        the messages."""
+        limits = self.spec.limits
         items: list[MailItem] = []
         quarantined: list[Quarantined] = []
-        for start in range(0, len(ids), BATCH):
-            chunk = ids[start : start + BATCH]
+        held = 0  # raw bytes read since the last yield
+        start, per_request = 0, BATCH
+        while start < len(ids):
+            if held >= limits.batch_bytes:  # the batch holds enough: out before the next
+                yield items, quarantined, start
+                items, quarantined, held = [], [], 0
+            chunk = ids[start : start + per_request]
             raw = self.account.fetch_raw(chunk)
-            for i in chunk:
-                m = raw.get(i)
+            largest = 0
+            for n, i in enumerate(chunk, start=start):
+                if held >= limits.batch_bytes:  # likewise within a request's replies
+                    yield items, quarantined, n
+                    items, quarantined, held = [], [], 0
+                m = raw.pop(i, None)  # let each reply go once it is read
                 if m is None or NEVER_READ & set(m.get("labelIds", [])):
+                    continue
+                encoded = m.pop("raw", None)  # held once: decoded, it is let go
+                length = len(encoded) * 3 // 4 if isinstance(encoded, str) else 0
+                largest, held = max(largest, length), held + length
+                over = _over_size(m, length, limits)
+                if over is not None:
+                    quarantined.append(Quarantined(i, over))
                     continue
                 data: bytes | None = None
                 try:  # no message can stop the mailbox: what cannot be read is quarantined
-                    data = _unbase64(m["raw"])
+                    if not isinstance(encoded, str):
+                        raise KeyError("raw")
+                    data, encoded = _unbase64(encoded), None
                     when = datetime.fromtimestamp(int(m.get("internalDate", "0")) / 1000, UTC)
-                    item = parse_message(data, i, when)
+                    item = parse_message(data, i, when, limits=limits)
                 except Exception as exc:
                     reason = str(exc) if isinstance(exc, UnreadableMessage) else _reason(exc)
                     quarantined.append(
@@ -353,7 +381,11 @@ class GmailMail:
                         labels=self.account.label_names(m.get("labelIds", [])),
                     )
                 )
-        return items, quarantined
+            start += len(chunk)
+            # a request's replies are held at once, in base64 (4/3 of the message) about three
+            # times over (the HTTP body, its parts, the JSON): as many as fit the batch bytes
+            per_request = max(1, min(BATCH, limits.batch_bytes // max(4 * largest, 1)))
+        yield items, quarantined, len(ids)
 
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
         state = json.loads(cursor.value) if cursor else {}
@@ -379,9 +411,10 @@ class GmailMail:
                 )
                 ids = [m["id"] for m in listing.get("messages", [])]
                 for start in range(skip, len(ids), self.batch_size):
-                    items, quarantined = self._items(ids[start : start + self.batch_size])
-                    state = {**state, "page": page, "skip": start + self.batch_size}
-                    yield Batch(tuple(items), Cursor(json.dumps(state)), tuple(quarantined))
+                    chunk = ids[start : start + self.batch_size]
+                    for items, quarantined, covered in self._items(chunk):
+                        state = {**state, "page": page, "skip": start + covered}
+                        yield Batch(tuple(items), Cursor(json.dumps(state)), tuple(quarantined))
                 page, skip = listing.get("nextPageToken"), 0
                 if not page:
                     break
@@ -435,13 +468,27 @@ class GmailMail:
             return
         ids = list(dict.fromkeys(added))
         for begin in range(0, max(len(ids), 1), self.batch_size):
-            items, quarantined = self._items(ids[begin : begin + self.batch_size])
-            final = begin + self.batch_size >= len(ids)
-            yield Batch(
-                tuple(items),
-                Cursor(json.dumps({"h": latest if final else start})),
-                tuple(quarantined),
-            )
+            chunk = ids[begin : begin + self.batch_size]
+            for items, quarantined, covered in self._items(chunk):
+                final = begin + covered >= len(ids)
+                yield Batch(
+                    tuple(items),
+                    Cursor(json.dumps({"h": latest if final else start})),
+                    tuple(quarantined),
+                )
+
+
+def _over_size(message: dict[str, Any], length: int, limits: LimitSettings) -> str | None:
+    """Why a message is not read, when it is over ``limits.message_bytes``: by its raw
+    length (before it is decoded), else by Gmail's ``sizeEstimate``."""
+    try:
+        size = length or int(message.get("sizeEstimate") or 0)
+        check("message_bytes", size, limits.message_bytes, "the message is {size}")
+    except OverLimit as exc:
+        return str(exc)
+    except (TypeError, ValueError):
+        return None
+    return None
 
 
 def _unbase64(value: str) -> bytes:

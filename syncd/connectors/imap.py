@@ -38,17 +38,45 @@ from syncd.connectors.base import (
     MailboxSpec,
     MailSource,
     TaskWriter,
+    batches,
     check_tls,
+    secret_forms,
+    too_large,
 )
-from syncd.connectors.mime import UnreadableMessage, parse_message
+from syncd.connectors.ical import describe
+from syncd.connectors.mime import read_message
 from syncd.items import Batch, Cursor, MailItem, Quarantined
 
 log = logging.getLogger("syncd.imap")
+_PROTOCOL_LOG = logging.getLogger("imapclient.imaplib")  # every line, at DEBUG (--verbose)
 
 SENT_NAMES = ("Sent", "Sent Items", "Sent Messages", "INBOX.Sent", "INBOX/Sent", "Sent Mail")
 SNIPPET_BYTES = 16384
 MAX_UIDS_PER_COMMAND = 1000  # keeps a FETCH well under Dovecot's 64 KB command line
 TRANSIENT = (OSError, imaplib.IMAP4.abort, ssl.SSLError, EOFError)
+
+
+class _CannotCarry(LoginError):
+    """A login that no command the server offers can carry."""
+
+
+def _masked(text: str, forms: list[str]) -> str:
+    for form in forms:
+        text = text.replace(form, "***")
+    return text
+
+
+def _mask_protocol_log(client: IMAPClient, forms: list[str]) -> None:
+    """imapclient logs every line the server sends at DEBUG (it redacts only what it sends
+    itself): a server that echoes the login would put the password in the log."""
+    imap = client._imap
+    write = imap._mesg
+
+    def mesg(text: Any) -> None:
+        if _PROTOCOL_LOG.isEnabledFor(logging.DEBUG):
+            write(_masked(str(text), forms))
+
+    imap._mesg = mesg
 
 
 class ImapSession:
@@ -92,14 +120,29 @@ class ImapSession:
         except TRANSIENT as exc:
             raise ConnectorError(f"{self._where()}: cannot connect ({exc})") from exc
         client.normalise_times = False
+        secret = self.spec.secret.reveal()
+        # what a server may echo: the password as LOGIN sends it (quoted, escaped), and
+        # the SASL PLAIN message that carries it; masked in the protocol log too
+        forms = secret_forms(secret, f"\0{self.login}\0{secret}")
+        _mask_protocol_log(client, forms)
         try:
-            if self.auth == "xoauth2":
-                client.oauth2_login(self.login, self.spec.secret.reveal())
-            else:
-                client.login(self.login, self.spec.secret.reveal())
+            self._authenticate(client, secret)
+        except _CannotCarry as exc:
+            client.shutdown()
+            raise AuthError(
+                f"{self._where()}: cannot log in as {self.login!r}: {exc}; give the mailbox a "
+                f"password of ASCII characters with 'syncd mailbox reauth {self.spec.name}'"
+            ) from None
         except (LoginError, imaplib.IMAP4.error) as exc:
             client.shutdown()
-            reason = str(exc).replace(self.spec.secret.reveal(), "***")
+            if isinstance(exc, imaplib.IMAP4.abort) or isinstance(
+                exc.__context__, imaplib.IMAP4.abort
+            ):  # the connection dropped (imapclient wraps it): try again later
+                reason = _masked(str(exc), forms)
+                raise ConnectorError(
+                    f"{self._where()}: the login was cut short ({reason})"
+                ) from None
+            reason = _masked(str(exc), forms)
             raise AuthError(
                 f"{self._where()} refused the login {self.login!r} ({reason}); set the right "
                 f"password with 'syncd mailbox reauth {self.spec.name}'"
@@ -109,6 +152,21 @@ class ImapSession:
             client.enable("CONDSTORE")  # before any SELECT (RFC 7162 §3.1)
         self._client = client
         return client
+
+    def _authenticate(self, client: IMAPClient, secret: str) -> None:
+        """LOGIN, where it can carry the login and password: ASCII only (RFC 3501). Anything
+        else goes as UTF-8 in AUTHENTICATE PLAIN (RFC 4616), which IMAP servers offer."""
+        if self.auth == "xoauth2":
+            client.oauth2_login(self.login, secret)
+        elif (self.login + secret).isascii():
+            client.login(self.login, secret)
+        elif client.has_capability("AUTH=PLAIN"):
+            client.plain_login(self.login, secret)
+        else:
+            raise _CannotCarry(
+                "the login or password holds characters beyond ASCII, which the LOGIN "
+                "command cannot carry, and the server offers no AUTHENTICATE PLAIN"
+            )
 
     def drop(self) -> None:
         """Forget a broken connection; the next call reconnects."""
@@ -182,6 +240,7 @@ class ImapFolder:
         self.name = f"imap:{folder}"
         self.batch_size = min(spec.batch_size, MAX_UIDS_PER_COMMAND)
         self.policy = spec.body_policy
+        self.limits = spec.limits
 
     def _attributes(self) -> list[bytes]:
         if self.policy == "full":
@@ -204,10 +263,22 @@ class ImapFolder:
         client.select_folder(self.folder, readonly=True)
         return sorted(u for u in client.search(["UID", f"{after + 1}:*"]) if u > after)
 
-    def _fetch(self, client: IMAPClient, uids: list[int], uidvalidity: int) -> dict[int, Any]:
+    def _select(self, client: IMAPClient, uidvalidity: int) -> None:
         selected = client.select_folder(self.folder, readonly=True)
         if selected[b"UIDVALIDITY"] != uidvalidity:
             raise CursorExpired(f"UIDVALIDITY of {self.folder!r} changed during the sync")
+
+    def _sizes(self, client: IMAPClient, uids: list[int], uidvalidity: int) -> dict[int, int]:
+        """RFC822.SIZE of each message: what it would cost to fetch, before any body is."""
+        self._select(client, uidvalidity)
+        sizes: dict[int, int] = {}
+        for uid, d in client.fetch(uids, [b"RFC822.SIZE"]).items():
+            size = d.get(b"RFC822.SIZE")
+            sizes[uid] = size if isinstance(size, int) else 0  # unknown: checked once read
+        return sizes
+
+    def _fetch(self, client: IMAPClient, uids: list[int], uidvalidity: int) -> dict[int, Any]:
+        self._select(client, uidvalidity)
         data: dict[int, Any] = client.fetch(uids, self._attributes())
         if self.policy != "full":  # invitations need their text/calendar part: whole message
             whole = [u for u, d in data.items() if _has_calendar_part(d.get(b"BODYSTRUCTURE"))]
@@ -217,19 +288,23 @@ class ImapFolder:
         return data
 
     def _item(self, uid: int, d: dict[bytes, Any], uidvalidity: int) -> MailItem | Quarantined:
-        raw = d.get(b"BODY[]")
-        if raw is None:
-            raw = (d.get(b"BODY[HEADER]") or b"") + (d.get(b"BODY[TEXT]<0>") or b"")
-        when = d.get(b"INTERNALDATE")
-        if not isinstance(when, datetime):
-            when = datetime.now(UTC)
-        elif when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
         provider_id = f"{self.folder}/{uidvalidity}/{uid}"
         try:
-            return parse_message(raw, provider_id, when)
-        except UnreadableMessage as exc:
-            return Quarantined(provider_id, str(exc))
+            raw = d.get(b"BODY[]")
+            if raw is None:
+                raw = (d.get(b"BODY[HEADER]") or b"") + (d.get(b"BODY[TEXT]<0>") or b"")
+            if not isinstance(raw, (bytes, bytearray)):
+                raise TypeError(f"the message is a {type(raw).__name__}, not bytes")
+            if len(raw) > self.limits.message_bytes:  # larger than its RFC822.SIZE said
+                return Quarantined(provider_id, too_large(len(raw), self.limits.message_bytes))
+            when = d.get(b"INTERNALDATE")
+            if not isinstance(when, datetime):
+                when = datetime.now(UTC)
+            elif when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+        except Exception as exc:  # a FETCH answer of an unexpected shape: this message only
+            return Quarantined(provider_id, f"unexpected FETCH response: {describe(exc)}")
+        return read_message(bytes(raw), provider_id, when, limits=self.limits)
 
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
         state = json.loads(cursor.value) if cursor else {}
@@ -263,18 +338,39 @@ class ImapFolder:
         if not uids:
             yield Batch((), cursor_at(last, True))
             return
-        for start in range(0, len(uids), self.batch_size):
-            chunk = uids[start : start + self.batch_size]
-            data: dict[int, Any] = self.session.call(
-                f"FETCH {self.folder}", partial(self._fetch, uids=chunk, uidvalidity=uidvalidity)
+        limit = self.limits.message_bytes
+        for group_start in range(0, len(uids), MAX_UIDS_PER_COMMAND):
+            group = uids[group_start : group_start + MAX_UIDS_PER_COMMAND]
+            sizes: dict[int, int] = self.session.call(
+                f"FETCH {self.folder} RFC822.SIZE",
+                partial(self._sizes, uids=group, uidvalidity=uidvalidity),
             )
-            results = [self._item(u, data[u], uidvalidity) for u in chunk if u in data]
-            final = start + self.batch_size >= len(uids)
-            yield Batch(
-                items=tuple(r for r in results if isinstance(r, MailItem)),
-                cursor=cursor_at(chunk[-1], final),
-                quarantined=tuple(r for r in results if isinstance(r, Quarantined)),
-            )
+            # what each message holds in memory once fetched; one over the limit is not
+            weights = [n if (n := sizes.get(u, 0)) <= limit else 0 for u in group]
+            for start, end in batches(weights, self.batch_size, self.limits.batch_bytes):
+                chunk = group[start:end]
+                wanted = [u for u in chunk if u in sizes and sizes[u] <= limit]
+                data: dict[int, Any] = (
+                    self.session.call(
+                        f"FETCH {self.folder}",
+                        partial(self._fetch, uids=wanted, uidvalidity=uidvalidity),
+                    )
+                    if wanted
+                    else {}
+                )
+                results: list[MailItem | Quarantined] = []
+                for u in chunk:
+                    if sizes.get(u, 0) > limit:  # its body is never fetched
+                        pid = f"{self.folder}/{uidvalidity}/{u}"
+                        results.append(Quarantined(pid, too_large(sizes[u], limit)))
+                    elif u in data:
+                        results.append(self._item(u, data[u], uidvalidity))
+                final = group_start + end >= len(uids)
+                yield Batch(
+                    items=tuple(r for r in results if isinstance(r, MailItem)),
+                    cursor=cursor_at(chunk[-1], final),
+                    quarantined=tuple(r for r in results if isinstance(r, Quarantined)),
+                )
 
 
 class ImapConnector:
@@ -326,6 +422,9 @@ class ImapConnector:
 
     def close(self) -> None:
         self.session.close()
+        account, self._caldav = self._caldav, None
+        if account is not None:
+            account.close()
 
 
 class IdleWatcher(threading.Thread):

@@ -49,6 +49,7 @@ from O365 import Account
 from O365.connection import MSGraphProtocol
 from O365.utils.token import BaseTokenBackend, MemoryTokenBackend
 
+from syncd.config import LimitSettings
 from syncd.connectors.base import (
     AuthError,
     CalendarSource,
@@ -72,6 +73,7 @@ from syncd.items import (
     TaskItem,
     TaskState,
 )
+from syncd.limits import check, limits_or_default, run_bounded
 from syncd.matching.addresses import normalize_address
 from syncd.secrets import Secret, SecretBox, token_cache_path
 
@@ -122,6 +124,7 @@ EXPAND = f"singleValueExtendedProperties($filter=id eq '{PID_TAG_SENSITIVITY}')"
 # Sensitivity header (mime.py), Private and Company-Confidential keep an item out of the CRM
 PRIVATE_SENSITIVITY = frozenset({2, 3})
 PRIVATE_HEADER = frozenset({"private", "company-confidential", "confidential"})
+_TAG_RE = re.compile(r"<[^<>]*>")  # never [^>]+: quadratic on a body of "<<<<..."
 MAX_RAW = 10 << 20  # the largest item JSON kept in the quarantine (the recorder keeps as much)
 TASK_PROPERTY = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name syncdTask"
 RETRYABLE = (429, 500, 502, 503, 504)
@@ -652,7 +655,7 @@ def _mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
         body = message.get("body") or {}
         text = clean(str(body.get("content") or ""))
         if str(body.get("contentType", "text")).lower() == "html":  # a server ignoring Prefer
-            text = re.sub(r"<[^>]+>", " ", text)
+            text = _TAG_RE.sub(" ", text)
     elif body_policy == "snippet":
         text = clean(str(message.get("bodyPreview") or ""))
     else:
@@ -675,13 +678,55 @@ def _mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
     )
 
 
-def mail_item(message: dict[str, Any], body_policy: str = "snippet") -> MailItem:
+def json_size(value: Any, cap: int) -> int:
+    """About the size of ``value`` written as JSON (characters, not bytes), counted only
+    until it passes ``cap``: a walk of the parsed resource, never a copy of it."""
+    total, stack = 0, [value]
+    while stack and total <= cap:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2 + sum(len(str(k)) + 4 for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            total += 2 + len(item)
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
+def check_resource(resource: dict[str, Any], limits: LimitSettings, what: str) -> None:
+    """The limits a Graph resource is held to before it is read: its size as JSON
+    (``message_bytes``) and its number of internet headers (``headers``)."""
+    check(
+        "message_bytes",
+        json_size(resource, limits.message_bytes),
+        limits.message_bytes,
+        f"the {what} is over {{size}} as JSON",
+    )
+    headers = resource.get("internetMessageHeaders")
+    if isinstance(headers, list):
+        check("headers", len(headers), limits.headers, f"the {what} has {{n}} header fields")
+
+
+def mail_item(
+    message: dict[str, Any],
+    body_policy: str = "snippet",
+    *,
+    limits: LimitSettings | None = None,
+) -> MailItem:
     """A Graph message resource (as message delta returns it) -> :class:`MailItem`. Pure:
     ``body_policy`` (metadata, snippet, full) says which text goes into the item. Internet
     headers add threading, bulk and sensitivity signals; ``conversationId`` is the
-    provider's thread key. Raises ValueError (only) when nothing can be logged."""
+    provider's thread key. Raises ValueError (only) when nothing can be logged, and
+    :class:`syncd.limits.OverLimit` (a ValueError) when it is over ``limits`` (None: the
+    defaults) or its reading takes over ``parse_seconds``."""
+    lim = limits_or_default(limits)
     try:
-        return _mail_item(message, body_policy)
+        check_resource(message, lim, "message")
+        return run_bounded(lim.parse_seconds, _mail_item, message, body_policy)
     except ValueError:
         raise
     except (KeyError, TypeError, AttributeError) as exc:
@@ -791,7 +836,7 @@ class GraphMail:
                 if "@removed" in message or message.get("isDraft"):
                     continue  # a move or a deletion: what was logged stays logged
                 try:
-                    item = mail_item(message, self.policy)
+                    item = mail_item(message, self.policy, limits=self.spec.limits)
                 except ValueError as exc:
                     held.append(quarantined(message, str(exc), "graph-message"))
                     continue
@@ -846,11 +891,15 @@ def _event_private(event: dict[str, Any]) -> bool:
     return str(event.get("sensitivity", "")).lower() in ("private", "confidential")
 
 
-def meeting_item(event: dict[str, Any]) -> MeetingItem:
+def meeting_item(event: dict[str, Any], *, limits: LimitSettings | None = None) -> MeetingItem:
     """A Graph event resource (as calendarView delta returns it) -> :class:`MeetingItem`.
-    Pure. Raises ValueError (only) when it cannot be read."""
+    Pure. Raises ValueError (only) when it cannot be read, or is over ``limits``
+    (:class:`syncd.limits.OverLimit`; Graph expands recurring events itself, so only the
+    size of one event and the time bound apply)."""
+    lim = limits_or_default(limits)
     try:
-        return _meeting_item(event)
+        check_resource(event, lim, "event")
+        return run_bounded(lim.parse_seconds, _meeting_item, event)
     except ValueError:
         raise
     except (KeyError, TypeError, AttributeError) as exc:
@@ -902,6 +951,7 @@ class GraphCalendar:
 
     def __init__(self, account: GraphAccount, spec: MailboxSpec) -> None:
         self.account = account
+        self.limits = spec.limits
         self.past = timedelta(days=int(spec.settings.get("calendar_past_days", 90)))
         self.future = timedelta(days=int(spec.settings.get("calendar_future_days", 180)))
         self.batch_size = spec.batch_size
@@ -941,7 +991,7 @@ class GraphCalendar:
                         states.append(TaskState(transaction, "done"))
                     continue
                 try:
-                    meetings.append(meeting_item(event))
+                    meetings.append(meeting_item(event, limits=self.limits))
                 except ValueError as exc:
                     held.append(quarantined(event, str(exc), "graph-event"))
             following = page.get("@odata.nextLink")

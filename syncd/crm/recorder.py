@@ -637,6 +637,11 @@ def add_mailbox(
     return mailbox
 
 
+def mark_followups(session: Session, mailbox_id: int, now: datetime) -> None:
+    """When the follow-up rules last looked at this mailbox's user."""
+    session.execute(update(Mailbox).where(Mailbox.id == mailbox_id).values(followups_at=now))
+
+
 def mark_writer(
     session: Session, mailbox_id: int, *, state: str, now: datetime, error: str | None
 ) -> None:

@@ -1,0 +1,184 @@
+"""What one item may cost: the ``[limits]`` of the config, checked on the raw data, and a
+time bound on one item's parse.
+
+Anyone on the internet can put a message into a salesperson's mailbox, and anyone who can
+invite them can put an event into their calendar. The parsers (the standard library's
+``email``, ``icalendar``, ``recurring-ical-events``) spend memory and time out of all
+proportion to some small inputs: a From of 16,000 encoded words, a ``FREQ=SECONDLY`` rule.
+So each parser entry point (``mime.parse_message``, ``ical.read_calendar``, the Gmail and
+Graph parsers) checks the limits on the raw data first, cheaply, and parses under
+:func:`run_bounded`. An item over a limit raises :class:`OverLimit`, whose text names the
+limit, what the item holds and how to read it anyway; the connectors quarantine it with
+that reason and the pass goes on.
+
+The time bound uses ``SIGALRM`` (``setitimer(ITIMER_REAL)``), so it holds only in the main
+thread, where ``syncd sync``, ``syncd run`` and the workers parse. Elsewhere (a thread of
+one's own) a parse is unbounded in time and relies on the size limits, which bound it
+anyway. Signals other than SIGALRM are untouched: the daemon's SIGTERM handler only sets an
+event, so a long parse ends at the bound at the latest and the daemon then stops.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TypeVar
+
+from syncd.config import LimitSettings
+
+T = TypeVar("T")
+
+DEFAULT = LimitSettings()
+# a bound that fired without stopping the parse (a library swallowed the exception) fires
+# again this often until the parse gives up
+_REFIRE = 0.05
+
+
+def limits_or_default(limits: LimitSettings | None) -> LimitSettings:
+    return DEFAULT if limits is None else limits
+
+
+def size(n: float) -> str:
+    """A byte count for people: 1.9 MB, 266 KB, 812 bytes."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{int(n)} bytes"
+
+
+class OverLimit(ValueError):
+    """An item over one of the ``[limits]``: quarantined with this reason, never parsed.
+
+    ``limit`` is the key in ``[limits]`` (``encoded_words``), ``found`` what the item holds
+    ("From has 16000 encoded words"), ``allowed`` the limit as people read it ("200")."""
+
+    def __init__(self, limit: str, found: str, allowed: str) -> None:
+        self.limit = limit
+        super().__init__(
+            f"over limits.{limit}: {found} (limit {allowed}); raise [limits] {limit} to read it"
+        )
+
+
+def check(limit: str, value: int, allowed: int, what: str) -> None:
+    """Raise :class:`OverLimit` when ``value`` is over ``allowed``; ``what`` says what the
+    item holds, ``{n}`` in it standing for ``value`` (``{size}`` for it in bytes)."""
+    if value > allowed:
+        shown = size(allowed) if limit.endswith("_bytes") else str(allowed)
+        found = what.replace("{n}", str(value)).replace("{size}", size(value))
+        raise OverLimit(limit, found, shown)
+
+
+# --- the time bound ---------------------------------------------------------------------------
+
+
+class _Expired(BaseException):
+    """Raised by the SIGALRM handler inside the parse. A BaseException, so that the
+    parsers' own ``except Exception`` (which turn bad input into a reason) let it through;
+    :func:`run_bounded` turns it into :class:`OverLimit`."""
+
+    def __init__(self, bound: _Bound) -> None:
+        super().__init__()
+        self.bound = bound
+
+
+class _Bound:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = 0.0
+        self.active = False
+
+
+class _Timer:
+    """The bounds in force in the main thread, innermost last, and what was there before
+    the outermost one: SIGALRM's handler and a timer of someone else's."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Bound] = []
+        self.previous_handler: Any = None
+        self.previous_timer: tuple[float, float] = (0.0, 0.0)
+        self.previous_hook: Any = None
+        self.armed_at = 0.0
+
+    def unraisable(self, info: Any) -> None:
+        """The bound, raised where Python cannot pass an exception on (a weakref callback,
+        a ``__del__`` run by the garbage collector), is ignored quietly: it fires again."""
+        if isinstance(info.exc_value, _Expired):
+            return
+        self.previous_hook(info)
+
+    def handler(self, _signum: int, _frame: FrameType | None) -> None:
+        now = time.monotonic() + 0.01  # the timer's clock and the monotonic clock may differ
+        for bound in reversed(self.stack):
+            if bound.active and now >= bound.deadline:
+                raise _Expired(bound)
+
+    def push(self, bound: _Bound) -> None:
+        now = time.monotonic()
+        bound.deadline = now + bound.seconds
+        if self.stack:  # a bound within a bound ends at the outer one's end at the latest
+            bound.deadline = min(bound.deadline, self.stack[-1].deadline)
+        else:
+            self.previous_handler = signal.signal(signal.SIGALRM, self.handler)
+            self.previous_timer = signal.setitimer(signal.ITIMER_REAL, 0)
+            self.previous_hook, sys.unraisablehook = sys.unraisablehook, self.unraisable
+            self.armed_at = now
+        self.stack.append(bound)
+        bound.active = True
+        signal.setitimer(signal.ITIMER_REAL, max(bound.deadline - now, 1e-6), _REFIRE)
+
+    def pop(self, bound: _Bound) -> None:
+        bound.active = False
+        if bound not in self.stack:
+            return  # popped already (the signal came while it was being popped)
+        del self.stack[self.stack.index(bound) :]
+        now = time.monotonic()
+        if self.stack:  # the outer bound again, with what is left of it (maybe nothing)
+            signal.setitimer(signal.ITIMER_REAL, max(self.stack[-1].deadline - now, 1e-6), _REFIRE)
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        handler = self.previous_handler
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if handler is None else handler)
+        if sys.unraisablehook == self.unraisable:  # unless someone replaced it meanwhile
+            sys.unraisablehook = self.previous_hook
+        delay, interval = self.previous_timer
+        if delay > 0:  # someone else's timer goes on, less the time the parse took
+            signal.setitimer(signal.ITIMER_REAL, max(delay - (now - self.armed_at), 1e-6), interval)
+
+
+_TIMER = _Timer()
+
+
+def _can_bound() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def run_bounded(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, stopped after ``seconds`` with :class:`OverLimit`
+    (``parse_seconds``). In the main thread only (SIGALRM); elsewhere ``fn`` runs unbounded.
+
+    Bounds nest: an inner one ends with the outer one at the latest, and when it ends the
+    outer one goes on with what is left of it. A SIGALRM handler and timer set before are
+    restored afterwards (the timer less the time spent here)."""
+    if seconds <= 0 or not _can_bound():
+        return fn(*args, **kwargs)
+    bound = _Bound(seconds)
+    try:
+        _TIMER.push(bound)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            bound.active = False  # first, and inline: from here on the handler never raises
+            _TIMER.pop(bound)
+    except _Expired as exc:
+        bound.active = False
+        _TIMER.pop(bound)
+        if exc.bound is not bound:
+            raise  # an outer bound's: it ends there
+        raise OverLimit(
+            "parse_seconds", f"parse took over {seconds:g} s", f"{seconds:g} s"
+        ) from None
