@@ -524,3 +524,37 @@ def test_fifos_and_links_never_hang_the_daemon_and_show_in_status(env, loaded, t
     assert "KEY-SENTINEL" not in json.dumps(reasons)
     table = run(env, "status").stdout
     assert "ana-archive: 1 item could not be read: see 'syncd quarantine list" in table
+
+
+def test_a_damaged_secret_key_is_one_line_naming_the_fix_not_a_traceback(env, loaded, tmp_path):
+    """issue 10: `mailbox add` with a bad key crashed with a traceback."""
+    home = Path(env["SYNCD_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    key = home / "secret.key"
+    key.write_bytes(b"not a fernet key")
+    key.chmod(0o600)
+    password = tmp_path / "pw"
+    password.write_text("hunter2-секрет\n")
+    added = run(
+        env,
+        "mailbox",
+        "add",
+        "carl",
+        "--kind",
+        "imap",
+        "--user",
+        "ana@northwind.test",
+        "--host",
+        "127.0.0.1",
+        "--login",
+        "ana",
+        "--password-file",
+        str(password),
+        "--tls",
+        "none",
+        check=False,
+    )
+    assert added.returncode == 1, added.stderr
+    assert "Traceback" not in added.stderr and "hunter2" not in added.stderr + added.stdout
+    assert str(key) in added.stderr
+    assert [m["mailbox"] for m in as_json(env, "mailbox", "list")] == ["ana", "ben"]

@@ -225,6 +225,22 @@ def test_another_users_calendar_cannot_close_a_task(sessions, settings, world, n
         assert session.scalars(select(Task.status)).one() == "done"
 
 
+def test_control_characters_from_crm_names_never_reach_a_task(sessions, settings, world, now):
+    """issue 10: raw control characters of a CRM name were written into task files."""
+    from syncd.crm.models import Contact
+
+    with sessions.begin() as session:
+        contact = session.scalars(select(Contact).where(Contact.name == "Carla Díaz")).one()
+        contact.name = "Carla\x1b[31m\x07 Díaz"
+    box = world.mailbox("mem")
+    box.mail["Sent"] = [item(1, now - timedelta(days=8), "Proposal\x00 [draft]")]
+    assert run(sessions, settings, world, now).ok
+    (task,) = box.tasks.values()
+    for written in (task.title, task.description):
+        assert not any(ord(c) < 32 and c not in "\n\t" for c in written), repr(written)
+    assert "Carla" in task.title and "Díaz" in task.title
+
+
 def test_a_calendar_that_refuses_tasks_never_stops_mail(sessions, settings, world, now):
     box = world.mailbox("mem")
     old = now - timedelta(days=8)  # an unanswered email: a follow-up task falls due
