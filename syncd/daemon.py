@@ -28,6 +28,7 @@ from types import FrameType
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd import limits
 from syncd.config import Settings
 from syncd.connectors.base import Watcher, WatcherFactory, open_watcher
 from syncd.crm.models import Mailbox
@@ -141,6 +142,7 @@ class Daemon:
         self.watcher_factory = watcher_factory
         self.notifier = notifier if notifier is not None else Notifier()
         self.tick = _watchdog_interval()
+        self.progress = time.monotonic()  # the last heartbeat of the loop or a batch
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info(
@@ -264,13 +266,27 @@ class Daemon:
                     next_at = min(next_at, at)
         return ready, next_at
 
+    def _feed_watchdog(self) -> None:
+        """WATCHDOG=1 while syncd makes progress, also inside one long batch (each item's
+        parse is bounded by ``limits.parse_seconds``, a batch is not): a batch of slow but
+        legal items must not get a working daemon killed. A daemon stuck for real (no
+        heartbeat and no item read for two ticks) is left to the watchdog."""
+        while not self.stopping.wait(self.tick):
+            latest = max(self.progress, limits.last_progress())
+            if time.monotonic() - latest < 2 * self.tick:
+                self.notify("WATCHDOG=1")
+
     def run(self) -> int:
         previous = {
             sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        feeder = threading.Thread(target=self._feed_watchdog, name="watchdog", daemon=True)
+        feeder.start()
         try:
             self._loop()
         finally:
+            self.stopping.set()
+            feeder.join(timeout=1)
             self.stop_watchers()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -296,13 +312,17 @@ class Daemon:
                 if self.stopping.is_set():
                     break
                 self._sync(name)
-            self.notify("WATCHDOG=1")
+            self._heartbeat()
             self.notify("STATUS=idle")
             wait = min((next_at - datetime.now(UTC)).total_seconds(), self.tick, CHECK_EVERY)
             if restart_at is not None:
                 wait = min(wait, restart_at - time.monotonic())
             self.wake.wait(max(0.05, wait))
             self.wake.clear()
+
+    def _heartbeat(self) -> None:
+        self.progress = time.monotonic()
+        self.notify("WATCHDOG=1")
 
     def _sync(self, name: str) -> None:
         self.notify(f"STATUS=syncing {name}")
@@ -312,7 +332,7 @@ class Daemon:
                 self.settings,
                 name,
                 stop=self.stopping.is_set,
-                heartbeat=lambda: self.notify("WATCHDOG=1"),
+                heartbeat=self._heartbeat,
             ).run()
         except Exception as exc:
             log.error("mailbox %r: %s", name, exc)

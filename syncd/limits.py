@@ -157,6 +157,15 @@ def _can_bound() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
+_progress = time.monotonic()
+
+
+def last_progress() -> float:
+    """When (time.monotonic) a bounded parse last ended: the daemon feeds the systemd
+    watchdog while items keep being read, within a batch too."""
+    return _progress
+
+
 def run_bounded(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``, stopped after ``seconds`` with :class:`OverLimit`
     (``parse_seconds``). In the main thread only (SIGALRM); elsewhere ``fn`` runs unbounded.
@@ -164,8 +173,12 @@ def run_bounded(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any)
     Bounds nest: an inner one ends with the outer one at the latest, and when it ends the
     outer one goes on with what is left of it. A SIGALRM handler and timer set before are
     restored afterwards (the timer less the time spent here)."""
+    global _progress
     if seconds <= 0 or not _can_bound():
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _progress = time.monotonic()
     bound = _Bound(seconds)
     try:
         _TIMER.push(bound)
@@ -174,6 +187,7 @@ def run_bounded(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any)
         finally:
             bound.active = False  # first, and inline: from here on the handler never raises
             _TIMER.pop(bound)
+            _progress = time.monotonic()
     except _Expired as exc:
         bound.active = False
         _TIMER.pop(bound)

@@ -191,16 +191,14 @@ def _expand(
 
 
 def _reorders(index: CrmIndex, opp_id: int, before: datetime | None) -> bool:
-    """Whether a deal's newer tagged activity changes which of the open deals sharing its
-    account or a contact with it is the most recent (and so what weaker links choose)."""
-    opp = index.opportunities.get(opp_id)
+    """Whether a deal's newer tagged activity changes its rank against any other open deal
+    (an item may have candidates at several accounts, so every open deal counts): then
+    what weaker links chose may change."""
     after = index.last_activity.get(opp_id)
-    if opp is None or after is None:
+    if opp_id not in index.opportunities or after is None:
         return False
     for other in index.opportunities.values():
         if other.id == opp_id or other.status != "open":
-            continue
-        if other.account_id != opp.account_id and not (other.contact_ids & opp.contact_ids):
             continue
         theirs = index.last_activity.get(other.id)  # None: no tagged activity, the floor
         was_ahead_or_tied = before is None or (theirs is not None and before <= theirs)

@@ -279,3 +279,41 @@ def test_notify_never_blocks_and_speaks_to_abstract_sockets():
         server.close()
     assert not Notifier("").notify("READY=1")  # not under systemd: nothing to do
     assert not Notifier("vsock:2:1234").notify("READY=1")  # not a socket syncd can use
+
+
+def test_the_watchdog_is_fed_while_items_are_read_inside_one_long_batch(monkeypatch):
+    """A batch of slow but legal items (each parse bounded, the batch not) must not get a
+    working daemon killed by systemd; a daemon that reads nothing any more is left to it."""
+    from syncd import limits
+
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # a tick of 0.5 s
+    name = f"syncd-test-{uuid.uuid4().hex}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("\0" + name)
+    server.setblocking(False)
+    daemon = Daemon(None, None, notifier=Notifier("@" + name))  # type: ignore[arg-type]
+    daemon.progress = time.monotonic() - 60  # the loop's last heartbeat is long gone
+    feeder = threading.Thread(target=daemon._feed_watchdog, daemon=True)
+
+    def received() -> int:
+        count = 0
+        while True:
+            try:
+                count += server.recv(64) == b"WATCHDOG=1"
+            except BlockingIOError:
+                return count
+
+    try:
+        feeder.start()
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:  # items keep being parsed, one batch, no heartbeat
+            limits.run_bounded(1.0, time.sleep, 0.05)
+        fed = received()
+        time.sleep(2.5)  # nothing read any more: a stuck daemon
+        starved = received()
+    finally:
+        daemon.stopping.set()
+        feeder.join(timeout=2)
+        server.close()
+    assert fed >= 3
+    assert starved <= 2  # two ticks of grace after the last item, then nothing

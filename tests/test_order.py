@@ -344,3 +344,96 @@ def test_any_delivery_order_gives_the_same_crm(database, how, reference, tmp_pat
         sessions.kw["bind"].dispose()
     assert got["activities"] == reference["activities"]
     assert got["open tasks"] == reference["open tasks"]
+
+
+def _deliver(sessions: sessionmaker[Session], home: Path, sources: dict[str, list[MailItem]]):
+    world = MemoryWorld()
+    box = world.mailbox("ana")
+    box.batch_size = 1  # every item its own batch: the hardest cut
+    box.mail.update(sources)
+    report = sync_mailbox(
+        sessions, Settings(home=home), "ana", now=lambda: NOW, connector_factory=world.connector
+    )
+    assert report.ok, report.error
+    return snapshot(sessions)["activities"]
+
+
+def _chain() -> list[MailItem]:
+    """Thirteen messages, each naming only its parent (In-Reply-To): the tag is 12 hops away."""
+    first = mail(100, 0, DAN, (ANA,), "Seats [OPP-2]")
+    rest = [
+        mail(
+            100 + i,
+            i,
+            ANA if i % 2 else DAN,
+            (DAN if i % 2 else ANA,),
+            "Re: Seats",
+            reply_to=99 + i,
+        )
+        for i in range(1, 13)
+    ]
+    return [first, *rest]
+
+
+def _copies() -> dict[str, list[MailItem]]:
+    """One message seen twice: one copy's body is cut short (a preview), the other's is not."""
+    full = mail(200, 0, ANA, (CARLA,), "Terms [OPP-1]", body="and for the upsell: [OPP-2]")
+    cut = mail(200, 0, ANA, (CARLA,), "Terms [OPP-1]", body="and for the ups")
+    return {"INBOX": [full], "Sent": [cut]}
+
+
+SCENARIOS: dict[str, Any] = {
+    "a long In-Reply-To chain": lambda: {"INBOX": _chain()},
+    "candidates at two accounts": lambda: {
+        "INBOX": [
+            mail(300, 0, FRANK, (ANA,), "Intro", cc=(EVE,)),
+            mail(301, 5, EVE, (ANA,), "Pilot [OPP-3]"),
+            mail(302, 9, CARLA, (ANA,), "Renewal [OPP-1]"),
+        ]
+    },
+    "copies with different text": _copies,
+    "an unknown tag on an ambiguous mail": lambda: {
+        "INBOX": [
+            mail(400, 0, FRANK, (ANA,), "Invoice [OPP-999]"),
+            mail(401, 5, DAN, (ANA,), "Seats [OPP-2]"),
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_hard_cases_end_the_same_in_every_order(scenario, db_url, tmp_path, company_crm):
+    results = []
+    for n, order in enumerate(("oldest first", "newest first")):
+        sessions = company_crm(tmp_path / f"{n}")
+        sources = SCENARIOS[scenario]()
+        if order == "newest first":
+            sources = {k: list(reversed(v)) for k, v in reversed(list(sources.items()))}
+        results.append(_deliver(sessions, tmp_path / f"home{n}", sources))
+    assert results[0] == results[1]
+    acts = results[0]
+
+    def deals(n: int) -> list[tuple[str, str]]:
+        links = acts[f"mid:{n}@corpus.test"][3]
+        return sorted((t, r) for k, t, r in links if k == "opportunity")
+
+    if scenario == "a long In-Reply-To chain":
+        assert all(deals(100 + i) == [("OPP-2", "thread")] for i in range(1, 13))
+    elif scenario == "candidates at two accounts":
+        assert deals(300) == [("OPP-1", "account")]  # the latest tagged of its candidates
+    elif scenario == "copies with different text":
+        assert deals(200) == [("OPP-1", "tag"), ("OPP-2", "tag")]
+    else:
+        assert "tag OPP-999 names no opportunity" in (acts["mid:400@corpus.test"][2] or "")
+
+
+@pytest.fixture
+def company_crm(db_url: str, request: pytest.FixtureRequest):
+    """A fresh CRM per call, on this test's database kind."""
+
+    def make(root: Path) -> sessionmaker[Session]:
+        root.mkdir(parents=True, exist_ok=True)
+        pg_base = request.getfixturevalue("pg_server") if db_url.startswith("postgresql") else None
+        return fresh_database("postgresql" if pg_base else "sqlite", pg_base, root)
+
+    return make

@@ -25,7 +25,7 @@ from syncd.crm.models import (
     Task,
     User,
 )
-from syncd.items import MailItem, Participant, TaskState
+from syncd.items import MailItem, Participant, Quarantined, TaskState
 from syncd.sync import SyncReport, sync_mailbox
 
 S = sessionmaker[Session]
@@ -276,3 +276,24 @@ def test_a_provider_fault_fails_only_that_pass(sessions, settings, world, now):
     box.fault = None
     assert run(sessions, settings, world, now).ok
     assert subjects(sessions) == {"One"}
+
+
+def test_an_item_quarantined_again_under_a_long_or_nul_id_stops_nothing(sessions, world, now):
+    """The same unreadable item read twice (a cursor reset, a CalDAV href made of an
+    attacker's UID) is one quarantine entry, whatever its id holds."""
+    with sessions() as session:
+        mailbox_id = session.scalar(select(Mailbox.id).where(Mailbox.name == "mem"))
+    ids = ["x" * 700, "nul\x00id", "plain"]
+    for _ in range(2):
+        with sessions.begin() as session:
+            recorder.record_batch(
+                session,
+                mailbox_id=mailbox_id,
+                source="calendar",
+                decisions=[],
+                quarantined=[Quarantined(i, "unreadable") for i in ids],
+                cursor=None,
+                body_policy="snippet",
+                now=now,
+            )
+    assert len(quarantine(sessions)) == 3

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
+from syncd.connectors.base import ConnectorError, check_url
 from syncd.crm import queries
 from syncd.crm.models import Mailbox
 from syncd.demo import event_ics
@@ -397,3 +398,15 @@ def test_a_password_in_a_stored_caldav_url_is_never_sent_nor_shown(
     assert b"OLD-PW-in-url" not in sent
     assert base64.b64encode(f"{login}:OLD-PW-in-url".encode()) not in sent
     assert base64.b64encode(f"{login}:{Dovecot.PASSWORD}".encode()) in sent  # the stored one
+
+
+def test_an_endpoint_with_a_secret_in_its_query_is_refused_without_showing_it():
+    for url in (
+        "https://dav.example.test/cal/?token=s3cr3t",
+        "https://graph.example.test/v1.0?api_key=s3cr3t&x=1",
+        "https://ana:s3cr3t@dav.example.test/?access_token=s3cr3t",
+    ):
+        with pytest.raises(ConnectorError) as refused:
+            check_url(url, "--caldav")
+        assert "s3cr3t" not in str(refused.value) and "in its query" in str(refused.value)
+    check_url("https://dav.example.test/cal/?view=week", "--caldav")  # no secret: fine

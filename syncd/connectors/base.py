@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from syncd.config import LimitSettings
 from syncd.items import Batch, ContactCard, Cursor, MailItem, MeetingItem, TaskItem
@@ -114,6 +114,10 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
     )
 
 
+# query parameters that carry a credential (a URL is shown, logged and stored in clear)
+_SECRET_QUERY = re.compile(r"pass|pwd|secret|token|key|auth|sig|credential|session", re.I)
+
+
 def check_url(url: str, what: str) -> None:
     """Refuse an endpoint that would carry a password or token in clear: ``https://``, or
     ``http://`` to this machine only (the ``--tls none`` rule). The message names ``what``,
@@ -126,6 +130,14 @@ def check_url(url: str, what: str) -> None:
         raise ConnectorError(
             f"{what} {shown!r} is not a URL ({exc}); give https://HOST/..."
         ) from None
+    secret_keys = [k for k, _ in parse_qsl(parts.query, True) if _SECRET_QUERY.search(k)]
+    if secret_keys:
+        bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
+        raise ConnectorError(
+            f"{what} {bare!r} carries {', '.join(sorted(set(secret_keys)))} in its query: "
+            "credentials never travel or are stored in a URL; give the URL without them and "
+            "the secret through the mailbox's password or key options"
+        )
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http") or not host:
         raise ConnectorError(
@@ -406,7 +418,7 @@ def _graph_message(data: bytes, ctx: RereadContext) -> Reread:
     message = _json_object(data, "message")
     if "@removed" in message or message.get("isDraft"):
         return Reread(())  # as the connector: a deletion or a draft is never logged
-    return Reread((microsoft.mail_item(message, ctx.body_policy),))
+    return Reread((microsoft.mail_item(message, ctx.body_policy, limits=ctx.limits),))
 
 
 def _graph_event(data: bytes, ctx: RereadContext) -> Reread:
@@ -415,7 +427,7 @@ def _graph_event(data: bytes, ctx: RereadContext) -> Reread:
     event = _json_object(data, "event")
     if "@removed" in event or str(event.get("transactionId") or "").startswith("syncd-"):
         return Reread(())  # as the connector: a removal or syncd's own task is no meeting
-    return Reread((microsoft.meeting_item(event),))
+    return Reread((microsoft.meeting_item(event, limits=ctx.limits),))
 
 
 REPARSERS: dict[str, Reparser] = {

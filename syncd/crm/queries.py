@@ -4,6 +4,7 @@ behind ``syncd status``, ``syncd activities`` and ``syncd tasks``."""
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from syncd.matching.matcher import (
     ThreadNode,
     UserRef,
 )
+
+log = logging.getLogger("syncd.crm")
 
 
 def company_domains(session: Session, settings: Settings) -> set[str]:
@@ -95,21 +98,29 @@ def load_index(session: Session, settings: Settings) -> CrmIndex:
 
 # --- conversations ----------------------------------------------------------------------
 
-THREAD_HOPS = 8  # a conversation is followed this many keys deep, then cut (a safe bound)
-THREAD_SIZE = 2000  # activities of one conversation considered at most
+THREAD_SIZE = 10_000  # activities of one conversation settled at most (a safe bound)
 
 
 def thread_components(session: Session, keys: Iterable[str]) -> list[list[ThreadNode]]:
     """The stored conversations that share a thread key with ``keys``: every activity
     reachable through shared keys (its own, its root, its references, the provider's thread
-    id), grouped into connected conversations, each activity as :class:`ThreadNode`."""
+    id), however many hops, grouped into connected conversations, each activity as
+    :class:`ThreadNode`. A conversation past THREAD_SIZE activities is not returned at all:
+    settling a part of it as if it were the whole would depend on where it was cut."""
     frontier = set(keys)
     seen_keys: set[str] = set()
     edges: dict[int, set[str]] = defaultdict(set)
-    for _ in range(THREAD_HOPS):
+    while frontier:
         frontier -= seen_keys
-        if not frontier or len(edges) >= THREAD_SIZE:
+        if not frontier:
             break
+        if len(edges) >= THREAD_SIZE:
+            log.warning(
+                "a conversation of over %d activities is left as it is (keys %s...)",
+                THREAD_SIZE,
+                sorted(frontier)[:3],
+            )
+            return []
         seen_keys |= frontier
         found: set[int] = set()
         for chunk in _chunked(sorted(frontier)):
@@ -117,8 +128,6 @@ def thread_components(session: Session, keys: Iterable[str]) -> list[list[Thread
                 session.scalars(select(ThreadKey.activity_id).where(ThreadKey.key.in_(chunk)))
             )
         new = found - set(edges)
-        if not new:
-            break
         frontier = set()
         for chunk in _chunked(sorted(new)):
             for activity_id, key in session.execute(

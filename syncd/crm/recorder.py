@@ -138,7 +138,7 @@ def _activity_row(d: Decision, body_policy: str, now: datetime) -> dict[str, Any
     else:
         kind, when, ends, text = "meeting", item.start, item.end, item.description
         status = "cancelled" if item.cancelled else "confirmed"
-        thread_key = f"ical:{item.uid}"
+        thread_key = fit(f"ical:{item.uid}")
     if when.tzinfo is None or (ends is not None and ends.tzinfo is None):
         raise ValueError(f"item {item.provider_id!r} has a time without a time zone")
     text = clean(text) or ""
@@ -170,7 +170,7 @@ def _existing(session: Session, keys: list[str]) -> dict[str, Activity]:
 def _update_meeting(activity: Activity, item: MeetingItem) -> bool:
     """A rescheduled, renamed or cancelled meeting updates its activity in place."""
     changes = {
-        "subject": item.subject,
+        "subject": clean(item.subject),
         "occurred_at": item.start,
         "ends_at": item.end,
         "status": "cancelled" if item.cancelled else "confirmed",
@@ -271,26 +271,18 @@ def record_batch(
 def _merge_seen(
     session: Session, seen: list[Decision], existing: dict[str, Activity], result: BatchResult
 ) -> None:
-    """An activity seen again: update a changed meeting, add links it did not have yet."""
+    """An activity seen again: update a changed meeting, add links it did not have yet.
+    Every tag any copy carries is kept (one copy's body may be cut short, another's not);
+    other deal links are left to the conversation's settling (matcher.settle)."""
     ids = [existing[d.item.key].id for d in seen]
-    have: set[tuple[int, str, int]] = set()
+    have: dict[tuple[int, str, int], str] = {}
     for chunk in _chunks(ids):
-        have.update(
-            session.execute(
-                select(Link.activity_id, Link.type, Link.target_id).where(
-                    Link.activity_id.in_(chunk)
-                )
-            ).all()
-        )
-    with_tag = {
-        a
-        for chunk in _chunks(ids)
-        for a in session.scalars(
-            select(Link.activity_id).where(
-                Link.activity_id.in_(chunk), Link.type == "opportunity", Link.reason == "tag"
+        for activity_id, type_, target_id, reason in session.execute(
+            select(Link.activity_id, Link.type, Link.target_id, Link.reason).where(
+                Link.activity_id.in_(chunk)
             )
-        )
-    }
+        ):
+            have[(activity_id, type_, target_id)] = reason
     links = []
     keys: set[tuple[int, str]] = set()
     for chunk in _chunks(ids):
@@ -305,19 +297,30 @@ def _merge_seen(
         if isinstance(d.item, MeetingItem) and _update_meeting(activity, d.item):
             result.updated_meetings += 1
         for lk in d.match.links:
-            if (activity.id, lk.type, lk.target_id) in have:
-                continue
-            if lk.type == "opportunity" and (lk.reason != "tag" or activity.id in with_tag):
-                continue  # conversations are settled as a whole (matcher.settle)
-            have.add((activity.id, lk.type, lk.target_id))
-            links.append(
-                {
-                    "activity_id": activity.id,
-                    "type": lk.type,
-                    "target_id": lk.target_id,
-                    "reason": lk.reason,
-                }
-            )
+            if lk.type == "opportunity" and lk.reason != "tag":
+                continue  # settled for the whole conversation, after this batch
+            known = have.get((activity.id, lk.type, lk.target_id))
+            if known is None:
+                have[(activity.id, lk.type, lk.target_id)] = lk.reason
+                links.append(
+                    {
+                        "activity_id": activity.id,
+                        "type": lk.type,
+                        "target_id": lk.target_id,
+                        "reason": lk.reason,
+                    }
+                )
+            elif lk.reason == "tag" and known != "tag":  # this copy names the deal itself
+                have[(activity.id, lk.type, lk.target_id)] = "tag"
+                session.execute(
+                    update(Link)
+                    .where(
+                        Link.activity_id == activity.id,
+                        Link.type == "opportunity",
+                        Link.target_id == lk.target_id,
+                    )
+                    .values(reason="tag")
+                )
     if links:
         session.execute(insert(Link), links)
     # another mailbox's copy may know more of its conversation (another provider's thread id)
@@ -360,6 +363,13 @@ def relink(session: Session, changes: Sequence[Relink]) -> int:
     notes = [{"id": c.activity_id, "match_note": c.note} for c in changes if c.note_changed]
     if notes:
         session.execute(update(Activity), notes)  # by primary key, executemany
+    # an open task of a moved activity is rewritten by its owner's follow-up rules: have
+    # them run at that owner's next pass, whichever mailbox moved it
+    for chunk in _chunks([c.activity_id for c in moved]):
+        owners = select(Task.user_id).where(Task.activity_id.in_(chunk), Task.status == "open")
+        session.execute(
+            update(Mailbox).where(Mailbox.user_id.in_(owners)).values(followups_at=None)
+        )
     return len(changes)
 
 
@@ -401,24 +411,28 @@ def _quarantine(
 ) -> None:
     if not entries:
         return
-    have = set(
-        session.scalars(
+    # ids as stored (fitted): an id too long or holding a NUL is compared by its hash
+    ids = {fit(q.provider_id): q for q in entries}
+    have = {
+        provider_id
+        for chunk in _chunks(list(ids))
+        for provider_id in session.scalars(
             select(QuarantineEntry.provider_id).where(
                 QuarantineEntry.mailbox_id == mailbox_id,
                 QuarantineEntry.source == source,
-                QuarantineEntry.provider_id.in_([q.provider_id for q in entries]),
+                QuarantineEntry.provider_id.in_(chunk),
             )
         )
-    )
+    }
     rows = []
-    for q in entries:
-        if q.provider_id not in have:
-            have.add(q.provider_id)
+    for provider_id, q in ids.items():
+        if provider_id not in have:
+            have.add(provider_id)
             rows.append(
                 {
                     "mailbox_id": mailbox_id,
                     "source": source,
-                    "provider_id": fit(q.provider_id),
+                    "provider_id": provider_id,
                     "reason": clean(q.reason),
                     "created_at": now,
                     "raw": q.raw if q.raw is not None and len(q.raw) <= RAW_KEPT else None,
@@ -436,12 +450,16 @@ def _cancel_removed(session: Session, mailbox_id: int, uids: Sequence[str], now:
     ``uids`` are iCalendar UIDs, or the provider's ids when only those come back (Graph's
     ``@removed`` entries)."""
     by_provider_id = select(Sighting.activity_id).where(
-        Sighting.mailbox_id == mailbox_id, Sighting.provider_id.in_(list(uids))
+        Sighting.mailbox_id == mailbox_id, Sighting.provider_id.in_([fit(u) for u in uids])
     )
     patterns = [
         Activity.id.in_(by_provider_id),
-        *(Activity.key == f"ical:{u}" for u in uids),
-        *(Activity.key.startswith(f"ical:{u}#", autoescape=True) for u in uids),
+        *(Activity.key == fit(f"ical:{u}") for u in uids),
+        *(
+            Activity.key.startswith(f"ical:{u}#", autoescape=True)
+            for u in uids
+            if len(u) < 400 and u.isprintable()
+        ),
     ]
     sighted = select(Sighting.activity_id).where(Sighting.mailbox_id == mailbox_id)
     session.execute(

@@ -280,7 +280,7 @@ def settle(nodes: Iterable[ThreadNode], index: CrmIndex) -> list[Relink]:
     for n in ordered:
         if n.tags:
             want: tuple[int, str] | None = None  # its tag links are its deal
-            note = n.note if not _derived(n.note) else None
+            note = _keep(n.note)
         elif tagged:
             before = [t for t in tagged if _order(t) <= _order(n)]
             source = before[-1] if before else tagged[0]
@@ -290,19 +290,24 @@ def settle(nodes: Iterable[ThreadNode], index: CrmIndex) -> list[Relink]:
         else:
             decision, weak_note = own[n.id]
             want = (decision.target_id, decision.reason) if decision else None
-            note = weak_note if weak_note else _keep(n.note)
+            note = join_notes(weak_note, _keep(n.note))
         if want != n.opportunity or note != n.note:
             changes.append(Relink(n.id, want, note, want != n.opportunity, note != n.note))
     return changes
 
 
-def _derived(note: str | None) -> bool:
-    return note is not None and note.startswith(DERIVED_NOTES)
+NOTE_SEPARATOR = "; "
+
+
+def join_notes(*parts: str | None) -> str | None:
+    return NOTE_SEPARATOR.join(p for p in parts if p) or None
 
 
 def _keep(note: str | None) -> str | None:
-    """The part of a note that is a fact of the item (an unknown tag), not of the deal."""
-    return None if _derived(note) else note
+    """The parts of a note that are facts of the item (an unknown tag), not of its deal."""
+    if not note:
+        return None
+    return join_notes(*(p for p in note.split(NOTE_SEPARATOR) if not p.startswith(DERIVED_NOTES)))
 
 
 def match(item: Item, index: CrmIndex) -> Match:
@@ -346,5 +351,5 @@ def match(item: Item, index: CrmIndex) -> Match:
         decision, weak_note = weak_choice(index, contact_ids, account_ids)
         if decision is not None:
             link(decision.type, decision.target_id, decision.reason)
-        note = weak_note or note
+        note = join_notes(weak_note, note)
     return Match(tuple(participants), tuple(links), _direction(item, index), note)
