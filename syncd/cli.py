@@ -9,13 +9,13 @@ import sys
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -101,7 +101,7 @@ def say(message: str, stream: TextIO | None = None) -> None:
     stream.flush()
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     say(f"syncd: error: {message}", sys.stderr)
     raise typer.Exit(code)
 
@@ -780,7 +780,7 @@ def mailbox_list(
 def mailbox_remove(name: Annotated[str, typer.Argument(help="The mailbox name.")]) -> None:
     """Disconnect a mailbox; its activities stay in the CRM."""
     with state.sessions().begin() as session:
-        if session.execute(delete(Mailbox).where(Mailbox.name == name)).rowcount == 0:  # type: ignore[attr-defined]
+        if not recorder.remove_mailbox(session, name):
             fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
     token_cache_path(state.settings().home, name).unlink(missing_ok=True)
     say(f"mailbox {name!r} removed")

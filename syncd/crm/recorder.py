@@ -630,6 +630,13 @@ def mark_written(
 # --- mailboxes --------------------------------------------------------------------------
 
 
+def remove_mailbox(session: Session, name: str) -> bool:
+    """Disconnect a mailbox (its cursors, sightings and quarantine go with it; its
+    activities stay). False when there is no such mailbox."""
+    removed = session.execute(delete(Mailbox).where(Mailbox.name == name))
+    return bool(removed.rowcount)  # type: ignore[attr-defined]
+
+
 def add_mailbox(
     session: Session,
     *,
