@@ -14,7 +14,15 @@ from syncd.config import Settings
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.demo import DemoCompany, build_demo, load_company
 
-from .servers import ServerMissing, new_pg_database, postgres
+from .servers import (
+    Dovecot,
+    Radicale,
+    ServerMissing,
+    dovecot,
+    new_pg_database,
+    postgres,
+    radicale,
+)
 
 # fixtures that start a server (PostgreSQL, Dovecot, Radicale, the Google and Microsoft
 # emulators): a test that uses one, or the PostgreSQL side of a database parameter, is an
@@ -43,6 +51,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if names & SERVER_FIXTURES or "postgresql" in params or module in PROCESS_MODULES:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def imap_server() -> Iterator[Dovecot]:
+    """A real Dovecot for this test session (per xdist worker)."""
+    try:
+        with dovecot() as server:
+            yield server
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def dav_server() -> Iterator[Radicale]:
+    """A real Radicale (CalDAV) for this test session (per xdist worker)."""
+    try:
+        with radicale() as server:
+            yield server
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

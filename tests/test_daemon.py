@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,19 +29,10 @@ from syncd.daemon import Daemon, Notifier
 from syncd.demo import add_local_mailbox, deliver, email_bytes
 
 from .helpers import add_mailbox
-from .servers import Dovecot, ServerMissing, dovecot
+from .servers import Dovecot
 
 S = sessionmaker[Session]
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="session")
-def imap_server() -> Iterator[Dovecot]:
-    try:
-        with dovecot() as server:
-            yield server
-    except ServerMissing as exc:
-        pytest.fail(str(exc))
 
 
 def append(server: Dovecot, login: str, *messages: bytes) -> None:

@@ -31,25 +31,10 @@ from syncd.sync import sync_mailbox
 
 from . import servers
 from .helpers import add_mailbox, sync
-from .servers import Dovecot, Radicale, ServerMissing, TcpProxy, dovecot, radicale
+from .servers import Dovecot, Radicale, ServerMissing, TcpProxy, dovecot
 
 S = sessionmaker[Session]
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture(scope="session")
-def imap_server() -> Iterator[Dovecot]:
-    try:
-        with dovecot() as server:
-            yield server
-    except ServerMissing as exc:
-        pytest.fail(str(exc))
-
-
-@pytest.fixture(scope="session")
-def dav_server() -> Iterator[Radicale]:
-    with radicale() as server:
-        yield server
 
 
 def new_login(server: Dovecot, prefix: str) -> str:
