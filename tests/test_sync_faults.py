@@ -297,3 +297,22 @@ def test_an_item_quarantined_again_under_a_long_or_nul_id_stops_nothing(sessions
                 now=now,
             )
     assert len(quarantine(sessions)) == 3
+
+
+def test_a_reply_joined_only_by_the_providers_thread_id_closes_the_follow_up(
+    sessions, settings, world, now
+):
+    """Gmail threads a reply by subject even without References: its thread id joins the
+    conversation, so the salesperson is not told to follow up on mail already answered."""
+    box = world.mailbox("mem")
+    box.mail["Sent"] = [
+        item(1, now - timedelta(days=8), "Pricing", provider_thread_id="g-77"),
+        item(2, now - timedelta(days=8), "Agenda"),  # never answered
+    ]
+    box.mail["INBOX"] = [
+        item(3, now - timedelta(days=7), "Re: Pricing", sender=CARLA, provider_thread_id="g-77")
+    ]
+    assert run(sessions, settings, world, now).ok
+    with sessions() as session:
+        titles = sorted(t.title for t in session.scalars(select(Task)))
+    assert titles == ["Follow up with Carla Díaz: Agenda"]

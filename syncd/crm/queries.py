@@ -241,6 +241,38 @@ class Candidate:
     replied_at: datetime | None  # first later inbound email of the same thread
 
 
+def _inbound_replies(session: Session, emails: list[Activity]) -> dict[int, list[datetime]]:
+    """For each email, the sorted times of the inbound emails of its conversation: those
+    sharing a conversation key with it (its thread's root, its own Message-ID named in
+    In-Reply-To or References, the provider's thread id: a reply Gmail threads by subject
+    closes the follow-up too)."""
+    keys: dict[int, set[str]] = defaultdict(set)
+    for chunk in _chunked([a.id for a in emails]):
+        for activity_id, key in session.execute(
+            select(ThreadKey.activity_id, ThreadKey.key).where(ThreadKey.activity_id.in_(chunk))
+        ):
+            keys[activity_id].add(key)
+    for a in emails:  # rows stored before conversation keys were kept
+        keys[a.id].update((a.key, a.thread_key))
+    inbound_by_key: dict[str, set[tuple[int, datetime]]] = defaultdict(set)
+    for chunk in _chunked(sorted(set().union(*keys.values()) if keys else set())):
+        for key, activity_id, occurred_at in session.execute(
+            select(ThreadKey.key, Activity.id, Activity.occurred_at)
+            .join(Activity, Activity.id == ThreadKey.activity_id)
+            .where(
+                ThreadKey.key.in_(chunk),
+                Activity.kind == "email",
+                Activity.direction == "inbound",
+            )
+        ):
+            inbound_by_key[key].add((activity_id, occurred_at))
+    replies: dict[int, list[datetime]] = {}
+    for a in emails:
+        found = set().union(*(inbound_by_key.get(k, set()) for k in keys[a.id]))
+        replies[a.id] = sorted(t for activity_id, t in found if activity_id != a.id)
+    return replies
+
+
 def _chunked(values: Iterable[Any], size: int = 500) -> Iterator[list[Any]]:
     values = list(values)
     for i in range(0, len(values), size):
@@ -279,22 +311,10 @@ def followup_candidates(session: Session, user_id: int, since: datetime) -> list
         or a.kind == "meeting"
     ]
     activities.sort(key=lambda a: (a.occurred_at, a.id))
-    inbound: dict[str, list[datetime]] = defaultdict(list)
-    threads = {a.thread_key for a in activities if a.kind == "email"}
-    for chunk in _chunked(sorted(threads)):
-        for thread_key, occurred_at in session.execute(
-            select(Activity.thread_key, Activity.occurred_at).where(
-                Activity.thread_key.in_(chunk),
-                Activity.kind == "email",
-                Activity.direction == "inbound",
-            )
-        ):
-            inbound[thread_key].append(occurred_at)
-    for times in inbound.values():
-        times.sort()
+    replies = _inbound_replies(session, [a for a in activities if a.kind == "email"])
 
     def first_reply(a: Activity) -> datetime | None:
-        times = inbound.get(a.thread_key, [])
+        times = replies.get(a.id, [])
         i = bisect.bisect_right(times, a.occurred_at)
         return times[i] if a.kind == "email" and i < len(times) else None
 
