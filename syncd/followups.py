@@ -20,15 +20,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from syncd.config import WEEKDAYS, Settings, parse_working_hours
 from syncd.crm.queries import Candidate
 from syncd.crm.recorder import TaskPlan
+from syncd.items import EARLIEST, latest
 
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-AHEAD = timedelta(days=5 * 366)
 RULE_NO_REPLY = "no-reply"
 RULE_MEETING_NOTES = "meeting-notes"
 
@@ -134,8 +133,8 @@ def plan(
     for c in candidates:
         if c.owner_id is None or not c.contacts or c.owner_id not in working:
             continue
-        if not (EARLIEST <= c.occurred_at <= now + AHEAD) or (
-            c.ends_at is not None and c.ends_at > now + AHEAD
+        if not (EARLIEST <= c.occurred_at <= latest(now)) or (
+            c.ends_at is not None and c.ends_at > latest(now)
         ):
             continue  # a time no calendar arithmetic should meet (stored before the range check)
         wt = working[c.owner_id]

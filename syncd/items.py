@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, Literal, TypeVar
 
 ParticipantRole = Literal["from", "to", "cc", "bcc", "organizer", "attendee"]
@@ -86,6 +86,20 @@ Item = MailItem | MeetingItem
 T = TypeVar("T", MailItem, MeetingItem)
 
 
+# mail and meetings are believed only between these times: a date outside them is broken or
+# hostile, and no rule (follow-ups, calendar windows) ever works from it
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+FUTURE_YEARS = 5
+
+
+def latest(now: datetime | None = None) -> datetime:
+    """The latest date syncd believes: now + FUTURE_YEARS."""
+    return (now or datetime.now(UTC)) + timedelta(days=365 * FUTURE_YEARS + 1)
+
+
+# a quarantined item's bytes are kept up to this size, so `syncd quarantine retry` can read
+# them again
+RAW_KEPT = 10 * 1024 * 1024
 KEY_LENGTH = 512  # the CRM's key columns
 ADDRESS_LENGTH = 320
 

@@ -26,7 +26,7 @@ from syncd.connectors.base import ConnectorError, Reread, RereadContext, reparse
 from syncd.crm import quarantine as store
 from syncd.crm import queries, recorder
 from syncd.crm.models import Mailbox
-from syncd.crm.recorder import RAW_KEPT
+from syncd.items import RAW_KEPT
 from syncd.matching.matcher import CrmIndex
 from syncd.sync import SyncJob, decide
 

@@ -35,6 +35,8 @@ from syncd.crm.models import Mailbox, User
 from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan, task_uid
 from syncd.items import (
     ADDRESS_LENGTH,
+    EARLIEST,
+    FUTURE_YEARS,
     Batch,
     Item,
     MailItem,
@@ -43,6 +45,7 @@ from syncd.items import (
     TaskItem,
     conversation_keys,
     fit,
+    latest,
 )
 from syncd.matching.exclusions import exclusion, label_hit, mail_exclusion
 from syncd.matching.matcher import CrmIndex, match, settle
@@ -107,26 +110,18 @@ class OutOfRange(ValueError):
     """An item whose time no rule can work with (before 1970, or years ahead)."""
 
 
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-MAIL_AHEAD = timedelta(days=5 * 366)  # mail dated further ahead than this is not believed
-MEETING_AHEAD = timedelta(days=10 * 366)
-
-
 def fit_item(item: Item, now: datetime) -> Item:
     """The item as the CRM can keep it: keys and ids that fit their columns (a stable hash
-    where they do not), addresses that fit theirs, and a time in a sane range (else
-    :class:`OutOfRange`, and the item is quarantined: no rule ever sees year 9999)."""
-    if isinstance(item, MailItem):
-        when, ahead = item.sent_at, MAIL_AHEAD
-    else:  # a meeting's end counts too: the rules work from it
-        when, ahead = max(item.start, item.end, key=_utc), MEETING_AHEAD
-        if item.start.tzinfo is not None and item.start < EARLIEST:
-            when = item.start
-    if when.tzinfo is not None and not (EARLIEST <= when <= now + ahead):
-        raise OutOfRange(
-            f"date out of range: {when.isoformat()} (syncd keeps 1970 to now + "
-            f"{ahead.days // 366} years)"
-        )
+    where they do not), addresses that fit theirs, and a time between 1970 and
+    ``items.latest`` (else :class:`OutOfRange`, and the item is quarantined: no rule ever
+    sees year 9999). A meeting's end counts too: the rules work from it."""
+    times = [item.sent_at] if isinstance(item, MailItem) else [item.start, item.end]
+    for when in times:
+        if when.tzinfo is not None and not (EARLIEST <= when <= latest(now)):
+            raise OutOfRange(
+                f"date out of range: {when.isoformat()} (syncd keeps 1970 to now + "
+                f"{FUTURE_YEARS} years)"
+            )
     people = item.participants
     if any(len(p.address) > ADDRESS_LENGTH or not p.address.isprintable() for p in people):
         people = tuple(
@@ -145,10 +140,6 @@ def fit_item(item: Item, now: datetime) -> Item:
             participants=people,
         )
     return replace(item, key=fit(item.key), provider_id=fit(item.provider_id), participants=people)
-
-
-def _utc(when: datetime) -> datetime:
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ from syncd.demo import event_ics
 from syncd.sync import sync_mailbox
 
 from .helpers import add_mailbox
-from .servers import Dovecot, Radicale, ServerMissing, TcpProxy, dovecot, radicale
+from .servers import Dovecot, TcpProxy
 
 S = sessionmaker[Session]
 SYNCD = [sys.executable, "-m", "syncd"]
@@ -319,21 +319,6 @@ def test_a_row_edited_by_hand_is_refused_before_anything_is_sent(sessions, setti
 
 
 # --- a real Radicale: credentials in a stored URL never travel ------------------------------
-
-
-@pytest.fixture(scope="module")
-def dav_server() -> Iterator[Radicale]:
-    with radicale() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def imap_server() -> Iterator[Dovecot]:
-    try:
-        with dovecot() as server:
-            yield server
-    except ServerMissing as exc:
-        pytest.fail(str(exc))
 
 
 class RecordingProxy(TcpProxy):

@@ -34,12 +34,15 @@ import recurring_ical_events
 
 from syncd.config import LimitSettings
 from syncd.items import (
+    EARLIEST,
+    RAW_KEPT,
     MeetingItem,
     Participant,
     Quarantined,
     TaskItem,
     TaskState,
     TaskStatus,
+    latest,
 )
 from syncd.limits import OverLimit, check, limits_or_default, run_bounded
 from syncd.matching.addresses import normalize_address
@@ -76,19 +79,9 @@ _FOLD = re.compile(rb"\r?\n[ \t]")
 _BEGIN = re.compile(rb"(?im)^begin[:;]")
 
 
-# what a quarantine entry keeps of an item, so that ``syncd quarantine retry`` can read it again
-RAW_KEPT = 10 * 1024 * 1024
 REASON_CHARS = 300
-# meetings and mail are read only within these years: a date outside them is broken or hostile
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-FUTURE_YEARS = 5
 # properties a component holds once; a second copy (seen in real calendars) is ignored
 _SINGLE = ("UID", "DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SUMMARY", "STATUS", "CLASS")
-
-
-def latest(now: datetime | None = None) -> datetime:
-    """The latest date syncd believes: now + FUTURE_YEARS."""
-    return (now or datetime.now(UTC)) + timedelta(days=365 * FUTURE_YEARS + 1)
 
 
 def short(reason: str) -> str:

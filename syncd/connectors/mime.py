@@ -28,14 +28,16 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypedDict
 
 from syncd.config import LimitSettings
-from syncd.connectors.ical import (
+from syncd.connectors.ical import describe, invitations_from_ical, quarantined
+from syncd.items import (
     EARLIEST,
-    describe,
-    invitations_from_ical,
+    MailItem,
+    MeetingItem,
+    Participant,
+    ParticipantRole,
+    Quarantined,
     latest,
-    quarantined,
 )
-from syncd.items import MailItem, MeetingItem, Participant, ParticipantRole, Quarantined
 from syncd.limits import OverLimit, check, limits_or_default, run_bounded
 from syncd.matching.addresses import (
     normalize_address,

@@ -33,6 +33,7 @@ from syncd.crm.models import (
     ThreadKey,
 )
 from syncd.items import (
+    RAW_KEPT,
     Cursor,
     Item,
     MailItem,
@@ -45,7 +46,6 @@ from syncd.items import (
 from syncd.matching.matcher import Match, Relink
 
 _CHUNK = 500  # keys per IN (...) list
-RAW_KEPT = 10 * 1024 * 1024  # a quarantined item's bytes are kept up to this size, for retry
 
 
 def _insert_rows(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> dict[str, int]:
