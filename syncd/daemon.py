@@ -30,9 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd import limits
 from syncd.config import Settings
-from syncd.connectors.base import Watcher, WatcherFactory, open_watcher
+from syncd.connectors.base import ConnectorError, Watcher, WatcherFactory
+from syncd.connectors.registry import open_watcher
 from syncd.crm.models import Mailbox
-from syncd.sync import SyncJob, mailbox_spec
+from syncd.sync import SyncJob, mailbox_spec, typed_settings
 
 log = logging.getLogger("syncd.daemon")
 
@@ -172,7 +173,7 @@ class Daemon:
             wanted = {
                 m.name: m
                 for m in session.scalars(select(Mailbox))
-                if m.state != "parked" and m.settings.get("idle")
+                if m.state != "parked" and self._pushes(m)
             }
             for name in [n for n in self.watches if n not in wanted]:
                 self._retire(name, "parked or no longer asks for idle")
@@ -243,6 +244,22 @@ class Daemon:
     def notify(self, message: str) -> None:
         self.notifier.notify(message)
 
+    def _pushes(self, mailbox: Mailbox) -> bool:
+        """Whether the mailbox asks for a push watcher (``idle``): its kind's push."""
+        try:
+            return typed_settings(mailbox, self.settings).idle
+        except ConnectorError:
+            return False  # its sync names the problem
+
+    def _interval(self, mailbox: Mailbox) -> int:
+        """The mailbox's own poll interval, else the config's (also when its stored
+        settings are not valid: its sync names the problem)."""
+        try:
+            own = typed_settings(mailbox, self.settings).poll_interval
+        except ConnectorError:
+            own = None
+        return own or self.settings.sync.poll_interval
+
     def due(self, now: datetime) -> tuple[list[str], datetime]:
         """The mailboxes to sync now, and when the next one falls due."""
         ready: list[str] = []
@@ -256,7 +273,7 @@ class Daemon:
                 if m.name in pushed:
                     ready.append(m.name)
                     continue
-                interval = int(m.settings.get("poll_interval", self.settings.sync.poll_interval))
+                interval = self._interval(m)
                 if m.state == "failing" and m.failures:
                     interval = min(interval * 2 ** (m.failures - 1), self.settings.sync.max_backoff)
                 at = m.last_attempt + timedelta(seconds=interval) if m.last_attempt else now

@@ -16,19 +16,20 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.base import ConnectorError, Reread, RereadContext, reparse
+from syncd.connectors.base import ConnectorError, Reread, RereadContext
+from syncd.connectors.registry import reparse
 from syncd.crm import quarantine as store
 from syncd.crm import queries, recorder
 from syncd.crm.models import Mailbox
 from syncd.items import RAW_KEPT
 from syncd.matching.matcher import CrmIndex
-from syncd.sync import SyncJob, decide
+from syncd.sync import SyncJob, decide, typed_settings
 
 Status = Literal["logged", "not logged", "still unreadable", "not retryable"]
 
@@ -96,13 +97,19 @@ class Retrier:
 
     def _context(self, session: Session, entry: store.Entry, now: datetime) -> RereadContext:
         mailbox = session.get(Mailbox, entry.mailbox_id)
-        values: dict[str, Any] = dict(mailbox.settings) if mailbox is not None else {}
         sync = self.settings.sync
-        past = int(values.get("calendar_past_days", sync.calendar_past_days))
-        future = int(values.get("calendar_future_days", sync.calendar_future_days))
+        past, future, body = sync.calendar_past_days, sync.calendar_future_days, sync.body
+        if mailbox is not None:
+            try:
+                own = typed_settings(mailbox, self.settings)
+            except ConnectorError:
+                pass  # read with the config's values; the mailbox's sync names the problem
+            else:
+                past, future = own.calendar_past_days, own.calendar_future_days
+                body = own.body or body
         return RereadContext(
             provider_id=entry.provider_id,
-            body_policy=str(values.get("body", sync.body)),
+            body_policy=body,
             received=entry.created_at,
             window=(now - timedelta(days=past), now + timedelta(days=future)),
             limits=self.settings.limits,  # a limit raised since is what makes a retry read it

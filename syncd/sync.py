@@ -27,8 +27,9 @@ from syncd.connectors.base import (
     CursorExpired,
     MailboxSpec,
     MailSource,
-    open_connector,
 )
+from syncd.connectors.kind import KindSettings, SettingsError
+from syncd.connectors.registry import kind, open_connector
 from syncd.crm import queries, recorder
 from syncd.crm.database import DatabaseError
 from syncd.crm.models import Mailbox, User
@@ -199,31 +200,40 @@ def _reorders(index: CrmIndex, opp_id: int, before: datetime | None) -> bool:
     return False
 
 
-def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
-    """What the connector gets: the mailbox's settings over the config's, its secret opened."""
+def typed_settings(mailbox: Mailbox, settings: Settings) -> KindSettings:
+    """The mailbox's settings, typed by its kind, over the config's (the calendar window;
+    the folders to exclude add up). ConnectorError names a stored value that is not valid."""
+    own = dict(mailbox.settings)
     merged = {
         "calendar_past_days": settings.sync.calendar_past_days,
         "calendar_future_days": settings.sync.calendar_future_days,
-        "state_dir": str(settings.home),
-        **mailbox.settings,
-        # the mailbox's own exclusions add to the config's
-        "excluded_folders": [
-            *settings.exclusions.folders,
-            *mailbox.settings.get("excluded_folders", []),
-        ],
+        **own,
+        "excluded_folders": [*settings.exclusions.folders, *own.get("excluded_folders", [])],
     }
+    try:
+        where = f"mailbox {mailbox.name!r}: its stored settings"
+        typed = kind(mailbox.kind).read_settings(merged, where)
+    except SettingsError as exc:
+        raise ConnectorError(f"{exc}; fix them with 'syncd mailbox remove' and 'add'") from None
+    return typed
+
+
+def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
+    """What the connector gets: its typed settings (:func:`typed_settings`), the config's
+    batch size and limits, its secret opened."""
+    where = f"mailbox {mailbox.name!r}"
+    typed = typed_settings(mailbox, settings)
     return MailboxSpec(
         name=mailbox.name,
         kind=mailbox.kind,
         user_email=mailbox.user.email,
-        settings=merged,
+        settings=typed,
         batch_size=settings.sync.batch_size,
-        body_policy=str(mailbox.settings.get("body", settings.sync.body)),
+        body_policy=typed.body or settings.sync.body,
         limits=settings.limits,
+        home=settings.home,
         secret=(
-            SecretBox(settings.home).decrypt(mailbox.secret, f"mailbox {mailbox.name!r}")
-            if mailbox.secret
-            else None
+            SecretBox(settings.home).decrypt(mailbox.secret, where) if mailbox.secret else None
         ),
     )
 

@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.connectors.base import Connector, MailboxSpec
-from syncd.connectors.imap import ImapConnector
-from syncd.connectors.local import LocalConnector
+from syncd.connectors.imap.connector import ImapConnector
+from syncd.connectors.local.connector import LocalConnector
 from syncd.connectors.mime import parse_message
 from syncd.crm.models import Activity, Link, Mailbox, QuarantineEntry, Sighting, Task
 from syncd.demo import add_local_mailbox, load_company

@@ -23,6 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.connectors.base import ConnectorError, MailboxSpec
+from syncd.connectors.kind import typed
+from syncd.connectors.local import LocalSettings
 from syncd.crm import queries
 from syncd.crm.models import Mailbox
 from syncd.daemon import Daemon, Notifier
@@ -168,7 +170,7 @@ class MaildirWatcher(threading.Thread):
         self.spec, self.on_change, self.stop, self.ready = spec, on_change, stop, ready
 
     def _stamp(self) -> tuple[int, ...]:
-        root = Path(self.spec.settings["maildir"])
+        root = typed(self.spec.settings, LocalSettings).maildir or Path()
         return tuple(os.stat(root / sub).st_mtime_ns for sub in ("new", "cur"))
 
     def run(self) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import MailboxSpec
-from syncd.connectors.local import LocalConnector, VdirTaskWriter
+from syncd.connectors.local.connector import LocalConnector, VdirTaskWriter
 from syncd.crm import queries
 from syncd.crm.models import Mailbox, QuarantineEntry, Task
 from syncd.demo import add_local_mailbox, deliver, email_bytes, event_ics
@@ -188,7 +188,7 @@ def test_an_unreadable_file_is_quarantined_and_the_folder_goes_on(tmp_path, now)
     script = (
         "import json, sys\n"
         "from syncd.connectors.base import MailboxSpec\n"
-        "from syncd.connectors.local import LocalConnector\n"
+        "from syncd.connectors.local.connector import LocalConnector\n"
         "spec = MailboxSpec('ana', 'local', 'ana@northwind.test', {'maildir': sys.argv[1]})\n"
         "(source,) = LocalConnector(spec).mail_sources()\n"
         "items, odd = [], []\n"
@@ -314,7 +314,7 @@ def test_mbox_messages_are_read_as_the_standard_library_reads_them(tmp_path, now
     expected = [bytes(box.get_bytes(k)) for k in box.iterkeys()]
     seen: list[bytes] = []
 
-    import syncd.connectors.local as local
+    import syncd.connectors.local.connector as local
 
     def capture(data: bytes, provider_id: str, *args: Any, **kw: Any) -> Any:
         seen.append(data)

@@ -373,7 +373,7 @@ def test_google_calendar_meetings_tasks_and_an_expired_sync_token(
 
 def test_task_writes_are_idempotent_by_their_event_id(google, settings):
     from syncd.connectors.base import MailboxSpec
-    from syncd.connectors.gmail import GoogleTaskWriter, event_id
+    from syncd.connectors.gmail.connector import GoogleTaskWriter, event_id
     from syncd.items import TaskItem
 
     emulator, base = google
@@ -391,7 +391,7 @@ def test_task_writes_are_idempotent_by_their_event_id(google, settings):
             json.dumps({"refresh_token": emulator.grant(ANA), "client_secret": "secret-1"})
         ),
     )
-    from syncd.connectors.gmail import GmailAccount
+    from syncd.connectors.gmail.connector import GmailAccount
 
     writer = GoogleTaskWriter(GmailAccount(spec))
     task = TaskItem(
@@ -434,7 +434,7 @@ def test_user_labels_match_by_name_no_crm_excludes_and_crm_forces_in(
 def test_a_label_made_after_the_labels_were_read_is_resolved(sessions, settings, company, google):
     """One connector across passes (as a long-running worker keeps it): its label list was
     read before the user made "No CRM" and "CRM"; the unknown ids make it read it again."""
-    from syncd.connectors.gmail import GmailConnector
+    from syncd.connectors.gmail.connector import GmailConnector
 
     emulator, _ = google
     deliver(emulator, ANA, 1, labels=("INBOX", "CATEGORY_UPDATES"))

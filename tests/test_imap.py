@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import AuthError, MailboxSpec
-from syncd.connectors.imap import ImapConnector
+from syncd.connectors.imap.connector import ImapConnector
 from syncd.crm import queries
 from syncd.crm.models import Activity, QuarantineEntry, Sighting
 from syncd.demo import email_bytes, event_ics

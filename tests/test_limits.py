@@ -36,9 +36,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import MailboxSpec
-from syncd.connectors.gmail import GmailAccount, GmailMail
+from syncd.connectors.gmail.connector import GmailAccount, GmailMail
 from syncd.connectors.ical import CalendarOverLimit, read_calendar
-from syncd.connectors.microsoft import mail_item, meeting_item
+from syncd.connectors.microsoft.connector import mail_item, meeting_item
 from syncd.connectors.mime import MessageOverLimit, parse_message, read_message
 from syncd.crm import queries
 from syncd.crm.models import QuarantineEntry

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.connectors.base import MailboxSpec
-from syncd.connectors.microsoft import (
+from syncd.connectors.microsoft.connector import (
     EventTasks,
     GraphAccount,
     TodoTasks,
@@ -27,8 +27,8 @@ from syncd.connectors.microsoft import (
     mail_item,
     meeting_item,
     quarantined,
-    read_certificate,
 )
+from syncd.connectors.microsoft.signin import read_certificate
 from syncd.crm import queries
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import (
@@ -674,7 +674,10 @@ def account(emulator: MicrosoftEmulator, secret: str = "secret-1", **extra: Any)
 def test_todo_writes_go_in_fully_parallel_batches_within_four_in_flight(microsoft):
     """Graph refuses a batch that mixes parallel calls and dependsOn chains: syncd sends
     fully parallel batches of four, so with far more than 4 (and 20) tasks all are written."""
-    writer = TodoTasks(account(microsoft), MailboxSpec("ana", "microsoft", ANA, {}))
+    writer = TodoTasks(
+        account(microsoft),
+        MailboxSpec("ana", "microsoft", ANA, {"tenant": TENANT, "client_id": "app-1"}),
+    )
     microsoft.latency = 0.02
     tasks = [
         TaskItem(f"syncd-test-{i}", f"Task {i}", "d", NOW + timedelta(days=1), "open", NOW)
@@ -723,7 +726,10 @@ def test_many_pending_tasks_are_all_written_by_a_sync(sessions, settings, compan
 
 
 def test_todo_batches_shrink_while_throttled_and_lose_nothing(microsoft):
-    writer = TodoTasks(account(microsoft, backoff=0.01), MailboxSpec("ana", "microsoft", ANA, {}))
+    writer = TodoTasks(
+        account(microsoft, backoff=0.01),
+        MailboxSpec("ana", "microsoft", ANA, {"tenant": TENANT, "client_id": "app-1"}),
+    )
     writer.known()
     microsoft.rate_limit = (4, 0.5)  # eight calls a second: most of a batch of 20 is refused
     tasks = [

@@ -18,8 +18,8 @@ from syncd.connectors.ical import (
     quarantined,
     read_calendar,
 )
-from syncd.connectors.imap import ImapFolder, ImapSession
-from syncd.connectors.local import MaildirFolder, VdirCalendar
+from syncd.connectors.imap.connector import ImapFolder, ImapSession
+from syncd.connectors.local.connector import MaildirFolder, VdirCalendar
 from syncd.connectors.mime import UnreadableMessage, parse_message, read_message
 from syncd.demo import email_bytes, event_ics
 from syncd.items import Quarantined

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.memory import MemoryWorld
+from syncd.connectors.memory.connector import MemoryWorld
 from syncd.crm import recorder
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import (

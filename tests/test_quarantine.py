@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from syncd.cli import app
 from syncd.config import Settings
-from syncd.connectors import base, mime
+from syncd.connectors import base, mime, registry
 from syncd.crm import queries, recorder
 from syncd.crm.loader import load_csv
 from syncd.crm.models import Activity, Mailbox, QuarantineEntry, Sighting, SourceCursor
@@ -37,6 +37,11 @@ OBFUSCATED = (
     b"\r\n"
     b"Can we talk about the renewal price?\r\n"
 )
+
+
+def crashing(data: bytes, ctx: base.RereadContext) -> base.Reread:
+    """A re-parser that fails as no parser should (the registry names it by module)."""
+    raise KeyError("header \x00 with a NUL")
 
 
 def fixed_rfc822(data: bytes, ctx: base.RereadContext) -> base.Reread:
@@ -153,7 +158,7 @@ def test_a_broken_message_is_listed_shown_and_logged_by_a_retry_after_an_upgrade
         cursor_value = cursor_before.value
 
     # the upgrade: this syncd reads '[at]' addresses
-    monkeypatch.setitem(base.REPARSERS, "rfc822", fixed_rfc822)
+    monkeypatch.setitem(registry.SHARED_FORMATS, "rfc822", "tests.test_quarantine:fixed_rfc822")
     retried = cli("quarantine", "retry", "--all")
     assert retried.exit_code == 1  # the demo's broken file is still unreadable
     assert f"{fixable.id} (ana, maildir:INBOX/obfuscated.1.host): logged" in retried.stdout
@@ -441,10 +446,7 @@ def test_a_parser_that_fails_anyhow_keeps_the_entry_with_a_storable_reason(
     add_local_mailbox(sessions, "ana", "ana@northwind.test", maildir=str(company.maildirs["ana"]))
     entry = quarantine(sessions, "ana", "maildir:INBOX", "m/1", "old", b"x", "rfc822")
 
-    def crashing(data: bytes, ctx: base.RereadContext) -> base.Reread:
-        raise KeyError("header \x00 with a NUL")
-
-    monkeypatch.setitem(base.REPARSERS, "rfc822", crashing)
+    monkeypatch.setitem(registry.SHARED_FORMATS, "rfc822", "tests.test_quarantine:crashing")
     result = cli("quarantine", "retry", str(entry))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{entry} (ana, m/1): still unreadable: KeyError:" in result.stderr

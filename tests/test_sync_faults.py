@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import syncd.sync
 from syncd.config import Settings
 from syncd.connectors.base import ConnectorError
-from syncd.connectors.memory import MemoryWorld
+from syncd.connectors.memory.connector import MemoryWorld
 from syncd.crm import recorder
 from syncd.crm.models import (
     Activity,

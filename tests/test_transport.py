@@ -23,7 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.base import ConnectorError, check_url
+from syncd.connectors.base import ConnectorError
+from syncd.connectors.transport import check_url
 from syncd.crm import queries
 from syncd.crm.models import Mailbox
 from syncd.demo import event_ics

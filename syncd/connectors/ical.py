@@ -33,6 +33,7 @@ import icalendar
 import recurring_ical_events
 
 from syncd.config import LimitSettings
+from syncd.connectors.base import Reread, RereadContext
 from syncd.items import (
     EARLIEST,
     RAW_KEPT,
@@ -596,3 +597,11 @@ def task_to_ical(task: TaskItem, as_event: bool = False) -> bytes:
     component.add(SYNCD_TASK_PROP, task.uid)
     cal.add_component(component)
     return bytes(cal.to_ical())
+
+
+def reread(data: bytes, ctx: RereadContext) -> Reread:
+    """The ``ical`` re-parser (``syncd quarantine retry``): a kept calendar object read
+    again; the events it still cannot read stay quarantined with their problem."""
+    found = read_calendar(data, ctx.provider_id, ctx.window, limits=ctx.limits)
+    problems = list(found.problems)
+    return Reread(tuple(found.meetings), "; ".join(problems) if problems else None)

@@ -28,6 +28,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypedDict
 
 from syncd.config import LimitSettings
+from syncd.connectors.base import Reread, RereadContext
 from syncd.connectors.ical import describe, invitations_from_ical, quarantined
 from syncd.items import (
     EARLIEST,
@@ -617,3 +618,9 @@ def _parse(
         labels=labels,
         invitations=tuple(invitations),
     )
+
+
+def reread(data: bytes, ctx: RereadContext) -> Reread:
+    """The ``rfc822`` re-parser (``syncd quarantine retry``): a kept message read again."""
+    item = parse_message(data, ctx.provider_id, ctx.received, limits=ctx.limits)
+    return Reread((item,))

@@ -637,6 +637,26 @@ def remove_mailbox(session: Session, name: str) -> bool:
     return bool(removed.rowcount)  # type: ignore[attr-defined]
 
 
+def resume_mailbox(session: Session, name: str) -> bool:
+    """Retry a parked or failing mailbox at the next poll. False when there is none."""
+    done = session.execute(
+        update(Mailbox)
+        .where(Mailbox.name == name)
+        .values(state="ok", failures=0, last_attempt=None)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def store_secret(session: Session, name: str, secret_token: str) -> bool:
+    """A mailbox's new credentials (already encrypted), retried at the next poll."""
+    done = session.execute(
+        update(Mailbox)
+        .where(Mailbox.name == name)
+        .values(secret=secret_token, state="ok", failures=0, last_attempt=None)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
 def add_mailbox(
     session: Session,
     *,

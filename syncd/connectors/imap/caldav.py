@@ -20,16 +20,7 @@ from urllib.parse import urlparse
 from caldav.davclient import DAVClient
 from caldav.lib import error as caldav_error
 
-from syncd.connectors.base import (
-    AuthError,
-    ConnectorError,
-    MailboxSpec,
-    check_url,
-    mask_secret,
-    mask_urls,
-    split_credentials,
-    too_large,
-)
+from syncd.connectors.base import AuthError, ConnectorError, MailboxSpec, too_large
 from syncd.connectors.ical import (
     UnreadableCalendar,
     describe,
@@ -37,6 +28,9 @@ from syncd.connectors.ical import (
     read_calendar,
     task_to_ical,
 )
+from syncd.connectors.imap import ImapSettings
+from syncd.connectors.kind import typed
+from syncd.connectors.transport import check_url, mask_secret, mask_urls, split_credentials
 from syncd.items import Batch, Cursor, MeetingItem, Quarantined, TaskItem, TaskState
 
 log = logging.getLogger("syncd.caldav")
@@ -57,8 +51,8 @@ class CalDavAccount:
 
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
-        s = spec.settings
-        self.url = split_credentials(str(s["caldav_url"]))[0]
+        s = typed(spec.settings, ImapSettings)
+        self.url = split_credentials(str(s.caldav_url))[0]
         check_url(self.url, f"mailbox {spec.name!r}: --caldav")
         if spec.secret is None:
             raise AuthError(
@@ -67,9 +61,9 @@ class CalDavAccount:
             )
         self.client = DAVClient(
             url=self.url,
-            username=str(s.get("caldav_login") or s.get("login") or spec.user_email),
+            username=s.caldav_login or s.login or spec.user_email,
             password=spec.secret.reveal(),
-            timeout=int(s.get("timeout", 60)),
+            timeout=int(s.timeout),
             enable_rfc6764=False,
             require_tls=False,
         )
@@ -94,20 +88,20 @@ class CalDavAccount:
                 ) from None
             except (caldav_error.DAVError, OSError) as exc:
                 raise ConnectorError(f"{self._where()}: {self.masked(exc)}") from exc
-            wanted = self.spec.settings.get("calendars")
+            wanted = typed(self.spec.settings, ImapSettings).calendars
             if wanted:
                 found = [c for c in found if c.get_display_name() in wanted]
             self._calendars = found
         return self._calendars
 
     def sources(self) -> list[CalDavCalendar]:
-        s = self.spec.settings
+        s = typed(self.spec.settings, ImapSettings)
         return [
             CalDavCalendar(
                 self,
                 cal,
-                int(s.get("calendar_past_days", 90)),
-                int(s.get("calendar_future_days", 30)),
+                s.calendar_past_days,
+                s.calendar_future_days,
                 self.spec.batch_size,
             )
             for cal in self.calendars()

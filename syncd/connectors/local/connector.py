@@ -14,7 +14,7 @@
 - vdir calendar (a folder of ``.ics`` files, as khal and vdirsyncer keep them): meetings,
   and syncd's follow-up tasks, written as VTODO files named after their UID.
 
-Anyone who can write into these folders is not trusted (:mod:`syncd.connectors.files`):
+Anyone who can write into these folders is not trusted (:mod:`syncd.connectors.local.files`):
 only regular files are read, never through a symbolic link and never over
 ``limits.message_bytes``; anything else is quarantined with its reason (no bytes) and the
 source reads on. Batches are cut to hold at most ``limits.batch_bytes`` of raw data.
@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from syncd.batching import by_size
 from syncd.config import LimitSettings
 from syncd.connectors.base import (
     CalendarSource,
@@ -43,10 +44,18 @@ from syncd.connectors.base import (
     MailboxSpec,
     MailSource,
     TaskWriter,
-    batches,
     too_large,
 )
-from syncd.connectors.files import (
+from syncd.connectors.ical import (
+    UnreadableCalendar,
+    describe,
+    quarantined,
+    read_calendar,
+    task_to_ical,
+)
+from syncd.connectors.kind import typed
+from syncd.connectors.local import LocalSettings
+from syncd.connectors.local.files import (
     DIR_FLAGS,
     READ_FLAGS,
     NotRegularFile,
@@ -57,13 +66,6 @@ from syncd.connectors.files import (
     open_dir,
     read_regular,
     write_replacing,
-)
-from syncd.connectors.ical import (
-    UnreadableCalendar,
-    describe,
-    quarantined,
-    read_calendar,
-    task_to_ical,
 )
 from syncd.connectors.mime import clean, read_message
 from syncd.items import Batch, Cursor, MailItem, MeetingItem, Quarantined, TaskItem, TaskState
@@ -264,7 +266,7 @@ class MaildirFolder:
         limit = self.limits.message_bytes
         moved: dict[str, _Entry] = {}
         sizes = [e.size if e.size <= limit and stat.S_ISREG(e.mode) else 0 for e in pending]
-        for start, end in batches(sizes, self.batch_size, self.limits.batch_bytes):
+        for start, end in by_size(sizes, self.batch_size, self.limits.batch_bytes):
             chunk = pending[start:end]
             results: list[MailItem | Quarantined] = []
             for entry in chunk:
@@ -355,7 +357,7 @@ class MboxArchive:
         todo = range(done, len(starts))
         sizes = [n if (n := ends[i] - starts[i]) <= limit else 0 for i in todo]
         fallback = _mtime(mtime_ns)
-        for first, end in batches(sizes, self.batch_size, self.limits.batch_bytes):
+        for first, end in by_size(sizes, self.batch_size, self.limits.batch_bytes):
             results: list[MailItem | Quarantined] = []
             for i in todo[first:end]:
                 provider_id = f"{self.name}/{i}"
@@ -490,7 +492,7 @@ class VdirCalendar:
             listed[n][1] if listed[n][1] <= limit and stat.S_ISREG(listed[n][2]) else 0
             for n in todo
         ]
-        runs = list(batches(sizes, self.batch_size, self.limits.batch_bytes)) or [(0, 0)]
+        runs = list(by_size(sizes, self.batch_size, self.limits.batch_bytes)) or [(0, 0)]
         for start, end in runs:
             meetings: list[MeetingItem] = []
             states: list[TaskState] = []
@@ -562,11 +564,11 @@ class LocalConnector:
 
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
-        s = spec.settings
-        self.maildir = Path(s["maildir"]).expanduser() if s.get("maildir") else None
-        self.calendar = Path(s["calendar"]).expanduser() if s.get("calendar") else None
-        self.mboxes = [Path(p).expanduser() for p in s.get("mbox", [])]
-        self.excluded_folders = {f.lower() for f in s.get("excluded_folders", [])}
+        s = typed(spec.settings, LocalSettings)
+        self.maildir = s.maildir.expanduser() if s.maildir else None
+        self.calendar = s.calendar.expanduser() if s.calendar else None
+        self.mboxes = [p.expanduser() for p in s.mbox]
+        self.excluded_folders = {f.lower() for f in s.excluded_folders}
 
     def mail_sources(self) -> list[MailSource]:
         sources: list[MailSource] = []
@@ -605,13 +607,13 @@ class LocalConnector:
     def calendar_sources(self) -> list[CalendarSource]:
         if self.calendar is None:
             return []
-        s = self.spec.settings
+        s = typed(self.spec.settings, LocalSettings)
         return [
             VdirCalendar(
                 self.calendar,
                 self.spec.batch_size,
-                int(s.get("calendar_past_days", 90)),
-                int(s.get("calendar_future_days", 30)),
+                s.calendar_past_days,
+                s.calendar_future_days,
                 self.spec.limits,
             )
         ]

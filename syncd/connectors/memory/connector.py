@@ -81,3 +81,16 @@ class MemoryConnector:
 
     def close(self) -> None:
         pass
+
+
+_WORLDS: dict[str, MemoryWorld] = {}
+
+
+def world(name: str = "default") -> MemoryWorld:
+    """The in-process world ``name`` (made empty on first use)."""
+    return _WORLDS.setdefault(name, MemoryWorld())
+
+
+def open_memory(spec: MailboxSpec) -> MemoryConnector:
+    """The registry's factory: the mailbox ``spec.name`` of the world its settings name."""
+    return world(getattr(spec.settings, "world", "default")).connector(spec)

@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import google_auth_httplib2
@@ -63,7 +62,9 @@ from syncd.connectors.base import (
     MailSource,
     TaskWriter,
 )
+from syncd.connectors.gmail import GmailSettings
 from syncd.connectors.ical import meeting_key
+from syncd.connectors.kind import typed
 from syncd.connectors.mime import UnreadableMessage, parse_message
 from syncd.items import (
     DONE_MARKS,
@@ -145,15 +146,15 @@ def _wait(state: tenacity.RetryCallState) -> float:
 class GmailAccount:
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
-        s = spec.settings
-        self.endpoint = str(s.get("api_endpoint", GOOGLE_ENDPOINT))
+        s = self.settings = typed(spec.settings, GmailSettings)
+        self.endpoint = s.api_endpoint or GOOGLE_ENDPOINT
         if spec.secret is None:
             raise AuthError(
                 f"mailbox {spec.name!r}: no Google credentials stored; "
                 f"run 'syncd mailbox reauth {spec.name}'"
             )
         secret = json.loads(spec.secret.reveal())
-        if s.get("mode", "service_account") == "service_account":
+        if s.mode == "service_account":
             creds: Any = service_account.Credentials.from_service_account_info(
                 secret, scopes=SCOPES
             ).with_subject(spec.user_email)
@@ -161,13 +162,13 @@ class GmailAccount:
             creds = user_credentials.Credentials(
                 None,
                 refresh_token=secret["refresh_token"],
-                client_id=s["client_id"],
+                client_id=s.client_id,
                 client_secret=secret["client_secret"],
-                token_uri=s.get("token_uri", "https://oauth2.googleapis.com/token"),
+                token_uri=s.token_uri or "https://oauth2.googleapis.com/token",
                 scopes=SCOPES,
             )
         self.http = google_auth_httplib2.AuthorizedHttp(
-            creds, http=httplib2.Http(timeout=float(s.get("timeout", 60)))
+            creds, http=httplib2.Http(timeout=s.timeout)
         )
         self.service = build(
             "gmail",
@@ -178,7 +179,7 @@ class GmailAccount:
         )
         # Calendar's base must end in calendar/v3/ (PROVIDER-APIS.md)
         calendar_base = str(
-            s.get("calendar_endpoint")
+            s.calendar_endpoint
             or self.endpoint.replace("gmail.googleapis.com", "www.googleapis.com") + "calendar/v3/"
         )
         self.calendar = build(
@@ -188,7 +189,7 @@ class GmailAccount:
             static_discovery=True,
             client_options={"api_endpoint": calendar_base},
         )
-        self.limiter = QuotaLimiter(int(s.get("quota_units_per_minute", 15_000)))
+        self.limiter = QuotaLimiter(s.quota_units_per_minute)
         # label id -> (name, is a user label); listed on first use, again for an unknown id
         self._labels: dict[str, tuple[str, bool]] | None = None
         self._unresolved: set[str] = set()  # ids still unknown after a fresh listing
@@ -233,7 +234,7 @@ class GmailAccount:
         try:
             for attempt in tenacity.Retrying(
                 retry=tenacity.retry_if_exception(_transient),
-                stop=tenacity.stop_after_attempt(int(self.spec.settings.get("retries", 8))),
+                stop=tenacity.stop_after_attempt(self.settings.retries or 8),
                 wait=_wait,
                 reraise=True,
             ):
@@ -325,7 +326,7 @@ class GmailMail:
         self.account = account
         self.spec = spec
         self.batch_size = max(BATCH, spec.batch_size // BATCH * BATCH)
-        self.since = timedelta(days=int(spec.settings.get("since_days", 90)))
+        self.since = timedelta(days=typed(spec.settings, GmailSettings).since_days)
 
     def _items(self, ids: list[str]) -> Iterator[tuple[list[MailItem], list[Quarantined], int]]:
         """Read ``ids`` in order: (items, quarantined, how many of ``ids`` they cover), each
@@ -577,8 +578,8 @@ class GoogleCalendar:
     def __init__(self, account: GmailAccount, spec: MailboxSpec) -> None:
         self.account = account
         # the config's sync.calendar_*_days, unless the mailbox sets its own (mailbox_spec)
-        self.past = timedelta(days=int(spec.settings.get("calendar_past_days", 90)))
-        self.future = timedelta(days=int(spec.settings.get("calendar_future_days", 30)))
+        self.past = timedelta(days=spec.settings.calendar_past_days)
+        self.future = timedelta(days=spec.settings.calendar_future_days)
         self.batch_size = spec.batch_size
 
     def _list(
@@ -752,104 +753,3 @@ class GmailConnector:
 
     def close(self) -> None:
         pass
-
-
-def read_oauth_client(path: str) -> dict[str, str]:
-    """An OAuth client file as Google's console writes it ({"installed": {...}})."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConnectorError(f"--oauth-client {path!r}: cannot read it ({exc})") from None
-    client = data.get("installed") or data.get("web")
-    if not client or not {"client_id", "client_secret", "auth_uri", "token_uri"} <= set(client):
-        raise ConnectorError(
-            f"--oauth-client {path!r} is not an OAuth client file; download the 'Desktop app' "
-            "client JSON from the Google Cloud console"
-        )
-    return {k: str(client[k]) for k in ("client_id", "client_secret", "auth_uri", "token_uri")}
-
-
-def oauth_consent(
-    client: dict[str, str], show: Callable[[str], None], login_hint: str, timeout: float = 600.0
-) -> str:
-    """The installed-app consent (loopback redirect, RFC 8252): show the URL, wait for the
-    browser to come back with a code, trade it for a refresh token, and return that."""
-    import secrets as _secrets
-    import urllib.parse
-    import urllib.request
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    state = _secrets.token_urlsafe(16)
-    got: dict[str, str] = {}
-
-    class Redirect(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(self.path).query))
-            got.update(query)
-            body = b"syncd has the consent; you can close this window."
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Redirect)
-    server.timeout = timeout
-    redirect = f"http://127.0.0.1:{server.server_port}/"
-    url = (
-        client["auth_uri"]
-        + "?"
-        + urllib.parse.urlencode(
-            {
-                "client_id": client["client_id"],
-                "redirect_uri": redirect,
-                "response_type": "code",
-                "scope": " ".join(SCOPES),
-                "access_type": "offline",
-                "prompt": "consent",
-                "state": state,
-                "login_hint": login_hint,
-            }
-        )
-    )
-    show(url)
-    try:
-        server.handle_request()
-    finally:
-        server.server_close()
-    if got.get("state") != state or "code" not in got:
-        raise AuthError(f"the consent did not complete ({got.get('error', 'no code came back')})")
-    form = urllib.parse.urlencode(
-        {
-            "grant_type": "authorization_code",
-            "code": got["code"],
-            "redirect_uri": redirect,
-            "client_id": client["client_id"],
-            "client_secret": client["client_secret"],
-        }
-    ).encode()
-    try:
-        with urllib.request.urlopen(client["token_uri"], data=form, timeout=60) as response:
-            tokens = json.loads(response.read())
-    except OSError as exc:
-        raise AuthError(f"Google refused the consent code: {exc}") from None
-    if "refresh_token" not in tokens:
-        raise AuthError("Google gave no refresh token; run the consent again")
-    return str(tokens["refresh_token"])
-
-
-def read_service_account(path: str) -> str:
-    """A service account key file (JSON), checked; returned as the secret to store."""
-    try:
-        info = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConnectorError(f"--service-account {path!r}: cannot read it ({exc})") from None
-    if info.get("type") != "service_account" or "private_key" not in info:
-        raise ConnectorError(
-            f"--service-account {path!r} is not a service account key; create a JSON key for "
-            "a service account with domain-wide delegation in the Google Cloud console"
-        )
-    return json.dumps(info)

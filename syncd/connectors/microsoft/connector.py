@@ -32,7 +32,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -57,9 +57,14 @@ from syncd.connectors.base import (
     CursorExpired,
     MailboxSpec,
     MailSource,
+    Reread,
+    RereadContext,
     TaskWriter,
+    json_object,
 )
 from syncd.connectors.ical import meeting_key
+from syncd.connectors.kind import typed
+from syncd.connectors.microsoft import MicrosoftSettings
 from syncd.connectors.mime import SNIPPET_CHARS, bulk_signals, clean, identity, message_ids
 from syncd.items import (
     DONE_MARKS,
@@ -237,103 +242,40 @@ def _protocol(graph_url: str) -> MSGraphProtocol:
     return protocol
 
 
-def sign_in_with_device_code(settings: dict[str, Any], show: Callable[[str], None]) -> str:
-    """The device-code flow (user mode): show the sign-in message, wait for the user, and
-    return the msal token cache to store (it holds the refresh token)."""
-    cache = msal.SerializableTokenCache()
-    try:
-        app = msal.PublicClientApplication(
-            settings["client_id"],
-            authority=f"{settings.get('authority', AUTHORITY).rstrip('/')}/{settings['tenant']}",
-            instance_discovery=False,
-            token_cache=cache,
-            http_client=_Http(settings.get("ca_bundle"), float(settings.get("timeout", 60))),
-        )
-        flow = app.initiate_device_flow(scopes=USER_SCOPES)
-    except (ValueError, requests.RequestException) as exc:
-        raise ConnectorError(f"cannot reach the Microsoft sign-in service: {exc}") from None
-    if "user_code" not in flow:
-        raise AuthError(
-            f"Microsoft refused the device sign-in ({flow.get('error')}: "
-            f"{str(flow.get('error_description', '')).splitlines()[0]}); check --tenant and "
-            "--client-id and that the app registration allows public client flows"
-        )
-    show(str(flow["message"]))
-    result = app.acquire_token_by_device_flow(flow)
-    if "access_token" not in result:
-        fix = (
-            "; the app registration must allow public client flows (Entra ID: the app > "
-            "Authentication > Allow public client flows)"
-            if result.get("error") in ("invalid_client", "unauthorized_client")
-            else "; run it again"
-        )
-        raise AuthError(
-            f"the device sign-in did not complete ({result.get('error')}: "
-            f"{str(result.get('error_description', '')).splitlines()[0]}){fix}"
-        )
-    return str(cache.serialize())
-
-
-def read_certificate(path: str) -> str:
-    """A PEM file holding the private key and the certificate uploaded to the app
-    registration -> the secret to store: {"private_key", "public_certificate"} (JSON); msal
-    signs its assertions with the certificate's SHA-256 thumbprint (x5t#S256, PS256)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        data = Path(path).read_bytes()
-        cert = x509.load_pem_x509_certificate(data)
-        key = serialization.load_pem_private_key(data, password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConnectorError(
-            f"--certificate {path!r}: cannot read a private key and a certificate from it "
-            f"({exc}); give one PEM file holding both (unencrypted)"
-        ) from None
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = cert.public_bytes(serialization.Encoding.PEM).decode()
-    return json.dumps({"private_key": pem, "public_certificate": public})
-
-
 class GraphAccount:
     """One mailbox's authenticated session: msal for tokens, O365's connection for requests."""
 
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
-        s = spec.settings
-        self.mode = str(s.get("mode", "app"))
+        s = typed(spec.settings, MicrosoftSettings)
+        self.mode = s.mode
         self.user = spec.user_email
-        for key in ("tenant", "client_id"):
-            if not s.get(key):
-                raise AuthError(f"mailbox {spec.name!r}: no {key} stored; add the mailbox again")
         if spec.secret is None:
             raise AuthError(
                 f"mailbox {spec.name!r}: no Microsoft credentials stored; "
                 f"run 'syncd mailbox reauth {spec.name}'"
             )
-        self.graph = str(s.get("graph_url", GRAPH)).rstrip("/") + "/v1.0"
-        self.ca_bundle = s.get("ca_bundle")
-        self.timeout = float(s.get("timeout", 60))
-        self.retries = int(s.get("retries", 8))
-        self.backoff = float(s.get("backoff", 0.5))  # seconds before the first retry
-        authority = f"{str(s.get('authority', AUTHORITY)).rstrip('/')}/{s['tenant']}"
+        self.graph = (s.graph_url or GRAPH).rstrip("/") + "/v1.0"
+        self.ca_bundle = str(s.ca_bundle) if s.ca_bundle else None
+        self.timeout = s.timeout
+        self.retries = s.retries or 8
+        self.backoff = s.backoff  # seconds before the first retry
+        authority = f"{(s.authority or AUTHORITY).rstrip('/')}/{s.tenant}"
         http = _Http(self.ca_bundle, self.timeout)
         self.cache: BaseTokenBackend
         if self.mode == "device":
-            home = Path(str(s.get("state_dir", ".")))
+            home = spec.home or Path(".")
             self.cache = EncryptedCache(
                 token_cache_path(home, spec.name), SecretBox(home), spec.secret.reveal()
             )
             self.msal: Any = msal.PublicClientApplication(
-                s["client_id"],
+                s.client_id,
                 authority=authority,
                 instance_discovery=False,
                 token_cache=self.cache,
                 http_client=http,
             )
-            credentials: Any = s["client_id"]
+            credentials: Any = s.client_id
             flow = "public"
         else:
             self.cache = MemoryTokenBackend()
@@ -341,7 +283,7 @@ class GraphAccount:
             credential: Any = json.loads(secret) if secret.startswith("{") else secret
             try:
                 self.msal = msal.ConfidentialClientApplication(
-                    s["client_id"],
+                    s.client_id,
                     client_credential=credential,
                     authority=authority,
                     instance_discovery=False,
@@ -350,14 +292,14 @@ class GraphAccount:
                 )
             except ValueError as exc:  # the authority's OpenID configuration is unreachable
                 raise ConnectorError(f"{self._where()}: {exc}") from None
-            credentials = (s["client_id"], "")
+            credentials = (s.client_id, "")
             flow = "credentials"
         self.account = Account(
             credentials,
             auth_flow_type=flow,
-            tenant_id=s["tenant"],
+            tenant_id=s.tenant,
             username=self.user if flow == "public" else None,
-            protocol=_protocol(str(s.get("graph_url", GRAPH))),
+            protocol=_protocol(s.graph_url or GRAPH),
             token_backend=self.cache,
             requests_delay=0,  # pacing is ours: four slots and Retry-After
             request_retries=0,  # retries are ours (tenacity), so every 429 is seen and honoured
@@ -781,8 +723,10 @@ class GraphMail:
     def __init__(self, account: GraphAccount, spec: MailboxSpec, folder: str) -> None:
         self.account, self.spec, self.folder = account, spec, folder
         self.name = f"graph:{folder}"
-        self.page = int(spec.settings.get("page_size", max(10, min(spec.batch_size, 1000))))
-        self.since = timedelta(days=int(spec.settings.get("since_days", 90)))
+        self.page = typed(spec.settings, MicrosoftSettings).page_size or max(
+            10, min(spec.batch_size, 1000)
+        )
+        self.since = timedelta(days=typed(spec.settings, MicrosoftSettings).since_days)
         self.policy = spec.body_policy
         self.query = delta_query(self.policy)
         self.query_id = hashlib.sha256(urlencode(self.query).encode()).hexdigest()[:16]
@@ -952,8 +896,8 @@ class GraphCalendar:
     def __init__(self, account: GraphAccount, spec: MailboxSpec) -> None:
         self.account = account
         self.limits = spec.limits
-        self.past = timedelta(days=int(spec.settings.get("calendar_past_days", 90)))
-        self.future = timedelta(days=int(spec.settings.get("calendar_future_days", 180)))
+        self.past = timedelta(days=spec.settings.calendar_past_days)
+        self.future = timedelta(days=spec.settings.calendar_future_days)
         self.batch_size = spec.batch_size
 
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MeetingItem]]:
@@ -1024,7 +968,7 @@ class TodoTasks:
 
     def __init__(self, account: GraphAccount, spec: MailboxSpec) -> None:
         self.account = account
-        self.list_name = str(spec.settings.get("todo_list", "CRM follow-ups"))
+        self.list_name = typed(spec.settings, MicrosoftSettings).todo_list
         self._list_id: str | None = None
         self._known: dict[str, dict[str, Any]] | None = None
 
@@ -1189,7 +1133,7 @@ class MicrosoftConnector:
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
         self.account = GraphAccount(spec)
-        self.mode = str(spec.settings.get("tasks", "todo"))
+        self.mode = typed(spec.settings, MicrosoftSettings).tasks
         self.todo = TodoTasks(self.account, spec) if self.mode == "todo" else None
 
     def mail_sources(self) -> list[MailSource]:
@@ -1206,3 +1150,19 @@ class MicrosoftConnector:
 
     def close(self) -> None:
         self.account.con.session.close()
+
+
+def reread_message(data: bytes, ctx: RereadContext) -> Reread:
+    """The ``graph-message`` re-parser: a kept Graph message resource read again."""
+    message = json_object(data, "Graph message")
+    if "@removed" in message or message.get("isDraft"):
+        return Reread(())  # as the connector: a deletion or a draft is never logged
+    return Reread((mail_item(message, ctx.body_policy, limits=ctx.limits),))
+
+
+def reread_event(data: bytes, ctx: RereadContext) -> Reread:
+    """The ``graph-event`` re-parser: a kept Graph event resource read again."""
+    event = json_object(data, "Graph event")
+    if "@removed" in event or str(event.get("transactionId") or "").startswith("syncd-"):
+        return Reread(())  # as the connector: a removal or syncd's own task is no meeting
+    return Reread((meeting_item(event, limits=ctx.limits),))

@@ -30,6 +30,7 @@ import tenacity
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from syncd.batching import by_size
 from syncd.connectors.base import (
     AuthError,
     CalendarSource,
@@ -38,13 +39,13 @@ from syncd.connectors.base import (
     MailboxSpec,
     MailSource,
     TaskWriter,
-    batches,
-    check_tls,
-    secret_forms,
     too_large,
 )
 from syncd.connectors.ical import describe
+from syncd.connectors.imap import ImapSettings
+from syncd.connectors.kind import typed
 from syncd.connectors.mime import read_message
+from syncd.connectors.transport import check_tls, secret_forms
 from syncd.items import Batch, Cursor, MailItem, Quarantined
 
 log = logging.getLogger("syncd.imap")
@@ -83,14 +84,14 @@ class ImapSession:
     """One authenticated IMAP connection, reopened when it drops."""
 
     def __init__(self, spec: MailboxSpec) -> None:
-        s = spec.settings
+        s = self.settings = typed(spec.settings, ImapSettings)
         self.spec = spec
-        self.host = str(s["host"])
-        self.tls = str(s.get("tls", "implicit"))
-        self.port = int(s.get("port") or (993 if self.tls == "implicit" else 143))
-        self.login = str(s.get("login") or spec.user_email)
-        self.auth = str(s.get("auth", "password"))
-        self.timeout = float(s.get("timeout", 60))
+        self.host = s.host
+        self.tls = s.tls
+        self.port = s.port or (993 if self.tls == "implicit" else 143)
+        self.login = s.login or spec.user_email
+        self.auth = s.auth
+        self.timeout = s.timeout
         check_tls(self.host, self.tls)
         self._client: IMAPClient | None = None
         self.condstore = False
@@ -197,7 +198,7 @@ class ImapSession:
 
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TRANSIENT),
-            stop=tenacity.stop_after_attempt(int(self.spec.settings.get("retries", 5))),
+            stop=tenacity.stop_after_attempt(self.settings.retries or 5),
             wait=tenacity.wait_exponential(multiplier=0.2, max=10),
             before_sleep=reconnect,
             reraise=True,
@@ -347,7 +348,7 @@ class ImapFolder:
             )
             # what each message holds in memory once fetched; one over the limit is not
             weights = [n if (n := sizes.get(u, 0)) <= limit else 0 for u in group]
-            for start, end in batches(weights, self.batch_size, self.limits.batch_bytes):
+            for start, end in by_size(weights, self.batch_size, self.limits.batch_bytes):
                 chunk = group[start:end]
                 wanted = [u for u in chunk if u in sizes and sizes[u] <= limit]
                 data: dict[int, Any] = (
@@ -376,6 +377,7 @@ class ImapFolder:
 class ImapConnector:
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
+        self.settings = typed(spec.settings, ImapSettings)
         self.session = ImapSession(spec)
         self._caldav: Any = None
 
@@ -389,14 +391,14 @@ class ImapConnector:
             if sent is None:
                 sent = next((n for n in SENT_NAMES if n in names), None)
             wanted = ["INBOX", *([sent] if sent else [])]
-            for extra in self.spec.settings.get("folders", []):
+            for extra in self.settings.folders:
                 if extra not in names:
                     raise ConnectorError(
                         f"mailbox {self.spec.name!r}: folder {extra!r} does not exist on the "
                         f"server; folders there: {', '.join(sorted(names))}"
                     )
                 wanted.append(extra)
-            excluded = {f.lower() for f in self.spec.settings.get("excluded_folders", [])}
+            excluded = {f.lower() for f in self.settings.excluded_folders}
             return [f for f in dict.fromkeys(wanted) if f == "INBOX" or f.lower() not in excluded]
 
         folders: list[str] = self.session.call("LIST", discover)
@@ -406,8 +408,8 @@ class ImapConnector:
         return [ImapFolder(self.session, f, self.spec) for f in self.folders()]
 
     def _calendar(self) -> Any:
-        if self._caldav is None and self.spec.settings.get("caldav_url"):
-            from syncd.connectors.caldav import CalDavAccount
+        if self._caldav is None and self.settings.caldav_url:
+            from syncd.connectors.imap.caldav import CalDavAccount
 
             self._caldav = CalDavAccount(self.spec)
         return self._caldav
@@ -482,7 +484,7 @@ class IdleWatcher(threading.Thread):
 
 def watch(spec: MailboxSpec, on_change: Callable[[str], None], stop: threading.Event) -> Any:
     """Start watching the mailbox for new mail when its settings ask for ``idle``."""
-    if not spec.settings.get("idle"):
+    if not typed(spec.settings, ImapSettings).idle:
         return None
     watcher = IdleWatcher(spec, on_change, stop)
     watcher.start()

@@ -1,0 +1,122 @@
+"""The command line's shared parts: the Typer apps, the state (config, database), output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TextIO
+
+import typer
+from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.config import ConfigError, Settings, load_settings
+from syncd.crm.database import (
+    check_schema,
+    make_engine,
+    session_factory,
+)
+
+app = typer.Typer(
+    help="syncd keeps a CRM up to date from salespeople's mailboxes and calendars.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The CRM database.", no_args_is_help=True)
+crm_app = typer.Typer(help="CRM records.", no_args_is_help=True)
+mailbox_app = typer.Typer(help="Connected mailboxes.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="Items syncd could not read: what they are, why, and a retry after an upgrade.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+app.add_typer(crm_app, name="crm")
+app.add_typer(mailbox_app, name="mailbox")
+app.add_typer(quarantine_app, name="quarantine")
+
+
+class _Out:
+    """The terminal for tables, made when one is printed: its width follows COLUMNS and
+    the terminal as they are then, not as they were when syncd was imported."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(Console(), name)
+
+
+out = _Out()
+
+
+class _State:
+    config: Path | None = None
+    _settings: Settings | None = None
+    _sessions: sessionmaker[Session] | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config)
+        return self._settings
+
+    def sessions(self) -> sessionmaker[Session]:
+        if self._sessions is None:
+            engine = make_engine(self.settings().database_url())
+            check_schema(engine)
+            self._sessions = session_factory(engine)
+        return self._sessions
+
+
+state = _State()
+
+
+def say(message: str, stream: TextIO | None = None) -> None:
+    """Plain lines, never wrapped: admins grep them and scripts parse them."""
+    stream = stream or sys.stdout  # looked up now: a test or a caller may have replaced it
+    stream.write(message + "\n")
+    stream.flush()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    say(f"syncd: error: {message}", sys.stderr)
+    raise typer.Exit(code)
+
+
+def _json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="SYNCD_CONFIG",
+            help="TOML config file (default: built-in defaults; see config/syncd.example.toml).",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+) -> None:
+    state.config = config
+    state._settings = None
+    state._sessions = None
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    try:
+        state.settings()  # a bad config is reported before anything runs
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def printable(text: str) -> str:
+    """Text from outside (a reason, a provider id: they can hold anything) made safe for a
+    terminal: control characters are shown escaped, never sent."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -1,0 +1,207 @@
+"""``syncd sync``, ``run``, ``status`` and ``demo``: syncing, the daemon, and how it goes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from syncd.cli.common import (
+    _json,
+    app,
+    fail,
+    out,
+    printable,
+    say,
+    state,
+)
+from syncd.cli.records import activities_cmd, tasks_cmd
+from syncd.connectors.base import ConnectorError
+from syncd.connectors.transport import (
+    mask_urls,
+)
+from syncd.crm import quarantine as quarantine_store
+from syncd.crm import queries
+from syncd.crm.database import (
+    make_engine,
+    safe_url,
+    upgrade,
+)
+from syncd.crm.models import Mailbox
+
+# --- sync, run, status ------------------------------------------------------------------
+
+
+@app.command("sync")
+def sync_cmd(
+    name: Annotated[str | None, typer.Argument(help="One mailbox (default: all).")] = None,
+) -> None:
+    """One pass over one or all mailboxes, then exit (non-zero if any mailbox failed)."""
+    from syncd.sync import sync_mailbox
+
+    sessions = state.sessions()
+    with sessions() as session:
+        names = list(session.scalars(select(Mailbox.name).order_by(Mailbox.name)))
+    if name is not None:
+        if name not in names:
+            fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
+        names = [name]
+    if not names:
+        fail("no mailbox is connected; add one with 'syncd mailbox add'")
+    failed = 0
+    for n in names:
+        try:
+            r = sync_mailbox(sessions, state.settings(), n)
+        except ConnectorError as exc:
+            say(f"{n}: failed: {mask_urls(str(exc))}", sys.stderr)
+            failed += 1
+            continue
+        if r.ok:
+            say(
+                f"{n}: ok: {r.new_activities} new activities, {r.new_sightings} sightings, "
+                f"{sum(r.excluded.values())} not logged, {r.quarantined} quarantined, "
+                f"{r.tasks_changed} tasks changed, {r.tasks_written} written"
+            )
+        else:
+            failed += 1
+            say(f"{n}: {r.state}: {mask_urls(r.error or '')}", sys.stderr)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("run")
+def run_cmd() -> None:
+    """The daemon: poll every mailbox at its interval until SIGTERM/SIGINT."""
+    from syncd.daemon import Daemon
+
+    raise typer.Exit(Daemon(state.sessions(), state.settings()).run())
+
+
+WRITER_FIX = (
+    "mail is still read and logged; give syncd write access to that calendar or task list (see the "
+    "error), then the pending tasks are written at the next poll, or now with 'syncd sync {name}'"
+)
+
+
+def _writer_and_quarantine(session: Session) -> dict[str, dict[str, Any]]:
+    """Per mailbox: its task write-back's own state, and how many items are quarantined."""
+    quarantined = quarantine_store.counts(session)
+    found: dict[str, dict[str, Any]] = {}
+    for name, writer_state, error, at in session.execute(
+        select(Mailbox.name, Mailbox.writer_state, Mailbox.writer_error, Mailbox.writer_at)
+    ):
+        tasks: dict[str, Any] = {
+            "state": writer_state or "ok",
+            "error": error,
+            "updated_at": at.isoformat() if at else None,
+        }
+        if tasks["state"] != "ok":
+            tasks["fix"] = WRITER_FIX.format(name=name)
+        found[name] = {"tasks": tasks, "quarantined": quarantined.get(name, 0)}
+    return found
+
+
+@app.command("status")
+def status_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per mailbox: kind, state (ok / failing / parked), last success, items, last error,
+    the state of its follow-up task write-back (tasks: ok / failing), and how many of its
+    items are quarantined. A failing or parked mailbox's error names the fix."""
+    with state.sessions()() as session:
+        rows = queries.status_report(session)
+        extra = _writer_and_quarantine(session)
+    for r in rows:
+        r.update(extra.get(r["mailbox"], {"tasks": {"state": "ok"}, "quarantined": 0}))
+        if r.get("error"):  # an error stored by an older syncd may quote a URL's password
+            r["error"] = mask_urls(r["error"])
+        if r["tasks"].get("error"):
+            r["tasks"]["error"] = mask_urls(r["tasks"]["error"])
+    if as_json:
+        _json(rows)
+        return
+    table = Table(
+        "mailbox", "kind", "user", "state", "last success", "items", "error", "tasks", "quarantined"
+    )
+    colour = {"ok": "green", "failing": "yellow", "parked": "red"}
+    notes: list[str] = []
+    for r in rows:
+        tasks = r["tasks"]
+        tasks_cell = Text(tasks["state"], style=colour.get(tasks["state"], "white"))
+        if tasks.get("error"):
+            tasks_cell.append(f": {printable(tasks['error'])}")
+        if tasks.get("fix"):
+            notes.append(f"{r['mailbox']}: follow-up tasks are not written: {tasks['fix']}")
+        if r["quarantined"]:
+            n = r["quarantined"]
+            notes.append(
+                f"{r['mailbox']}: {n} item{'s' if n != 1 else ''} could not be read: see "
+                f"'syncd quarantine list --mailbox {r['mailbox']}'"
+            )
+        table.add_row(
+            Text(r["mailbox"]),
+            r["kind"],
+            r["user"],
+            Text(r["state"], style=colour.get(r["state"], "white")),
+            r["last_success"] or "never",
+            str(r["items"]),
+            Text(printable(r["error"] or "")),
+            tasks_cell,
+            str(r["quarantined"]),
+        )
+    out.print(table)
+    for note in notes:
+        say(note)
+
+
+@app.command("demo")
+def demo_cmd(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to build the sample company.")
+    ] = Path("syncd-demo"),
+) -> None:
+    """Build a sample company (CRM, two Maildirs, a calendar), sync it once, show the result.
+
+    Uses its own database under DIR/state unless --config or SYNCD_HOME says otherwise; keep
+    it running afterwards with: SYNCD_HOME=DIR/state syncd run
+    """
+    from syncd.demo import add_local_mailbox, build_demo, load_company
+    from syncd.sync import sync_mailbox
+
+    directory = directory.expanduser().resolve()
+    if state.config is None and not os.environ.get("SYNCD_HOME"):
+        state._settings = state.settings().model_copy(update={"home": directory / "state"})
+    company = build_demo(directory)
+    url = state.settings().database_url()
+    upgrade(make_engine(url))
+    sessions = state.sessions()
+    load_company(sessions, company.root / "crm")
+    with sessions() as session:
+        existing = set(session.scalars(select(Mailbox.name)))
+    for name, path in company.maildirs.items():
+        if name not in existing:
+            extra = {"calendar": str(company.calendar)} if name == "ana" else {}
+            add_local_mailbox(sessions, name, f"{name}@northwind.test", maildir=str(path), **extra)
+    for name in company.maildirs:
+        r = sync_mailbox(sessions, state.settings(), name)
+        say(
+            f"synced {name}: {r.state}, {r.new_activities} new activities, "
+            f"{sum(r.excluded.values())} not logged ({dict(r.excluded)}), "
+            f"{r.quarantined} quarantined, {r.tasks_written} tasks written"
+        )
+    out.rule("Timeline")
+    activities_cmd(None, None, None, False)
+    out.rule("Follow-up tasks")
+    tasks_cmd(None, False)
+    say(
+        f"\nThe sample company is in {directory}; its database is {safe_url(url)}.\n"
+        f"Tasks were written as VTODO files into {company.calendar}.\n"
+        f"Keep it in sync with:  SYNCD_HOME={directory / 'state'} syncd run"
+    )

@@ -1,0 +1,73 @@
+"""``kind = "gmail"``: Gmail and Google Calendar through google-api-python-client.
+
+:mod:`.connector` reads and writes; :mod:`.signin` is ``mailbox add``/``reauth`` (the
+service account key of the admin mode, the installed-app consent of the user mode)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from syncd.connectors.kind import Kind, KindSettings, SignInOptions, option
+
+
+class GmailSettings(KindSettings):
+    mode: Literal["service_account", "oauth"] = Field(
+        "service_account", json_schema_extra=option(None, "set by --service-account/--oauth-client")
+    )
+    client_id: str | None = Field(None, json_schema_extra=option(None, "the OAuth client's id"))
+    auth_uri: str | None = Field(None, json_schema_extra=option(None, "the OAuth client's"))
+    token_uri: str | None = Field(None, json_schema_extra=option(None, "the OAuth client's"))
+    api_endpoint: str | None = Field(
+        None,
+        json_schema_extra=option(
+            "--api-endpoint", "gmail: another API base URL (a proxy, a test server).", hidden=True
+        ),
+    )
+    calendar_endpoint: str | None = Field(
+        None, json_schema_extra=option(None, "another Calendar API base URL")
+    )
+    since_days: int = Field(
+        90, ge=0, le=36500, json_schema_extra=option(None, "set by --since: the first sync window")
+    )
+    quota_units_per_minute: int = Field(
+        15_000, ge=1, json_schema_extra=option(None, "Gmail's per-user quota")
+    )
+
+
+class GmailSignIn(SignInOptions):
+    service_account: Path | None = Field(
+        None,
+        json_schema_extra=option(
+            "--service-account",
+            "gmail: a service account key (JSON) with domain-wide delegation: the admin mode.",
+        ),
+    )
+    oauth_client: Path | None = Field(
+        None,
+        json_schema_extra=option(
+            "--oauth-client",
+            "gmail: an OAuth 'Desktop app' client file: the user mode (prints a consent URL).",
+        ),
+    )
+    since: date | None = Field(
+        None,
+        json_schema_extra=option(
+            "--since",
+            "gmail, microsoft: first sync from DATE (YYYY-MM-DD); default 90 days back.",
+        ),
+    )
+
+
+KIND = Kind(
+    name="gmail",
+    summary="--service-account KEYFILE | --oauth-client FILE [--since DATE]",
+    settings=GmailSettings,
+    sign_in=GmailSignIn,
+    open="syncd.connectors.gmail.connector:GmailConnector",
+    add="syncd.connectors.gmail.signin:add",
+    reauth="syncd.connectors.gmail.signin:reauth",
+)

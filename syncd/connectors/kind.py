@@ -1,0 +1,352 @@
+"""What a connector kind is: its typed settings, its sign-in, and how it opens.
+
+Every kind is a package under ``syncd/connectors/<kind>/`` whose ``__init__`` defines
+``KIND``, a :class:`Kind`. That ``__init__`` stays light (pydantic models and names only):
+``syncd mailbox add --help`` reads every kind's options without loading any provider's
+library. The heavy parts are named as ``"module:attribute"`` and imported when used.
+
+settings
+    A :class:`KindSettings` model: what is stored in the mailbox's row, with its defaults,
+    its validation and its documentation in one place. Each field is a ``mailbox add``
+    option (``--field-name``, or the name in ``json_schema_extra={"option": ...}``;
+    ``"option": None`` keeps a field out of the command line).
+sign-in options
+    A :class:`SignInOptions` model: what ``mailbox add`` and ``mailbox reauth`` take but
+    never store (a key file, a password file, ``--device-code``), options the same way.
+add, reauth
+    ``add(ctx, settings, options) -> SignedIn`` signs in (consent flows, key files,
+    password prompts) and returns the settings to store and the secret to encrypt;
+    ``reauth(ctx, settings, old_secret, options) -> SignedIn`` does it again for an
+    existing mailbox. Both raise :class:`SignInError` with the fix.
+open
+    ``open(spec) -> Connector``; ``watch(spec, on_change, stop)`` starts a push watcher.
+formats
+    The quarantine formats this kind keeps raw copies in, and their re-parsers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from syncd.secrets import Secret
+
+BodyPolicy = Literal["metadata", "snippet", "full"]
+
+
+class SignInError(Exception):
+    """A sign-in cannot go on: the message names the option or file, the value and the fix.
+    ``code`` 2 means the command line was wrong (a bad option), 1 that the sign-in failed."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def option(name: str | None, help: str, *, hidden: bool = False) -> dict[str, Any]:
+    """A field's ``json_schema_extra``: its command-line option (None: none) and help."""
+    return {"option": name, "help": help, "hidden": hidden}
+
+
+class KindSettings(BaseModel):
+    """The settings every kind stores for a mailbox; a kind's model adds its own fields.
+
+    The config's values fill what a mailbox does not set (``syncd.sync.mailbox_spec``):
+    the calendar window, and the folders to exclude (the config's and the mailbox's)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    poll_interval: int | None = Field(
+        None, ge=5, le=86400, json_schema_extra=option("--poll-interval", "Seconds between polls.")
+    )
+    body: BodyPolicy | None = Field(
+        None,
+        json_schema_extra=option("--body", "What to store of a message's body (sync.body)."),
+    )
+    excluded_folders: list[str] = Field(
+        default_factory=list,
+        json_schema_extra=option(
+            "--exclude-folder",
+            "A folder never to read, besides the config's exclusions.folders; repeatable.",
+        ),
+    )
+    calendar_past_days: int = Field(
+        90,
+        ge=0,
+        le=36500,
+        json_schema_extra=option(
+            "--calendar-past-days", "Days of past meetings read (sync.calendar_past_days)."
+        ),
+    )
+    calendar_future_days: int = Field(
+        30,
+        ge=0,
+        le=36500,
+        json_schema_extra=option(
+            "--calendar-future-days",
+            "Days of future meetings read (sync.calendar_future_days).",
+        ),
+    )
+    idle: bool = Field(
+        False,
+        json_schema_extra=option(
+            None, "watch for new mail and sync it at once, where the kind can push (IMAP IDLE)"
+        ),
+    )
+    timeout: float = Field(60.0, gt=0, le=3600, json_schema_extra=option(None, "seconds"))
+    retries: int | None = Field(
+        None, ge=1, le=100, json_schema_extra=option(None, "tries of one call")
+    )
+
+
+class SignInOptions(BaseModel):
+    """What ``mailbox add``/``reauth`` take but never store; a kind's model adds fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class SignInContext:
+    """What a sign-in may use: the mailbox, its owner, the state directory, a way to show
+    the user a URL or a code (stderr), and a hidden prompt (None: no terminal)."""
+
+    name: str
+    email: str  # the owning CRM user's normalised address
+    home: Path
+    show: Callable[[str], None]
+    prompt: Callable[[str], str] | None = None
+
+    def read_secret(self, password_file: Path | None, password_env: str | None, what: str) -> str:
+        """From a file, an environment variable, or the prompt: never the command line."""
+        if password_file is not None:
+            try:
+                value = password_file.read_text(encoding="utf-8").strip("\r\n")
+            except OSError as exc:
+                raise SignInError(
+                    f"--password-file {str(password_file)!r}: {exc.strerror}; give a readable "
+                    f"file that holds the {what}"
+                ) from None
+            except UnicodeDecodeError:
+                raise SignInError(
+                    f"--password-file {str(password_file)!r} is not UTF-8 text"
+                ) from None
+        elif password_env is not None:
+            value = os.environ.get(password_env, "")
+            if not value:
+                raise SignInError(f"--password-env {password_env!r}: that variable is not set")
+        elif self.prompt is not None:
+            value = self.prompt(what)
+        else:
+            raise SignInError(
+                f"no {what} given: use --password-file FILE or --password-env VAR "
+                "(a password is never taken from the command line)"
+            )
+        if not value:
+            raise SignInError(f"the {what} is empty")
+        return value
+
+
+def since_days(since: date | None, default: int) -> int:
+    """``--since DATE`` as the days back from today the first sync reads."""
+    if since is None:
+        return default
+    return max((datetime.now(UTC).date() - since).days, 0)
+
+
+def checked_url(url: str, what: str) -> str:
+    """An endpoint given to ``mailbox add``: https (http only to this machine), and no login
+    or password in it (a URL is stored and shown in clear). Refused with exit code 2."""
+    from syncd.connectors.base import ConnectorError
+    from syncd.connectors.transport import check_url, mask_urls, split_credentials
+
+    bare = split_credentials(url)[0]
+    if bare != url:
+        raise SignInError(
+            f"{what} {mask_urls(url)!r} holds a login or password; a URL is stored and shown "
+            f"in clear, so syncd takes none in it: give {bare!r} (the password comes from "
+            "--password-file, --password-env or the prompt, and is stored encrypted)",
+            2,
+        )
+    try:
+        check_url(url, what)
+    except ConnectorError as exc:
+        raise SignInError(str(exc), 2) from None
+    return url
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """What a sign-in gives: the settings to store, the secret to encrypt, and what the
+    secret is, for the message (``password``, ``token``, ``credentials``, ``sign-in``)."""
+
+    settings: KindSettings
+    secret: Secret | None
+    what: str = "credentials"
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One connector kind, as its package's ``KIND`` describes it."""
+
+    name: str
+    summary: str  # one line for --help: what the kind reads
+    settings: type[KindSettings]
+    open: str  # "module:factory", factory(spec) -> Connector
+    sign_in: type[SignInOptions] = SignInOptions
+    add: str | None = None  # "module:function", see the module's docstring
+    reauth: str | None = None
+    watch: str | None = None  # "module:function", watch(spec, on_change, stop)
+    formats: Mapping[str, str] = field(default_factory=dict)  # format -> "module:reparser"
+    hidden: bool = False  # not offered by ``mailbox add --help`` (the memory kind)
+
+    def load(self, what: str) -> Any:
+        """The object one of the ``"module:attribute"`` fields names, imported now."""
+        target = getattr(self, what)
+        return _load(target) if target else None
+
+    def read_settings(self, values: Mapping[str, Any], where: str) -> KindSettings:
+        """Validate stored or given settings; a problem names the key, the value and why."""
+        try:
+            return self.settings.model_validate(dict(values))
+        except ValidationError as exc:
+            raise SettingsError(f"{where}: {describe(exc, self.settings)}") from None
+
+
+class SettingsError(ValueError):
+    """A mailbox's settings are not valid for its kind."""
+
+
+def describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    """A pydantic error as a user reads it: the option (or key), the value and the rule."""
+    problems = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        key = loc[0] if loc else ""
+        shown = option_name(model, key) or repr(key)
+        value = error.get("input")
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{shown} is not a setting of this kind (value {value!r})")
+            continue
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{shown}: value {value!r} is not allowed: {msg}")
+    return "; ".join(problems)
+
+
+# --- options: the command line generated from the models ------------------------------------
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One command-line option as a field of a model defines it."""
+
+    field: str
+    flag: str  # --host
+    help: str
+    hidden: bool
+    kind: Literal["text", "int", "float", "bool", "path", "date", "choice"]
+    multiple: bool
+    choices: tuple[str, ...] = ()
+
+
+def option_name(model: type[BaseModel], name: str) -> str | None:
+    info = model.model_fields.get(name)
+    if info is None:
+        return None
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "option" in extra:
+        value = extra["option"]
+        return str(value) if value else None
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """The type under ``X | None`` and ``list[X]``, and whether it was a list."""
+    multiple = False
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if len(args) == 1 else str
+        elif origin in (list, tuple):
+            multiple = True
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return annotation, multiple
+
+
+def options(model: type[BaseModel]) -> list[OptionSpec]:
+    """The command-line options of a settings or sign-in model, in field order."""
+    found = []
+    for name, info in model.model_fields.items():
+        flag = option_name(model, name)
+        if not flag:
+            continue
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        base, multiple = _base_type(info.annotation)
+        choices: tuple[str, ...] = ()
+        kind: Any
+        if typing.get_origin(base) is Literal:
+            kind, choices = "choice", tuple(str(c) for c in typing.get_args(base))
+        elif base is bool:
+            kind = "bool"
+        elif base is int:
+            kind = "int"
+        elif base is float:
+            kind = "float"
+        elif base is Path:
+            kind = "path"
+        elif base is date:
+            kind = "date"
+        else:
+            kind = "text"
+        found.append(
+            OptionSpec(
+                field=name,
+                flag=flag,
+                help=str(extra.get("help") or info.description or ""),
+                hidden=bool(extra.get("hidden")),
+                kind=kind,
+                multiple=multiple,
+                choices=choices,
+            )
+        )
+    return found
+
+
+def settings_fields(model: type[KindSettings]) -> dict[str, str]:
+    """Every stored key of a kind with its help, for the example config and --help."""
+    out = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        out[name] = str(extra.get("help") or info.description or "")
+    return out
+
+
+def stderr_show(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+S = typing.TypeVar("S", bound=KindSettings)
+
+
+def typed(settings: KindSettings, model: type[S]) -> S:
+    """A spec's settings as its kind's model (a connector opened with another kind's
+    settings is a bug, said at once)."""
+    if not isinstance(settings, model):
+        raise TypeError(f"settings of type {type(settings).__name__}, not {model.__name__}")
+    return settings

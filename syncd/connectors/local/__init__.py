@@ -1,0 +1,39 @@
+"""``kind = "local"``: a Maildir, mbox archives (a Google Takeout) and a vdir calendar on
+disk; the embedded default that needs no account. See :mod:`.connector` for how they are
+read, :mod:`.files` for the safe file reads, :mod:`.signin` for ``mailbox add``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from syncd.connectors.kind import Kind, KindSettings, option
+
+
+class LocalSettings(KindSettings):
+    maildir: Path | None = Field(
+        None, json_schema_extra=option("--maildir", "local: the Maildir (holding cur/ new/).")
+    )
+    mbox: list[Path] = Field(
+        default_factory=list,
+        json_schema_extra=option(
+            "--mbox", "local: an mbox archive (e.g. Google Takeout); repeatable."
+        ),
+    )
+    calendar: Path | None = Field(
+        None,
+        json_schema_extra=option(
+            "--calendar",
+            "local: a vdir calendar folder of .ics files; follow-up tasks are written into it.",
+        ),
+    )
+
+
+KIND = Kind(
+    name="local",
+    summary="--maildir DIR [--calendar DIR] [--mbox FILE ...]",
+    settings=LocalSettings,
+    open="syncd.connectors.local.connector:LocalConnector",
+    add="syncd.connectors.local.signin:add",
+)
