@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Generic, Literal, TypeVar
 
+SNIPPET_CHARS = 280  # what the recorder keeps of a text as the activity's snippet
 ParticipantRole = Literal["from", "to", "cc", "bcc", "organizer", "attendee"]
 TaskStatus = Literal["open", "done", "cancelled"]
 
@@ -67,7 +68,6 @@ class MailItem:
     thread_key: str  # the thread's root Message-ID (or the item's own key)
     related_keys: tuple[str, ...] = ()  # In-Reply-To and References, as keys
     provider_thread_id: str | None = None  # e.g. Gmail threadId, a second thread key
-    snippet: str = ""
     body: str = ""
     list_id: str | None = None
     precedence: str | None = None
@@ -176,12 +176,3 @@ class TaskItem:
     created: datetime
     sequence: int = 0
     categories: Sequence[str] = field(default_factory=tuple)
-
-
-@dataclass(frozen=True)
-class ContactCard:
-    name: str
-    addresses: tuple[str, ...]
-    organization: str = ""
-    title: str = ""
-    phone: str = ""

@@ -102,7 +102,6 @@ _FIELD_SPLIT = re.compile(rb"\n(?=[^ \t])")
 _ENCODED_WORD = re.compile(rb"=\?[^?]*\?[bBqQ]\?")
 _ENCODED_WORD_STR = re.compile(r"=\?[^?]*\?[bBqQ]\?")
 _TAG_RE = re.compile(r"<[^<>]*>")  # never [^>]+: quadratic on a body of "<<<<..."
-SNIPPET_CHARS = 280
 
 
 class UnreadableMessage(ValueError):
@@ -575,7 +574,6 @@ def _parse(
 
     content_type = raw.get("content-type", "").lower()
     body = _text_body(msg, content_type)
-    snippet = _WS_RE.sub(" ", body).strip()[:SNIPPET_CHARS]
     sensitivity = raw.get("sensitivity", "").lower()
     labels = tuple(
         label.strip() for label in raw.get("x-gmail-labels", "").split(",") if label.strip()
@@ -611,7 +609,6 @@ def _parse(
         participants=tuple(participants),
         thread_key=thread_key,
         related_keys=related,
-        snippet=snippet,
         body=body,
         **bulk_signals(raw),
         private=sensitivity in ("private", "company-confidential", "confidential"),

@@ -34,6 +34,7 @@ from syncd.crm.models import (
 )
 from syncd.items import (
     RAW_KEPT,
+    SNIPPET_CHARS,
     Cursor,
     Item,
     MailItem,
@@ -142,7 +143,7 @@ def _activity_row(d: Decision, body_policy: str, now: datetime) -> dict[str, Any
     if when.tzinfo is None or (ends is not None and ends.tzinfo is None):
         raise ValueError(f"item {item.provider_id!r} has a time without a time zone")
     text = clean(text) or ""
-    snippet = " ".join(text.split())[:280] if body_policy in ("snippet", "full") else None
+    snippet = " ".join(text.split())[:SNIPPET_CHARS] if body_policy in ("snippet", "full") else None
     return {
         "key": item.key,
         "kind": kind,

@@ -65,7 +65,7 @@ from syncd.connectors.base import (
 from syncd.connectors.ical import meeting_key
 from syncd.connectors.kind import typed
 from syncd.connectors.microsoft import MicrosoftSettings
-from syncd.connectors.mime import SNIPPET_CHARS, bulk_signals, clean, identity, message_ids
+from syncd.connectors.mime import bulk_signals, clean, identity, message_ids
 from syncd.items import (
     DONE_MARKS,
     Batch,
@@ -612,7 +612,6 @@ def _mail_item(message: dict[str, Any], body_policy: str) -> MailItem:
         thread_key=thread_key,
         related_keys=related,
         provider_thread_id=message.get("conversationId"),
-        snippet=" ".join(text.split())[:SNIPPET_CHARS],
         body=text,
         **bulk_signals(headers),
         private=is_private(message),
