@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def phase_sync(
     return {"seconds": seconds, "activities": report.new_activities, "peak_rss_mb": peak_rss_mb()}
 
 
-def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float]:
+def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float | str]:
     """One more pass over the unchanged mailbox, through a proxy that counts commands."""
     from syncd.config import Settings
     from syncd.crm.database import make_engine, session_factory
@@ -124,7 +125,7 @@ def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float]:
         "commands": len(proxy.commands),
         "status": sum(1 for c in proxy.commands if c == "STATUS"),
         "list": " ".join(proxy.commands),
-    }  # type: ignore[dict-item]
+    }
 
 
 def idle_latency(url: str, home: str, port: int, login: str, password: str) -> float:
@@ -194,7 +195,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase:
         kw = json.loads(args.args)
-        fn = {"ceiling": phase_ceiling, "sync": phase_sync, "poll": phase_poll}[args.phase]
+        phases: dict[str, Callable[..., Mapping[str, object]]] = {
+            "ceiling": phase_ceiling,
+            "sync": phase_sync,
+            "poll": phase_poll,
+        }
+        fn = phases[args.phase]
         print(json.dumps(fn(**kw)))
         return
 

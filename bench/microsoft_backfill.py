@@ -50,7 +50,9 @@ def main() -> None:
     from sqlalchemy import select
 
     from syncd.config import Settings
-    from syncd.connectors.microsoft.connector import FOLDERS, SELECT, _Http
+    from syncd.connectors.microsoft.client import _Http
+    from syncd.connectors.microsoft.mail import FOLDERS
+    from syncd.connectors.microsoft.parse import SELECT
     from syncd.crm import recorder
     from syncd.crm.database import make_engine, session_factory, upgrade
     from syncd.crm.models import User

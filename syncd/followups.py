@@ -21,15 +21,18 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from syncd.config import WEEKDAYS, Settings, parse_working_hours
+from syncd.crm.models import TaskResolution, TaskRule
 from syncd.crm.queries import Candidate
 from syncd.crm.recorder import TaskPlan
-from syncd.items import EARLIEST, latest
+from syncd.items import EARLIEST, TaskStatus, latest
 
-RULE_NO_REPLY = "no-reply"
-RULE_MEETING_NOTES = "meeting-notes"
+RULE_NO_REPLY: Final = "no-reply"
+RULE_MEETING_NOTES: Final = "meeting-notes"
+RULES: Final[tuple[TaskRule, ...]] = (RULE_NO_REPLY, RULE_MEETING_NOTES)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class WorkingTime:
                 return self._at(day, self.end)
 
 
-def task_uid(rule: str, activity_key: str) -> str:
+def task_uid(rule: TaskRule, activity_key: str) -> str:
     """Stable across runs and machines: a retry writes the same calendar entry."""
     digest = hashlib.sha256(f"{rule}\x1f{activity_key}".encode()).hexdigest()[:24]
     return f"syncd-{rule}-{digest}"
@@ -112,7 +115,7 @@ def plan(
     candidates: Iterable[Candidate],
     settings: Settings,
     working: Mapping[int, WorkingTime],
-    existing: Mapping[str, str],
+    existing: Mapping[str, TaskStatus],
     now: datetime,
     existing_deals: Mapping[str, int | None] | None = None,
 ) -> list[TaskPlan]:
@@ -169,9 +172,9 @@ def plan(
 def _task(
     c: Candidate,
     uid: str,
-    rule: str,
-    status: str,
-    resolution: str | None,
+    rule: TaskRule,
+    status: TaskStatus,
+    resolution: TaskResolution | None,
     wt: WorkingTime,
     anchor: datetime,
 ) -> TaskPlan:

@@ -24,8 +24,30 @@ from datetime import UTC, datetime, timedelta
 from typing import Generic, Literal, TypeVar
 
 SNIPPET_CHARS = 280  # what the recorder keeps of a text as the activity's snippet
+
+# --- the words the stages share (connectors, matcher, recorder, CLI), each defined once ---
+# (the CRM's own states, kinds and rules are in syncd.crm.models)
+
 ParticipantRole = Literal["from", "to", "cc", "bcc", "organizer", "attendee"]
 TaskStatus = Literal["open", "done", "cancelled"]
+# who an item is from: an external participant (inbound), a user or the company (outbound),
+# or nobody from outside at all (internal, never logged)
+Direction = Literal["inbound", "outbound", "internal"]
+OpportunityStatus = Literal["open", "won", "lost"]
+LinkType = Literal["contact", "account", "opportunity"]
+# why a link was made, strongest first (see syncd.matching.matcher)
+LinkReason = Literal["address", "contact", "domain", "tag", "thread", "contact-role", "account"]
+# why an item was not logged, as ``syncd sync`` counts it (see syncd.matching.exclusions)
+ExclusionReason = Literal[
+    "excluded label",
+    "bulk",
+    "auto-reply",
+    "private",
+    "blocklisted",
+    "internal-only",
+    "no CRM participant",
+    "invitation-reply",
+]
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,11 @@ from syncd.connectors.registry import reparse
 from syncd.crm import quarantine as store
 from syncd.crm import queries, recorder
 from syncd.crm.models import Mailbox
-from syncd.items import RAW_KEPT
+from syncd.items import RAW_KEPT, ExclusionReason
 from syncd.matching.matcher import CrmIndex
 from syncd.sync import SyncJob, decide, typed_settings
 
+# what a retry did with an entry (``syncd quarantine retry`` counts them)
 Status = Literal["logged", "not logged", "still unreadable", "not retryable"]
 
 
@@ -124,7 +125,7 @@ class Retrier:
             ctx = self._context(session, entry, now)
         if data is None:
             return Outcome(entry, "not retryable", why_not_retryable(entry))
-        excluded: Counter[str] = Counter()
+        excluded: Counter[ExclusionReason] = Counter()
         try:
             reread = reparse(entry.format, data, ctx)
             decisions = (
@@ -176,7 +177,10 @@ class Retrier:
 
     @staticmethod
     def _outcome(
-        entry: store.Entry, reread: Reread, result: recorder.BatchResult, excluded: Counter[str]
+        entry: store.Entry,
+        reread: Reread,
+        result: recorder.BatchResult,
+        excluded: Counter[ExclusionReason],
     ) -> Outcome:
         if reread.problem:
             logged = (

@@ -32,13 +32,14 @@ from syncd.connectors.kind import KindSettings, SettingsError
 from syncd.connectors.registry import kind, open_connector
 from syncd.crm import queries, recorder
 from syncd.crm.database import DatabaseError
-from syncd.crm.models import Mailbox, User
-from syncd.followups import RULE_MEETING_NOTES, RULE_NO_REPLY, WorkingTime, plan, task_uid
+from syncd.crm.models import Mailbox, MailboxState, User, WriterState
+from syncd.followups import RULES, WorkingTime, plan, task_uid
 from syncd.items import (
     ADDRESS_LENGTH,
     EARLIEST,
     FUTURE_YEARS,
     Batch,
+    ExclusionReason,
     Item,
     MailItem,
     MeetingItem,
@@ -59,16 +60,16 @@ FOLLOWUPS_EVERY = timedelta(minutes=10)
 @dataclass
 class SyncReport:
     mailbox: str
-    state: str = "ok"
+    state: MailboxState = "ok"
     error: str | None = None
     new_activities: int = 0
     new_sightings: int = 0
     quarantined: int = 0
-    excluded: Counter[str] = field(default_factory=Counter)
+    excluded: Counter[ExclusionReason] = field(default_factory=Counter)
     updated: int = 0  # meetings changed or removed, task states read back
     tasks_changed: int = 0
     tasks_written: int = 0
-    writer_state: str = "ok"  # the task write-back's own state (a calendar may refuse it)
+    writer_state: WriterState = "ok"  # the task write-back's own (a calendar may refuse it)
     writer_error: str | None = None
     stopped: bool = False
 
@@ -81,7 +82,7 @@ def decide(
     items: Iterable[Item],
     index: CrmIndex,
     settings: Settings,
-    excluded: Counter[str],
+    excluded: Counter[ExclusionReason],
     quarantined: list[Quarantined] | None = None,
 ) -> list[recorder.Decision]:
     """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
@@ -92,7 +93,7 @@ def decide(
         try:
             item = fit_item(raw_item, datetime.now(UTC))
             m = match(item, index)
-            reason = exclusion(item, m, index, forced)
+            excluded_by = exclusion(item, m, index, forced)
         except Exception as exc:  # one item never stops its mailbox
             if quarantined is None:
                 raise
@@ -100,8 +101,8 @@ def decide(
             log.warning("item %r not logged: %s", raw_item.provider_id, reason)
             quarantined.append(Quarantined(raw_item.provider_id, reason))
             continue
-        if reason:
-            excluded[reason.split(":")[0]] += 1
+        if excluded_by:
+            excluded[excluded_by.reason] += 1
             continue
         decisions.append(recorder.Decision(item, m))
     return decisions
@@ -157,7 +158,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _expand(
-    items: Iterable[Item], settings: Settings, excluded: Counter[str]
+    items: Iterable[Item], settings: Settings, excluded: Counter[ExclusionReason]
 ) -> Iterator[tuple[Item, bool]]:
     """Items that pass the checks needing no CRM, each with whether a label forces it in."""
     rules = settings.exclusions
@@ -169,9 +170,9 @@ def _expand(
             else:
                 yield item, forced
             continue
-        reason = mail_exclusion(item, rules.labels, forced)
-        if reason:
-            excluded[reason.split(":")[0]] += 1
+        excluded_by = mail_exclusion(item, rules.labels, forced)
+        if excluded_by:
+            excluded[excluded_by.reason] += 1
         elif item.invitations:
             for invite in item.invitations:
                 if invite.method == "REPLY":
@@ -310,7 +311,7 @@ class SyncJob:
                     )
         return self.report
 
-    def _fail(self, state: str, error: str) -> None:
+    def _fail(self, state: MailboxState, error: str) -> None:
         self.report.state, self.report.error = state, error
         log.warning("mailbox %r %s: %s", self.name, state, error)
         with self.sessions.begin() as session:
@@ -500,11 +501,7 @@ class SyncJob:
                 u.id: WorkingTime.for_user(self.settings, u.timezone, u.working_hours)
                 for u in session.scalars(select(User))
             }
-            uids = [
-                task_uid(rule, c.activity_key)
-                for c in candidates
-                for rule in (RULE_NO_REPLY, RULE_MEETING_NOTES)
-            ]
+            uids = [task_uid(rule, c.activity_key) for c in candidates for rule in RULES]
             existing = queries.task_status_by_uid(session, uids)
             deals = queries.task_deal_by_uid(session, uids)
             plans = plan(candidates, self.settings, working, existing, now, deals)
@@ -529,7 +526,7 @@ class SyncJob:
                 title=task.title,
                 description=task.description,
                 due=task.due,
-                status=task.status,  # type: ignore[arg-type]
+                status=task.status,
                 created=task.created_at,
                 sequence=task.version - 1,
                 categories=("CRM",),
@@ -566,7 +563,7 @@ class SyncJob:
         if pending:
             self._writer_state("ok", None)
 
-    def _writer_state(self, state: str, error: str | None) -> None:
+    def _writer_state(self, state: WriterState, error: str | None) -> None:
         self.report.writer_state, self.report.writer_error = state, error
         if error:
             log.warning("mailbox %r: tasks not written: %s", self.name, error)

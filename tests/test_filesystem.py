@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import MailboxSpec
-from syncd.connectors.local.connector import LocalConnector, VdirTaskWriter
+from syncd.connectors.local.connector import LocalConnector
+from syncd.connectors.local.vdir import VdirTaskWriter
 from syncd.crm import queries
 from syncd.crm.models import Mailbox, QuarantineEntry, Task
 from syncd.demo import add_local_mailbox, deliver, email_bytes, event_ics
@@ -314,7 +315,7 @@ def test_mbox_messages_are_read_as_the_standard_library_reads_them(tmp_path, now
     expected = [bytes(box.get_bytes(k)) for k in box.iterkeys()]
     seen: list[bytes] = []
 
-    import syncd.connectors.local.connector as local
+    import syncd.connectors.local.mbox as local
 
     def capture(data: bytes, provider_id: str, *args: Any, **kw: Any) -> Any:
         seen.append(data)

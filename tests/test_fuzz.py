@@ -21,17 +21,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.ical import (
-    EARLIEST,
-    UnreadableCalendar,
-    invitations_from_ical,
-    latest,
-    read_calendar,
-)
+from syncd.connectors.ical import UnreadableCalendar, invitations_from_ical, read_calendar
 from syncd.connectors.mime import UnreadableMessage, parse_message, read_message
 from syncd.crm.models import Activity, Mailbox, QuarantineEntry, Sighting, Task, User
 from syncd.demo import add_local_mailbox, load_company
-from syncd.items import MailItem, MeetingItem, Quarantined
+from syncd.items import EARLIEST, MailItem, MeetingItem, Quarantined, latest
 from syncd.sync import sync_mailbox
 
 from .test_corpus import read_directly

@@ -4,6 +4,7 @@ the CRM on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -175,6 +176,45 @@ def test_429_storms_5xx_and_drops_mid_backfill_end_like_a_clean_run(
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Sighting)) == 250
     assert not emulator.faults  # every fault was met, and survived
+
+
+def test_a_long_retry_after_ends_the_pass_instead_of_sleeping(sessions, settings, company, google):
+    emulator, _ = google
+    deliver(emulator, ANA, 1)
+    oauth_mailbox(sessions, settings, google)
+    emulator.inject(status=429, retry_after=3600, path="/messages")
+    started = time.monotonic()
+    throttled = sync_mailbox(sessions, settings, "ana")
+    assert time.monotonic() - started < 60
+    assert throttled.state == "failing" and not emulator.faults
+    error = throttled.error or ""
+    assert "HTTP 429" in error and "3600 s" in error and "next poll resumes" in error
+    assert sync(sessions, settings, "ana").new_activities == 1
+
+
+def test_a_quota_refusal_that_outlasts_the_tries_fails_the_pass_without_parking(
+    sessions, settings, company, google
+):
+    emulator, base = google
+    deliver(emulator, ANA, 1)
+    add_gmail(
+        sessions,
+        settings,
+        "ana",
+        ANA,
+        {"refresh_token": emulator.grant(ANA), "client_secret": "secret-1"},
+        mode="oauth",
+        client_id="client-1",
+        token_uri=base + "token",
+        api_endpoint=base,
+        retries=2,
+    )
+    emulator.units_per_minute = 1  # messages.list costs 5: refused with 403, for a while
+    refused = sync_mailbox(sessions, settings, "ana")
+    assert refused.state == "failing"
+    assert "HTTP 403" in (refused.error or "") and "reauth" not in (refused.error or "")
+    emulator.units_per_minute = 15_000
+    assert sync(sessions, settings, "ana").new_activities == 1
 
 
 def test_two_gmail_users_who_email_each_other_make_one_activity(
@@ -373,7 +413,10 @@ def test_google_calendar_meetings_tasks_and_an_expired_sync_token(
 
 def test_task_writes_are_idempotent_by_their_event_id(google, settings):
     from syncd.connectors.base import MailboxSpec
-    from syncd.connectors.gmail.connector import GoogleTaskWriter, event_id
+    from syncd.connectors.gmail import GmailSettings
+    from syncd.connectors.gmail.calendar import GoogleTaskWriter
+    from syncd.connectors.gmail.client import GmailClient
+    from syncd.connectors.gmail.parse import event_id
     from syncd.items import TaskItem
 
     emulator, base = google
@@ -381,19 +424,14 @@ def test_task_writes_are_idempotent_by_their_event_id(google, settings):
         "ana",
         "gmail",
         ANA,
-        {
-            "mode": "oauth",
-            "client_id": "client-1",
-            "token_uri": base + "token",
-            "api_endpoint": base,
-        },
+        GmailSettings(
+            mode="oauth", client_id="client-1", token_uri=base + "token", api_endpoint=base
+        ),
         secret=Secret(
             json.dumps({"refresh_token": emulator.grant(ANA), "client_secret": "secret-1"})
         ),
     )
-    from syncd.connectors.gmail.connector import GmailAccount
-
-    writer = GoogleTaskWriter(GmailAccount(spec))
+    writer = GoogleTaskWriter(GmailClient(spec))
     task = TaskItem(
         uid="syncd-no-reply-abc",
         title="Follow up",

@@ -34,7 +34,8 @@ def google() -> Iterator[tuple[GoogleEmulator, str]]:
     emulator.stop()
 
 
-def gmail(emulator: GoogleEmulator, base: str, refresh: str | None = None):
+def authorized(emulator: GoogleEmulator, base: str, refresh: str | None = None):
+    """An HTTP client signed in as USER through the OAuth client (a fresh grant)."""
     creds = Credentials(
         None,
         refresh_token=refresh or emulator.grant(USER),
@@ -42,15 +43,31 @@ def gmail(emulator: GoogleEmulator, base: str, refresh: str | None = None):
         client_id="client-1",
         client_secret="secret-1",
     )
-    http = google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http())
+    return google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http())
+
+
+def gmail(emulator: GoogleEmulator, base: str, refresh: str | None = None):
     return build(
-        "gmail", "v1", http=http, client_options={"api_endpoint": base}, static_discovery=True
+        "gmail",
+        "v1",
+        http=authorized(emulator, base, refresh),
+        client_options={"api_endpoint": base},
+        static_discovery=True,
     )
 
 
-def seed(emulator: GoogleEmulator, n: int) -> list[bytes]:
-    from datetime import UTC, datetime, timedelta
+def calendar_events(emulator: GoogleEmulator, base: str):
+    """The Calendar API's events resource; its base must end in calendar/v3/."""
+    return build(
+        "calendar",
+        "v3",
+        http=authorized(emulator, base),
+        static_discovery=True,
+        client_options={"api_endpoint": base + "calendar/v3/"},
+    ).events()
 
+
+def seed(emulator: GoogleEmulator, n: int) -> list[bytes]:
     now = datetime.now(UTC)
     raws = [
         email_bytes(
@@ -230,21 +247,7 @@ def test_service_account_with_domain_wide_delegation(google):
 
 def test_calendar_events_through_the_client_library(google):
     emulator, base = google
-    creds = Credentials(
-        None,
-        refresh_token=emulator.grant(USER),
-        token_uri=base + "token",
-        client_id="client-1",
-        client_secret="secret-1",
-    )
-    http = google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http())
-    events = build(
-        "calendar",
-        "v3",
-        http=http,
-        static_discovery=True,
-        client_options={"api_endpoint": base + "calendar/v3/"},
-    ).events()
+    events = calendar_events(emulator, base)
     body = {
         "summary": "x",
         "start": {"dateTime": "2026-11-20T10:00:00Z"},
@@ -347,20 +350,7 @@ def test_label_changes_are_history_records_filtered_by_history_types(google):
 
 def test_calendar_time_bounds_and_what_a_sync_token_refuses(google):
     emulator, base = google
-    creds = Credentials(
-        None,
-        refresh_token=emulator.grant(USER),
-        token_uri=base + "token",
-        client_id="client-1",
-        client_secret="secret-1",
-    )
-    events = build(
-        "calendar",
-        "v3",
-        http=google_auth_httplib2.AuthorizedHttp(creds, http=httplib2.Http()),
-        static_discovery=True,
-        client_options={"api_endpoint": base + "calendar/v3/"},
-    ).events()
+    events = calendar_events(emulator, base)
 
     def at(day: int, hours: int = 1, summary: str = "") -> dict:
         start = datetime(2026, 12, day, 10, tzinfo=UTC)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import AuthError, MailboxSpec
+from syncd.connectors.imap import ImapSettings
 from syncd.connectors.imap.connector import ImapConnector
 from syncd.crm import queries
 from syncd.crm.models import Activity, QuarantineEntry, Sighting
@@ -55,11 +56,11 @@ def append(server: Dovecot, login: str, folder: str, *messages: bytes) -> None:
 
 
 def dav_calendar(dav_server: Radicale, login: str, **kw: Any) -> Any:
-    """A new calendar on Radicale for this login (same password as its IMAP account)."""
-    import caldav
+    """A new calendar on Radicale for this login (same password as its IMAP login)."""
+    from caldav.davclient import DAVClient
 
     dav_server.add_user(login, Dovecot.PASSWORD)
-    client = caldav.DAVClient(
+    client = DAVClient(
         url=dav_server.url,
         username=login,
         password=Dovecot.PASSWORD,
@@ -175,9 +176,10 @@ def test_a_wrong_password_parks_only_that_mailbox_until_reauth(
     )
     add_imap_mailbox(sessions, settings, "ben", "ben@northwind.test", imap_server, ben)
     bad = sync_mailbox(sessions, settings, "ana")
+    error = bad.error or ""
     assert bad.state == "parked"
-    assert "refused the login" in (bad.error or "") and "syncd mailbox reauth ana" in bad.error
-    assert "wrong" not in bad.error
+    assert "refused the login" in error and "syncd mailbox reauth ana" in error
+    assert "wrong" not in error
     sync(sessions, settings, "ben")
     assert subjects(sessions) == ["deal note 2"]
     with sessions.begin() as session:
@@ -658,7 +660,7 @@ def test_a_refused_password_is_masked_even_when_the_server_echoes_it(
             "ana",
             "imap",
             "ana@northwind.test",
-            {"host": "127.0.0.1", "port": server.port, "tls": "none", "login": login},
+            ImapSettings(host="127.0.0.1", port=server.port, tls="none", login=login),
             secret=Secret(password),
         )
         with pytest.raises(AuthError) as refused:
@@ -694,7 +696,7 @@ def test_a_password_beyond_ascii_without_authenticate_plain_says_why():
             "ana",
             "imap",
             "ana@northwind.test",
-            {"host": "127.0.0.1", "port": server.port, "tls": "none", "login": "ana"},
+            ImapSettings(host="127.0.0.1", port=server.port, tls="none", login="ana"),
             secret=Secret(password),
         )
         with pytest.raises(AuthError) as refused:
@@ -782,7 +784,7 @@ def test_imap_batches_are_cut_by_bytes(sessions, settings, company, imap_server)
         "ana",
         "imap",
         "ana@northwind.test",
-        {"host": imap_server.host, "port": imap_server.port, "tls": "none", "login": login},
+        ImapSettings(host=imap_server.host, port=imap_server.port, tls="none", login=login),
         body_policy="full",
         secret=Secret(Dovecot.PASSWORD),
         limits=LimitSettings(batch_bytes=1024 * KiB),

@@ -36,9 +36,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import MailboxSpec
-from syncd.connectors.gmail.connector import GmailAccount, GmailMail
+from syncd.connectors.gmail.client import GmailClient
+from syncd.connectors.gmail.mail import GmailMail
 from syncd.connectors.ical import CalendarOverLimit, read_calendar
-from syncd.connectors.microsoft.connector import mail_item, meeting_item
+from syncd.connectors.microsoft.parse import mail_item, meeting_item
 from syncd.connectors.mime import MessageOverLimit, parse_message, read_message
 from syncd.crm import queries
 from syncd.crm.models import QuarantineEntry
@@ -749,7 +750,7 @@ def test_gmail_refuses_a_message_over_the_size_and_cuts_batches_by_bytes(gmail):
         emulator.deliver(
             ANA, raw, internal_date_ms=int((NOW - timedelta(hours=i + 1)).timestamp() * 1000)
         )
-    source = GmailMail(GmailAccount(spec), spec)
+    source = GmailMail(GmailClient(spec), spec)
     batches = [b for b in source.changes(None) if b.items or b.quarantined]
     # 1 MB of raw bytes a batch: about three of these messages each, never all eight at once
     assert len(batches) >= 3

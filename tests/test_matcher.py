@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from syncd.items import MailItem, Participant
 from syncd.matching.addresses import normalize_address
-from syncd.matching.exclusions import exclusion, mail_exclusion
+from syncd.matching.exclusions import Excluded, exclusion, mail_exclusion
 from syncd.matching.matcher import (
     AccountRef,
     ContactRef,
@@ -153,14 +153,17 @@ def test_most_recent_activity_decides_and_ties_are_ambiguous():
 def test_exclusions():
     idx = index(blocked_domains={"lawfirm.test"})
     internal = mail("ana@northwind.test", "bob@northwind.test")
-    assert exclusion(internal, match(internal, idx), idx) == "internal-only"
+    assert exclusion(internal, match(internal, idx), idx) == Excluded("internal-only")
     blocked = mail("x@lawfirm.test", "carla@acme.test")
-    assert exclusion(blocked, match(blocked, idx), idx) == "blocklisted: x@lawfirm.test"
+    why = exclusion(blocked, match(blocked, idx), idx)
+    assert why == Excluded("blocklisted", "x@lawfirm.test")
+    assert str(why) == "blocklisted: x@lawfirm.test"
     stranger = mail("x@unknown.test", "ana@northwind.test")
-    assert exclusion(stranger, match(stranger, idx), idx) == "no CRM participant"
+    assert exclusion(stranger, match(stranger, idx), idx) == Excluded("no CRM participant")
     assert mail_exclusion(mail("a@b.c", "d@e.f", auto_submitted="no"), []) is None
-    assert mail_exclusion(mail("a@b.c", "d@e.f", precedence="junk"), []) == "bulk: Precedence junk"
-    assert mail_exclusion(mail("a@b.c", "d@e.f", labels=("Chat",)), ["chat"]) == (
+    junk = mail_exclusion(mail("a@b.c", "d@e.f", precedence="junk"), [])
+    assert str(junk) == "bulk: Precedence junk" and junk == Excluded("bulk", "Precedence junk")
+    assert str(mail_exclusion(mail("a@b.c", "d@e.f", labels=("Chat",)), ["chat"])) == (
         "excluded label: Chat"
     )
 

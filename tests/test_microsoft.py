@@ -18,17 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.connectors.base import MailboxSpec
-from syncd.connectors.microsoft.connector import (
-    EventTasks,
-    GraphAccount,
-    TodoTasks,
-    _Slots,
-    item_from_raw,
-    mail_item,
-    meeting_item,
-    quarantined,
-)
+from syncd.connectors.microsoft import MicrosoftSettings
+from syncd.connectors.microsoft.client import GraphClient, _Slots
+from syncd.connectors.microsoft.parse import item_from_raw, mail_item, meeting_item, quarantined
 from syncd.connectors.microsoft.signin import read_certificate
+from syncd.connectors.microsoft.tasks import EventTasks, TodoTasks
 from syncd.crm import queries
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import (
@@ -600,7 +594,7 @@ def yesterday_meeting(emulator: MicrosoftEmulator, subject: str, hours: int = 0)
     )
 
 
-def task_report(sessions: S) -> dict[str, dict[str, Any]]:
+def task_report(sessions: S) -> dict[str, queries.TaskRow]:
     with sessions() as session:
         return {t["title"]: t for t in queries.task_report(session)}
 
@@ -659,24 +653,24 @@ def test_tasks_as_events_are_idempotent_and_never_logged_as_meetings(
     assert only.startswith("ical:")
 
 
-def account(emulator: MicrosoftEmulator, secret: str = "secret-1", **extra: Any) -> GraphAccount:
-    return GraphAccount(
-        MailboxSpec(
-            "ana",
-            "microsoft",
-            ANA,
-            {"mode": "app", "tenant": TENANT, "client_id": "app-1", **where(emulator), **extra},
-            secret=Secret(secret),
-        )
+def spec(secret: str | None = None, **values: Any) -> MailboxSpec:
+    """Ana's mailbox in admin mode, as the connector is given it."""
+    settings = MicrosoftSettings.model_validate({"tenant": TENANT, "client_id": "app-1", **values})
+    return MailboxSpec(
+        "ana", "microsoft", ANA, settings, secret=Secret(secret) if secret is not None else None
     )
+
+
+def client(emulator: MicrosoftEmulator, secret: str = "secret-1", **extra: Any) -> GraphClient:
+    return GraphClient(spec(secret, mode="app", **where(emulator), **extra))
 
 
 def test_todo_writes_go_in_fully_parallel_batches_within_four_in_flight(microsoft):
     """Graph refuses a batch that mixes parallel calls and dependsOn chains: syncd sends
     fully parallel batches of four, so with far more than 4 (and 20) tasks all are written."""
     writer = TodoTasks(
-        account(microsoft),
-        MailboxSpec("ana", "microsoft", ANA, {"tenant": TENANT, "client_id": "app-1"}),
+        client(microsoft),
+        spec(),
     )
     microsoft.latency = 0.02
     tasks = [
@@ -727,8 +721,8 @@ def test_many_pending_tasks_are_all_written_by_a_sync(sessions, settings, compan
 
 def test_todo_batches_shrink_while_throttled_and_lose_nothing(microsoft):
     writer = TodoTasks(
-        account(microsoft, backoff=0.01),
-        MailboxSpec("ana", "microsoft", ANA, {"tenant": TENANT, "client_id": "app-1"}),
+        client(microsoft, backoff=0.01),
+        spec(),
     )
     writer.known()
     microsoft.rate_limit = (4, 0.5)  # eight calls a second: most of a batch of 20 is refused
@@ -744,7 +738,7 @@ def test_todo_batches_shrink_while_throttled_and_lose_nothing(microsoft):
 
 
 def test_event_task_writes_are_idempotent_by_transaction_id(microsoft):
-    writer = EventTasks(account(microsoft))
+    writer = EventTasks(client(microsoft))
     task = TaskItem("syncd-no-reply-abc", "Follow up", "d", NOW, "open", NOW)
     assert writer.put(task) == writer.put(task)
     writer.put(dataclasses.replace(task, status="done"))

@@ -13,7 +13,7 @@ import msal
 import pytest
 import requests
 
-from syncd.connectors.microsoft.connector import _Http
+from syncd.connectors.microsoft.client import _Http
 
 from .emulators.microsoft import MicrosoftEmulator, make_client_certificate
 

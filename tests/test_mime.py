@@ -3,26 +3,42 @@ connectors quarantine what they cannot read (unit tests, no database)."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 
+import icalendar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from syncd.config import LimitSettings
 from syncd.connectors.base import MailboxSpec
-from syncd.connectors.ical import (
-    RAW_KEPT,
-    UnreadableCalendar,
-    invitations_from_ical,
-    quarantined,
-    read_calendar,
+from syncd.connectors.ical import UnreadableCalendar, invitations_from_ical, read_calendar
+from syncd.connectors.ical_events import event_problem, meeting
+from syncd.connectors.ical_series import occurrences, series_uids
+from syncd.connectors.ical_tasks import PRODID, SYNCD_TASK_PROP, task_to_ical
+from syncd.connectors.imap.folder import ImapFolder
+from syncd.connectors.imap.session import ImapSession
+from syncd.connectors.local.files import NotRegularFile, TooLarge, skipped_once, unreadable
+from syncd.connectors.local.maildir import MaildirFolder
+from syncd.connectors.local.vdir import VdirCalendar
+from syncd.connectors.mime import (
+    UnreadableMessage,
+    bulk_signals,
+    clean,
+    identity,
+    mail_date,
+    message_ids,
+    parse_message,
+    read_message,
+    repaired,
 )
-from syncd.connectors.imap.connector import ImapFolder, ImapSession
-from syncd.connectors.local.connector import MaildirFolder, VdirCalendar
-from syncd.connectors.mime import UnreadableMessage, parse_message, read_message
+from syncd.connectors.mime_limits import check_message, read_mime
+from syncd.connectors.reasons import REASON_CHARS, describe, quarantined, short
 from syncd.demo import email_bytes, event_ics
-from syncd.items import Quarantined
+from syncd.items import RAW_KEPT, Participant, Quarantined, TaskItem
+from syncd.limits import OverLimit
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
@@ -366,3 +382,211 @@ def test_an_imap_message_that_cannot_be_read_is_quarantined_with_its_bytes():
     odd = folder._item(8, {b"BODY[]": 12345}, 42)  # a FETCH answer of the wrong shape
     assert isinstance(odd, Quarantined)
     assert odd.reason == "unexpected FETCH response: TypeError: the message is a int, not bytes"
+
+
+# -- the parts of the parsers, each on its own ------------------------------------------------
+
+
+def test_identity_gives_a_provider_s_message_the_key_the_parsed_message_gets():
+    """Graph hands over headers, not bytes: the same headers must give the same keys."""
+    raw = (
+        b"From: carla@acme.test\r\nTo: ana@northwind.test\r\nSubject: Re: QBR\r\n"
+        b"Message-ID: <Reply-1@ACME.test>\r\nIn-Reply-To: <mid-2@acme.test>\r\n"
+        b"References: <root@acme.test> <mid-2@acme.test>\r\n\r\nok\r\n"
+    )
+    item = parse(raw)
+    (message_id,) = message_ids("<Reply-1@ACME.test>")
+    key, thread, related = identity(
+        message_id,
+        message_ids("<mid-2@acme.test>"),
+        message_ids("<root@acme.test> <mid-2@acme.test>"),
+        list(item.participants),
+        "",
+        "Re: QBR",
+    )
+    assert (key, thread, related) == (item.key, item.thread_key, item.related_keys)
+    assert thread == "mid:root@acme.test"
+    assert message_ids("bare-id@acme.test") == message_ids("<bare-id@acme.test>") != []
+    assert message_ids(None) == message_ids("   ") == []
+
+
+def test_a_message_without_message_id_is_keyed_by_its_headers_alone():
+    people = [
+        Participant("carla@acme.test", "Carla", "from"),
+        Participant("ana@northwind.test", "", "to"),
+    ]
+    first = identity(None, [], [], people, "Mon, 2 Nov 2026", "QBR")
+    assert first == identity(None, [], [], list(reversed(people)), "Mon, 2 Nov 2026", "QBR")
+    assert first[0].startswith("hash:") and first[1] == first[0] and first[2] == ()
+    assert first[0] != identity(None, [], [], people, "Mon, 2 Nov 2026", "QBR 2")[0]
+
+
+def test_bulk_signals_are_read_from_lower_cased_headers():
+    assert bulk_signals({"list-id": "<news.acme.test>", "precedence": "BULK"}) == {
+        "list_id": "<news.acme.test>",
+        "precedence": "bulk",
+        "auto_submitted": None,
+        "autoreply_header": None,
+    }
+    assert bulk_signals({"x-autorespond": "yes"})["autoreply_header"] == "x-autorespond"
+
+
+def test_clean_reads_raw_bytes_as_utf8_and_drops_nuls():
+    assert clean("a\x00b") == "ab"
+    assert clean(b"Jos\xc3\xa9".decode("ascii", "surrogateescape")) == "José"
+    assert clean(b"\xff".decode("ascii", "surrogateescape")) == "\ufffd"
+
+
+def test_a_date_out_of_range_is_no_date():
+    assert mail_date("Mon, 02 Nov 2026 10:00:00 +0100") == datetime(2026, 11, 2, 9, tzinfo=UTC)
+    assert mail_date("Mon, 02 Nov 9999 10:00:00 +0000") is None
+    assert mail_date("Mon, 02 Nov 1969 10:00:00 +0000") is None
+    assert mail_date("yesterday") is None
+
+
+def test_the_header_block_is_checked_before_any_parser_sees_it():
+    limits = LimitSettings(header_bytes=4096, headers=50, encoded_words=10)
+    fine = b"From: a@acme.test\r\nSubject: " + b"=?utf-8?q?x?= " * 10 + b"\r\n\r\n"
+    check_message(fine + b"=?utf-8?q?x?= " * 1000, limits)  # the body's words do not count
+    over = {
+        "header_bytes": b"From: a@acme.test\r\nX-Long: " + b"x" * 5000 + b"\r\n\r\n",
+        "headers": b"".join(b"X-%d: y\r\n" % i for i in range(51)) + b"\r\n",
+        "encoded_words": b"From: a@acme.test\r\nSubject: " + b"=?utf-8?q?x?= " * 11 + b"\r\n\r\n",
+    }
+    for limit, data in over.items():
+        with pytest.raises(OverLimit) as caught:
+            check_message(data, limits)
+        assert caught.value.limit == limit
+    with pytest.raises(OverLimit, match="Subject has 11 encoded words"):
+        check_message(over["encoded_words"], limits)
+
+
+def test_the_bounded_parser_stops_at_the_nesting_limit():
+    limits = LimitSettings(mime_depth=3)
+    head = b"From: a@acme.test\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n"
+    nested = b"".join(head % (i, i) for i in range(5)) + b"Content-Type: text/plain\r\n\r\nx\r\n"
+    with pytest.raises(OverLimit) as caught:
+        read_mime(nested, limits)
+    assert caught.value.limit == "mime_depth"
+    assert read_mime(b"".join(head % (i, i) for i in range(2)), limits)["From"] == "a@acme.test"
+
+
+def test_a_header_block_is_mended_only_where_it_is_broken():
+    mended = repaired(
+        b"\xef\xbb\xbfFrom  : a@acme.test\r\nnot a header\r\nTo: b@acme.test\r\n\r\nx"
+    )
+    assert mended == b"From: a@acme.test\r\nTo: b@acme.test\r\n\r\nx"
+    assert repaired(b"From: a@acme.test\r\n\r\nbody: not a header either\r\n") is None
+
+
+@pytest.mark.parametrize("as_event", [False, True])
+@pytest.mark.parametrize("status", ["open", "done", "cancelled"])
+def test_a_task_written_is_read_back_as_its_state_never_as_a_meeting(as_event, status):
+    task = TaskItem(
+        uid="syncd-task-1",
+        title="Call Carla back",
+        description="about the QBR",
+        due=T0 + timedelta(days=1),
+        status=status,
+        created=T0,
+        categories=("follow-up",),
+    )
+    data = task_to_ical(task, as_event=as_event)
+    assert SYNCD_TASK_PROP.encode() in data and PRODID.encode() in data
+    read = read_calendar(data, "syncd-task-1.ics", WINDOW)
+    assert read.meetings == [] and read.problems == []
+    # a task written as an event reads back as open or cancelled: the event has no "done"
+    expected = "open" if as_event and status == "done" else status
+    assert [(s.uid, s.status) for s in read.task_states] == [("syncd-task-1", expected)]
+    assert read.uids == {"syncd-task-1"}
+
+
+def test_an_event_is_a_meeting_with_its_organizer_first_and_each_person_once():
+    (event,) = icalendar.Calendar.from_ical(
+        vcalendar(
+            "UID:m1@acme.test\r\nDTSTART;TZID=Europe/Berlin:20261102T100000\r\n"
+            "DURATION:PT30M\r\nSUMMARY:  QBR \r\n  review\r\nCLASS:CONFIDENTIAL\r\n"
+            "RECURRENCE-ID;TZID=Europe/Berlin:20261101T100000\r\n"
+            "ORGANIZER;CN=Carla:mailto:Carla@ACME.test\r\n"
+            "ATTENDEE;CN=Ana:mailto:ana@northwind.test\r\n"
+            "ATTENDEE:mailto:carla@acme.test\r\n"
+            "ATTENDEE;CN=Ben@Northwind.test:mailto:ben@northwind.test\r\n"
+        )
+    ).walk("VEVENT")
+    found = meeting(event, "work.ics", UTC, None)
+    assert found is not None
+    assert found.key == "ical:m1@acme.test#20261101T090000Z"
+    assert (found.start, found.end) == (
+        datetime(2026, 11, 2, 9, tzinfo=UTC),
+        datetime(2026, 11, 2, 9, 30, tzinfo=UTC),
+    )
+    assert found.subject == "QBR review" and found.private
+    assert [(p.address, p.name, p.role) for p in found.participants] == [
+        ("carla@acme.test", "Carla", "organizer"),
+        ("ana@northwind.test", "Ana", "attendee"),
+        ("ben@northwind.test", "", "attendee"),  # a name that is the address is no name
+    ]
+    alone = meeting(event, "work.ics", UTC, None, series=False)
+    assert alone is not None and alone.key == "ical:m1@acme.test"
+
+
+def test_an_event_problem_keeps_the_first_copy_and_drops_an_unreadable_end():
+    (event,) = icalendar.Calendar.from_ical(
+        vcalendar(
+            "UID:e1@acme.test\r\nDTSTART:20261102T100000Z\r\nDTSTART:20261102T120000Z\r\n"
+            "DTEND:not-a-date\r\n"
+        )
+    ).walk("VEVENT")
+    assert event_problem(event) is None
+    assert event.get("DTEND") is None
+    assert event.get("DTSTART").dt == datetime(2026, 11, 2, 10, tzinfo=UTC)
+    (no_uid,) = icalendar.Calendar.from_ical(vcalendar("DTSTART:20261102T100000Z\r\n")).walk(
+        "VEVENT"
+    )
+    assert event_problem(no_uid) == "event without UID: it cannot be told apart from others"
+
+
+def test_a_series_expands_inside_the_window_and_a_dense_one_not_at_all():
+    cal = icalendar.Calendar.from_ical(
+        vcalendar(
+            "UID:weekly@acme.test\r\nDTSTART:20261005T100000Z\r\nRRULE:FREQ=WEEKLY\r\n",
+            "UID:moved@acme.test\r\nDTSTART:20261102T100000Z\r\nRECURRENCE-ID:20261101T100000Z\r\n",
+            "UID:once@acme.test\r\nDTSTART:20261102T100000Z\r\n",
+            "UID:hourly@acme.test\r\nDTSTART:20261101T000000Z\r\nRRULE:FREQ=HOURLY\r\n",
+        )
+    )
+    assert series_uids(cal) == {"weekly@acme.test", "moved@acme.test", "hourly@acme.test"}
+    limits = LimitSettings(occurrences=100)
+    problems: list[str] = []
+    found = occurrences(cal, WINDOW, limits, problems)
+    weekly = [o for o in found if o.get("UID") == "weekly@acme.test"]
+    assert len(weekly) == 9  # Oct 5 .. Nov 30, of Oct 3 .. Dec 2
+    assert not [o for o in found if o.get("UID") == "hourly@acme.test"]
+    assert len(problems) == 1 and problems[0].startswith("over limits.occurrences: event hourly")
+
+
+def test_a_reason_is_one_bounded_line():
+    assert short("a\n  b\tc") == "a b c"
+    assert len(short("x" * 1000)) == REASON_CHARS and short("x" * 1000).endswith("…")
+    assert describe(ValueError()) == "ValueError"
+    assert describe(KeyError("k")) == "KeyError: 'k'"
+    kept = quarantined("p", "why", b"x" * 10, "rfc822")
+    assert (kept.raw, kept.format) == (b"x" * 10, "rfc822")
+    dropped = quarantined("p", "why", b"x" * (RAW_KEPT + 1), "rfc822")
+    assert (dropped.raw, dropped.format) == (None, None)
+
+
+def test_a_file_not_read_is_quarantined_once_with_its_reason_and_no_bytes():
+    big = unreadable("maildir:INBOX/1", TooLarge(2 * 1024**2, 1024**2))
+    assert "limits.message_bytes" in big.reason and big.raw is None
+    link = unreadable("maildir:INBOX/2", NotRegularFile("a symbolic link"))
+    assert link.reason.startswith("a symbolic link, not a regular file: not read")
+    denied = unreadable("maildir:INBOX/3", PermissionError(13, "Permission denied"))
+    assert denied.reason == "cannot read the file: Permission denied"
+    first = skipped_once({"c": 5, "n": "x"}, "a link", "maildir:Spam")
+    assert first is not None and first.items == ()
+    assert [q.reason for q in first.quarantined] == ["a link"]
+    state = json.loads(first.cursor.value)
+    assert (state["c"], state["n"], state["skipped"]) == (5, "x", "a link")
+    assert skipped_once(state, "a link", "maildir:Spam") is None
+    assert skipped_once(state, "a FIFO", "maildir:Spam") is not None

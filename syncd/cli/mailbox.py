@@ -34,7 +34,7 @@ from syncd.connectors.kind import (
     options,
 )
 from syncd.connectors.transport import check_endpoints, mask_urls
-from syncd.crm import recorder
+from syncd.crm import queries, recorder
 from syncd.crm.models import Mailbox, User
 from syncd.matching.addresses import normalize_address
 from syncd.secrets import Secret, SecretBox, SecretsError, token_cache_path
@@ -53,6 +53,11 @@ def _shown(value: Any) -> Any:
 
 
 # --- options generated from the kinds' models ------------------------------------------------
+
+
+def _a(kind: str) -> str:
+    """The article a kind's name takes: "an imap mailbox", "a local mailbox"."""
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind
 
 
 def _param(flag: str) -> str:
@@ -149,7 +154,7 @@ def _given(
     if stray:
         flags = ", ".join(sorted(spec.flag for _, spec in own.values() if not spec.hidden))
         fail(
-            f"{', '.join(stray)}: not an option of a {k.name} mailbox; its options: "
+            f"{', '.join(stray)}: not an option of {_a(k.name)} mailbox; its options: "
             f"{flags or 'none'}",
             2,
         )
@@ -164,7 +169,7 @@ def _validated(model: type[BaseModel], values: dict[str, Any], kind: str) -> Any
             registry_flag(model, str(e["loc"][0])) for e in exc.errors() if e["type"] == "missing"
         ]
         if missing:
-            fail(f"a {kind} mailbox needs {' and '.join(missing)}", 2)
+            fail(f"{_a(kind)} mailbox needs {' and '.join(missing)}", 2)
         fail(describe(exc, model), 2)
 
 
@@ -258,7 +263,7 @@ def mailbox_reauth(name: str, **values: Any) -> None:
     sign_in = _validated(k.sign_in, given, kind)
     reauth = k.load("reauth")
     if reauth is None:
-        fail(f"a {kind} mailbox has no credentials to renew")
+        fail(f"{_a(kind)} mailbox has no credentials to renew")
     old: Secret | None = None
     if token:
         try:
@@ -337,12 +342,9 @@ def mailbox_list(
 ) -> None:
     """List connected mailboxes."""
     with state.sessions()() as session:
-        rows: list[dict[str, Any]] = [
-            {"mailbox": m.name, "kind": m.kind, "user": u, "settings": _shown(m.settings)}
-            for m, u in session.execute(
-                select(Mailbox, User.email).join(User).order_by(Mailbox.name)
-            )
-        ]
+        rows = queries.mailbox_report(session)
+    for r in rows:
+        r["settings"] = _shown(r["settings"])
     if as_json:
         _json(rows)
         return

@@ -6,7 +6,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -26,6 +26,9 @@ from syncd.cli.common import (
 )
 from syncd.crm import quarantine as quarantine_store
 from syncd.crm.models import Mailbox
+
+if TYPE_CHECKING:
+    from syncd.quarantine import Status
 
 # --- quarantine -------------------------------------------------------------------------
 
@@ -82,6 +85,12 @@ def quarantine_list(
     )
 
 
+class ShownEntry(quarantine_store.QuarantineRow):
+    """``syncd quarantine show --json``: the entry, and where its bytes were written."""
+
+    raw_file: str | None
+
+
 def _entry_or_fail(session: Session, entry_id: int) -> quarantine_store.Entry:
     found = quarantine_store.entries(session, ids=[entry_id])
     if not found:
@@ -131,7 +140,8 @@ def quarantine_show(
             return
         _write_private(raw_file, data)
     if as_json:
-        _json({**entry.as_dict(), "raw_file": str(raw_file) if raw_file else None})
+        shown: ShownEntry = {**entry.as_dict(), "raw_file": str(raw_file) if raw_file else None}
+        _json(shown)
         return
     retry = (
         f"syncd quarantine retry {entry.id}"
@@ -209,7 +219,12 @@ def quarantine_retry(
     if not entries:
         say("nothing is quarantined" + (f" in mailbox {mailbox!r}" if mailbox else ""))
         return
-    counts = {"logged": 0, "not logged": 0, "still unreadable": 0, "not retryable": 0}
+    counts: dict[Status, int] = {
+        "logged": 0,
+        "not logged": 0,
+        "still unreadable": 0,
+        "not retryable": 0,
+    }
     try:
         for outcome in Retrier(sessions, state.settings()).retry(entries):
             e = outcome.entry

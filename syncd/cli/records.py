@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +23,7 @@ from syncd.crm.database import (
     safe_url,
     upgrade,
 )
-from syncd.crm.loader import load_csv
+from syncd.crm.loader import RecordKind, load_csv
 
 # --- db ---------------------------------------------------------------------------------
 
@@ -38,13 +37,6 @@ def db_upgrade() -> None:
 
 
 # --- crm --------------------------------------------------------------------------------
-
-
-class RecordKind(StrEnum):
-    users = "users"
-    accounts = "accounts"
-    contacts = "contacts"
-    opportunities = "opportunities"
 
 
 @crm_app.command("load")
@@ -65,7 +57,7 @@ def crm_load(
     and nothing of that file is written.
     """
     with state.sessions().begin() as session:
-        report = load_csv(session, kind.value, file)
+        report = load_csv(session, kind, file)
     say(f"{kind.value}: {report.created} created, {report.updated} updated from {file}")
 
 

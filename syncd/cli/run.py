@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from syncd.cli.common import (
     _json,
@@ -27,7 +26,6 @@ from syncd.connectors.base import ConnectorError
 from syncd.connectors.transport import (
     mask_urls,
 )
-from syncd.crm import quarantine as quarantine_store
 from syncd.crm import queries
 from syncd.crm.database import (
     make_engine,
@@ -77,7 +75,7 @@ def sync_cmd(
 
 
 @app.command("run")
-def run_cmd() -> None:
+def run_cmd() -> NoReturn:
     """The daemon: poll every mailbox at its interval until SIGTERM/SIGINT."""
     from syncd.daemon import Daemon
 
@@ -90,22 +88,17 @@ WRITER_FIX = (
 )
 
 
-def _writer_and_quarantine(session: Session) -> dict[str, dict[str, Any]]:
-    """Per mailbox: its task write-back's own state, and how many items are quarantined."""
-    quarantined = quarantine_store.counts(session)
-    found: dict[str, dict[str, Any]] = {}
-    for name, writer_state, error, at in session.execute(
-        select(Mailbox.name, Mailbox.writer_state, Mailbox.writer_error, Mailbox.writer_at)
-    ):
-        tasks: dict[str, Any] = {
-            "state": writer_state or "ok",
-            "error": error,
-            "updated_at": at.isoformat() if at else None,
-        }
-        if tasks["state"] != "ok":
-            tasks["fix"] = WRITER_FIX.format(name=name)
-        found[name] = {"tasks": tasks, "quarantined": quarantined.get(name, 0)}
-    return found
+def _shown(row: queries.StatusRow) -> queries.StatusRow:
+    """A row as it may be printed: what an error quotes of a URL masked (one stored by an
+    older syncd may hold a password), and the fix of a task write-back that is not ok."""
+    tasks = row["tasks"]
+    if row["error"]:
+        row["error"] = mask_urls(row["error"])
+    if tasks["error"]:
+        tasks["error"] = mask_urls(tasks["error"])
+    if tasks["state"] != "ok":
+        tasks["fix"] = WRITER_FIX.format(name=row["mailbox"])
+    return row
 
 
 @app.command("status")
@@ -116,14 +109,7 @@ def status_cmd(
     the state of its follow-up task write-back (tasks: ok / failing), and how many of its
     items are quarantined. A failing or parked mailbox's error names the fix."""
     with state.sessions()() as session:
-        rows = queries.status_report(session)
-        extra = _writer_and_quarantine(session)
-    for r in rows:
-        r.update(extra.get(r["mailbox"], {"tasks": {"state": "ok"}, "quarantined": 0}))
-        if r.get("error"):  # an error stored by an older syncd may quote a URL's password
-            r["error"] = mask_urls(r["error"])
-        if r["tasks"].get("error"):
-            r["tasks"]["error"] = mask_urls(r["tasks"]["error"])
+        rows = [_shown(r) for r in queries.status_report(session)]
     if as_json:
         _json(rows)
         return
@@ -135,9 +121,9 @@ def status_cmd(
     for r in rows:
         tasks = r["tasks"]
         tasks_cell = Text(tasks["state"], style=colour.get(tasks["state"], "white"))
-        if tasks.get("error"):
+        if tasks["error"]:
             tasks_cell.append(f": {printable(tasks['error'])}")
-        if tasks.get("fix"):
+        if "fix" in tasks:
             notes.append(f"{r['mailbox']}: follow-up tasks are not written: {tasks['fix']}")
         if r["quarantined"]:
             n = r["quarantined"]

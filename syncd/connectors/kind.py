@@ -27,8 +27,8 @@ formats
 from __future__ import annotations
 
 import importlib
+import json
 import os
-import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -39,9 +39,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from syncd.config import BodyPolicy
 from syncd.secrets import Secret
-
-BodyPolicy = Literal["metadata", "snippet", "full"]
 
 
 class SignInError(Exception):
@@ -328,17 +327,26 @@ def options(model: type[BaseModel]) -> list[OptionSpec]:
     return found
 
 
-def settings_fields(model: type[KindSettings]) -> dict[str, str]:
-    """Every stored key of a kind with its help, for the example config and --help."""
-    out = {}
-    for name, info in model.model_fields.items():
+def settings_doc(kind: Kind) -> list[str]:
+    """The kind's stored settings as the example config documents them: one comment line
+    each, ``# <kind>.<key> = <default>: <help>`` (the common keys are documented once)."""
+    lines = []
+    common = KindSettings.model_fields
+    for name, info in kind.settings.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        out[name] = str(extra.get("help") or info.description or "")
-    return out
-
-
-def stderr_show(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+        shared = kind.settings is not KindSettings and name in common
+        if shared and extra == common[name].json_schema_extra:
+            continue  # documented once, for every kind
+        flag = extra.get("option", "--" + name.replace("_", "-"))
+        default = (
+            "(required)"
+            if info.is_required()
+            else json.dumps(info.get_default(call_default_factory=True))
+        )
+        how = f" [{flag}]" if flag and not extra.get("hidden") else ""
+        text = str(extra.get("help") or "").removeprefix(f"{kind.name}: ")
+        lines.append(f"# {kind.name}.{name} = {default}{how}: {text}".rstrip(": ."))
+    return lines
 
 
 S = typing.TypeVar("S", bound=KindSettings)

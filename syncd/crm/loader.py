@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from pathlib import Path
+from typing import get_args
 
 from sqlalchemy import select
 from sqlalchemy.exc import StatementError
@@ -31,18 +33,30 @@ from syncd.crm.models import (
     OpportunityContact,
     User,
 )
+from syncd.items import OpportunityStatus
 from syncd.matching.addresses import is_free_mail, normalize_address, normalize_domain
 
-COLUMNS: dict[str, tuple[set[str], set[str]]] = {
+
+class RecordKind(StrEnum):
+    """What a CSV file holds (the choices of ``syncd crm load``)."""
+
+    users = "users"
+    accounts = "accounts"
+    contacts = "contacts"
+    opportunities = "opportunities"
+
+
+COLUMNS: dict[RecordKind, tuple[set[str], set[str]]] = {
     # kind: (required, optional)
-    "users": ({"email", "name"}, {"timezone", "working_hours"}),
-    "accounts": ({"name", "domains"}, {"external_id"}),
-    "contacts": ({"emails", "name"}, {"account", "title", "phone"}),
-    "opportunities": (
+    RecordKind.users: ({"email", "name"}, {"timezone", "working_hours"}),
+    RecordKind.accounts: ({"name", "domains"}, {"external_id"}),
+    RecordKind.contacts: ({"emails", "name"}, {"account", "title", "phone"}),
+    RecordKind.opportunities: (
         {"external_id", "name", "account", "owner"},
         {"stage", "amount", "currency", "close_date", "status", "contacts"},
     ),
 }
+_STATUSES: dict[str, OpportunityStatus] = {s: s for s in get_args(OpportunityStatus)}
 MAX_REPORTED = 50
 SHOWN = 80  # characters of a bad value repeated in its error
 
@@ -74,7 +88,7 @@ class RowError(Exception):
 
 @dataclass
 class LoadReport:
-    kind: str
+    kind: RecordKind
     created: int = 0
     updated: int = 0
 
@@ -260,9 +274,10 @@ def _load_opportunity(session: Session, row: dict[str, str], report: LoadReport)
     owner = session.scalar(select(User).where(User.email == owner_email))
     if owner is None:
         raise RowError("owner", f"no CRM user {owner_email!r}; load users first")
-    status = (row.get("status") or "open").strip().lower()
-    if status not in ("open", "won", "lost"):
-        raise RowError("status", f"{status!r} is not one of open, won, lost")
+    given = (row.get("status") or "open").strip().lower()
+    status = _STATUSES.get(given)
+    if status is None:
+        raise RowError("status", f"{given!r} is not one of {', '.join(_STATUSES)}")
     amount = _amount(row["amount"]) if (row.get("amount") or "").strip() else None
     currency = (row.get("currency") or "").strip().upper() or None
     if currency and (len(currency) != 3 or not currency.isalpha()):
@@ -304,18 +319,19 @@ def _load_opportunity(session: Session, row: dict[str, str], report: LoadReport)
             opp.contacts.append(OpportunityContact(contact_id=contact_id, role=contact_role))
 
 
-LOADERS: dict[str, Callable[[Session, dict[str, str], LoadReport], None]] = {
-    "users": _load_user,
-    "accounts": _load_account,
-    "contacts": _load_contact,
-    "opportunities": _load_opportunity,
+LOADERS: dict[RecordKind, Callable[[Session, dict[str, str], LoadReport], None]] = {
+    RecordKind.users: _load_user,
+    RecordKind.accounts: _load_account,
+    RecordKind.contacts: _load_contact,
+    RecordKind.opportunities: _load_opportunity,
 }
 
 
-def load_csv(session: Session, kind: str, path: Path) -> LoadReport:
+def load_csv(session: Session, kind: RecordKind | str, path: Path) -> LoadReport:
     """Load one file into the caller's transaction; raise LoadError listing every bad row."""
     if kind not in COLUMNS:
         raise LoadError(f"unknown record kind {kind!r}; use one of {', '.join(COLUMNS)}")
+    kind = RecordKind(kind)
     required, optional = COLUMNS[kind]
     try:
         text = path.read_text(encoding="utf-8-sig")

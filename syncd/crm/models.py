@@ -21,13 +21,16 @@ cursor
 task
     A follow-up for a user, decided by a rule; ``version`` counts its changes and
     ``written_version`` says which of them the user's calendar has.
+
+The words a column may hold are typed (``Mapped[MailboxState]`` over a ``String(n)``
+column): the CRM's own below, the ones the other stages share in :mod:`syncd.items`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -46,6 +49,26 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from syncd.items import (
+    Direction,
+    LinkReason,
+    LinkType,
+    OpportunityStatus,
+    ParticipantRole,
+    TaskStatus,
+)
+
+# a mailbox: syncing (ok), failing and retried with backoff, or parked until an admin acts
+MailboxState = Literal["ok", "failing", "parked"]
+# a mailbox's task write-back, apart from its mail: a calendar that refuses writes is failing
+WriterState = Literal["ok", "failing"]
+ActivityKind = Literal["email", "meeting"]
+ActivityStatus = Literal["confirmed", "cancelled"]  # a meeting may be cancelled
+TaskRule = Literal["no-reply", "meeting-notes"]  # see syncd.followups
+# why a task is no longer open: a reply came, its meeting was cancelled, or the user closed
+# it in their calendar
+TaskResolution = Literal["replied", "meeting cancelled", "calendar"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -139,7 +162,7 @@ class Opportunity(Base):
     amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
     currency: Mapped[str | None] = mapped_column(String(3))
     close_date: Mapped[date | None] = mapped_column(Date)
-    status: Mapped[str] = mapped_column(String(10), default="open")  # open / won / lost
+    status: Mapped[OpportunityStatus] = mapped_column(String(10), default="open")
     contacts: Mapped[list[OpportunityContact]] = relationship(cascade="all, delete-orphan")
 
 
@@ -160,7 +183,7 @@ class Mailbox(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     secret: Mapped[str | None] = mapped_column(Text)  # Fernet token, never clear text
-    state: Mapped[str] = mapped_column(String(10), default="ok")  # ok / failing / parked
+    state: Mapped[MailboxState] = mapped_column(String(10), default="ok")
     last_attempt: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_success: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -168,8 +191,8 @@ class Mailbox(Base):
     items_logged: Mapped[int] = mapped_column(BigInteger, default=0)
     followups_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # rules last evaluated
     # the task write-back has its own state: a calendar that refuses writes never stops the
-    # mailbox's mail from being read and logged (ok / failing; error names the fix)
-    writer_state: Mapped[str] = mapped_column(String(10), default="ok")
+    # mailbox's mail from being read and logged (its error names the fix)
+    writer_state: Mapped[WriterState] = mapped_column(String(10), default="ok")
     writer_error: Mapped[str | None] = mapped_column(Text)
     writer_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     user: Mapped[User] = relationship()
@@ -189,13 +212,13 @@ class Activity(Base):
     __tablename__ = "activities"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     key: Mapped[str] = mapped_column(String(512), unique=True)
-    kind: Mapped[str] = mapped_column(String(10))  # email / meeting
+    kind: Mapped[ActivityKind] = mapped_column(String(10))
     subject: Mapped[str] = mapped_column(Text)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    direction: Mapped[str] = mapped_column(String(10))  # inbound / outbound / internal
+    direction: Mapped[Direction] = mapped_column(String(10))
     thread_key: Mapped[str] = mapped_column(String(512), index=True)
-    status: Mapped[str] = mapped_column(String(10), default="confirmed")  # or cancelled
+    status: Mapped[ActivityStatus] = mapped_column(String(10), default="confirmed")
     snippet: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)
     match_note: Mapped[str | None] = mapped_column(Text)  # e.g. an ambiguous opportunity
@@ -227,7 +250,7 @@ class ActivityParticipant(Base):
     )
     address: Mapped[str] = mapped_column(String(320), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(10))
+    role: Mapped[ParticipantRole] = mapped_column(String(10))
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
@@ -253,16 +276,16 @@ class Link(Base):
     )
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
-    type: Mapped[str] = mapped_column(String(12))  # contact / account / opportunity
+    type: Mapped[LinkType] = mapped_column(String(12))
     target_id: Mapped[int] = mapped_column(ID)
-    reason: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[LinkReason] = mapped_column(String(40))
 
 
 class Task(Base):
     __tablename__ = "tasks"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     uid: Mapped[str] = mapped_column(String(200), unique=True)
-    rule: Mapped[str] = mapped_column(String(40))
+    rule: Mapped[TaskRule] = mapped_column(String(40))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id", ondelete="SET NULL"))
     activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
@@ -273,8 +296,8 @@ class Task(Base):
     title: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text)
     due: Mapped[datetime] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(10), default="open")  # open / done / cancelled
-    resolution: Mapped[str | None] = mapped_column(String(40))  # replied, calendar, ...
+    status: Mapped[TaskStatus] = mapped_column(String(10), default="open")
+    resolution: Mapped[TaskResolution | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)

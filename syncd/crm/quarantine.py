@@ -10,13 +10,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from syncd.crm.models import Mailbox, QuarantineEntry
 from syncd.crm.recorder import clean
+
+
+class QuarantineRow(TypedDict):
+    """One entry in ``syncd quarantine list`` (and ``show``)."""
+
+    id: int
+    mailbox: str
+    source: str
+    provider_id: str
+    reason: str  # the connector's or parser's own words: anything, one line
+    format: str | None  # the parser that reads ``raw`` again (rfc822, ical, ...)
+    size: int | None
+    retryable: bool
+    attempts: int
+    created_at: str
+    updated_at: str | None
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,7 @@ class Entry:
     def retryable(self) -> bool:
         return self.size is not None and self.format is not None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> QuarantineRow:
         return {
             "id": self.id,
             "mailbox": self.mailbox,

@@ -1,5 +1,7 @@
 """Reads of the CRM database: the matcher's index, follow-up candidates, and the reports
-behind ``syncd status``, ``syncd activities`` and ``syncd tasks``."""
+behind ``syncd status``, ``syncd activities``, ``syncd tasks`` and ``syncd mailbox list``
+(their rows are typed: :class:`StatusRow`, :class:`ActivityRow`, :class:`TaskRow`,
+:class:`MailboxRow`; ``--json`` prints them as they are)."""
 
 from __future__ import annotations
 
@@ -9,28 +11,36 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from syncd.config import Settings
+from syncd.crm import quarantine as quarantine_store
 from syncd.crm.models import (
     Account,
     AccountDomain,
     Activity,
+    ActivityKind,
     ActivityParticipant,
+    ActivityStatus,
     Contact,
     ContactAddress,
     Link,
     Mailbox,
+    MailboxState,
     Opportunity,
     OpportunityContact,
     Sighting,
     Task,
+    TaskResolution,
+    TaskRule,
     ThreadKey,
     User,
+    WriterState,
 )
+from syncd.items import Direction, LinkReason, LinkType, ParticipantRole, TaskStatus
 from syncd.matching.addresses import domain_of, normalize_address, normalize_domain
 from syncd.matching.matcher import (
     AccountRef,
@@ -173,11 +183,12 @@ def conversation_keys_of_candidates(
             accounts.add(opp.account_id)
             contacts.update(opp.contact_ids)
     activity_ids: set[int] = set()
-    for kind, targets in (("account", accounts), ("contact", contacts)):
+    linked: tuple[tuple[LinkType, set[int]], ...] = (("account", accounts), ("contact", contacts))
+    for type_, targets in linked:
         for chunk in _chunked(sorted(targets)):
             activity_ids.update(
                 session.scalars(
-                    select(Link.activity_id).where(Link.type == kind, Link.target_id.in_(chunk))
+                    select(Link.activity_id).where(Link.type == type_, Link.target_id.in_(chunk))
                 )
             )
     keys: set[str] = set()
@@ -188,7 +199,7 @@ def conversation_keys_of_candidates(
 
 def _thread_nodes(session: Session, ids: list[int]) -> dict[int, ThreadNode]:
     base: dict[int, tuple[str, datetime, str | None]] = {}
-    links: dict[int, list[tuple[str, int, str]]] = defaultdict(list)
+    links: dict[int, list[tuple[LinkType, int, LinkReason]]] = defaultdict(list)
     for chunk in _chunked(ids):
         for activity_id, key, when, note in session.execute(
             select(Activity.id, Activity.key, Activity.occurred_at, Activity.match_note).where(
@@ -228,12 +239,12 @@ class Candidate:
 
     activity_id: int
     activity_key: str
-    kind: str
+    kind: ActivityKind
     subject: str
     occurred_at: datetime
     ends_at: datetime | None
-    status: str
-    direction: str
+    status: ActivityStatus
+    direction: Direction
     owner_id: int | None  # the user the task would be for
     contacts: tuple[tuple[int, str], ...]  # (id, name) of matched contacts
     opportunity_id: int | None
@@ -288,7 +299,7 @@ def followup_candidates(session: Session, user_id: int, since: datetime) -> list
     # the window by its index, plus the few older activities whose task is still open
     window = set(session.scalars(select(Activity.id).where(Activity.occurred_at >= since)))
     window.update(session.scalars(select(Task.activity_id).where(Task.status == "open")))
-    roles: dict[int, set[str]] = defaultdict(set)
+    roles: dict[int, set[ParticipantRole]] = defaultdict(set)
     with_contact: set[int] = set()
     for chunk in _chunked(sorted(window)):
         for activity_id, role in session.execute(
@@ -383,8 +394,8 @@ def _meeting_owners(session: Session, activity_ids: list[int]) -> dict[int, int]
     return owners
 
 
-def task_status_by_uid(session: Session, uids: list[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
+def task_status_by_uid(session: Session, uids: list[str]) -> dict[str, TaskStatus]:
+    found: dict[str, TaskStatus] = {}
     for i in range(0, len(uids), 500):
         found.update(
             session.execute(
@@ -406,7 +417,39 @@ def task_deal_by_uid(session: Session, uids: list[str]) -> dict[str, int | None]
 # --- reports ----------------------------------------------------------------------------
 
 
-def status_report(session: Session) -> list[dict[str, Any]]:
+class _WriterStatus(TypedDict):
+    state: WriterState
+    error: str | None
+    updated_at: str | None
+
+
+class WriterStatus(_WriterStatus, total=False):
+    """A mailbox's task write-back, apart from its mail (``tasks`` in ``syncd status``).
+    (``total=False`` rather than NotRequired: this module's annotations are strings, which
+    Python 3.11's TypedDict cannot read NotRequired from.)"""
+
+    fix: str  # what the admin does about it, when it is not ok (the CLI's words)
+
+
+class StatusRow(TypedDict):
+    """One mailbox in ``syncd status``."""
+
+    mailbox: str
+    kind: str  # the connector kind (syncd.connectors.registry)
+    user: str
+    state: MailboxState
+    last_success: str | None
+    last_attempt: str | None
+    items: int
+    error: str | None
+    tasks: WriterStatus
+    quarantined: int
+
+
+def status_report(session: Session) -> list[StatusRow]:
+    """Every mailbox's state, its task write-back's, and how many of its items are
+    quarantined (errors as stored: the CLI masks what they may quote of a URL)."""
+    quarantined = quarantine_store.counts(session)
     rows = session.execute(select(Mailbox, User.email).join(User).order_by(Mailbox.name))
     return [
         {
@@ -414,12 +457,40 @@ def status_report(session: Session) -> list[dict[str, Any]]:
             "kind": m.kind,
             "user": email,
             "state": m.state,
-            "last_success": m.last_success.isoformat() if m.last_success else None,
-            "last_attempt": m.last_attempt.isoformat() if m.last_attempt else None,
+            "last_success": _iso(m.last_success),
+            "last_attempt": _iso(m.last_attempt),
             "items": m.items_logged,
             "error": m.last_error,
+            "tasks": {
+                "state": m.writer_state or "ok",
+                "error": m.writer_error,
+                "updated_at": _iso(m.writer_at),
+            },
+            "quarantined": quarantined.get(m.name, 0),
         }
         for m, email in rows
+    ]
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+class MailboxRow(TypedDict):
+    """One mailbox in ``syncd mailbox list``."""
+
+    mailbox: str
+    kind: str
+    user: str
+    settings: dict[str, Any]  # as stored (JSON); the CLI masks what a URL may hold
+
+
+def mailbox_report(session: Session) -> list[MailboxRow]:
+    return [
+        {"mailbox": m.name, "kind": m.kind, "user": email, "settings": m.settings}
+        for m, email in session.execute(
+            select(Mailbox, User.email).join(User).order_by(Mailbox.name)
+        )
     ]
 
 
@@ -427,7 +498,7 @@ def _timeline_filter(
     session: Session, contact: str | None, account: str | None, opportunity: str | None
 ) -> Select[Any]:
     query = select(Activity).order_by(Activity.occurred_at, Activity.id)
-    targets: list[tuple[str, int | None]] = []
+    targets: list[tuple[LinkType, int | None]] = []
     if contact:
         targets.append(
             (
@@ -455,13 +526,47 @@ def _timeline_filter(
                 ),
             )
         )
-    for kind, target in targets:
+    for type_, target in targets:
         query = query.where(
             exists().where(
-                Link.activity_id == Activity.id, Link.type == kind, Link.target_id == (target or -1)
+                Link.activity_id == Activity.id,
+                Link.type == type_,
+                Link.target_id == (target or -1),
             )
         )
     return query
+
+
+class ParticipantRow(TypedDict):
+    address: str
+    name: str
+    role: ParticipantRole
+
+
+class LinkRow(TypedDict):
+    type: LinkType
+    id: int
+    name: str
+    reason: LinkReason
+
+
+class ActivityRow(TypedDict):
+    """One activity in ``syncd activities``: its participants, and each link with the
+    reason it was made."""
+
+    id: int
+    key: str
+    kind: ActivityKind
+    subject: str
+    occurred_at: str
+    ends_at: str | None
+    direction: Direction
+    status: ActivityStatus
+    participants: list[ParticipantRow]
+    links: list[LinkRow]
+    note: str | None
+    mailboxes: list[str]
+    snippet: str | None
 
 
 def timeline(
@@ -469,7 +574,7 @@ def timeline(
     contact: str | None = None,
     account: str | None = None,
     opportunity: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[ActivityRow]:
     activities = session.scalars(_timeline_filter(session, contact, account, opportunity)).all()
     names = _link_names(session)
     mailboxes = dict(session.execute(select(Mailbox.id, Mailbox.name)).all())
@@ -487,7 +592,7 @@ def timeline(
             "kind": a.kind,
             "subject": a.subject,
             "occurred_at": a.occurred_at.isoformat(),
-            "ends_at": a.ends_at.isoformat() if a.ends_at else None,
+            "ends_at": _iso(a.ends_at),
             "direction": a.direction,
             "status": a.status,
             "participants": [
@@ -510,7 +615,7 @@ def timeline(
     ]
 
 
-def _link_names(session: Session) -> dict[str, dict[int, str]]:
+def _link_names(session: Session) -> dict[LinkType, dict[int, str]]:
     return {
         "contact": dict(session.execute(select(Contact.id, Contact.name)).all()),
         "account": dict(session.execute(select(Account.id, Account.name)).all()),
@@ -523,7 +628,24 @@ def _link_names(session: Session) -> dict[str, dict[int, str]]:
     }
 
 
-def task_report(session: Session, user: str | None = None) -> list[dict[str, Any]]:
+class TaskRow(TypedDict):
+    """One follow-up task in ``syncd tasks``."""
+
+    uid: str
+    title: str
+    due: str
+    user: str
+    status: TaskStatus
+    resolution: TaskResolution | None
+    rule: TaskRule
+    activity_id: int
+    opportunity_id: int | None
+    opportunity: str | None  # its external id
+    in_calendar: bool
+    write_error: str | None
+
+
+def task_report(session: Session, user: str | None = None) -> list[TaskRow]:
     query = (
         select(Task, User.email, Opportunity.external_id)
         .join(User, Task.user_id == User.id)

@@ -22,25 +22,34 @@ from sqlalchemy.orm import Session
 
 from syncd.crm.models import (
     Activity,
+    ActivityKind,
     ActivityParticipant,
+    ActivityStatus,
     Base,
     Link,
     Mailbox,
+    MailboxState,
     QuarantineEntry,
     Sighting,
     SourceCursor,
     Task,
+    TaskResolution,
+    TaskRule,
     ThreadKey,
+    WriterState,
 )
 from syncd.items import (
     RAW_KEPT,
     SNIPPET_CHARS,
     Cursor,
     Item,
+    LinkReason,
+    LinkType,
     MailItem,
     MeetingItem,
     Quarantined,
     TaskState,
+    TaskStatus,
     conversation_keys,
     fit,
 )
@@ -133,12 +142,14 @@ def clean(text: str | None) -> str | None:
 
 def _activity_row(d: Decision, body_policy: str, now: datetime) -> dict[str, Any]:
     item = d.item
+    kind: ActivityKind
+    status: ActivityStatus
     if isinstance(item, MailItem):
         kind, when, ends, text, status = "email", item.sent_at, None, item.body, "confirmed"
         thread_key = item.thread_key
     else:
         kind, when, ends, text = "meeting", item.start, item.end, item.description
-        status = "cancelled" if item.cancelled else "confirmed"
+        status = _meeting_status(item)
         thread_key = fit(f"ical:{item.uid}")
     if when.tzinfo is None or (ends is not None and ends.tzinfo is None):
         raise ValueError(f"item {item.provider_id!r} has a time without a time zone")
@@ -168,13 +179,17 @@ def _existing(session: Session, keys: list[str]) -> dict[str, Activity]:
     return found
 
 
+def _meeting_status(item: MeetingItem) -> ActivityStatus:
+    return "cancelled" if item.cancelled else "confirmed"
+
+
 def _update_meeting(activity: Activity, item: MeetingItem) -> bool:
     """A rescheduled, renamed or cancelled meeting updates its activity in place."""
     changes = {
         "subject": clean(item.subject),
         "occurred_at": item.start,
         "ends_at": item.end,
-        "status": "cancelled" if item.cancelled else "confirmed",
+        "status": _meeting_status(item),
     }
     changed = False
     for attr, value in changes.items():
@@ -276,7 +291,7 @@ def _merge_seen(
     Every tag any copy carries is kept (one copy's body may be cut short, another's not);
     other deal links are left to the conversation's settling (matcher.settle)."""
     ids = [existing[d.item.key].id for d in seen]
-    have: dict[tuple[int, str, int], str] = {}
+    have: dict[tuple[int, LinkType, int], LinkReason] = {}
     for chunk in _chunks(ids):
         for activity_id, type_, target_id, reason in session.execute(
             select(Link.activity_id, Link.type, Link.target_id, Link.reason).where(
@@ -503,7 +518,7 @@ class TaskPlan:
     """What a follow-up rule decided about one task (see syncd.followups)."""
 
     uid: str
-    rule: str
+    rule: TaskRule
     user_id: int
     activity_id: int
     contact_id: int | None
@@ -511,8 +526,8 @@ class TaskPlan:
     title: str
     description: str
     due: datetime
-    status: str
-    resolution: str | None = None
+    status: TaskStatus
+    resolution: TaskResolution | None = None
 
 
 def apply_task_plans(session: Session, plans: Sequence[TaskPlan], now: datetime) -> int:
@@ -689,7 +704,7 @@ def mark_followups(session: Session, mailbox_id: int, now: datetime) -> None:
 
 
 def mark_writer(
-    session: Session, mailbox_id: int, *, state: str, now: datetime, error: str | None
+    session: Session, mailbox_id: int, *, state: WriterState, now: datetime, error: str | None
 ) -> None:
     """The task write-back's own state; it never changes the mailbox's."""
     session.execute(
@@ -700,7 +715,7 @@ def mark_writer(
 
 
 def mark_mailbox(
-    session: Session, mailbox_id: int, *, state: str, now: datetime, error: str | None
+    session: Session, mailbox_id: int, *, state: MailboxState, now: datetime, error: str | None
 ) -> None:
     mailbox = session.get(Mailbox, mailbox_id)
     assert mailbox is not None

@@ -30,7 +30,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from syncd.items import Item, MailItem
+from syncd.items import (
+    Direction,
+    Item,
+    LinkReason,
+    LinkType,
+    MailItem,
+    OpportunityStatus,
+    ParticipantRole,
+)
 from syncd.matching.addresses import domain_of, is_free_mail
 
 
@@ -60,7 +68,7 @@ class OpportunityRef:
     external_id: str
     name: str
     account_id: int
-    status: str
+    status: OpportunityStatus
     contact_ids: frozenset[int] = frozenset()
 
 
@@ -132,23 +140,23 @@ def _in_domains(domain: str, domains: set[str]) -> bool:
 class ParticipantMatch:
     address: str
     name: str
-    role: str
+    role: ParticipantRole
     contact_id: int | None = None
     user_id: int | None = None
 
 
 @dataclass(frozen=True)
 class LinkDecision:
-    type: str  # contact / account / opportunity
+    type: LinkType
     target_id: int
-    reason: str
+    reason: LinkReason
 
 
 @dataclass(frozen=True)
 class Match:
     participants: tuple[ParticipantMatch, ...]
     links: tuple[LinkDecision, ...]
-    direction: str
+    direction: Direction
     note: str | None = None
 
     @property
@@ -160,7 +168,7 @@ class Match:
         return any(lk.type in ("contact", "account") for lk in self.links)
 
 
-def _direction(item: Item, index: CrmIndex) -> str:
+def _direction(item: Item, index: CrmIndex) -> Direction:
     first = item.sender if isinstance(item, MailItem) else item.organizer
     if all(index.is_internal(p.address) for p in item.participants):
         return "internal"
@@ -211,7 +219,11 @@ def weak_choice(
     ]
     open_ = [o for o in related if o.status == "open"]
     with_role = [o for o in open_ if o.contact_ids & contacts]
-    for candidates, reason in ((with_role, "contact-role"), (open_, "account")):
+    ranked: tuple[tuple[list[OpportunityRef], LinkReason], ...] = (
+        (with_role, "contact-role"),
+        (open_, "account"),
+    )
+    for candidates, reason in ranked:
         if not candidates:
             continue
         best = _most_recent(candidates, index)
@@ -236,7 +248,7 @@ class ThreadNode:
     tags: tuple[int, ...]  # opportunities it names by tag
     contact_ids: tuple[int, ...]
     account_ids: tuple[int, ...]
-    opportunity: tuple[int, str] | None  # its current (non-tag) deal link and reason
+    opportunity: tuple[int, LinkReason] | None  # its current (non-tag) deal link and reason
     note: str | None
 
 
@@ -245,7 +257,7 @@ class Relink:
     """What :func:`settle` wants for one activity: its deal link (None: none) and note."""
 
     activity_id: int
-    opportunity: tuple[int, str] | None
+    opportunity: tuple[int, LinkReason] | None
     note: str | None
     deal_changed: bool = True
     note_changed: bool = True
@@ -279,7 +291,7 @@ def settle(nodes: Iterable[ThreadNode], index: CrmIndex) -> list[Relink]:
     changes: list[Relink] = []
     for n in ordered:
         if n.tags:
-            want: tuple[int, str] | None = None  # its tag links are its deal
+            want: tuple[int, LinkReason] | None = None  # its tag links are its deal
             note = _keep(n.note)
         elif tagged:
             before = [t for t in tagged if _order(t) <= _order(n)]
@@ -317,9 +329,9 @@ def match(item: Item, index: CrmIndex) -> Match:
     contact_ids: list[int] = []
     account_ids: list[int] = []
 
-    def link(kind: str, target: int, reason: str) -> None:
-        if not any(lk.type == kind and lk.target_id == target for lk in links):
-            links.append(LinkDecision(kind, target, reason))
+    def link(type_: LinkType, target: int, reason: LinkReason) -> None:
+        if not any(lk.type == type_ and lk.target_id == target for lk in links):
+            links.append(LinkDecision(type_, target, reason))
 
     for p in item.participants:
         user = index.users.get(p.address)

@@ -1,7 +1,11 @@
 """``kind = "gmail"``: Gmail and Google Calendar through google-api-python-client.
 
-:mod:`.connector` reads and writes; :mod:`.signin` is ``mailbox add``/``reauth`` (the
-service account key of the admin mode, the installed-app consent of the user mode)."""
+This module holds only the kind's models (light: ``mailbox add --help`` reads them).
+:mod:`.connector` opens a mailbox; :mod:`.client` is the session with Google (credentials,
+quota, retries, labels, raw fetches); :mod:`.mail` the source ``gmail:mail``;
+:mod:`.calendar` the source ``gcal:primary`` and the task writer; :mod:`.parse` reads
+Google's JSON (pure); :mod:`.signin` is ``mailbox add``/``reauth`` (the service account key
+of the admin mode, the installed-app consent of the user mode)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
-"""``kind = "imap"``: mail over IMAP (:mod:`.connector`, IDLE pushes) and the same user's
-calendars over CalDAV (:mod:`.caldav`); :mod:`.signin` for ``mailbox add``/``reauth``."""
+"""``kind = "imap"``: mail over IMAP and the same user's calendars over CalDAV; this module
+holds the kind's settings and sign-in options, and its ``KIND``.
+
+:mod:`.connector` the connector (``KIND.open``) · :mod:`.session` one IMAP connection
+(login, retries) · :mod:`.folder` a folder as a mail source (its cursor, FETCH) ·
+:mod:`.watch` IDLE pushes (``KIND.watch``) · :mod:`.caldav` CalDAV calendars and the task
+writer · :mod:`.parse` what the servers send, read without a network · :mod:`.signin`
+``mailbox add``/``reauth``."""
 
 from __future__ import annotations
 
@@ -79,5 +85,5 @@ KIND = Kind(
     open="syncd.connectors.imap.connector:ImapConnector",
     add="syncd.connectors.imap.signin:add",
     reauth="syncd.connectors.imap.signin:reauth",
-    watch="syncd.connectors.imap.connector:watch",
+    watch="syncd.connectors.imap.watch:watch",
 )

@@ -1,6 +1,7 @@
 """``kind = "local"``: a Maildir, mbox archives (a Google Takeout) and a vdir calendar on
-disk; the embedded default that needs no account. See :mod:`.connector` for how they are
-read, :mod:`.files` for the safe file reads, :mod:`.signin` for ``mailbox add``."""
+disk; the embedded default that needs no account. :mod:`.connector` names the sources,
+:mod:`.maildir`, :mod:`.mbox` and :mod:`.vdir` read them, :mod:`.files` holds the safe file
+reads and what a source makes of a file it does not read, :mod:`.signin` is ``mailbox add``."""
 
 from __future__ import annotations
 

@@ -8,19 +8,27 @@ folder, an mbox archive), so that nothing planted there can redirect syncd.
 - Writes: a new temp file of an unpredictable name is created with ``O_EXCL | O_NOFOLLOW``
   in the target folder, then renamed over the target name; ``rename`` replaces a link
   found there, it never writes through one.
+- What a source makes of a file or folder it does not read (the Maildir folders, the mbox
+  archives and the vdir calendar alike): a quarantine entry with the reason and no bytes
+  (:func:`unreadable`), once for a whole folder or archive (:func:`skipped_once`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 import stat
 from array import array
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from syncd.connectors.base import too_large
+from syncd.connectors.reasons import describe
+from syncd.items import Batch, Cursor, MailItem, Quarantined
 
 # a file is opened without following a link, without waiting (a FIFO), and never becomes
 # the controlling terminal (a tty device)
@@ -162,3 +170,46 @@ def write_replacing(folder_path: str | Path, name: str, data: bytes) -> None:
             raise
     finally:
         os.close(folder)
+
+
+# --- what a source makes of what it does not read -------------------------------------------
+
+
+def file_time(ns: int) -> datetime:
+    """A file time (``st_mtime_ns``) in UTC: a message's date when it has none of its own."""
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+def unreadable(provider_id: str, exc: Exception) -> Quarantined:
+    """A file that is not read: its reason, never its path as the OS spells it (which may
+    hold what is not UTF-8) nor anything read from it."""
+    if isinstance(exc, TooLarge):
+        reason = str(exc)
+    elif isinstance(exc, NotRegularFile):
+        reason = f"{exc}, not a regular file: not read (syncd reads only regular files)"
+    else:
+        reason = "cannot read the file"
+        if isinstance(exc, OSError) and exc.strerror:
+            reason += f": {exc.strerror}"
+        else:
+            reason += f": {describe(exc)}"
+    return Quarantined(provider_id, reason)
+
+
+def skipped_once(state: dict[str, Any], reason: str, provider_id: str) -> Batch[MailItem] | None:
+    """The batch that quarantines a folder or file not read, once: its cursor keeps what
+    the source had read (``c``/``n`` or ``count``) and remembers the reason; the source
+    reads on from there once the entry is fixed."""
+    if state.get("skipped") == reason:
+        return None
+    kept = {**state, "skipped": reason, "d": None, "size": -1, "mtime": -1}
+    return Batch((), Cursor(json.dumps(kept)), quarantined=(Quarantined(provider_id, reason),))
+
+
+def mail_batch(results: list[MailItem | Quarantined], cursor: Cursor) -> Batch[MailItem]:
+    """A batch of the messages read and the entries quarantined, in one list."""
+    return Batch(
+        items=tuple(r for r in results if isinstance(r, MailItem)),
+        cursor=cursor,
+        quarantined=tuple(r for r in results if isinstance(r, Quarantined)),
+    )

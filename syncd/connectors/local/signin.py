@@ -2,32 +2,45 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from syncd.connectors.kind import SignedIn, SignInContext, SignInError, SignInOptions
 from syncd.connectors.local import LocalSettings
 
 
-def add(ctx: SignInContext, settings: LocalSettings, options: SignInOptions) -> SignedIn:
-    if settings.maildir is None and not settings.mbox:
-        raise SignInError("a local mailbox needs --maildir DIR or --mbox FILE")
-    maildir = settings.maildir.expanduser().resolve() if settings.maildir else None
+def _maildir(path: Path | None) -> Path | None:
+    maildir = path.expanduser().resolve() if path else None
     if maildir is not None and not (maildir / "cur").is_dir():
         raise SignInError(
             f"--maildir {str(maildir)!r} is not a Maildir (no cur/ inside); "
             "give the folder that holds cur/, new/ and tmp/"
         )
-    for m in settings.mbox:
+    return maildir
+
+
+def _mboxes(paths: list[Path]) -> list[Path]:
+    for m in paths:
         if not m.is_file():
             raise SignInError(
                 f"--mbox {str(m)!r} is not a file; give the path of an mbox archive", 2
             )
-    calendar = settings.calendar.expanduser().resolve() if settings.calendar else None
+    return [m.expanduser().resolve() for m in paths]
+
+
+def _calendar(path: Path | None) -> Path | None:
+    """The vdir calendar, created when it does not exist yet (syncd writes tasks into it)."""
+    calendar = path.expanduser().resolve() if path else None
     if calendar is not None:
         calendar.mkdir(parents=True, exist_ok=True)
+    return calendar
+
+
+def add(ctx: SignInContext, settings: LocalSettings, options: SignInOptions) -> SignedIn:
+    if settings.maildir is None and not settings.mbox:
+        raise SignInError("a local mailbox needs --maildir DIR or --mbox FILE")
+    maildir = _maildir(settings.maildir)
+    mboxes = _mboxes(settings.mbox)
     typed = settings.model_copy(
-        update={
-            "maildir": maildir,
-            "mbox": [m.expanduser().resolve() for m in settings.mbox],
-            "calendar": calendar,
-        }
+        update={"maildir": maildir, "mbox": mboxes, "calendar": _calendar(settings.calendar)}
     )
     return SignedIn(typed, None, "nothing")

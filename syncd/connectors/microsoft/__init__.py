@@ -1,7 +1,12 @@
 """``kind = "microsoft"``: Exchange Online mail, calendar and To Do through Microsoft Graph.
 
-:mod:`.connector` reads and writes; :mod:`.signin` is ``mailbox add``/``reauth`` (a client
-secret or a certificate for the admin mode, the device-code flow for the user mode)."""
+This module holds the kind's settings (``KIND``) and stays light. The rest loads on use:
+:mod:`.connector` (``MicrosoftConnector``: the sources and the task writer) over
+:mod:`.client` (the Graph session: msal tokens, retries, the mailbox's four slots,
+``$batch``); :mod:`.mail`, :mod:`.calendar` and :mod:`.tasks` (the message delta, the
+calendarView delta, To Do tasks or task events); :mod:`.parse` (Graph JSON -> items, and the
+quarantine's re-parsers); :mod:`.signin` (``mailbox add``/``reauth``: a client secret or a
+certificate for the admin mode, the device-code flow for the user mode)."""
 
 from __future__ import annotations
 
@@ -104,7 +109,7 @@ KIND = Kind(
     add="syncd.connectors.microsoft.signin:add",
     reauth="syncd.connectors.microsoft.signin:reauth",
     formats={
-        "graph-message": "syncd.connectors.microsoft.connector:reread_message",
-        "graph-event": "syncd.connectors.microsoft.connector:reread_event",
+        "graph-message": "syncd.connectors.microsoft.parse:reread_message",
+        "graph-event": "syncd.connectors.microsoft.parse:reread_event",
     },
 )

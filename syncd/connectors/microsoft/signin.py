@@ -19,7 +19,7 @@ import requests
 from syncd.connectors.base import AuthError, ConnectorError
 from syncd.connectors.kind import SignedIn, SignInContext, SignInError, checked_url, since_days
 from syncd.connectors.microsoft import MicrosoftSettings, MicrosoftSignIn
-from syncd.connectors.microsoft.connector import AUTHORITY, USER_SCOPES, _Http
+from syncd.connectors.microsoft.client import AUTHORITY, USER_SCOPES, _Http
 from syncd.secrets import Secret, token_cache_path
 
 
