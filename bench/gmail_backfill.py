@@ -32,7 +32,7 @@ def main() -> None:
     from sqlalchemy import select
 
     from syncd.config import Settings
-    from syncd.crm import recorder
+    from syncd.crm import mailboxes
     from syncd.crm.database import make_engine, session_factory, upgrade
     from syncd.crm.models import User
     from syncd.demo import build_demo, email_bytes, load_company
@@ -70,7 +70,7 @@ def main() -> None:
     with sessions.begin() as session:
         user_id = session.scalar(select(User.id).where(User.email == user))
         assert user_id is not None
-        recorder.add_mailbox(
+        mailboxes.add_mailbox(
             session,
             name="ana",
             kind="gmail",

@@ -62,7 +62,7 @@ def phase_sync(
 ) -> dict[str, float]:
     """syncd's whole pipeline on the mailbox, as `syncd sync` runs it."""
     from syncd.config import Settings
-    from syncd.crm import recorder
+    from syncd.crm import mailboxes
     from syncd.crm.database import make_engine, session_factory, upgrade
     from syncd.demo import load_company
     from syncd.secrets import Secret, SecretBox
@@ -80,7 +80,7 @@ def phase_sync(
 
         user_id = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
         assert user_id is not None
-        recorder.add_mailbox(
+        mailboxes.add_mailbox(
             session,
             name="ana",
             kind="imap",

@@ -53,7 +53,7 @@ def main() -> None:
     from syncd.connectors.microsoft.client import _Http
     from syncd.connectors.microsoft.mail import FOLDERS
     from syncd.connectors.microsoft.parse import SELECT
-    from syncd.crm import recorder
+    from syncd.crm import mailboxes
     from syncd.crm.database import make_engine, session_factory, upgrade
     from syncd.crm.models import User
     from syncd.demo import build_demo, load_company
@@ -116,7 +116,7 @@ def main() -> None:
     with sessions.begin() as session:
         user_id = session.scalar(select(User.id).where(User.email == user))
         assert user_id is not None
-        recorder.add_mailbox(
+        mailboxes.add_mailbox(
             session,
             name="ana",
             kind="microsoft",

@@ -170,31 +170,46 @@ class Daemon:
         Returns when the next planned restart is due (time.monotonic()), if any."""
         now = time.monotonic()
         with self.sessions() as session:
-            wanted = {
-                m.name: m
-                for m in session.scalars(select(Mailbox))
-                if m.state != "parked" and self._pushes(m)
-            }
+            wanted = self._wanting_watchers(session)
             for name in [n for n in self.watches if n not in wanted]:
                 self._retire(name, "parked or no longer asks for idle")
-            for name, mailbox in wanted.items():
-                fingerprint = _fingerprint(mailbox)
-                watch = self.watches.get(name)
-                if watch is not None and watch.fingerprint != fingerprint:
-                    self._retire(name, "its settings or credentials changed")
-                    watch = None
+            for mailbox in wanted.values():
+                watch = self._current_watch(mailbox)
                 if watch is None:
-                    self._start(mailbox, _Watch(fingerprint, threading.Event()), now)
-                elif watch.retry_at is not None:
-                    if now >= watch.retry_at:
-                        self._start(mailbox, watch, now)
-                elif watch.watcher is not None and not _alive(watch.watcher):
-                    self._schedule(name, watch, now, "stopped")
-                    self.on_push(name)  # a sync now finds out why (a refused login parks it)
-                elif watch.failures and now - watch.started >= WATCH_STABLE:
-                    watch.failures = 0
+                    self._start(mailbox, _Watch(_fingerprint(mailbox), threading.Event()), now)
+                else:
+                    self._tend(mailbox, watch, now)
         planned = [w.retry_at for w in self.watches.values() if w.retry_at is not None]
         return min(planned) if planned else None
+
+    def _wanting_watchers(self, session: Session) -> dict[str, Mailbox]:
+        """The mailboxes that ask for a push watcher and are not parked, by name."""
+        return {
+            m.name: m
+            for m in session.scalars(select(Mailbox))
+            if m.state != "parked" and self._pushes(m)
+        }
+
+    def _current_watch(self, mailbox: Mailbox) -> _Watch | None:
+        """The mailbox's watch, unless there is none or it was started with other settings
+        or credentials (it is then retired)."""
+        watch = self.watches.get(mailbox.name)
+        if watch is not None and watch.fingerprint != _fingerprint(mailbox):
+            self._retire(mailbox.name, "its settings or credentials changed")
+            return None
+        return watch
+
+    def _tend(self, mailbox: Mailbox, watch: _Watch, now: float) -> None:
+        """Start a watcher again once its backoff is over; notice one that died; forget
+        the failures of one that has stayed up WATCH_STABLE."""
+        if watch.retry_at is not None:
+            if now >= watch.retry_at:
+                self._start(mailbox, watch, now)
+        elif watch.watcher is not None and not _alive(watch.watcher):
+            self._schedule(mailbox.name, watch, now, "stopped")
+            self.on_push(mailbox.name)  # a sync now finds out why (a refused login parks it)
+        elif watch.failures and now - watch.started >= WATCH_STABLE:
+            watch.failures = 0
 
     def _start(self, mailbox: Mailbox, watch: _Watch, now: float) -> None:
         self.watches[mailbox.name] = watch

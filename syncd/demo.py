@@ -17,7 +17,7 @@ import icalendar
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from syncd.crm import recorder
+from syncd.crm import mailboxes
 from syncd.crm.loader import load_csv
 from syncd.crm.models import User
 
@@ -128,7 +128,7 @@ def add_local_mailbox(
     with sessions.begin() as session:
         user_id = session.scalar(select(User.id).where(User.email == user))
         assert user_id is not None, f"no CRM user {user}"
-        recorder.add_mailbox(session, name=name, kind="local", user_id=user_id, settings=settings)
+        mailboxes.add_mailbox(session, name=name, kind="local", user_id=user_id, settings=settings)
 
 
 def _csv(path: Path, rows: list[str]) -> Path:

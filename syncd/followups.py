@@ -24,11 +24,11 @@ from datetime import datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from syncd.config import WEEKDAYS, Settings, parse_working_hours
+from syncd.config import WEEKDAYS, FollowupSettings, Settings, parse_working_hours
 from syncd.crm.models import TaskResolution, TaskRule
 from syncd.crm.queries import Candidate
-from syncd.crm.recorder import TaskPlan
-from syncd.items import EARLIEST, TaskStatus, latest
+from syncd.crm.tasks import TaskPlan
+from syncd.items import EARLIEST, TASK_UID_PREFIX, TaskStatus, latest
 
 RULE_NO_REPLY: Final = "no-reply"
 RULE_MEETING_NOTES: Final = "meeting-notes"
@@ -93,7 +93,7 @@ class WorkingTime:
 def task_uid(rule: TaskRule, activity_key: str) -> str:
     """Stable across runs and machines: a retry writes the same calendar entry."""
     digest = hashlib.sha256(f"{rule}\x1f{activity_key}".encode()).hexdigest()[:24]
-    return f"syncd-{rule}-{digest}"
+    return f"{TASK_UID_PREFIX}{rule}-{digest}"
 
 
 def _names(contacts: tuple[tuple[int, str], ...]) -> str:
@@ -122,51 +122,79 @@ def plan(
     """Decide new tasks and status changes. ``existing`` maps task uid -> current status,
     ``existing_deals`` task uid -> its opportunity: an open task whose activity moved to
     another deal (its conversation was settled again) is rewritten with the new deal."""
-    deals = existing_deals or {}
-
-    def create_or_move(uid: str, due: bool) -> bool:
-        """A new task whose time has come, or an open one whose activity changed deal."""
-        if uid not in existing:
-            return due
-        return existing[uid] == "open" and deals.get(uid) != c.opportunity_id
-
-    rules = settings.followups
-    since = now - timedelta(days=rules.lookback_days)
+    planner = _Planner(settings.followups, existing, existing_deals or {}, now)
     plans: list[TaskPlan] = []
     for c in candidates:
-        if c.owner_id is None or not c.contacts or c.owner_id not in working:
-            continue
-        if not (EARLIEST <= c.occurred_at <= latest(now)) or (
-            c.ends_at is not None and c.ends_at > latest(now)
-        ):
-            continue  # a time no calendar arithmetic should meet (stored before the range check)
-        wt = working[c.owner_id]
-        if c.kind == "email" and rules.no_reply.enabled:
-            uid = task_uid(RULE_NO_REPLY, c.activity_key)
-            deadline = wt.add_business_days(c.occurred_at, rules.no_reply.business_days)
-            if c.replied_at is not None:
-                if existing.get(uid) == "open":
-                    plans.append(_task(c, uid, RULE_NO_REPLY, "done", "replied", wt, deadline))
-            elif create_or_move(uid, now >= deadline and c.occurred_at >= since):
-                plans.append(_task(c, uid, RULE_NO_REPLY, "open", None, wt, deadline))
-        elif c.kind == "meeting" and rules.meeting_notes.enabled and c.ends_at is not None:
-            uid = task_uid(RULE_MEETING_NOTES, c.activity_key)
-            if c.status == "cancelled":
-                if existing.get(uid) == "open":
-                    plans.append(
-                        _task(
-                            c,
-                            uid,
-                            RULE_MEETING_NOTES,
-                            "cancelled",
-                            "meeting cancelled",
-                            wt,
-                            c.ends_at,
-                        )
-                    )
-            elif create_or_move(uid, now >= c.ends_at and c.occurred_at >= since):
-                plans.append(_task(c, uid, RULE_MEETING_NOTES, "open", None, wt, c.ends_at))
+        wt = _working_time(c, working, now)
+        task = planner.plan(c, wt) if wt is not None else None
+        if task is not None:
+            plans.append(task)
     return plans
+
+
+def _working_time(
+    c: Candidate, working: Mapping[int, WorkingTime], now: datetime
+) -> WorkingTime | None:
+    """The working time of the candidate's owner; None when no rule applies to it (no
+    owner, no contact, or a time no calendar arithmetic should meet: stored before the
+    range check)."""
+    if c.owner_id is None or not c.contacts or c.owner_id not in working:
+        return None
+    if not (EARLIEST <= c.occurred_at <= latest(now)) or (
+        c.ends_at is not None and c.ends_at > latest(now)
+    ):
+        return None
+    return working[c.owner_id]
+
+
+@dataclass(frozen=True)
+class _Planner:
+    """The rules as one run of :func:`plan` applies them to each candidate."""
+
+    rules: FollowupSettings
+    existing: Mapping[str, TaskStatus]
+    deals: Mapping[str, int | None]
+    now: datetime
+
+    @property
+    def since(self) -> datetime:
+        return self.now - timedelta(days=self.rules.lookback_days)
+
+    def plan(self, c: Candidate, wt: WorkingTime) -> TaskPlan | None:
+        if c.kind == "email" and self.rules.no_reply.enabled:
+            return self._no_reply(c, wt)
+        if c.kind == "meeting" and self.rules.meeting_notes.enabled and c.ends_at is not None:
+            return self._meeting_notes(c, c.ends_at, wt)
+        return None
+
+    def _no_reply(self, c: Candidate, wt: WorkingTime) -> TaskPlan | None:
+        uid = task_uid(RULE_NO_REPLY, c.activity_key)
+        deadline = wt.add_business_days(c.occurred_at, self.rules.no_reply.business_days)
+        if c.replied_at is not None:
+            if self.existing.get(uid) == "open":
+                return _task(c, uid, RULE_NO_REPLY, "done", "replied", wt, deadline)
+            return None
+        if self._create_or_move(uid, c, self.now >= deadline and c.occurred_at >= self.since):
+            return _task(c, uid, RULE_NO_REPLY, "open", None, wt, deadline)
+        return None
+
+    def _meeting_notes(self, c: Candidate, ends_at: datetime, wt: WorkingTime) -> TaskPlan | None:
+        uid = task_uid(RULE_MEETING_NOTES, c.activity_key)
+        if c.status == "cancelled":
+            if self.existing.get(uid) == "open":
+                return _task(
+                    c, uid, RULE_MEETING_NOTES, "cancelled", "meeting cancelled", wt, ends_at
+                )
+            return None
+        if self._create_or_move(uid, c, self.now >= ends_at and c.occurred_at >= self.since):
+            return _task(c, uid, RULE_MEETING_NOTES, "open", None, wt, ends_at)
+        return None
+
+    def _create_or_move(self, uid: str, c: Candidate, due: bool) -> bool:
+        """A new task whose time has come, or an open one whose activity changed deal."""
+        if uid not in self.existing:
+            return due
+        return self.existing[uid] == "open" and self.deals.get(uid) != c.opportunity_id
 
 
 def _task(

@@ -70,7 +70,6 @@ class MeetingItem:
     cancelled: bool = False
     private: bool = False
     description: str = ""
-    location: str = ""
     method: str | None = None  # iTIP method when it came by mail: REQUEST, REPLY, CANCEL
     labels: tuple[str, ...] = ()  # provider categories (Outlook)
 
@@ -158,9 +157,9 @@ class Quarantined:
     format: str | None = None
 
 
-# how a user marks a task event done in a calendar that has no done state: its title starts
-# with one of these (read back by the Google and Microsoft connectors)
-DONE_MARKS = ("Done", "done", "DONE", "✓", "✔", "☑")
+# the uids of syncd's own follow-up tasks start with this (syncd.followups makes them):
+# a calendar entry with such a uid is a task, never a meeting
+TASK_UID_PREFIX = "syncd-"
 
 
 @dataclass(frozen=True)

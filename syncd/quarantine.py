@@ -4,8 +4,9 @@ An item goes to the quarantine when its connector cannot read it; the bytes as r
 with it (up to 10 MB) along with the name of the parser that reads them (``format``). After
 an upgrade, a retry parses those bytes again through :func:`syncd.connectors.base.reparse`
 and sends what it reads down the same pipeline as a sync: the exclusions and the matcher
-(:func:`syncd.sync.decide`), then :func:`syncd.crm.recorder.record_batch` without moving any
-cursor, then the conversations it touches are settled as a sync settles them. The entry is
+(:func:`syncd.decide.decide`), then :func:`syncd.crm.recorder.record_batch` without moving
+any cursor, then the conversations it touches are settled as a sync settles them
+(:func:`syncd.settle.settle_touched`). The entry is
 dropped in that same transaction. An item still unreadable keeps its entry, with the new
 reason and one more attempt.
 """
@@ -25,11 +26,12 @@ from syncd.config import Settings
 from syncd.connectors.base import ConnectorError, Reread, RereadContext
 from syncd.connectors.registry import reparse
 from syncd.crm import quarantine as store
-from syncd.crm import queries, recorder
+from syncd.crm import recorder
 from syncd.crm.models import Mailbox
+from syncd.decide import PassIndex, decide
 from syncd.items import RAW_KEPT, ExclusionReason
-from syncd.matching.matcher import CrmIndex
-from syncd.sync import SyncJob, decide, typed_settings
+from syncd.settle import settle_touched
+from syncd.sync import typed_settings
 
 # what a retry did with an entry (``syncd quarantine retry`` counts them)
 Status = Literal["logged", "not logged", "still unreadable", "not retryable"]
@@ -84,13 +86,7 @@ class Retrier:
         self.sessions = sessions
         self.settings = settings
         self.now = now
-        self._index: CrmIndex | None = None
-
-    def index(self) -> CrmIndex:
-        if self._index is None:
-            with self.sessions() as session:
-                self._index = queries.load_index(session, self.settings)
-        return self._index
+        self.index = PassIndex(sessions, settings)
 
     def retry(self, entries: Sequence[store.Entry]) -> Iterator[Outcome]:
         for entry in entries:
@@ -129,7 +125,9 @@ class Retrier:
         try:
             reread = reparse(entry.format, data, ctx)
             decisions = (
-                decide(reread.items, self.index(), self.settings, excluded) if reread.items else []
+                decide(reread.items, self.index.get(), self.settings, excluded)
+                if reread.items
+                else []
             )
         except Exception as exc:  # still unreadable (or unmatchable): keep it, say why
             return self._failed(entry, reason_of(exc), now)
@@ -145,30 +143,16 @@ class Retrier:
                     body_policy=ctx.body_policy,
                     now=now,
                 )
-                if decisions:
-                    self._settle(session, entry, decisions, now)
+                if decisions:  # as a sync pass settles them
+                    settle_touched(session, self.index.get(), decisions)
                 if reread.problem:
                     store.failed_again(session, entry.id, reread.problem, now)
                 else:
                     store.resolved(session, entry.id, entry.mailbox_id)
         except Exception as exc:  # nothing of it was stored
-            self._index = None  # what the failed transaction taught the index is void
+            self.index.forget()  # what the failed transaction taught the index is void
             return self._failed(entry, reason_of(exc), now)
         return self._outcome(entry, reread, result, excluded)
-
-    def _settle(
-        self,
-        session: Session,
-        entry: store.Entry,
-        decisions: list[recorder.Decision],
-        now: datetime,
-    ) -> None:
-        """Settle the conversations the item touches exactly as a sync pass does (a reply
-        stored before the message it answers is relinked now)."""
-        job = SyncJob(self.sessions, self.settings, entry.mailbox, now=lambda: now)
-        job.mailbox_id = entry.mailbox_id
-        job._index = self.index()
-        job._settle(session, decisions)
 
     def _failed(self, entry: store.Entry, reason: str, now: datetime) -> Outcome:
         with self.sessions.begin() as session:

@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = set(getattr(item, "fixturenames", ()))
         callspec = getattr(item, "callspec", None)
         params = set(map(str, callspec.params.values())) if callspec else set()
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        found = getattr(item, "module", None)
+        module = found.__name__.rsplit(".", 1)[-1] if found else ""
         if names & SERVER_FIXTURES or "postgresql" in params or module in PROCESS_MODULES:
             item.add_marker(pytest.mark.integration)
 

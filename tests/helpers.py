@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.crm import recorder
+from syncd.crm import mailboxes
 from syncd.crm.models import Activity, User
 from syncd.secrets import Secret, SecretBox
 from syncd.sync import SyncReport, sync_mailbox
@@ -30,7 +30,7 @@ def add_mailbox(
     with sessions.begin() as session:
         user_id = session.scalar(select(User.id).where(User.email == user))
         assert user_id is not None
-        recorder.add_mailbox(
+        mailboxes.add_mailbox(
             session, name=name, kind=kind, user_id=user_id, settings=values, secret_token=token
         )
 

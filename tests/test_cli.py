@@ -405,7 +405,7 @@ def test_a_notify_socket_nobody_reads_never_keeps_the_daemon_from_stopping(env, 
 
 
 def test_status_shows_the_task_writer_apart_from_the_mailbox_and_the_fix(env, loaded, db_url):
-    from syncd.crm import recorder
+    from syncd.crm import mailboxes
     from syncd.crm.database import make_engine, session_factory
     from syncd.crm.models import Mailbox
 
@@ -414,7 +414,7 @@ def test_status_shows_the_task_writer_apart_from_the_mailbox_and_the_fix(env, lo
     try:
         with session_factory(engine).begin() as session:
             ana = session.scalars(select(Mailbox).where(Mailbox.name == "ana")).one()
-            recorder.mark_writer(
+            mailboxes.mark_writer(
                 session,
                 ana.id,
                 state="failing",

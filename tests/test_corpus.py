@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.base import Connector, MailboxSpec
+from syncd.connectors.base import CalendarSource, Connector, MailboxSpec, MailSource
 from syncd.connectors.imap.connector import ImapConnector
 from syncd.connectors.local.connector import LocalConnector
 from syncd.connectors.mime import parse_message
@@ -98,7 +98,11 @@ def connector_output(connector: Connector) -> tuple[list[Unit], list[Quarantined
     quarantined: list[Quarantined] = []
     addresses: set[str] = set()
     try:
-        for source in [*connector.mail_sources(), *connector.calendar_sources()]:
+        sources: list[MailSource | CalendarSource] = [
+            *connector.mail_sources(),
+            *connector.calendar_sources(),
+        ]
+        for source in sources:
             for batch in source.changes(None):
                 quarantined.extend(batch.quarantined)
                 for item in batch.items:
@@ -114,7 +118,7 @@ def connector_output(connector: Connector) -> tuple[list[Unit], list[Quarantined
 
 def read_directly(values: dict[str, object]) -> tuple[list[Unit], list[Quarantined]]:
     """What the local connector yields for ``values`` (a local mailbox's settings)."""
-    spec = MailboxSpec(name="ana", kind="local", user_email=USER, settings=values)
+    spec = MailboxSpec.of(name="ana", kind="local", user_email=USER, settings=values)
     units, quarantined, _ = connector_output(LocalConnector(spec))
     return units, quarantined
 
@@ -197,7 +201,7 @@ def test_every_corpus_item_is_logged_skipped_or_quarantined(
     sessions: S, settings: Settings, tmp_path: Path
 ):
     values = build_mailbox(tmp_path)
-    spec = MailboxSpec(name="ana", kind="local", user_email=USER, settings=values)
+    spec = MailboxSpec.of(name="ana", kind="local", user_email=USER, settings=values)
     units, quarantined, addresses = connector_output(LocalConnector(spec))
     load_crm(sessions, tmp_path, addresses)
     add_local_mailbox(sessions, "ana", USER, **values)
@@ -229,7 +233,7 @@ def test_the_corpus_over_imap_and_caldav(
     """The same files in a real Dovecot INBOX and a real Radicale calendar (each file the
     server takes: Radicale refuses what is not valid iCalendar, such as an event without
     a UID)."""
-    import caldav
+    from caldav.davclient import DAVClient
 
     imap_server, dav_server = corpus_servers
     login = imap_server.login("corpus")
@@ -244,7 +248,7 @@ def test_the_corpus_over_imap_and_caldav(
             continue  # the server refuses it: it never reaches syncd
     client.logout()
     dav_server.add_user(login, Dovecot.PASSWORD)
-    dav = caldav.DAVClient(
+    dav = DAVClient(
         url=dav_server.url,
         username=login,
         password=Dovecot.PASSWORD,
@@ -273,7 +277,7 @@ def test_the_corpus_over_imap_and_caldav(
         "calendar_past_days": PAST_DAYS,
         "calendar_future_days": 30,
     }
-    spec = MailboxSpec(
+    spec = MailboxSpec.of(
         name="ana", kind="imap", user_email=USER, settings=values, secret=Secret(Dovecot.PASSWORD)
     )
     units, quarantined, addresses = connector_output(ImapConnector(spec))

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.kind import typed
 from syncd.connectors.local import LocalSettings
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.models import Mailbox
 from syncd.daemon import Daemon, Notifier
 from syncd.demo import add_local_mailbox, deliver, email_bytes
@@ -57,7 +57,7 @@ def msg(i: int, to: str = "ana@northwind.test") -> bytes:
 
 def subjects(sessions: S) -> set[str]:
     with sessions() as session:
-        return {r["subject"] for r in queries.timeline(session)}
+        return {r["subject"] for r in reports.activity_report(session)}
 
 
 def mailbox_state(sessions: S, name: str) -> str:

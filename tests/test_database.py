@@ -13,10 +13,11 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,7 +57,7 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def count(sessions: sessionmaker[Session], model: type, *where: object) -> int:
+def count(sessions: sessionmaker[Session], model: type, *where: Any) -> int:
     with sessions() as session:
         return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
 
@@ -80,7 +81,7 @@ def held(db_url: str, table: str) -> Iterator[psycopg.Connection | None]:
     database, with a write in it (so a reader's snapshot goes stale when it commits).
     PostgreSQL: ``table`` locked against writes (reads go on)."""
     if is_sqlite(db_url):
-        conn = sqlite3.connect(make_url(db_url).database, isolation_level=None)
+        conn = sqlite3.connect(str(make_url(db_url).database), isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("UPDATE mailboxes SET items_logged = items_logged + 0")
         try:
@@ -257,7 +258,7 @@ def test_a_read_left_open_never_holds_up_a_write_of_the_same_thread(db_url, sess
     with fast() as reader:
         assert reader.scalar(select(func.count()).select_from(Mailbox)) == 0
         with fast.begin() as writer:
-            writer.execute(Mailbox.__table__.delete())
+            writer.execute(delete(Mailbox))
         assert reader.scalar(select(func.count()).select_from(Mailbox)) == 0
     assert time.monotonic() - started < 1
     engine.dispose()

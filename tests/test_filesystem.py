@@ -27,7 +27,7 @@ from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import MailboxSpec
 from syncd.connectors.local.connector import LocalConnector
 from syncd.connectors.local.vdir import VdirTaskWriter
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.models import Mailbox, QuarantineEntry, Task
 from syncd.demo import add_local_mailbox, deliver, email_bytes, event_ics
 from syncd.items import MailItem, TaskItem
@@ -46,7 +46,7 @@ def sync(sessions: S, settings: Settings, name: str, now: datetime) -> SyncRepor
 
 def subjects(sessions: S) -> set[str]:
     with sessions() as session:
-        return {r["subject"] for r in queries.timeline(session)}
+        return {r["subject"] for r in reports.activity_report(session)}
 
 
 def quarantine(sessions: S) -> list[QuarantineEntry]:
@@ -81,7 +81,7 @@ def nothing_leaked(sessions: S) -> None:
     for entry in quarantine(sessions):
         assert KEY.decode() not in entry.reason and KEY not in (entry.raw or b"")
     with sessions() as session:
-        for row in queries.timeline(session):
+        for row in reports.activity_report(session):
             assert KEY.decode() not in json.dumps(row, default=str)
 
 
@@ -139,7 +139,7 @@ def test_links_fifos_devices_and_subdirectories_in_a_maildir_are_never_read(
     assert "delivered later" in subjects(sessions)
     assert len(quarantine(sessions)) == len(reasons)
     with sessions() as session:
-        status = {r["mailbox"]: r for r in queries.status_report(session)}
+        status = {r["mailbox"]: r for r in reports.status_report(session)}
     assert status["ana"]["state"] == "ok"
 
 
@@ -322,13 +322,13 @@ def test_mbox_messages_are_read_as_the_standard_library_reads_them(tmp_path, now
         return original(data, provider_id, *args, **kw)
 
     original = local.read_message
-    local.read_message = capture  # type: ignore[assignment]
+    local.read_message = capture
     try:
-        spec = MailboxSpec("ana", "local", "ana@northwind.test", {"mbox": [str(path)]})
+        spec = MailboxSpec.of("ana", "local", "ana@northwind.test", {"mbox": [str(path)]})
         (source,) = LocalConnector(spec).mail_sources()
         list(source.changes(None))
     finally:
-        local.read_message = original  # type: ignore[assignment]
+        local.read_message = original
     assert seen == expected and len(seen) == 3
 
 
@@ -406,7 +406,7 @@ def test_local_batches_are_cut_by_bytes(sessions, settings, company, now, tmp_pa
         )
         sizes[f"maildir:INBOX/6{i:03}.bulky.host"] = path.stat().st_size
     budget = 1024 * KiB
-    spec = MailboxSpec(
+    spec = MailboxSpec.of(
         "ana",
         "local",
         "ana@northwind.test",
@@ -453,7 +453,7 @@ def test_links_planted_at_task_and_old_temp_names_never_redirect_the_write(
     leftovers = [p.name for p in cal.iterdir() if p.name.endswith(".tmp")]
     assert sorted(leftovers) == sorted(f".{uid}.ics.tmp" for uid in uids)  # untouched links
     with sessions() as session:
-        report = queries.task_report(session)
+        report = reports.task_report(session)
     assert report and all(r["in_calendar"] and not r["write_error"] for r in report)
     nothing_leaked(sessions)
 

@@ -13,8 +13,8 @@ MADRID = ZoneInfo("Europe/Madrid")
 WT = WorkingTime.for_user(Settings(), "Europe/Madrid", "09:00-17:30")
 
 
-def at(*args: int) -> datetime:
-    return datetime(*args, tzinfo=MADRID)
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=MADRID)
 
 
 def test_business_days_skip_weekends():

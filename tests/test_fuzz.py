@@ -339,7 +339,7 @@ def check_meeting(item: MeetingItem) -> None:
     assert item.key and item.uid
     assert item.start.tzinfo is not None and item.end.tzinfo is not None
     assert EARLIEST <= item.start <= item.end <= max(latest(), item.start)
-    for text in (item.subject, item.description, item.location, item.uid):
+    for text in (item.subject, item.description, item.uid):
         storable(text)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.models import Mailbox, QuarantineEntry, Sighting
 from syncd.demo import email_bytes
 from syncd.secrets import Secret
@@ -131,7 +131,7 @@ def test_gmail_thread_id_links_replies_to_the_deal(sessions, settings, company, 
     )
     sync(sessions, settings, "ana")
     with sessions() as session:
-        rows = {r["subject"]: r for r in queries.timeline(session)}
+        rows = {r["subject"]: r for r in reports.activity_report(session)}
     assert {(lk["type"], lk["reason"]) for lk in rows["Re: Renewal"]["links"]} >= {
         ("opportunity", "thread")
     }
@@ -236,7 +236,7 @@ def test_two_gmail_users_who_email_each_other_make_one_activity(
     sync(sessions, settings, "ana")
     sync(sessions, settings, "ben")
     with sessions() as session:
-        (row,) = queries.timeline(session)
+        (row,) = reports.activity_report(session)
     assert row["mailboxes"] == ["ana", "ben"]
 
 
@@ -388,7 +388,7 @@ def test_google_calendar_meetings_tasks_and_an_expired_sync_token(
     third = sync(sessions, settings, "ana")
     assert third.new_activities == 1
     with sessions() as session:
-        subjects = sorted(r["subject"] for r in queries.timeline(session))
+        subjects = sorted(r["subject"] for r in reports.activity_report(session))
     assert subjects == ["Globex check-in", "Globex pilot review"]
     # the user deletes the first task from the calendar: it is cancelled in the CRM
     emulator.mailboxes[ANA].events[tasks[0]["id"]]["status"] = "cancelled"
@@ -396,7 +396,7 @@ def test_google_calendar_meetings_tasks_and_an_expired_sync_token(
     emulator.mailboxes[ANA].events[tasks[0]["id"]]["sequence_no"] = box.event_seq
     sync(sessions, settings, "ana")
     with sessions() as session:
-        report = {t["title"]: t for t in queries.task_report(session)}
+        report = {t["title"]: t for t in reports.task_report(session)}
     assert report["Send notes and next steps: Globex check-in"]["status"] == "cancelled"
     # the other one the user marks done by its title, as people do with events
     other = next(
@@ -406,7 +406,7 @@ def test_google_calendar_meetings_tasks_and_an_expired_sync_token(
     other.update(summary="✓ " + other["summary"], sequence_no=box.event_seq)
     sync(sessions, settings, "ana")
     with sessions() as session:
-        report = {t["title"]: t for t in queries.task_report(session)}
+        report = {t["title"]: t for t in reports.task_report(session)}
     assert report["Send notes and next steps: Globex pilot review"]["status"] == "done"
     assert sum("extendedProperties" in e for e in box.events.values()) == 2  # no duplicates
 
@@ -572,7 +572,7 @@ def test_google_calendar_logs_only_the_configured_window(sessions, settings, com
 
     def subjects() -> list[str]:
         with sessions() as session:
-            return sorted(r["subject"] for r in queries.timeline(session))
+            return sorted(r["subject"] for r in reports.activity_report(session))
 
     assert subjects() == ["Globex soon"]
     # changes come by sync token, at any date: the window still holds

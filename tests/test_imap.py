@@ -24,7 +24,7 @@ from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import AuthError, MailboxSpec
 from syncd.connectors.imap import ImapSettings
 from syncd.connectors.imap.connector import ImapConnector
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.models import Activity, QuarantineEntry, Sighting
 from syncd.demo import email_bytes, event_ics
 from syncd.secrets import Secret, SecretBox
@@ -93,7 +93,7 @@ def add_imap_mailbox(
 
 def subjects(sessions: S) -> list[str]:
     with sessions() as session:
-        return sorted(r["subject"] for r in queries.timeline(session))
+        return sorted(r["subject"] for r in reports.activity_report(session))
 
 
 def msg(
@@ -235,7 +235,7 @@ def test_an_invitation_by_mail_is_a_meeting(sessions, settings, company, imap_se
     add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login)
     sync(sessions, settings, "ana")  # body policy "snippet": the invitation is fetched whole
     with sessions() as session:
-        rows = queries.timeline(session)
+        rows = reports.activity_report(session)
     assert [(r["kind"], r["subject"]) for r in rows] == [("meeting", "Acme review")]
 
 
@@ -256,7 +256,7 @@ def test_one_email_in_two_imap_mailboxes_is_one_activity(sessions, settings, com
     sync(sessions, settings, "ana")
     sync(sessions, settings, "ben")
     with sessions() as session:
-        (row,) = queries.timeline(session)
+        (row,) = reports.activity_report(session)
     assert row["mailboxes"] == ["ana", "ben"]
 
 
@@ -301,7 +301,7 @@ def test_caldav_meetings_and_tasks_written_back_and_completed(
     todo.save()
     sync(sessions, settings, "ana")
     with sessions() as session:
-        (task,) = queries.task_report(session)
+        (task,) = reports.task_report(session)
     assert (task["status"], task["resolution"]) == ("done", "calendar")
     assert subjects(sessions) == ["Globex call"]
 
@@ -681,7 +681,7 @@ def test_a_refused_password_is_masked_even_when_the_server_echoes_it(
             report = sync_mailbox(sessions, settings, "ana")
         assert report.state == "parked" and "syncd mailbox reauth ana" in (report.error or "")
         with sessions() as session:
-            (status,) = queries.status_report(session)
+            (status,) = reports.status_report(session)
         for text in (report.error or "", status["error"] or "", caplog.text):
             assert leaked(text, password, login) == []
     finally:

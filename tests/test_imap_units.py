@@ -273,6 +273,7 @@ class Calendar:
         self.token = 1
 
     def get_objects_by_sync_token(self, sync_token: str | None, load_objects: bool) -> Report:
+        assert load_objects  # the connector asks for the objects with the report
         if sync_token == str(self.token):
             return Report([], str(self.token), set())
         objects = [Obj(p, d) for p, d in self.objects.items()]

@@ -18,13 +18,16 @@ from syncd.cli import app
 from syncd.config import Settings
 from syncd.connectors import registry
 from syncd.connectors.base import ConnectorError, MailboxSpec
-from syncd.connectors.kind import Kind, KindSettings, options, settings_doc
+from syncd.connectors.ical import read_calendar, task_to_ical
+from syncd.connectors.imap import ImapSettings
+from syncd.connectors.kind import Kind, KindSettings, options, settings_doc, typed
 from syncd.connectors.meetings import meeting_key, participants, recurrence_id
 from syncd.connectors.memory.connector import world
 from syncd.connectors.retry import MAX_WAIT, header_retry_after, retry_after, retrying
-from syncd.crm import recorder
+from syncd.connectors.taskevents import event_title, is_task_uid, read_back
+from syncd.crm import mailboxes
 from syncd.crm.models import Activity, Mailbox, User
-from syncd.items import Cursor, MailItem, Participant
+from syncd.items import Cursor, MailItem, Participant, TaskItem, TaskState
 from syncd.sync import sync_mailbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,12 +73,15 @@ def test_no_module_outside_the_connectors_imports_a_kind_or_a_provider_library()
 
 
 def test_a_spec_reads_its_settings_through_the_kind_and_names_a_bad_value():
-    spec = MailboxSpec("ana", "imap", "ana@northwind.test", {"host": "mail.example", "port": 993})
-    assert spec.settings.host == "mail.example" and spec.settings.calendar_future_days == 30
+    spec = MailboxSpec.of(
+        "ana", "imap", "ana@northwind.test", {"host": "mail.example", "port": 993}
+    )
+    imap = typed(spec.settings, ImapSettings)
+    assert imap.host == "mail.example" and imap.calendar_future_days == 30
     with pytest.raises(ConnectorError, match=r"mailbox 'ana': --port: value 0 is not allowed"):
-        MailboxSpec("ana", "imap", "ana@northwind.test", {"host": "h", "port": 0})
+        MailboxSpec.of("ana", "imap", "ana@northwind.test", {"host": "h", "port": 0})
     with pytest.raises(ConnectorError, match="'hots' is not a setting of this kind"):
-        MailboxSpec("ana", "imap", "ana@northwind.test", {"hots": "h"})
+        MailboxSpec.of("ana", "imap", "ana@northwind.test", {"hots": "h"})
 
 
 def test_the_calendar_window_has_one_default_for_every_kind():
@@ -112,7 +118,7 @@ def test_a_memory_mailbox_added_by_name_syncs_through_the_registry(sessions, set
     ]
     with sessions.begin() as session:
         ana = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
-        recorder.add_mailbox(
+        mailboxes.add_mailbox(
             session, name="mem-ana", kind="memory", user_id=ana, settings={"world": "test-kinds"}
         )
     result = sync_mailbox(sessions, settings, "mem-ana")  # no connector_factory: the registry's
@@ -225,11 +231,12 @@ def test_chunks_and_batches_by_size():
 
 def test_only_the_last_batch_of_a_delta_carries_its_cursor():
     before, after = Cursor("old"), Cursor("new")
-    batches = list(with_cursor_on_last([1, 2, 3, 4, 5], 2, before, after, removed=["u1"]))
-    assert [b.items for b in batches] == [(1, 2), (3, 4), (5,)]
+    m = [mail(n, "carla@acme.test", "ana@northwind.test", f"Mail {n}") for n in range(5)]
+    batches = list(with_cursor_on_last(m, 2, before, after, removed=["u1"]))
+    assert [b.items for b in batches] == [(m[0], m[1]), (m[2], m[3]), (m[4],)]
     assert [b.cursor for b in batches] == [before, before, after]
     assert [b.removed for b in batches] == [(), (), ("u1",)]
-    empty = list(with_cursor_on_last([], 2, before, after, removed=["u2"]))
+    empty = list(with_cursor_on_last(m[:0], 2, before, after, removed=["u2"]))
     assert len(empty) == 1 and empty[0].cursor == after and empty[0].removed == ("u2",)
 
 
@@ -259,7 +266,7 @@ def test_the_retry_policy_honours_short_waits_and_gives_up_on_long_ones():
             first=0.5,
             wait_hint=lambda exc: exc.wait if isinstance(exc, Refused) else None,
         )
-        policy.sleep = slept.append  # type: ignore[method-assign]
+        policy.sleep = slept.append
         for a in policy:
             with a:
                 tries.append(1)
@@ -293,3 +300,22 @@ def test_a_meeting_is_the_same_meeting_whichever_provider_serves_it():
         Participant("ana@northwind.test", "Ana", "organizer"),
         Participant("carla@acme.test", "", "attendee"),
     )
+
+
+def test_a_task_written_as_an_event_reads_back_as_what_the_user_did():
+    task = TaskItem("syncd-no-reply-1", "Call Carla back", "", NOW, "open", NOW)
+    assert is_task_uid(task.uid) and not is_task_uid("meeting-1@acme.test")
+    assert event_title(task) == "Call Carla back"
+    assert (
+        event_title(TaskItem(task.uid, task.title, "", NOW, "done", NOW)) == "Done: Call Carla back"
+    )
+    assert read_back(task.uid, "Call Carla back", cancelled=False) is None
+    assert read_back(task.uid, "Call Carla back", cancelled=True) == TaskState(
+        task.uid, "cancelled"
+    )
+    for ticked in ("Done: Call Carla back", "✓ Call Carla back", "  ☑ Call"):
+        assert read_back(task.uid, ticked, cancelled=False) == TaskState(task.uid, "done")
+    # a CalDAV or vdir calendar without VTODO: the user retitles syncd's event "✔ ..."
+    data = task_to_ical(task, as_event=True).replace(b"SUMMARY:Call", "SUMMARY:✔ Call".encode())
+    read = read_calendar(data, "t.ics", (NOW - timedelta(days=30), NOW + timedelta(days=30)))
+    assert read.meetings == [] and read.task_states == [TaskState(task.uid, "done")]

@@ -41,7 +41,7 @@ from syncd.connectors.gmail.mail import GmailMail
 from syncd.connectors.ical import CalendarOverLimit, read_calendar
 from syncd.connectors.microsoft.parse import mail_item, meeting_item
 from syncd.connectors.mime import MessageOverLimit, parse_message, read_message
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.models import QuarantineEntry
 from syncd.demo import add_local_mailbox, deliver, email_bytes, make_maildir
 from syncd.items import MailItem, Quarantined
@@ -254,6 +254,7 @@ def test_raising_the_limit_reads_it_as_the_reason_says():
 def test_each_message_limit_is_named_in_its_reason(data, limits, reason):
     result = read_message(data, "p1", NOW, limits=limits)
     assert reason_of(result).startswith(reason)
+    assert isinstance(result, Quarantined)
     assert result.raw == data and result.format == "rfc822"  # kept: a retry can read it
 
 
@@ -428,7 +429,7 @@ def quarantine(sessions: S) -> dict[str, str]:
 
 def subjects(sessions: S) -> list[str]:
     with sessions() as session:
-        return sorted(a["subject"] for a in queries.timeline(session))
+        return sorted(a["subject"] for a in reports.activity_report(session))
 
 
 def test_every_bomb_is_quarantined_with_its_limit_and_the_good_items_are_logged(
@@ -718,7 +719,7 @@ def gmail() -> Iterator[tuple[GoogleEmulator, MailboxSpec]]:
     emulator.add_user(ANA)
     base = emulator.start()
     secret = {"refresh_token": emulator.grant(ANA), "client_secret": "secret-1"}
-    spec = MailboxSpec(
+    spec = MailboxSpec.of(
         name="ana",
         kind="gmail",
         user_email=ANA,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,8 +25,8 @@ from syncd.matching.matcher import (
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 
 
-def index(**kw) -> CrmIndex:
-    base = dict(
+def index(**kw: Any) -> CrmIndex:
+    base: dict[str, Any] = dict(
         company_domains={"northwind.test"},
         users={"ana@northwind.test": UserRef(1, "ana@northwind.test", "Ana")},
         contacts={

@@ -23,7 +23,7 @@ from syncd.connectors.microsoft.client import GraphClient, _Slots
 from syncd.connectors.microsoft.parse import item_from_raw, mail_item, meeting_item, quarantined
 from syncd.connectors.microsoft.signin import read_certificate
 from syncd.connectors.microsoft.tasks import EventTasks, TodoTasks
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import (
     Activity,
@@ -594,9 +594,9 @@ def yesterday_meeting(emulator: MicrosoftEmulator, subject: str, hours: int = 0)
     )
 
 
-def task_report(sessions: S) -> dict[str, queries.TaskRow]:
+def task_report(sessions: S) -> dict[str, reports.TaskRow]:
     with sessions() as session:
-        return {t["title"]: t for t in queries.task_report(session)}
+        return {t["title"]: t for t in reports.task_report(session)}
 
 
 def test_todo_write_back_completion_in_todo_and_no_duplicates(

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.connectors.memory.connector import MemoryWorld
-from syncd.crm import recorder
+from syncd.crm import mailboxes
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import (
     Activity,
@@ -195,7 +195,7 @@ def fresh_database(kind: str, pg_base: str | None, tmp: Path) -> sessionmaker[Se
         for name, address in USERS.items():
             user_id = session.scalar(select(User.id).where(User.email == address))
             assert user_id is not None
-            recorder.add_mailbox(session, name=name, kind="memory", user_id=user_id, settings={})
+            mailboxes.add_mailbox(session, name=name, kind="memory", user_id=user_id, settings={})
     return sessions
 
 
@@ -218,7 +218,7 @@ def run(sessions: sessionmaker[Session], home: Path, how: Delivery) -> dict[str,
             sources["calendar"] = meetings
         plan[user] = sources
         for name in sources:
-            (box.calendar if name == "calendar" else box.mail)[name] = []  # type: ignore[index]
+            (box.calendar if name == "calendar" else box.mail)[name] = []
     settings_ = Settings(home=home)
     for p in range(1, how.passes + 1):
         for user in how.mailbox_order:

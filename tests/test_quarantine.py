@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 from syncd.cli import app
 from syncd.config import Settings
 from syncd.connectors import base, mime, registry
-from syncd.crm import queries, recorder
+from syncd.crm import recorder, reports
 from syncd.crm.loader import load_csv
 from syncd.crm.models import Activity, Mailbox, QuarantineEntry, Sighting, SourceCursor
 from syncd.demo import add_local_mailbox, deliver, email_bytes, event_ics, make_maildir
@@ -73,9 +73,9 @@ def entries(sessions: S) -> dict[str, QuarantineEntry]:
         return {e.provider_id: e for e in session.scalars(select(QuarantineEntry))}
 
 
-def subjects(sessions: S, **filters: str) -> dict[str, dict[str, Any]]:
+def subjects(sessions: S, **filters: str) -> dict[str, Any]:
     with sessions() as session:
-        return {a["subject"]: a for a in queries.timeline(session, **filters)}
+        return {a["subject"]: a for a in reports.activity_report(session, **filters)}
 
 
 def mailbox_id(sessions: S, name: str) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from syncd.crm import recorder
+from syncd.crm import mailboxes
 from syncd.crm.models import Mailbox, User
 from syncd.secrets import Secret, SecretBox, SecretsError
 from syncd.sync import mailbox_spec, sync_mailbox
@@ -119,7 +119,7 @@ def test_a_mailbox_secret_is_stored_encrypted_and_reaches_its_connector(
     token = SecretBox(settings.home).encrypt(Secret("imap-password-1"))
     with sessions.begin() as session:
         user_id = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
-        recorder.add_mailbox(
+        mailboxes.add_mailbox(
             session,
             name="ana",
             kind="local",

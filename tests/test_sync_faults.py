@@ -11,11 +11,11 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-import syncd.sync
+import syncd.decide
 from syncd.config import Settings
 from syncd.connectors.base import ConnectorError
 from syncd.connectors.memory.connector import MemoryWorld
-from syncd.crm import recorder
+from syncd.crm import mailboxes, recorder
 from syncd.crm.models import (
     Activity,
     ActivityParticipant,
@@ -52,7 +52,7 @@ def world(sessions: S, company) -> MemoryWorld:
     with sessions.begin() as session:
         user_id = session.scalar(select(User.id).where(User.email == ANA))
         assert user_id is not None
-        recorder.add_mailbox(session, name="mem", kind="memory", user_id=user_id, settings={})
+        mailboxes.add_mailbox(session, name="mem", kind="memory", user_id=user_id, settings={})
     return MemoryWorld()
 
 
@@ -81,7 +81,7 @@ def test_an_item_the_database_refuses_is_quarantined_and_the_rest_logged(
     naive = (now - timedelta(hours=1)).replace(tzinfo=None)  # no database may store it
     box.mail["INBOX"] = [
         item(1, now - timedelta(hours=3), "First"),
-        item(2, naive, "Broken"),  # type: ignore[arg-type]
+        item(2, naive, "Broken"),
         item(3, now - timedelta(hours=2), "Third\x00with a NUL"),
     ]
     report = run(sessions, settings, world, now)
@@ -99,14 +99,14 @@ def test_an_item_the_database_refuses_is_quarantined_and_the_rest_logged(
 
 
 def test_an_item_whose_matching_fails_is_quarantined(sessions, settings, world, now, monkeypatch):
-    real = syncd.sync.match
+    real = syncd.decide.match
 
     def fragile(it, index):
         if it.subject == "Poison":
             raise AttributeError("'Group' object has no attribute 'local_part'")
         return real(it, index)
 
-    monkeypatch.setattr(syncd.sync, "match", fragile)
+    monkeypatch.setattr(syncd.decide, "match", fragile)
     world.mailbox("mem").mail["INBOX"] = [
         item(1, now - timedelta(hours=3), "Before"),
         item(2, now - timedelta(hours=2), "Poison"),
@@ -167,7 +167,7 @@ def test_a_database_error_is_described_without_sql_or_values(sessions):
     secret_value = "s3cr3t-value"
     with pytest.raises(DBAPIError) as caught, sessions() as session:
         session.execute(text("SELECT * FROM no_such_table WHERE x = :v"), {"v": secret_value})
-    described = syncd.sync._describe(caught.value)
+    described = syncd.decide.describe(caught.value)
     assert described.startswith("the CRM database refused it (")
     assert secret_value not in described and "SELECT" not in described
 
@@ -199,7 +199,7 @@ def test_another_users_calendar_cannot_close_a_task(sessions, settings, world, n
         task = session.scalars(select(Task)).one()
         ben = session.scalar(select(User.id).where(User.email == "ben@northwind.test"))
         assert ben is not None
-        recorder.add_mailbox(session, name="ben", kind="memory", user_id=ben, settings={})
+        mailboxes.add_mailbox(session, name="ben", kind="memory", user_id=ben, settings={})
 
     def calendar_says_done(mailbox: str) -> None:
         with sessions.begin() as session:

@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from syncd.config import Settings
 from syncd.connectors.base import ConnectorError
 from syncd.connectors.transport import check_url
-from syncd.crm import queries
 from syncd.crm.models import Mailbox
+from syncd.crm.reports import activity_report
 from syncd.demo import event_ics
 from syncd.sync import sync_mailbox
 
@@ -336,11 +336,11 @@ class RecordingProxy(TcpProxy):
 def test_a_password_in_a_stored_caldav_url_is_never_sent_nor_shown(
     sessions, settings, company, dav_server, imap_server
 ):
-    import caldav
+    from caldav.davclient import DAVClient
 
     login = imap_server.login("ana")
     dav_server.add_user(login, Dovecot.PASSWORD)
-    client = caldav.DAVClient(
+    client = DAVClient(
         url=dav_server.url, username=login, password=Dovecot.PASSWORD, enable_rfc6764=False
     )
     cal = client.principal().make_calendar(name="work")
@@ -378,7 +378,7 @@ def test_a_password_in_a_stored_caldav_url_is_never_sent_nor_shown(
         proxy.close()
     assert report.ok, report.error
     with sessions() as session:
-        assert "Globex sync" in {r["subject"] for r in queries.timeline(session)}
+        assert "Globex sync" in {r["subject"] for r in activity_report(session)}
     sent = bytes(proxy.sent)
     assert b"PROPFIND" in sent or b"REPORT" in sent
     assert b"OLD-PW-in-url" not in sent

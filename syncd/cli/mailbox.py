@@ -34,7 +34,7 @@ from syncd.connectors.kind import (
     options,
 )
 from syncd.connectors.transport import check_endpoints, mask_urls
-from syncd.crm import queries, recorder
+from syncd.crm import mailboxes, reports
 from syncd.crm.models import Mailbox, User
 from syncd.matching.addresses import normalize_address
 from syncd.secrets import Secret, SecretBox, SecretsError, token_cache_path
@@ -230,7 +230,7 @@ def mailbox_add(name: str, kind: str, user: str, **values: Any) -> None:
     box = SecretBox(state.settings().home)
     token = box.encrypt(signed.secret) if signed.secret else None
     with state.sessions().begin() as session:
-        recorder.add_mailbox(
+        mailboxes.add_mailbox(
             session,
             name=name,
             kind=kind,
@@ -278,7 +278,7 @@ def mailbox_reauth(name: str, **values: Any) -> None:
     except ConnectorError as exc:
         fail(str(exc), 2)
     with state.sessions().begin() as session:
-        recorder.store_secret(session, name, box.encrypt(signed.secret))
+        mailboxes.store_secret(session, name, box.encrypt(signed.secret))
     say(f"mailbox {name!r}: new {signed.what} stored; it will be synced at the next poll")
 
 
@@ -342,7 +342,7 @@ def mailbox_list(
 ) -> None:
     """List connected mailboxes."""
     with state.sessions()() as session:
-        rows = queries.mailbox_report(session)
+        rows = reports.mailbox_report(session)
     for r in rows:
         r["settings"] = _shown(r["settings"])
     if as_json:
@@ -363,7 +363,7 @@ def mailbox_list(
 def mailbox_remove(name: Annotated[str, typer.Argument(help="The mailbox name.")]) -> None:
     """Disconnect a mailbox; its activities stay in the CRM."""
     with state.sessions().begin() as session:
-        if not recorder.remove_mailbox(session, name):
+        if not mailboxes.remove_mailbox(session, name):
             fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
     token_cache_path(state.settings().home, name).unlink(missing_ok=True)
     say(f"mailbox {name!r} removed")
@@ -373,6 +373,6 @@ def mailbox_remove(name: Annotated[str, typer.Argument(help="The mailbox name.")
 def mailbox_resume(name: Annotated[str, typer.Argument(help="The mailbox name.")]) -> None:
     """Retry a parked or failing mailbox at the next poll."""
     with state.sessions().begin() as session:
-        if not recorder.resume_mailbox(session, name):
+        if not mailboxes.resume_mailbox(session, name):
             fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
     say(f"mailbox {name!r} will be synced at the next poll")

@@ -17,7 +17,7 @@ from syncd.cli.common import (
     say,
     state,
 )
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.database import (
     make_engine,
     safe_url,
@@ -72,7 +72,7 @@ def activities_cmd(
 ) -> None:
     """The timeline: each activity with its links and the reason for each link."""
     with state.sessions()() as session:
-        rows = queries.timeline(session, contact, account, opportunity)
+        rows = reports.activity_report(session, contact, account, opportunity)
     if as_json:
         _json(rows)
         return
@@ -100,7 +100,7 @@ def tasks_cmd(
 ) -> None:
     """Follow-up tasks and their state."""
     with state.sessions()() as session:
-        rows = queries.task_report(session, user)
+        rows = reports.task_report(session, user)
     if as_json:
         _json(rows)
         return

@@ -26,7 +26,7 @@ from syncd.connectors.base import ConnectorError
 from syncd.connectors.transport import (
     mask_urls,
 )
-from syncd.crm import queries
+from syncd.crm import reports
 from syncd.crm.database import (
     make_engine,
     safe_url,
@@ -88,7 +88,7 @@ WRITER_FIX = (
 )
 
 
-def _shown(row: queries.StatusRow) -> queries.StatusRow:
+def _shown(row: reports.StatusRow) -> reports.StatusRow:
     """A row as it may be printed: what an error quotes of a URL masked (one stored by an
     older syncd may hold a password), and the fix of a task write-back that is not ok."""
     tasks = row["tasks"]
@@ -109,7 +109,7 @@ def status_cmd(
     the state of its follow-up task write-back (tasks: ok / failing), and how many of its
     items are quarantined. A failing or parked mailbox's error names the fix."""
     with state.sessions()() as session:
-        rows = [_shown(r) for r in queries.status_report(session)]
+        rows = [_shown(r) for r in reports.status_report(session)]
     if as_json:
         _json(rows)
         return

@@ -106,6 +106,19 @@ class MailboxSpec:
     limits: LimitSettings = field(default_factory=LimitSettings)
     home: Path | None = None  # syncd's state directory (a token cache lives there)
 
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        kind: str,
+        user_email: str,
+        settings: Mapping[str, Any] | KindSettings,
+        **more: Any,
+    ) -> MailboxSpec:
+        """A spec from settings as a mapping (a row, a test): validated by the kind's model;
+        a value it refuses is a ConnectorError naming the key, the value and the rule."""
+        return cls(name, kind, user_email, settings, **more)  # type: ignore[arg-type]
+
     def __post_init__(self) -> None:
         if isinstance(self.settings, Mapping):
             from syncd.connectors.kind import SettingsError
@@ -126,9 +139,6 @@ class Connector(Protocol):
     def task_writer(self) -> TaskWriter | None: ...
 
     def close(self) -> None: ...
-
-
-ConnectorFactory = Callable[[MailboxSpec], Connector]
 
 
 class Watcher(Protocol):

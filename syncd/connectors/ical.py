@@ -266,7 +266,12 @@ def _task_states(cal: Any) -> list[TaskState]:
     """The states of syncd's own tasks in ``cal`` (a VTODO, or a VEVENT where a calendar
     takes no VTODO, stamped ``X-SYNCD-TASK``)."""
     return [
-        task_state(text(component, SYNCD_TASK_PROP), text(component, "STATUS"))
+        task_state(
+            text(component, SYNCD_TASK_PROP),
+            text(component, "STATUS"),
+            text(component, "SUMMARY"),
+            event=component.name == "VEVENT",
+        )
         for component in cal.walk()
         if component.name in ("VTODO", "VEVENT") and component.get(SYNCD_TASK_PROP) is not None
     ]

@@ -197,6 +197,5 @@ def meeting(
         cancelled=status == "CANCELLED" or method == "CANCEL",
         private=text(component, "CLASS").lower() in PRIVATE_VISIBILITY,
         description=text(component, "DESCRIPTION"),
-        location=text(component, "LOCATION"),
         method=method,
     )

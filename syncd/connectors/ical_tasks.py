@@ -9,18 +9,22 @@ from typing import Any
 
 import icalendar
 
+from syncd.connectors.taskevents import EVENT_MINUTES, event_title, read_back
 from syncd.items import TaskItem, TaskState, TaskStatus
 
 SYNCD_TASK_PROP = "X-SYNCD-TASK"
 PRODID = "-//syncd//syncd follow-up tasks//EN"
 _TODO_STATUS: dict[str, TaskStatus] = {"COMPLETED": "done", "CANCELLED": "cancelled"}
 _STATUS_TODO = {"open": "NEEDS-ACTION", "done": "COMPLETED", "cancelled": "CANCELLED"}
-EVENT_MINUTES = 15  # a task written as an event: a short, transparent (not busy) slot
 
 
-def task_state(task_uid: str, status: str) -> TaskState:
-    """The state of syncd's task ``task_uid`` (its ``X-SYNCD-TASK``) read back from the
-    component's STATUS: done, cancelled, else open."""
+def task_state(task_uid: str, status: str, summary: str = "", event: bool = False) -> TaskState:
+    """The state of syncd's task ``task_uid`` (its ``X-SYNCD-TASK``) read back: a VTODO's
+    STATUS (done, cancelled, else open); a VEVENT's as every task event's
+    (:func:`syncd.connectors.taskevents.read_back`: cancelled, a done mark, else open)."""
+    if event:
+        found = read_back(task_uid, summary, cancelled=status.upper() == "CANCELLED")
+        return found or TaskState(uid=task_uid, status="open")
     return TaskState(uid=task_uid, status=_TODO_STATUS.get(status.upper(), "open"))
 
 
@@ -33,7 +37,7 @@ def task_to_ical(task: TaskItem, as_event: bool = False) -> bytes:
     component.add("UID", task.uid)
     component.add("DTSTAMP", datetime.now(UTC))
     component.add("CREATED", task.created.astimezone(UTC))
-    component.add("SUMMARY", task.title)
+    component.add("SUMMARY", event_title(task) if as_event else task.title)
     component.add("DESCRIPTION", task.description)
     component.add("SEQUENCE", task.sequence)
     due = task.due.astimezone(UTC)

@@ -2,7 +2,9 @@
 reason and, when it was small enough, the bytes as read (``raw``) and the parser that reads
 them (``format``), so that ``syncd quarantine retry`` can read it again after an upgrade.
 
-The entries themselves are written by :func:`syncd.crm.recorder.record_batch` during a sync.
+The entries are added with the batch that met them (:func:`add_entries`, called by
+:func:`syncd.crm.recorder.record_batch`), listed and read for ``syncd quarantine``, and
+dropped or kept with a new reason after a retry.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from syncd.batching import chunked
 from syncd.crm.models import Mailbox, QuarantineEntry
-from syncd.crm.recorder import clean
+from syncd.crm.rows import IN_LIMIT, clean
+from syncd.items import RAW_KEPT, Quarantined, fit
 
 
 class QuarantineRow(TypedDict):
@@ -69,6 +73,44 @@ class Entry:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
         }
+
+
+def add_entries(
+    session: Session, mailbox_id: int, source: str, entries: Sequence[Quarantined], now: datetime
+) -> None:
+    """The items the connector could not read, each kept once per (mailbox, source, id)."""
+    if not entries:
+        return
+    # ids as stored (fitted): an id too long or holding a NUL is compared by its hash
+    ids = {fit(q.provider_id): q for q in entries}
+    have = {
+        provider_id
+        for chunk in chunked(ids, IN_LIMIT)
+        for provider_id in session.scalars(
+            select(QuarantineEntry.provider_id).where(
+                QuarantineEntry.mailbox_id == mailbox_id,
+                QuarantineEntry.source == source,
+                QuarantineEntry.provider_id.in_(chunk),
+            )
+        )
+    }
+    rows = [
+        {
+            "mailbox_id": mailbox_id,
+            "source": source,
+            "provider_id": provider_id,
+            "reason": clean(q.reason),
+            "created_at": now,
+            "raw": q.raw if q.raw is not None and len(q.raw) <= RAW_KEPT else None,
+            "format": q.format,
+            "attempts": 1,
+            "updated_at": now,
+        }
+        for provider_id, q in ids.items()
+        if provider_id not in have
+    ]
+    if rows:
+        session.execute(insert(QuarantineEntry), rows)
 
 
 def _query() -> Any:

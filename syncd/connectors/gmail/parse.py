@@ -27,13 +27,13 @@ from syncd.connectors.meetings import (
     recurrence_id,
 )
 from syncd.connectors.mime import UnreadableMessage, parse_message
-from syncd.items import DONE_MARKS, MailItem, MeetingItem, Quarantined, TaskItem, TaskState
+from syncd.connectors.taskevents import EVENT_MINUTES, event_title, read_back
+from syncd.items import MailItem, MeetingItem, Quarantined, TaskItem, TaskState
 from syncd.limits import OverLimit, check
 
 NEVER_READ = frozenset({"SPAM", "TRASH", "CHAT", "DRAFT"})
 RESTORED = frozenset({"SPAM", "TRASH"})  # a message taken out of these is read like a new one
 TASK_PROPERTY = "syncdTask"  # the private extended property stamping syncd's task events
-TASK_MINUTES = 15  # how long a task's event lasts on the calendar
 
 
 def reason(exc: BaseException) -> str:
@@ -178,7 +178,6 @@ def meeting_item(event: Mapping[str, Any]) -> MeetingItem | None:
         cancelled=event.get("status") == "cancelled",
         private=event.get("visibility") in PRIVATE_VISIBILITY,
         description=str(event.get("description", "")),
-        location=str(event.get("location", "")),
     )
 
 
@@ -199,11 +198,9 @@ def task_state(event: Mapping[str, Any]) -> TaskState | None:
     uid = task_uid(event)
     if uid is None:
         return None
-    if event.get("status") == "cancelled":
-        return TaskState(uid, "cancelled")
-    if str(event.get("summary", "")).lstrip().startswith(DONE_MARKS):
-        return TaskState(uid, "done")
-    return None
+    return read_back(
+        uid, str(event.get("summary", "")), cancelled=event.get("status") == "cancelled"
+    )
 
 
 def event_id(task_uid: str) -> str:
@@ -221,10 +218,10 @@ def task_event(task: TaskItem) -> dict[str, Any]:
     ``id`` is :func:`event_id`, given on insert)."""
     due = task.due.astimezone(UTC)
     return {
-        "summary": ("Done: " if task.status == "done" else "") + task.title,
+        "summary": event_title(task),
         "description": task.description,
         "start": {"dateTime": rfc3339(due)},
-        "end": {"dateTime": rfc3339(due + timedelta(minutes=TASK_MINUTES))},
+        "end": {"dateTime": rfc3339(due + timedelta(minutes=EVENT_MINUTES))},
         "transparency": "transparent",
         "status": "cancelled" if task.status == "cancelled" else "confirmed",
         "extendedProperties": {"private": {TASK_PROPERTY: task.uid}},

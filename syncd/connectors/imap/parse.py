@@ -19,11 +19,11 @@ from syncd.connectors.base import ConnectorError, too_large
 from syncd.connectors.ical import UnreadableCalendar, read_calendar
 from syncd.connectors.mime import read_message
 from syncd.connectors.reasons import describe, quarantined
+from syncd.connectors.taskevents import is_task_uid
 from syncd.items import MailItem, MeetingItem, Quarantined, TaskState
 
 SENT_NAMES = ("Sent", "Sent Items", "Sent Messages", "INBOX.Sent", "INBOX/Sent", "Sent Mail")
 SNIPPET_BYTES = 16384
-OWN_TASK_PREFIX = "syncd-"  # the UIDs of syncd's own follow-up tasks (syncd.followups)
 
 # --- IMAP ---------------------------------------------------------------------------------------
 
@@ -141,11 +141,6 @@ def announces_mail(responses: Iterable[Any]) -> bool:
 # --- CalDAV -------------------------------------------------------------------------------------
 
 
-def own_task(uid: str) -> bool:
-    """Whether a UID is one of syncd's own follow-up tasks (a task state, never a meeting)."""
-    return uid.startswith(OWN_TASK_PREFIX)
-
-
 @dataclass
 class CalendarDelta:
     """What a calendar's changes hold, object by object: the meetings and task states of the
@@ -197,7 +192,7 @@ class CalendarDelta:
         """An object the server reports deleted: its meetings are removed, and syncd's own
         tasks in it cancelled."""
         for uid in self.uids.pop(href, []):
-            if own_task(uid):
+            if is_task_uid(uid):
                 self.task_states.append(TaskState(uid, "cancelled"))
             else:
                 self.removed.append(uid)
@@ -207,4 +202,4 @@ class CalendarDelta:
         removed (syncd's own tasks in them are left as they are)."""
         kept = set(seen)
         for href in [h for h in self.uids if h not in kept]:
-            self.removed.extend(u for u in self.uids.pop(href) if not own_task(u))
+            self.removed.extend(u for u in self.uids.pop(href) if not is_task_uid(u))

@@ -39,10 +39,10 @@ from syncd.connectors.local.files import (
     write_replacing,
 )
 from syncd.connectors.mime import clean
+from syncd.connectors.taskevents import is_task_uid
 from syncd.items import Batch, Cursor, MeetingItem, Quarantined, TaskItem, TaskState
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._@-]")
-_SYNCD_UID = "syncd-"  # the UIDs of syncd's own tasks
 
 
 @dataclass
@@ -99,10 +99,8 @@ def _forget(gone: list[str], files: dict[str, _FileState], read: _Read) -> list[
     removed: list[str] = []
     for name in gone:
         state = files.pop(name)
-        removed.extend(u for u in state.uids if not u.startswith(_SYNCD_UID))
-        read.states.extend(
-            TaskState(uid, "cancelled") for uid in state.uids if uid.startswith(_SYNCD_UID)
-        )
+        removed.extend(u for u in state.uids if not is_task_uid(u))
+        read.states.extend(TaskState(uid, "cancelled") for uid in state.uids if is_task_uid(uid))
     return removed
 
 

@@ -21,7 +21,8 @@ from syncd.config import LimitSettings
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.microsoft.client import GraphClient
 from syncd.connectors.microsoft.parse import meeting_item, quarantined
-from syncd.items import DONE_MARKS, Batch, Cursor, MeetingItem, Quarantined, TaskState
+from syncd.connectors.taskevents import is_task_uid, read_back
+from syncd.items import Batch, Cursor, MeetingItem, Quarantined, TaskState
 
 WINDOW_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -42,7 +43,7 @@ class _Page:
             if event.get("id"):  # a meeting gone, or one of our tasks
                 self.removed.append(str(event["id"]))
                 self.states.append(TaskState("", "cancelled", ref=str(event["id"])))
-        elif str(event.get("transactionId") or "").startswith("syncd-"):
+        elif is_task_uid(str(event.get("transactionId") or "")):
             self._task(event)  # syncd's own task: never a meeting
         else:
             try:
@@ -51,11 +52,10 @@ class _Page:
                 self.held.append(quarantined(event, str(exc), "graph-event"))
 
     def _task(self, event: dict[str, Any]) -> None:
-        uid = str(event["transactionId"])
-        if event.get("isCancelled"):
-            self.states.append(TaskState(uid, "cancelled"))
-        elif str(event.get("subject") or "").lstrip().startswith(DONE_MARKS):
-            self.states.append(TaskState(uid, "done"))
+        uid, title = str(event["transactionId"]), str(event.get("subject") or "")
+        state = read_back(uid, title, cancelled=bool(event.get("isCancelled")))
+        if state is not None:
+            self.states.append(state)
 
     def changed(self) -> bool:
         return bool(self.meetings or self.states or self.removed or self.held)

@@ -28,6 +28,7 @@ from syncd.connectors.meetings import (
     recurrence_id,
 )
 from syncd.connectors.mime import bulk_signals, clean, identity, message_ids
+from syncd.connectors.taskevents import is_task_uid
 from syncd.items import MailItem, MeetingItem, Participant, ParticipantRole, Quarantined
 from syncd.limits import check, limits_or_default, run_bounded
 from syncd.matching.addresses import normalize_address
@@ -180,7 +181,7 @@ def reread_message(data: bytes, ctx: RereadContext) -> Reread:
 def reread_event(data: bytes, ctx: RereadContext) -> Reread:
     """The ``graph-event`` re-parser: a kept Graph event resource read again."""
     event = json_object(data, "Graph event")
-    if "@removed" in event or str(event.get("transactionId") or "").startswith("syncd-"):
+    if "@removed" in event or is_task_uid(str(event.get("transactionId") or "")):
         return Reread(())  # as the connector: a removal or syncd's own task is no meeting
     return Reread((meeting_item(event, limits=ctx.limits),))
 
@@ -372,7 +373,6 @@ def _meeting_item(event: dict[str, Any]) -> MeetingItem:
         cancelled=bool(event.get("isCancelled")),
         private=_event_private(event),
         description=str(event.get("bodyPreview") or ""),
-        location=str((event.get("location") or {}).get("displayName") or ""),
         labels=tuple(str(c) for c in event.get("categories") or ()),
     )
 

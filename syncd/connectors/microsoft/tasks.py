@@ -20,6 +20,7 @@ from syncd.connectors.kind import typed
 from syncd.connectors.microsoft import MicrosoftSettings
 from syncd.connectors.microsoft.client import GraphClient
 from syncd.connectors.microsoft.parse import error_text
+from syncd.connectors.taskevents import EVENT_MINUTES, event_title
 from syncd.items import Batch, Cursor, MeetingItem, TaskItem, TaskState
 
 TASK_PROPERTY = "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name syncdTask"
@@ -168,13 +169,13 @@ class EventTasks:
 
     def put(self, task: TaskItem) -> str:
         due = task.due.astimezone(UTC)
-        title = ("Done: " if task.status == "done" else "") + task.title
+        title = event_title(task)
         fields = {
             "subject": title,
             "body": {"contentType": "text", "content": task.description},
             "start": {"dateTime": due.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},
             "end": {
-                "dateTime": (due + timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%S"),
+                "dateTime": (due + timedelta(minutes=EVENT_MINUTES)).strftime("%Y-%m-%dT%H:%M:%S"),
                 "timeZone": "UTC",
             },
             "showAs": "free",

@@ -28,17 +28,6 @@ from functools import cache
 from typing import Any
 
 MODELS = "msgraph.generated.models"
-# the entity types the Graph emulator serves, and the types inside them it reads
-SERVED = (
-    "message",
-    "event",
-    "todoTask",
-    "todoTaskList",
-    "mailFolder",
-    "linkedResource",
-    "user",
-    "singleValueLegacyExtendedProperty",
-)
 # OData keywords and literals that are not property names in a $filter/$orderby expression
 KEYWORDS = frozenset(
     {"eq", "ne", "gt", "ge", "lt", "le", "and", "or", "not", "has", "in", "add", "sub", "mul"}
@@ -159,11 +148,6 @@ def graph_type(type_name: str) -> GraphType:
     return GraphType(type_name, issubclass(cls, _entity_base()), properties)
 
 
-def property_names(type_name: str) -> frozenset[str]:
-    """Every wire property name of a type, inherited ones included."""
-    return frozenset(graph_type(type_name).properties)
-
-
 # --- query options -------------------------------------------------------------------------
 
 
@@ -242,12 +226,6 @@ def check_expand(type_name: str, expand: str | None) -> list[Expand]:
         check_query(prop.target, options)
         found.append(Expand(prop.name, prop.target, options))
     return found
-
-
-def filter_paths(expression: str) -> list[str]:
-    """The property paths a ``$filter`` expression names (lambda variables resolved by the
-    caller), skipping literals, keywords, functions and type names."""
-    return [path for path, _ in _filter_tokens(expression)]
 
 
 def _filter_tokens(expression: str) -> list[tuple[str, str | None]]:

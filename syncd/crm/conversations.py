@@ -1,0 +1,235 @@
+"""The stored conversations whose deals the matcher settles
+(:func:`syncd.matching.matcher.settle`): read, every activity that shares a conversation key
+with a batch's, however many hops away (:func:`thread_components`), and the keys of the
+activities that may choose a deal by a weaker rule (:func:`conversation_keys_of_candidates`);
+written back, the deal links and notes the settling changed (:func:`relink`).
+
+A conversation key is any key under which another item of the same conversation may name an
+activity (:func:`syncd.items.conversation_keys`); they are stored as ``ThreadKey`` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from syncd.batching import chunked
+from syncd.crm.models import Activity, Link, Mailbox, Task, ThreadKey
+from syncd.crm.rows import IN_LIMIT
+from syncd.items import LinkReason, LinkType
+from syncd.matching.matcher import CrmIndex, Relink, ThreadNode
+
+log = logging.getLogger("syncd.crm")
+
+THREAD_SIZE = 10_000  # activities of one conversation settled at most (a safe bound)
+
+
+def thread_components(session: Session, keys: Iterable[str]) -> list[list[ThreadNode]]:
+    """The stored conversations that share a thread key with ``keys``: every activity
+    reachable through shared keys (its own, its root, its references, the provider's thread
+    id), however many hops, grouped into connected conversations, each activity as
+    :class:`ThreadNode`. A conversation past THREAD_SIZE activities is not returned at all:
+    settling a part of it as if it were the whole would depend on where it was cut."""
+    edges = _reachable(session, set(keys))
+    if not edges:
+        return []
+    return _components(edges, _thread_nodes(session, sorted(edges)))
+
+
+def _reachable(session: Session, keys: set[str]) -> dict[int, set[str]]:
+    """Activity id -> its keys, for every activity reachable from ``keys`` through shared
+    keys; none at all past THREAD_SIZE activities."""
+    frontier = keys
+    seen_keys: set[str] = set()
+    edges: dict[int, set[str]] = defaultdict(set)
+    while frontier:
+        frontier -= seen_keys
+        if not frontier:
+            break
+        if len(edges) >= THREAD_SIZE:
+            log.warning(
+                "a conversation of over %d activities is left as it is (keys %s...)",
+                THREAD_SIZE,
+                sorted(frontier)[:3],
+            )
+            return {}
+        seen_keys |= frontier
+        new = _activities_with_keys(session, frontier) - set(edges)
+        frontier = set()
+        for activity_id, key in thread_keys_of(session, new):
+            edges[activity_id].add(key)
+            frontier.add(key)
+    return edges
+
+
+def _activities_with_keys(session: Session, keys: Iterable[str]) -> set[int]:
+    found: set[int] = set()
+    for chunk in chunked(sorted(keys), IN_LIMIT):
+        found.update(session.scalars(select(ThreadKey.activity_id).where(ThreadKey.key.in_(chunk))))
+    return found
+
+
+def thread_keys_of(session: Session, activity_ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+    """(activity id, key) for every conversation key of these activities."""
+    for chunk in chunked(sorted(activity_ids), IN_LIMIT):
+        yield from session.execute(
+            select(ThreadKey.activity_id, ThreadKey.key).where(ThreadKey.activity_id.in_(chunk))
+        )
+
+
+def _components(edges: dict[int, set[str]], nodes: dict[int, ThreadNode]) -> list[list[ThreadNode]]:
+    """The nodes grouped into connected conversations over shared keys (union-find on
+    activity ids), each group and the groups in the order of their activity ids."""
+    parent = {a: a for a in edges}
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    owner: dict[str, int] = {}
+    for activity_id in sorted(edges):
+        for key in edges[activity_id]:
+            if key in owner:
+                parent[root(activity_id)] = root(owner[key])
+            else:
+                owner[key] = activity_id
+    groups: dict[int, list[ThreadNode]] = defaultdict(list)
+    for activity_id, node in nodes.items():
+        groups[root(activity_id)].append(node)
+    return [groups[g] for g in sorted(groups)]
+
+
+def conversation_keys_of_candidates(
+    session: Session, index: CrmIndex, opportunity_ids: Iterable[int]
+) -> set[str]:
+    """The conversation keys of every activity that may choose one of these deals by a
+    weaker rule: those linked to the deal's account or to a contact with a role in it."""
+    accounts: set[int] = set()
+    contacts: set[int] = set()
+    for opp_id in opportunity_ids:
+        opp = index.opportunities.get(opp_id)
+        if opp is not None:
+            accounts.add(opp.account_id)
+            contacts.update(opp.contact_ids)
+    activity_ids: set[int] = set()
+    linked: tuple[tuple[LinkType, set[int]], ...] = (("account", accounts), ("contact", contacts))
+    for type_, targets in linked:
+        for chunk in chunked(sorted(targets), IN_LIMIT):
+            activity_ids.update(
+                session.scalars(
+                    select(Link.activity_id).where(Link.type == type_, Link.target_id.in_(chunk))
+                )
+            )
+    return {key for _, key in thread_keys_of(session, activity_ids)}
+
+
+def _thread_nodes(session: Session, ids: list[int]) -> dict[int, ThreadNode]:
+    base: dict[int, tuple[str, datetime, str | None]] = {}
+    links: dict[int, list[tuple[LinkType, int, LinkReason]]] = defaultdict(list)
+    for chunk in chunked(ids, IN_LIMIT):
+        for activity_id, key, when, note in session.execute(
+            select(Activity.id, Activity.key, Activity.occurred_at, Activity.match_note).where(
+                Activity.id.in_(chunk)
+            )
+        ):
+            base[activity_id] = (key, when, note)
+        for activity_id, type_, target, reason in session.execute(
+            select(Link.activity_id, Link.type, Link.target_id, Link.reason)
+            .where(Link.activity_id.in_(chunk))
+            .order_by(Link.id)
+        ):
+            links[activity_id].append((type_, target, reason))
+    return {
+        activity_id: _thread_node(activity_id, key, when, note, links[activity_id])
+        for activity_id, (key, when, note) in base.items()
+    }
+
+
+def _thread_node(
+    activity_id: int,
+    key: str,
+    when: datetime,
+    note: str | None,
+    own: list[tuple[LinkType, int, LinkReason]],
+) -> ThreadNode:
+    """An activity as the settling sees it: its tags, contacts, accounts, and its first deal
+    link made by another rule than a tag."""
+    tags: list[int] = []
+    contacts: list[int] = []
+    accounts: list[int] = []
+    deal: tuple[int, LinkReason] | None = None
+    for type_, target, reason in own:
+        if type_ == "contact":
+            contacts.append(target)
+        elif type_ == "account":
+            accounts.append(target)
+        elif reason == "tag":
+            tags.append(target)
+        elif deal is None:
+            deal = (target, reason)
+    return ThreadNode(
+        id=activity_id,
+        key=key,
+        when=when,
+        tags=tuple(tags),
+        contact_ids=tuple(contacts),
+        account_ids=tuple(accounts),
+        opportunity=deal,
+        note=note,
+    )
+
+
+# --- the deals settled ------------------------------------------------------------------
+
+
+def relink(session: Session, changes: Sequence[Relink]) -> int:
+    """Apply what the matcher settled for conversations: replace each activity's deal link
+    (a tag link is never touched) and its note, a few statements for all of them. Returns
+    how many activities changed."""
+    if not changes:
+        return 0
+    moved = [c for c in changes if c.deal_changed]
+    _replace_deal_links(session, moved)
+    notes = [{"id": c.activity_id, "match_note": c.note} for c in changes if c.note_changed]
+    if notes:
+        session.execute(update(Activity), notes)  # by primary key, executemany
+    _rerun_followups(session, [c.activity_id for c in moved])
+    return len(changes)
+
+
+def _replace_deal_links(session: Session, moved: list[Relink]) -> None:
+    for chunk in chunked([c.activity_id for c in moved], IN_LIMIT):
+        session.execute(
+            delete(Link).where(
+                Link.activity_id.in_(chunk), Link.type == "opportunity", Link.reason != "tag"
+            )
+        )
+    rows = [
+        {
+            "activity_id": c.activity_id,
+            "type": "opportunity",
+            "target_id": c.opportunity[0],
+            "reason": c.opportunity[1],
+        }
+        for c in moved
+        if c.opportunity is not None
+    ]
+    if rows:
+        session.execute(insert(Link), rows)
+
+
+def _rerun_followups(session: Session, moved: list[int]) -> None:
+    """An open task of a moved activity is rewritten by its owner's follow-up rules: have
+    them run at that owner's next pass, whichever mailbox moved it."""
+    for chunk in chunked(moved, IN_LIMIT):
+        owners = select(Task.user_id).where(Task.activity_id.in_(chunk), Task.status == "open")
+        session.execute(
+            update(Mailbox).where(Mailbox.user_id.in_(owners)).values(followups_at=None)
+        )

@@ -1,0 +1,308 @@
+"""The reports behind ``syncd status`` (:func:`status_report`), ``syncd activities``
+(:func:`activity_report`), ``syncd tasks`` (:func:`task_report`) and ``syncd mailbox list``
+(:func:`mailbox_report`). Their rows are typed (:class:`StatusRow`, :class:`ActivityRow`,
+:class:`TaskRow`, :class:`MailboxRow`) and ``--json`` prints them as they are; they hold
+what is stored, and the CLI masks what an error or a setting may quote of a URL.
+
+Read-only; ``syncd quarantine list`` reads :mod:`syncd.crm.quarantine`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any, TypedDict
+
+from sqlalchemy import Select, exists, select
+from sqlalchemy.orm import Session
+
+from syncd.batching import chunked
+from syncd.crm import quarantine as quarantine_store
+from syncd.crm.models import (
+    Account,
+    AccountDomain,
+    Activity,
+    ActivityKind,
+    ActivityStatus,
+    Contact,
+    ContactAddress,
+    Link,
+    Mailbox,
+    MailboxState,
+    Opportunity,
+    Sighting,
+    Task,
+    TaskResolution,
+    TaskRule,
+    User,
+    WriterState,
+)
+from syncd.items import Direction, LinkReason, LinkType, ParticipantRole, TaskStatus
+from syncd.matching.addresses import normalize_address, normalize_domain
+
+_SIGHTINGS_PER_QUERY = 5000  # activity ids per IN (...) list of the sightings read
+
+
+class _WriterStatus(TypedDict):
+    state: WriterState
+    error: str | None
+    updated_at: str | None
+
+
+class WriterStatus(_WriterStatus, total=False):
+    """A mailbox's task write-back, apart from its mail (``tasks`` in ``syncd status``).
+    (``total=False`` rather than NotRequired: this module's annotations are strings, which
+    Python 3.11's TypedDict cannot read NotRequired from.)"""
+
+    fix: str  # what the admin does about it, when it is not ok (the CLI's words)
+
+
+class StatusRow(TypedDict):
+    """One mailbox in ``syncd status``."""
+
+    mailbox: str
+    kind: str  # the connector kind (syncd.connectors.registry)
+    user: str
+    state: MailboxState
+    last_success: str | None
+    last_attempt: str | None
+    items: int
+    error: str | None
+    tasks: WriterStatus
+    quarantined: int
+
+
+def status_report(session: Session) -> list[StatusRow]:
+    """Every mailbox's state, its task write-back's, and how many of its items are
+    quarantined (errors as stored: the CLI masks what they may quote of a URL)."""
+    quarantined = quarantine_store.counts(session)
+    rows = session.execute(select(Mailbox, User.email).join(User).order_by(Mailbox.name))
+    return [
+        {
+            "mailbox": m.name,
+            "kind": m.kind,
+            "user": email,
+            "state": m.state,
+            "last_success": _iso(m.last_success),
+            "last_attempt": _iso(m.last_attempt),
+            "items": m.items_logged,
+            "error": m.last_error,
+            "tasks": {
+                "state": m.writer_state or "ok",
+                "error": m.writer_error,
+                "updated_at": _iso(m.writer_at),
+            },
+            "quarantined": quarantined.get(m.name, 0),
+        }
+        for m, email in rows
+    ]
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
+
+
+class MailboxRow(TypedDict):
+    """One mailbox in ``syncd mailbox list``."""
+
+    mailbox: str
+    kind: str
+    user: str
+    settings: dict[str, Any]  # as stored (JSON); the CLI masks what a URL may hold
+
+
+def mailbox_report(session: Session) -> list[MailboxRow]:
+    """Every mailbox, by name, with its settings as stored."""
+    return [
+        {"mailbox": m.name, "kind": m.kind, "user": email, "settings": m.settings}
+        for m, email in session.execute(
+            select(Mailbox, User.email).join(User).order_by(Mailbox.name)
+        )
+    ]
+
+
+def _activity_filter(
+    session: Session, contact: str | None, account: str | None, opportunity: str | None
+) -> Select[Any]:
+    query = select(Activity).order_by(Activity.occurred_at, Activity.id)
+    targets: list[tuple[LinkType, int | None]] = []
+    if contact:
+        targets.append(
+            (
+                "contact",
+                session.scalar(
+                    select(ContactAddress.contact_id).where(
+                        ContactAddress.address == normalize_address(contact)
+                    )
+                ),
+            )
+        )
+    if account:
+        account_id = session.scalar(
+            select(AccountDomain.account_id).where(
+                AccountDomain.domain == normalize_domain(account)
+            )
+        ) or session.scalar(select(Account.id).where(Account.name == account))
+        targets.append(("account", account_id))
+    if opportunity:
+        targets.append(
+            (
+                "opportunity",
+                session.scalar(
+                    select(Opportunity.id).where(Opportunity.external_id == opportunity)
+                ),
+            )
+        )
+    for type_, target in targets:
+        query = query.where(
+            exists().where(
+                Link.activity_id == Activity.id,
+                Link.type == type_,
+                Link.target_id == (target or -1),
+            )
+        )
+    return query
+
+
+class ParticipantRow(TypedDict):
+    address: str
+    name: str
+    role: ParticipantRole
+
+
+class LinkRow(TypedDict):
+    type: LinkType
+    id: int
+    name: str
+    reason: LinkReason
+
+
+class ActivityRow(TypedDict):
+    """One activity in ``syncd activities``: its participants, and each link with the
+    reason it was made."""
+
+    id: int
+    key: str
+    kind: ActivityKind
+    subject: str
+    occurred_at: str
+    ends_at: str | None
+    direction: Direction
+    status: ActivityStatus
+    participants: list[ParticipantRow]
+    links: list[LinkRow]
+    note: str | None
+    mailboxes: list[str]
+    snippet: str | None
+
+
+def activity_report(
+    session: Session,
+    contact: str | None = None,
+    account: str | None = None,
+    opportunity: str | None = None,
+) -> list[ActivityRow]:
+    """The activities, oldest first: all, or those linked to each of the given contact (by
+    address), account (by domain or name) and deal (by external id); a name of nothing
+    stored matches nothing."""
+    activities = session.scalars(_activity_filter(session, contact, account, opportunity)).all()
+    names = _link_names(session)
+    sightings = _sighted_by(session, [a.id for a in activities])
+    return [
+        {
+            "id": a.id,
+            "key": a.key,
+            "kind": a.kind,
+            "subject": a.subject,
+            "occurred_at": a.occurred_at.isoformat(),
+            "ends_at": _iso(a.ends_at),
+            "direction": a.direction,
+            "status": a.status,
+            "participants": [
+                {"address": p.address, "name": p.name, "role": p.role} for p in a.participants
+            ],
+            "links": [
+                {
+                    "type": lk.type,
+                    "id": lk.target_id,
+                    "name": names[lk.type].get(lk.target_id, "?"),
+                    "reason": lk.reason,
+                }
+                for lk in a.links
+            ],
+            "note": a.match_note,
+            "mailboxes": sorted(sightings[a.id]),
+            "snippet": a.snippet,
+        }
+        for a in activities
+    ]
+
+
+def _sighted_by(session: Session, ids: list[int]) -> dict[int, list[str]]:
+    """Activity id -> the names of the mailboxes that saw it."""
+    mailboxes = dict(session.execute(select(Mailbox.id, Mailbox.name)).all())
+    sightings: dict[int, list[str]] = defaultdict(list)
+    for chunk in chunked(ids, _SIGHTINGS_PER_QUERY):
+        for activity_id, mailbox_id in session.execute(
+            select(Sighting.activity_id, Sighting.mailbox_id).where(Sighting.activity_id.in_(chunk))
+        ):
+            sightings[activity_id].append(mailboxes.get(mailbox_id, "?"))
+    return sightings
+
+
+def _link_names(session: Session) -> dict[LinkType, dict[int, str]]:
+    return {
+        "contact": dict(session.execute(select(Contact.id, Contact.name)).all()),
+        "account": dict(session.execute(select(Account.id, Account.name)).all()),
+        "opportunity": {
+            i: f"{e} {n}"
+            for i, e, n in session.execute(
+                select(Opportunity.id, Opportunity.external_id, Opportunity.name)
+            )
+        },
+    }
+
+
+class TaskRow(TypedDict):
+    """One follow-up task in ``syncd tasks``."""
+
+    uid: str
+    title: str
+    due: str
+    user: str
+    status: TaskStatus
+    resolution: TaskResolution | None
+    rule: TaskRule
+    activity_id: int
+    opportunity_id: int | None
+    opportunity: str | None  # its external id
+    in_calendar: bool
+    write_error: str | None
+
+
+def task_report(session: Session, user: str | None = None) -> list[TaskRow]:
+    query = (
+        select(Task, User.email, Opportunity.external_id)
+        .join(User, Task.user_id == User.id)
+        .outerjoin(Opportunity, Task.opportunity_id == Opportunity.id)
+        .order_by(Task.due, Task.id)
+    )
+    if user:
+        query = query.where(User.email == normalize_address(user))
+    return [
+        {
+            "uid": t.uid,
+            "title": t.title,
+            "due": t.due.isoformat(),
+            "user": email,
+            "status": t.status,
+            "resolution": t.resolution,
+            "rule": t.rule,
+            "activity_id": t.activity_id,
+            "opportunity_id": t.opportunity_id,
+            "opportunity": opp_external_id,
+            "in_calendar": t.written_version >= t.version,
+            "write_error": t.write_error,
+        }
+        for t, email, opp_external_id in session.execute(query)
+    ]

@@ -1,0 +1,189 @@
+"""The per-item decision of a sync: is this item logged, and linked to what?
+
+:func:`decide` runs each item of a batch through the checks that need no CRM (excluded
+labels, bulk mail, auto-replies; a mail's invitations stand in for it), fits it to the
+CRM's columns and date range (:func:`fit_item`), matches it (``syncd.matching.matcher``),
+then runs the checks that need the CRM (private, blocklisted, internal-only). An item that
+cannot be decided is quarantined with its reason; it never stops its batch.
+
+Also here: :class:`PassIndex`, the CRM index one pass decides against, and
+:func:`describe`, an exception as one line fit for a user (used wherever a sync reports
+an error).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.config import ExclusionSettings, Settings
+from syncd.crm import queries, recorder
+from syncd.items import (
+    ADDRESS_LENGTH,
+    EARLIEST,
+    FUTURE_YEARS,
+    ExclusionReason,
+    Item,
+    MailItem,
+    MeetingItem,
+    Participant,
+    Quarantined,
+    fit,
+    latest,
+)
+from syncd.matching.exclusions import exclusion, label_hit, mail_exclusion
+from syncd.matching.matcher import CrmIndex, match
+
+log = logging.getLogger("syncd.sync")
+
+
+class PassIndex:
+    """The CRM index a pass decides against: loaded once, and only when something is to be
+    matched. Storing a batch teaches it the tags it stored (``syncd.settle``); when that
+    transaction fails, :meth:`forget` drops what it learned and the next use loads it again."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self._index: CrmIndex | None = None
+
+    def get(self) -> CrmIndex:
+        if self._index is None:
+            with self.sessions() as session:
+                self._index = queries.load_index(session, self.settings)
+        return self._index
+
+    def forget(self) -> None:
+        self._index = None
+
+
+def decide(
+    items: Iterable[Item],
+    index: CrmIndex,
+    settings: Settings,
+    excluded: Counter[ExclusionReason],
+    quarantined: list[Quarantined] | None = None,
+) -> list[recorder.Decision]:
+    """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
+    An item whose matching fails goes to ``quarantined`` (when given) with its reason; it
+    never stops the batch. The result does not depend on how items are cut into batches."""
+    decisions = []
+    for raw_item, forced in _expand(items, settings.exclusions, excluded):
+        try:
+            item = fit_item(raw_item, datetime.now(UTC))
+            m = match(item, index)
+            excluded_by = exclusion(item, m, index, forced)
+        except Exception as exc:  # one item never stops its mailbox
+            if quarantined is None:
+                raise
+            reason = str(exc) if isinstance(exc, OutOfRange) else f"cannot match: {describe(exc)}"
+            log.warning("item %r not logged: %s", raw_item.provider_id, reason)
+            quarantined.append(Quarantined(raw_item.provider_id, reason))
+            continue
+        if excluded_by:
+            excluded[excluded_by.reason] += 1
+            continue
+        decisions.append(recorder.Decision(item, m))
+    return decisions
+
+
+class OutOfRange(ValueError):
+    """An item whose time no rule can work with (before 1970, or years ahead)."""
+
+
+def fit_item(item: Item, now: datetime) -> Item:
+    """The item as the CRM can keep it: keys and ids that fit their columns (a stable hash
+    where they do not), addresses that fit theirs, and a time between 1970 and
+    ``items.latest`` (else :class:`OutOfRange`, and the item is quarantined: no rule ever
+    sees year 9999). A meeting's end counts too: the rules work from it."""
+    _check_times(item, now)
+    people = _fit_participants(item.participants)
+    if isinstance(item, MailItem):
+        return replace(
+            item,
+            key=fit(item.key),
+            provider_id=fit(item.provider_id),
+            thread_key=fit(item.thread_key),
+            related_keys=tuple(fit(k) for k in item.related_keys),
+            participants=people,
+        )
+    return replace(item, key=fit(item.key), provider_id=fit(item.provider_id), participants=people)
+
+
+def _check_times(item: Item, now: datetime) -> None:
+    """Raise :class:`OutOfRange` for a time outside 1970 .. now + FUTURE_YEARS."""
+    times = [item.sent_at] if isinstance(item, MailItem) else [item.start, item.end]
+    for when in times:
+        if when.tzinfo is not None and not (EARLIEST <= when <= latest(now)):
+            raise OutOfRange(
+                f"date out of range: {when.isoformat()} (syncd keeps 1970 to now + "
+                f"{FUTURE_YEARS} years)"
+            )
+
+
+def _unfit_address(address: str) -> bool:
+    return len(address) > ADDRESS_LENGTH or not address.isprintable()
+
+
+def _fit_participants(people: Sequence[Participant]) -> tuple[Participant, ...]:
+    """Participants whose address fits the column: one that does not becomes a stable,
+    undeliverable stand-in (``<hash>@invalid.invalid``)."""
+    return tuple(
+        replace(p, address=fit(p.address, 0)[5:37] + "@invalid.invalid")
+        if _unfit_address(p.address)
+        else p
+        for p in people
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line a user may read: never the SQL or parameters of a database
+    error (they may hold anything an item carried)."""
+    if isinstance(exc, StatementError):
+        orig = exc.orig
+        if orig is None:
+            return f"the CRM database refused it ({exc.__class__.__name__})"
+        text = str(orig).splitlines()[0] if str(orig) else ""
+        return f"the CRM database refused it ({orig.__class__.__name__}: {text[:200]})"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{exc.__class__.__name__}: {text[:300]}"
+
+
+def _expand(
+    items: Iterable[Item], rules: ExclusionSettings, excluded: Counter[ExclusionReason]
+) -> Iterator[tuple[Item, bool]]:
+    """Items that pass the checks needing no CRM, each with whether a label forces it in."""
+    for item in items:
+        forced = label_hit(item, rules.force_labels) is not None
+        if isinstance(item, MeetingItem):
+            if label_hit(item, rules.labels):
+                excluded["excluded label"] += 1
+            else:
+                yield item, forced
+            continue
+        excluded_by = mail_exclusion(item, rules.labels, forced)
+        if excluded_by:
+            excluded[excluded_by.reason] += 1
+            continue
+        for one in _invitations_or_itself(item, excluded):
+            yield one, forced
+
+
+def _invitations_or_itself(
+    item: MailItem, excluded: Counter[ExclusionReason]
+) -> Iterator[MailItem | MeetingItem]:
+    """A mail's invitations stand in for it (an attendee's REPLY is no meeting)."""
+    if not item.invitations:
+        yield item
+        return
+    for invite in item.invitations:
+        if invite.method == "REPLY":
+            excluded["invitation-reply"] += 1  # an attendee's answer, not a meeting
+        else:
+            yield invite
