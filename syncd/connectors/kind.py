@@ -114,6 +114,27 @@ class SignInOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BackfillSettings(KindSettings):
+    """The settings of a kind whose first sync reads a window of past mail (Gmail, Graph:
+    an API that lists by date) rather than whole folders."""
+
+    since_days: int = Field(
+        90, ge=0, le=36500, json_schema_extra=option(None, "set by --since: the first sync window")
+    )
+
+
+class BackfillSignIn(SignInOptions):
+    """``--since DATE``: how far back the first sync of such a kind reads."""
+
+    since: date | None = Field(
+        None,
+        json_schema_extra=option(
+            "--since",
+            "gmail, microsoft: first sync from DATE (YYYY-MM-DD); default 90 days back.",
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class SignInContext:
     """What a sign-in may use: the mailbox, its owner, the state directory, a way to show

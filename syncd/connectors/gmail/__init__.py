@@ -9,16 +9,15 @@ of the admin mode, the installed-app consent of the user mode)."""
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from syncd.connectors.kind import Kind, KindSettings, SignInOptions, option
+from syncd.connectors.kind import BackfillSettings, BackfillSignIn, Kind, option
 
 
-class GmailSettings(KindSettings):
+class GmailSettings(BackfillSettings):
     mode: Literal["service_account", "oauth"] = Field(
         "service_account", json_schema_extra=option(None, "set by --service-account/--oauth-client")
     )
@@ -34,15 +33,12 @@ class GmailSettings(KindSettings):
     calendar_endpoint: str | None = Field(
         None, json_schema_extra=option(None, "another Calendar API base URL")
     )
-    since_days: int = Field(
-        90, ge=0, le=36500, json_schema_extra=option(None, "set by --since: the first sync window")
-    )
     quota_units_per_minute: int = Field(
         15_000, ge=1, json_schema_extra=option(None, "Gmail's per-user quota")
     )
 
 
-class GmailSignIn(SignInOptions):
+class GmailSignIn(BackfillSignIn):
     service_account: Path | None = Field(
         None,
         json_schema_extra=option(
@@ -55,13 +51,6 @@ class GmailSignIn(SignInOptions):
         json_schema_extra=option(
             "--oauth-client",
             "gmail: an OAuth 'Desktop app' client file: the user mode (prints a consent URL).",
-        ),
-    )
-    since: date | None = Field(
-        None,
-        json_schema_extra=option(
-            "--since",
-            "gmail, microsoft: first sync from DATE (YYYY-MM-DD); default 90 days back.",
         ),
     )
 

@@ -10,16 +10,15 @@ certificate for the admin mode, the device-code flow for the user mode)."""
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from syncd.connectors.kind import Kind, KindSettings, SignInOptions, option
+from syncd.connectors.kind import BackfillSettings, BackfillSignIn, Kind, option
 
 
-class MicrosoftSettings(KindSettings):
+class MicrosoftSettings(BackfillSettings):
     tenant: str = Field(
         min_length=1,
         json_schema_extra=option("--tenant", "microsoft: the Entra ID tenant (id or domain)."),
@@ -56,9 +55,6 @@ class MicrosoftSettings(KindSettings):
         None,
         json_schema_extra=option("--graph-url", "microsoft: another Graph base URL.", hidden=True),
     )
-    since_days: int = Field(
-        90, ge=0, le=36500, json_schema_extra=option(None, "set by --since: the first sync window")
-    )
     page_size: int | None = Field(
         None, ge=1, le=1000, json_schema_extra=option(None, "messages a delta page")
     )
@@ -67,7 +63,7 @@ class MicrosoftSettings(KindSettings):
     )
 
 
-class MicrosoftSignIn(SignInOptions):
+class MicrosoftSignIn(BackfillSignIn):
     client_secret_file: Path | None = Field(
         None,
         json_schema_extra=option(
@@ -88,13 +84,6 @@ class MicrosoftSignIn(SignInOptions):
         json_schema_extra=option(
             "--device-code",
             "microsoft (user mode): sign in as the user now (prints a code to enter).",
-        ),
-    )
-    since: date | None = Field(
-        None,
-        json_schema_extra=option(
-            "--since",
-            "gmail, microsoft: first sync from DATE (YYYY-MM-DD); default 90 days back.",
         ),
     )
 
