@@ -50,10 +50,16 @@ class Secret:
 _MAILBOX_WHAT = re.compile(r"""^mailbox (['"])(.+)\1$""")
 
 
+def reauth_command(name: str) -> str:
+    """The command that stores a mailbox's credentials again: the one fix every message
+    about refused, lost or unreadable credentials names (see syncd.connectors.base)."""
+    return f"syncd mailbox reauth {name}"
+
+
 def _reauth(what: str) -> str:
-    """The command that stores a mailbox's secret again, for the mailbox ``what`` names."""
+    """:func:`reauth_command` for the mailbox ``what`` names (``"mailbox 'ana'"``)."""
     m = _MAILBOX_WHAT.match(what)
-    return f"syncd mailbox reauth {m.group(2) if m else 'NAME'}"
+    return reauth_command(m.group(2) if m else "NAME")
 
 
 class SecretBox:
@@ -144,7 +150,7 @@ class SecretBox:
             raise SecretsError(
                 f"the secret key {self._where()} is damaged (not a Fernet key); restore it "
                 "from a backup; without one, move it away and store each mailbox's secret "
-                "again with 'syncd mailbox reauth NAME'"
+                f"again with '{reauth_command('NAME')}'"
             ) from None
         return self._fernet
 

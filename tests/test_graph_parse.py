@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from syncd.config import LimitSettings
-from syncd.connectors.base import RereadContext
+from syncd.connectors.base import RereadContext, UnknownFormat
 from syncd.connectors.microsoft.parse import (
     EXPAND,
     MAX_RAW,
@@ -20,7 +20,6 @@ from syncd.connectors.microsoft.parse import (
     error_text,
     graph_time,
     is_private,
-    item_from_raw,
     json_size,
     mail_item,
     meeting_item,
@@ -28,10 +27,21 @@ from syncd.connectors.microsoft.parse import (
     reread_event,
     reread_message,
 )
+from syncd.connectors.registry import reparse
 from syncd.items import MailItem, MeetingItem, Participant
 from syncd.limits import OverLimit
 
 ANA = "ana@northwind.test"
+
+
+def reread(raw: bytes, fmt: str, body: str = "snippet") -> MailItem | MeetingItem:
+    """A kept Graph item read again as ``syncd quarantine retry`` does: by its format,
+    through the registry's re-parser."""
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    window = (now - timedelta(days=3650), now + timedelta(days=3650))
+    context = RereadContext(provider_id="p", body_policy=body, received=now, window=window)
+    (item,) = reparse(fmt, raw, context).items
+    return item
 
 
 def message(**fields: Any) -> dict[str, Any]:
@@ -307,7 +317,7 @@ def test_resources_are_measured_without_a_copy_and_held_to_the_limits():
         )
 
 
-def test_the_quarantine_keeps_the_json_and_item_from_raw_reads_it_again():
+def test_the_quarantine_keeps_the_json_and_a_retry_reads_it_again():
     broken = message(sentDateTime="yesterday", receivedDateTime=None)
     held = quarantined(broken, "no usable date", "graph-message")
     assert (held.provider_id, held.format, held.reason) == (
@@ -317,19 +327,19 @@ def test_the_quarantine_keeps_the_json_and_item_from_raw_reads_it_again():
     )
     assert held.raw is not None and json.loads(held.raw) == broken
     with pytest.raises(ValueError, match="no usable date"):
-        item_from_raw(held.raw, "graph-message")
-    fixed = item_from_raw(
+        reread(held.raw, "graph-message")
+    fixed = reread(
         held.raw.replace(b'"yesterday"', b'"2026-01-04T09:00:00Z"'), "graph-message", "full"
     )
     assert isinstance(fixed, MailItem) and fixed.body.startswith("Hello Ana,\n")
-    meeting = item_from_raw(json.dumps(event()).encode(), "graph-event")
+    meeting = reread(json.dumps(event()).encode(), "graph-event")
     assert isinstance(meeting, MeetingItem) and meeting.subject == "Acme QBR"
     with pytest.raises(ValueError, match="not JSON"):
-        item_from_raw(b"{not json", "graph-message")
-    with pytest.raises(ValueError, match="not a Graph resource"):
-        item_from_raw(b"[1, 2]", "graph-event")
-    with pytest.raises(ValueError, match="unknown format"):
-        item_from_raw(json.dumps(message()).encode(), "rfc822")
+        reread(b"{not json", "graph-message")
+    with pytest.raises(ValueError, match="not a Graph event object"):
+        reread(b"[1, 2]", "graph-event")
+    with pytest.raises(UnknownFormat, match="no parser reads format 'graph-thing'"):
+        reread(json.dumps(message()).encode(), "graph-thing")
     # not even an object: kept wrapped; too large: kept with its reason only
     odd = quarantined(["x"], "not a Graph message", "graph-message")
     assert (

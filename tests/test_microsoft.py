@@ -17,12 +17,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.base import MailboxSpec
+from syncd.connectors.base import MailboxSpec, RereadContext
 from syncd.connectors.microsoft import MicrosoftSettings
 from syncd.connectors.microsoft.client import GraphClient, _Slots
-from syncd.connectors.microsoft.parse import item_from_raw, mail_item, meeting_item, quarantined
+from syncd.connectors.microsoft.parse import mail_item, meeting_item, quarantined
 from syncd.connectors.microsoft.signin import read_certificate
 from syncd.connectors.microsoft.tasks import EventTasks, TodoTasks
+from syncd.connectors.registry import reparse
 from syncd.crm import reports
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import (
@@ -50,6 +51,16 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 ANA, BEN = "ana@northwind.test", "ben@northwind.test"
 CARLA = ("Carla Díaz", "carla@acme.test")
 TENANT = "northwind.onmicrosoft.com"
+
+
+def reread(raw: bytes, fmt: str, body: str = "snippet") -> MailItem | MeetingItem:
+    """A kept Graph item read again as ``syncd quarantine retry`` does: by its format,
+    through the registry's re-parser."""
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    window = (now - timedelta(days=3650), now + timedelta(days=3650))
+    context = RereadContext(provider_id="p", body_policy=body, received=now, window=window)
+    (item,) = reparse(fmt, raw, context).items
+    return item
 
 
 @pytest.fixture
@@ -261,9 +272,9 @@ def test_unreadable_items_are_quarantined_with_their_json_and_parse_again():
     assert (held.provider_id, held.format) == ("AAkALmsg1", "graph-message")
     assert held.raw is not None and json.loads(held.raw) == broken
     with pytest.raises(ValueError):
-        item_from_raw(held.raw, "graph-message")
+        reread(held.raw, "graph-message")
     fixed = held.raw.replace(b'"yesterday"', b'"2026-01-04T09:00:00Z"')
-    again = item_from_raw(fixed, "graph-message", "full")
+    again = reread(fixed, "graph-message", "full")
     assert isinstance(again, MailItem) and again.key == "mid:p1@acme.test"
     with pytest.raises(ValueError, match="not a readable Graph message"):
         mail_item({"from": "nobody", "toRecipients": 7})  # wrong shapes: ValueError only
@@ -276,10 +287,10 @@ def test_unreadable_items_are_quarantined_with_their_json_and_parse_again():
     held_event = quarantined(event, "bad start", "graph-event")
     assert held_event.format == "graph-event" and held_event.raw is not None
     event["start"] = event["end"] = {"dateTime": "2026-01-05T10:00:00", "timeZone": "UTC"}
-    meeting = item_from_raw(json.dumps(event).encode(), "graph-event")
+    meeting = reread(json.dumps(event).encode(), "graph-event")
     assert isinstance(meeting, MeetingItem) and meeting.subject == "QBR"
     with pytest.raises(ValueError):
-        item_from_raw(b"{not json", "graph-message")
+        reread(b"{not json", "graph-message")
 
 
 def activity_links(sessions: S, key: str) -> list[tuple[str, str, str]]:
@@ -949,7 +960,7 @@ def test_an_unreadable_message_is_quarantined_with_its_reason(
         assert json.loads(raw)["id"] == provider_id
     fixed = json.loads(kept[worse][1])
     fixed["sentDateTime"] = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
-    item = item_from_raw(json.dumps(fixed).encode(), "graph-message")
+    item = reread(json.dumps(fixed).encode(), "graph-message")
     assert item.key == "mid:m2@acme.test"
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from syncd.config import LimitSettings
 from syncd.items import Batch, Cursor, MailItem, MeetingItem, TaskItem
-from syncd.secrets import Secret
+from syncd.secrets import Secret, reauth_command
 
 if TYPE_CHECKING:
     from syncd.connectors.kind import KindSettings
@@ -57,7 +57,7 @@ class CursorExpired(ConnectorError):
 
 def reauth(name: str) -> str:
     """The fix for refused or lost credentials, as every message names it."""
-    return f"run 'syncd mailbox reauth {name}'"
+    return f"run '{reauth_command(name)}'"
 
 
 def refused(name: str, problem: str, hint: str = "") -> AuthError:

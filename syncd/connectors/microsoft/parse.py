@@ -154,22 +154,6 @@ def quarantined(resource: Any, reason: str, format: str) -> Quarantined:
     return Quarantined(provider_id, reason, raw=raw, format=format)
 
 
-def item_from_raw(raw: bytes, format: str, body_policy: str = "snippet") -> MailItem | MeetingItem:
-    """Parse a quarantined item again (``syncd quarantine retry``): ``raw`` is the JSON kept
-    by :func:`quarantined`, ``format`` graph-message or graph-event. Raises ValueError."""
-    try:
-        resource = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    if not isinstance(resource, dict):
-        raise ValueError("not a Graph resource (a JSON object)")
-    if format == "graph-message":
-        return mail_item(resource, body_policy)
-    if format == "graph-event":
-        return meeting_item(resource)
-    raise ValueError(f"unknown format {format!r} (graph-message or graph-event)")
-
-
 def reread_message(data: bytes, ctx: RereadContext) -> Reread:
     """The ``graph-message`` re-parser: a kept Graph message resource read again."""
     message = json_object(data, "Graph message")
