@@ -140,7 +140,8 @@ class SyncJob:
         return self.report
 
     def _spec(self) -> MailboxSpec | None:
-        """The mailbox's spec; None when its secret cannot be opened (it is then parked)."""
+        """The mailbox's spec; None when its secret cannot be opened or its stored settings
+        are not valid for its kind (it is then parked, with the error naming the key)."""
         with self.sessions() as session:
             mailbox = session.scalar(select(Mailbox).where(Mailbox.name == self.name))
             if mailbox is None:
@@ -148,7 +149,7 @@ class SyncJob:
             self.mailbox_id, self.user_id = mailbox.id, mailbox.user_id
             try:
                 return mailbox_spec(mailbox, self.settings)
-            except SecretsError as exc:
+            except (SecretsError, ConnectorError) as exc:
                 self._fail("parked", str(exc))
                 return None
 

@@ -5,7 +5,7 @@ meeting identity) hold once for every kind."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,15 @@ from syncd.connectors import registry
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.ical import read_calendar, task_to_ical
 from syncd.connectors.imap import ImapSettings
-from syncd.connectors.kind import Kind, KindSettings, options, settings_doc, typed
+from syncd.connectors.kind import (
+    MAX_SINCE_DAYS,
+    Kind,
+    KindSettings,
+    options,
+    settings_doc,
+    since_days,
+    typed,
+)
 from syncd.connectors.meetings import meeting_key, participants, recurrence_id
 from syncd.connectors.memory.connector import world
 from syncd.connectors.retry import MAX_WAIT, header_retry_after, retry_after, retrying
@@ -82,6 +90,14 @@ def test_a_spec_reads_its_settings_through_the_kind_and_names_a_bad_value():
         MailboxSpec.of("ana", "imap", "ana@northwind.test", {"host": "h", "port": 0})
     with pytest.raises(ConnectorError, match="'hots' is not a setting of this kind"):
         MailboxSpec.of("ana", "imap", "ana@northwind.test", {"hots": "h"})
+    # a row edited by hand: a password put in it is never repeated by the error
+    with pytest.raises(ConnectorError) as caught:
+        MailboxSpec.of("ana", "imap", "ana@northwind.test", {"host": "h", "password": "hunter2"})
+    assert "'password' is not a setting" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConnectorError) as caught:
+        MailboxSpec.of("ana", "imap", "ana@northwind.test", {"host": "h", "port": "https://u:pw@x"})
+    assert "pw" not in str(caught.value) and "https://***@x" in str(caught.value)
 
 
 def test_the_calendar_window_has_one_default_for_every_kind():
@@ -126,6 +142,33 @@ def test_a_memory_mailbox_added_by_name_syncs_through_the_registry(sessions, set
     with sessions() as session:
         subjects = set(session.scalars(select(Activity.subject)))
     assert subjects == {"Renewal [OPP-101]", "Re: Renewal [OPP-101]"}
+
+
+def test_a_stored_row_its_kind_refuses_parks_the_mailbox_naming_the_key(
+    sessions, settings, company
+):
+    with sessions.begin() as session:
+        ana = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
+        mailboxes.add_mailbox(
+            session,
+            name="edited",
+            kind="memory",
+            user_id=ana,
+            settings={"world": "test-kinds", "poll_intervall": 60, "token": "s3cret"},
+        )
+    report = sync_mailbox(sessions, settings, "edited")
+    assert report.state == "parked"
+    with sessions() as session:
+        row = session.scalars(select(Mailbox).where(Mailbox.name == "edited")).one()
+    assert row.state == "parked" and row.last_error is not None
+    assert "'poll_intervall' is not a setting of this kind" in row.last_error
+    assert "s3cret" not in row.last_error
+
+
+def test_the_first_sync_window_is_at_most_a_century():
+    assert since_days(None, 90) == 90
+    assert since_days(date(1900, 1, 1), 90) == MAX_SINCE_DAYS
+    assert since_days(date.today() + timedelta(days=3), 90) == 0
 
 
 # --- mailbox add: options generated from the models -------------------------------------------
@@ -197,7 +240,7 @@ def test_settings_given_are_stored_typed_and_shown(cli, company, sessions):
         "mailbox", "add", "ana-local", "--kind", "local", "--user", "ana@northwind.test",
         "--maildir", str(company.maildirs["ana"]), "--exclude-folder", "Archive",
         "--exclude-folder", "Old", "--poll-interval", "60", "--body", "full",
-        "--calendar-future-days", "14",
+        "--calendar-future-days", "14", "--calendar-past-days", "90",
     )  # fmt: skip
     assert added.exit_code == 0, added.output
     with sessions() as session:
@@ -208,6 +251,7 @@ def test_settings_given_are_stored_typed_and_shown(cli, company, sessions):
         "poll_interval": 60,
         "body": "full",
         "calendar_future_days": 14,
+        "calendar_past_days": 90,  # given, so stored: it wins over the config's value
     }
 
 

@@ -224,8 +224,10 @@ def mailbox_add(name: str, kind: str, user: str, **values: Any) -> None:
     add = k.load("add")
     signed = _signed(lambda: add(ctx, settings, sign_in) if add else SignedIn(settings, None))
     try:
+        # what the sign-in filled in is checked as every sync will check the stored row
+        k.read_settings(signed.settings.model_dump(), f"mailbox {name!r}")
         check_endpoints(name, signed.settings, signed.secret)
-    except ConnectorError as exc:
+    except (ConnectorError, SettingsError) as exc:
         fail(str(exc), 2)
     box = SecretBox(state.settings().home)
     token = box.encrypt(signed.secret) if signed.secret else None
@@ -235,7 +237,9 @@ def mailbox_add(name: str, kind: str, user: str, **values: Any) -> None:
             name=name,
             kind=kind,
             user_id=_new_mailbox_owner(session, name, user),
-            settings=signed.settings.model_dump(mode="json", exclude_defaults=True),
+            # what was given or signed in, even where it equals a default: a value given
+            # explicitly wins over the config's, as the option promises
+            settings=signed.settings.model_dump(mode="json", exclude_unset=True),
             secret_token=token,
         )
     say(f"mailbox {name!r} added for {email}")
@@ -265,12 +269,18 @@ def mailbox_reauth(name: str, **values: Any) -> None:
     if reauth is None:
         fail(f"{_a(kind)} mailbox has no credentials to renew")
     old: Secret | None = None
+    unreadable = ""
     if token:
         try:
             old = box.decrypt(token, f"mailbox {name!r}")
-        except SecretsError:
-            old = None  # the new sign-in replaces what cannot be read
-    signed = _signed(lambda: reauth(_context(name, email), settings, old, sign_in))
+        except SecretsError as exc:
+            unreadable = str(exc)  # a new sign-in replaces it; a kind that needs it says so
+    try:
+        signed = reauth(_context(name, email), settings, old, sign_in)
+    except SignInError as exc:
+        fail(f"{exc} ({unreadable})" if unreadable else str(exc), exc.code)
+    except (ConnectorError, SecretsError) as exc:
+        fail(str(exc))
     if signed.secret is None:
         fail(f"mailbox {name!r}: the sign-in gave no credentials")
     try:

@@ -66,7 +66,10 @@ class KindSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     poll_interval: int | None = Field(
-        None, ge=5, le=86400, json_schema_extra=option("--poll-interval", "Seconds between polls.")
+        None,
+        ge=5,
+        le=7 * 86400,
+        json_schema_extra=option("--poll-interval", "Seconds between polls."),
     )
     body: BodyPolicy | None = Field(
         None,
@@ -114,12 +117,18 @@ class SignInOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_SINCE_DAYS = 36500  # a first sync reads at most a century back
+
+
 class BackfillSettings(KindSettings):
     """The settings of a kind whose first sync reads a window of past mail (Gmail, Graph:
     an API that lists by date) rather than whole folders."""
 
     since_days: int = Field(
-        90, ge=0, le=36500, json_schema_extra=option(None, "set by --since: the first sync window")
+        90,
+        ge=0,
+        le=MAX_SINCE_DAYS,
+        json_schema_extra=option(None, "set by --since: the first sync window"),
     )
 
 
@@ -180,7 +189,7 @@ def since_days(since: date | None, default: int) -> int:
     """``--since DATE`` as the days back from today the first sync reads."""
     if since is None:
         return default
-    return max((datetime.now(UTC).date() - since).days, 0)
+    return min(max((datetime.now(UTC).date() - since).days, 0), MAX_SINCE_DAYS)
 
 
 def checked_url(url: str, what: str) -> str:
@@ -252,19 +261,49 @@ class SettingsError(ValueError):
 
 
 def describe(exc: ValidationError, model: type[BaseModel]) -> str:
-    """A pydantic error as a user reads it: the option (or key), the value and the rule."""
+    """A pydantic error as a user reads it: the option (or key), the value and the rule;
+    never a value that may hold a secret (:func:`shown_value`)."""
     problems = []
     for error in exc.errors():
         loc = [str(p) for p in error["loc"]]
         key = loc[0] if loc else ""
         shown = option_name(model, key) or repr(key)
-        value = error.get("input")
+        if error["type"] == "missing":
+            problems.append(f"{shown} is required")
+            continue
+        value = shown_value(key, error.get("input"))
         if error["type"] == "extra_forbidden":
-            problems.append(f"{shown} is not a setting of this kind (value {value!r})")
+            problems.append(f"{shown} is not a setting of this kind (value {value})")
             continue
         msg = str(error["msg"]).removeprefix("Value error, ")
-        problems.append(f"{shown}: value {value!r} is not allowed: {msg}")
+        problems.append(f"{shown}: value {value} is not allowed: {msg}")
     return "; ".join(problems)
+
+
+def shown_value(key: str, value: Any) -> str:
+    """A value as an error may show it: nothing under a key named like a secret (a row
+    edited by hand may hold a password), at any depth, and URLs without their login,
+    password or credential query parameters."""
+    from syncd.config import is_secret_name
+    from syncd.connectors.transport import mask_urls
+
+    def masked(name: str, item: Any) -> Any:
+        if is_secret_name(name):
+            return "***"
+        if isinstance(item, Mapping):
+            return {k: masked(str(k), v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [masked(name, v) for v in item]
+        if isinstance(item, str) and "://" in item:
+            bare, _, query = item.partition("?")
+            pairs = [p.partition("=") for p in query.split("&")] if query else []
+            query = "&".join(k + (s + "***" if is_secret_name(k) else s + v) for k, s, v in pairs)
+            return mask_urls(bare + ("?" + query if query else ""))
+        return item
+
+    if is_secret_name(key):
+        return "(not shown: it may hold a secret)"
+    return repr(masked(key, value))
 
 
 # --- options: the command line generated from the models ------------------------------------

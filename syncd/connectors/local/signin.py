@@ -21,9 +21,7 @@ def _maildir(path: Path | None) -> Path | None:
 def _mboxes(paths: list[Path]) -> list[Path]:
     for m in paths:
         if not m.is_file():
-            raise SignInError(
-                f"--mbox {str(m)!r} is not a file; give the path of an mbox archive", 2
-            )
+            raise SignInError(f"--mbox {str(m)!r} is not a file; give the path of an mbox archive")
     return [m.expanduser().resolve() for m in paths]
 
 
@@ -38,9 +36,11 @@ def _calendar(path: Path | None) -> Path | None:
 def add(ctx: SignInContext, settings: LocalSettings, options: SignInOptions) -> SignedIn:
     if settings.maildir is None and not settings.mbox:
         raise SignInError("a local mailbox needs --maildir DIR or --mbox FILE")
-    maildir = _maildir(settings.maildir)
-    mboxes = _mboxes(settings.mbox)
-    typed = settings.model_copy(
-        update={"maildir": maildir, "mbox": mboxes, "calendar": _calendar(settings.calendar)}
-    )
+    given = {
+        "maildir": _maildir(settings.maildir),
+        "mbox": _mboxes(settings.mbox),
+        "calendar": _calendar(settings.calendar),
+    }
+    # only what was given is stored (resolved): the rest keeps the model's defaults
+    typed = settings.model_copy(update={k: v for k, v in given.items() if v})
     return SignedIn(typed, None, "nothing")

@@ -20,7 +20,7 @@ from syncd.connectors.base import AuthError, ConnectorError
 from syncd.connectors.kind import SignedIn, SignInContext, SignInError, checked_url, since_days
 from syncd.connectors.microsoft import MicrosoftSettings, MicrosoftSignIn
 from syncd.connectors.microsoft.client import AUTHORITY, USER_SCOPES, _Http
-from syncd.secrets import Secret, token_cache_path
+from syncd.secrets import Secret, reauth_command, token_cache_path
 
 
 def _secret(ctx: SignInContext, settings: MicrosoftSettings, options: MicrosoftSignIn) -> Secret:
@@ -28,6 +28,13 @@ def _secret(ctx: SignInContext, settings: MicrosoftSettings, options: MicrosoftS
     sign-in (user mode, run now)."""
     given = (options.client_secret_file, options.certificate)
     if settings.mode == "device":
+        if any(g is not None for g in given):
+            raise SignInError(
+                "this mailbox signs in as its user (--device-code): --client-secret-file and "
+                f"--certificate are for the admin mode; run '{reauth_command(ctx.name)}' "
+                "alone to sign in again",
+                2,
+            )
         try:
             return Secret(
                 sign_in_with_device_code(
@@ -69,13 +76,13 @@ def add(ctx: SignInContext, settings: MicrosoftSettings, options: MicrosoftSignI
     for url, flag in ((settings.authority, "--authority"), (settings.graph_url, "--graph-url")):
         if url is not None:
             checked_url(url, flag)  # before the device-code sign-in sends anything
-    typed = settings.model_copy(
-        update={
-            "mode": "device" if options.device_code else "app",
-            "since_days": since_days(options.since, settings.since_days),
-            "ca_bundle": settings.ca_bundle.resolve() if settings.ca_bundle else None,
-        }
-    )
+    update: dict[str, object] = {
+        "mode": "device" if options.device_code else "app",
+        "since_days": since_days(options.since, settings.since_days),
+    }
+    if settings.ca_bundle:
+        update["ca_bundle"] = settings.ca_bundle.resolve()
+    typed = settings.model_copy(update=update)
     secret = _secret(ctx, typed, options)
     return SignedIn(typed, secret, "sign-in" if options.device_code else "credentials")
 
