@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from syncd.crm.database import (
     session_factory,
     upgrade,
 )
-from syncd.crm.models import Activity, Mailbox, QuarantineEntry, Sighting, Task
+from syncd.crm.models import Activity, Mailbox, QuarantineEntry, Sighting, Task, User
 from syncd.demo import add_local_mailbox, build_demo, generate_maildir, load_company
 
 SYNCD = [sys.executable, "-m", "syncd"]
@@ -356,3 +357,33 @@ def test_a_database_from_a_newer_syncd_is_refused_with_the_fix(db_url, sessions)
     with pytest.raises(DatabaseError, match="is at revision 9999, syncd needs"):
         check_schema(engine)
     engine.dispose()
+
+
+def test_a_new_sqlite_database_and_its_folder_are_private_whatever_the_umask(tmp_path):
+    """The embedded default's state: a new folder 0700, the database file 0600 (and SQLite's
+    -wal and -shm files, which take the database's mode), under a permissive umask."""
+    state = tmp_path / "state" / "syncd"
+    old = os.umask(0o002)
+    try:
+        engine = make_engine(f"sqlite:///{state / 'syncd.db'}")
+        upgrade(engine)
+        with session_factory(engine).begin() as session:
+            session.add(User(email="ana@northwind.test", name="Ana"))
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+        engine.dispose()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert modes["syncd.db"] == 0o600
+    assert all(mode == 0o600 for mode in modes.values()), modes
+
+
+def test_syncd_says_its_version():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from syncd.cli import app
+
+    shown = CliRunner().invoke(app, ["--version"])
+    assert shown.exit_code == 0 and shown.stdout == f"syncd {version('syncd')}\n"

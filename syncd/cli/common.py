@@ -86,6 +86,18 @@ def _json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("syncd")
+        except PackageNotFoundError:
+            found = "unknown (not installed)"
+        say(f"syncd {found}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main_options(
     config: Annotated[
@@ -98,6 +110,12 @@ def main_options(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_version, help="Print syncd's version and exit."
+        ),
+    ] = False,
 ) -> None:
     state.config = config
     state._settings = None

@@ -17,6 +17,7 @@ reach the engine's URL (they go to the driver as connect arguments), so neither 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,30 @@ def _sqlite_timeout(url: URL) -> float:
     return value
 
 
+def _private_file(path: Path) -> None:
+    """The SQLite database's folder (0700) and file (0600) made private whatever the umask,
+    when syncd creates them: the CRM holds everyone's mail metadata (SQLite gives its -wal
+    and -shm files the database's mode). Existing ones keep the modes an admin gave them."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot create the folder {str(folder)!r} of the CRM database ({exc.strerror}); "
+            "create it, writable by the user syncd runs as, or set SYNCD_HOME"
+        ) from None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        os.close(os.open(path, flags, 0o600))  # only a new one: an existing file is not touched
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot create the CRM database {str(path)!r} ({exc.strerror}); make "
+            f"{str(folder)!r} writable by the user syncd runs as, or set SYNCD_HOME"
+        ) from None
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; a URL that cannot be used is a DatabaseError that never shows
     a secret."""
@@ -156,14 +181,7 @@ def _sqlite_engine(url: URL) -> Engine:
     read_only = url.query.get("mode") == "ro"
     path = url.database
     if path and path != ":memory:" and not path.startswith("file:") and not read_only:
-        folder = Path(path).expanduser().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseError(
-                f"cannot create the folder {str(folder)!r} of the CRM database ({exc.strerror}); "
-                "create it, writable by the user syncd runs as, or set SYNCD_HOME"
-            ) from None
+        _private_file(Path(path).expanduser())
     engine = create_engine(url, connect_args={"timeout": timeout})
 
     @event.listens_for(engine, "connect")
