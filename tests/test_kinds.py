@@ -20,17 +20,10 @@ from syncd.connectors import registry
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.ical import read_calendar, task_to_ical
 from syncd.connectors.imap import ImapSettings
-from syncd.connectors.kind import (
-    MAX_SINCE_DAYS,
-    Kind,
-    KindSettings,
-    options,
-    settings_doc,
-    since_days,
-    typed,
-)
+from syncd.connectors.kind import MAX_SINCE_DAYS, Kind, KindSettings, since_days, typed
 from syncd.connectors.meetings import meeting_key, participants, recurrence_id
 from syncd.connectors.memory.connector import world
+from syncd.connectors.options import options, settings_doc
 from syncd.connectors.retry import MAX_WAIT, header_retry_after, retry_after, retrying
 from syncd.connectors.taskevents import event_title, is_task_uid, read_back
 from syncd.crm import mailboxes

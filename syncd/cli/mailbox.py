@@ -25,14 +25,13 @@ from syncd.connectors import registry
 from syncd.connectors.base import ConnectorError
 from syncd.connectors.kind import (
     Kind,
-    OptionSpec,
     SettingsError,
     SignedIn,
     SignInContext,
     SignInError,
     describe,
-    options,
 )
+from syncd.connectors.options import OptionSpec, options
 from syncd.connectors.transport import check_endpoints, mask_urls
 from syncd.crm import mailboxes, reports
 from syncd.crm.models import Mailbox, User

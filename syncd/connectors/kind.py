@@ -27,15 +27,13 @@ formats
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -306,22 +304,6 @@ def shown_value(key: str, value: Any) -> str:
     return repr(masked(key, value))
 
 
-# --- options: the command line generated from the models ------------------------------------
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One command-line option as a field of a model defines it."""
-
-    field: str
-    flag: str  # --host
-    help: str
-    hidden: bool
-    kind: Literal["text", "int", "float", "bool", "path", "date", "choice"]
-    multiple: bool
-    choices: tuple[str, ...] = ()
-
-
 def option_name(model: type[BaseModel], name: str) -> str | None:
     info = model.model_fields.get(name)
     if info is None:
@@ -331,82 +313,6 @@ def option_name(model: type[BaseModel], name: str) -> str | None:
         value = extra["option"]
         return str(value) if value else None
     return "--" + name.replace("_", "-")
-
-
-def _base_type(annotation: Any) -> tuple[Any, bool]:
-    """The type under ``X | None`` and ``list[X]``, and whether it was a list."""
-    multiple = False
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            annotation = args[0] if len(args) == 1 else str
-        elif origin in (list, tuple):
-            multiple = True
-            annotation = typing.get_args(annotation)[0]
-        else:
-            return annotation, multiple
-
-
-def options(model: type[BaseModel]) -> list[OptionSpec]:
-    """The command-line options of a settings or sign-in model, in field order."""
-    found = []
-    for name, info in model.model_fields.items():
-        flag = option_name(model, name)
-        if not flag:
-            continue
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        base, multiple = _base_type(info.annotation)
-        choices: tuple[str, ...] = ()
-        kind: Any
-        if typing.get_origin(base) is Literal:
-            kind, choices = "choice", tuple(str(c) for c in typing.get_args(base))
-        elif base is bool:
-            kind = "bool"
-        elif base is int:
-            kind = "int"
-        elif base is float:
-            kind = "float"
-        elif base is Path:
-            kind = "path"
-        elif base is date:
-            kind = "date"
-        else:
-            kind = "text"
-        found.append(
-            OptionSpec(
-                field=name,
-                flag=flag,
-                help=str(extra.get("help") or info.description or ""),
-                hidden=bool(extra.get("hidden")),
-                kind=kind,
-                multiple=multiple,
-                choices=choices,
-            )
-        )
-    return found
-
-
-def settings_doc(kind: Kind) -> list[str]:
-    """The kind's stored settings as the example config documents them: one comment line
-    each, ``# <kind>.<key> = <default>: <help>`` (the common keys are documented once)."""
-    lines = []
-    common = KindSettings.model_fields
-    for name, info in kind.settings.model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        shared = kind.settings is not KindSettings and name in common
-        if shared and extra == common[name].json_schema_extra:
-            continue  # documented once, for every kind
-        flag = extra.get("option", "--" + name.replace("_", "-"))
-        default = (
-            "(required)"
-            if info.is_required()
-            else json.dumps(info.get_default(call_default_factory=True))
-        )
-        how = f" [{flag}]" if flag and not extra.get("hidden") else ""
-        text = str(extra.get("help") or "").removeprefix(f"{kind.name}: ")
-        lines.append(f"# {kind.name}.{name} = {default}{how}: {text}".rstrip(": ."))
-    return lines
 
 
 S = typing.TypeVar("S", bound=KindSettings)
