@@ -13,13 +13,19 @@ sign-in (:class:`~syncd.connectors.base.AuthError`) parks the mailbox, as for re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.batching import chunked
-from syncd.connectors.base import AuthError, Connector, ConnectorError, TaskWriter
+from syncd.connectors.base import (
+    AuthError,
+    BatchTaskWriter,
+    Connector,
+    ConnectorError,
+    TaskWriter,
+)
 from syncd.crm.mailboxes import mark_writer
 from syncd.crm.models import Task, WriterState
 from syncd.crm.tasks import mark_written, tasks_to_write
@@ -48,11 +54,8 @@ def task_item(task: Task) -> TaskItem:
 
 def _putter(writer: TaskWriter) -> tuple[Put, int]:
     """How to hand the writer a chunk of tasks, and how many a chunk holds."""
-    put_many: Callable[[list[TaskItem]], Iterable[str | None]] | None = getattr(
-        writer, "put_many", None
-    )
-    if put_many:
-        return (lambda items: list(put_many(items))), PUT_MANY_CHUNK
+    if isinstance(writer, BatchTaskWriter):
+        return (lambda items: list(writer.put_many(items))), PUT_MANY_CHUNK
     return (lambda items: [writer.put(items[0])]), 1
 
 

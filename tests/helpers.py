@@ -3,14 +3,18 @@ must succeed, and the keys of the activities logged."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
+from syncd.connectors.base import RereadContext
+from syncd.connectors.registry import reparse
 from syncd.crm import mailboxes
 from syncd.crm.models import Activity, User
+from syncd.items import MailItem, MeetingItem
 from syncd.secrets import Secret, SecretBox
 from syncd.sync import SyncReport, sync_mailbox
 
@@ -44,3 +48,13 @@ def sync(sessions: S, settings: Settings, name: str = "ana") -> SyncReport:
 def keys(sessions: S) -> list[str]:
     with sessions() as session:
         return sorted(session.scalars(select(Activity.key)))
+
+
+def reread(raw: bytes, fmt: str, body: str = "snippet") -> MailItem | MeetingItem:
+    """A kept item read again as ``syncd quarantine retry`` does: by its format, through
+    the registry's re-parser."""
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    window = (now - timedelta(days=3650), now + timedelta(days=3650))
+    context = RereadContext(provider_id="p", body_policy=body, received=now, window=window)
+    (item,) = reparse(fmt, raw, context).items
+    return item

@@ -27,21 +27,12 @@ from syncd.connectors.microsoft.parse import (
     reread_event,
     reread_message,
 )
-from syncd.connectors.registry import reparse
 from syncd.items import MailItem, MeetingItem, Participant
 from syncd.limits import OverLimit
 
+from .helpers import reread
+
 ANA = "ana@northwind.test"
-
-
-def reread(raw: bytes, fmt: str, body: str = "snippet") -> MailItem | MeetingItem:
-    """A kept Graph item read again as ``syncd quarantine retry`` does: by its format,
-    through the registry's re-parser."""
-    now = datetime(2026, 1, 5, tzinfo=UTC)
-    window = (now - timedelta(days=3650), now + timedelta(days=3650))
-    context = RereadContext(provider_id="p", body_policy=body, received=now, window=window)
-    (item,) = reparse(fmt, raw, context).items
-    return item
 
 
 def message(**fields: Any) -> dict[str, Any]:

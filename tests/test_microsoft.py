@@ -17,13 +17,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.base import MailboxSpec, RereadContext
+from syncd.connectors.base import MailboxSpec
 from syncd.connectors.microsoft import MicrosoftSettings
 from syncd.connectors.microsoft.client import GraphClient, _Slots
 from syncd.connectors.microsoft.parse import mail_item, meeting_item, quarantined
 from syncd.connectors.microsoft.signin import read_certificate
 from syncd.connectors.microsoft.tasks import EventTasks, TodoTasks
-from syncd.connectors.registry import reparse
 from syncd.crm import reports
 from syncd.crm.database import make_engine, session_factory, upgrade
 from syncd.crm.models import (
@@ -42,7 +41,7 @@ from syncd.sync import sync_mailbox
 
 from . import helpers
 from .emulators.microsoft import MicrosoftEmulator, make_client_certificate
-from .helpers import keys, sync
+from .helpers import keys, reread, sync
 from .test_cli import run
 from .test_crash import assert_same, kill_then_finish, snapshot
 
@@ -51,16 +50,6 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 ANA, BEN = "ana@northwind.test", "ben@northwind.test"
 CARLA = ("Carla Díaz", "carla@acme.test")
 TENANT = "northwind.onmicrosoft.com"
-
-
-def reread(raw: bytes, fmt: str, body: str = "snippet") -> MailItem | MeetingItem:
-    """A kept Graph item read again as ``syncd quarantine retry`` does: by its format,
-    through the registry's re-parser."""
-    now = datetime(2026, 1, 5, tzinfo=UTC)
-    window = (now - timedelta(days=3650), now + timedelta(days=3650))
-    context = RereadContext(provider_id="p", body_policy=body, received=now, window=window)
-    (item,) = reparse(fmt, raw, context).items
-    return item
 
 
 @pytest.fixture

@@ -29,11 +29,11 @@ watcher
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from syncd.config import LimitSettings
 from syncd.items import Batch, Cursor, MailItem, MeetingItem, TaskItem
@@ -85,6 +85,16 @@ class CalendarSource(Protocol):
 class TaskWriter(Protocol):
     def put(self, task: TaskItem) -> str:
         """Create or update the task (idempotent by ``task.uid``); return the provider's id."""
+        ...
+
+
+@runtime_checkable
+class BatchTaskWriter(TaskWriter, Protocol):
+    """A writer that takes several tasks in one round trip (Graph ``$batch``); the sync's
+    write-back hands it chunks instead of one task at a time."""
+
+    def put_many(self, tasks: Sequence[TaskItem]) -> Sequence[str | None]:
+        """:meth:`put` for each task: the provider's ids, in the same order."""
         ...
 
 
