@@ -204,6 +204,25 @@ class SyncSettings(_Section):
     calendar_past_days: int = Field(90, ge=0, le=3650)
     calendar_future_days: int = Field(30, ge=0, le=3650)
     max_backoff: int = Field(3600, ge=5, le=86400)
+    # mailboxes synced at once by `syncd run` (0: sized to the machine)
+    workers: int = Field(0, ge=0, le=256)
+    # seconds a pass runs before it yields its worker to the other mailboxes (at the next
+    # batch boundary; the next pass goes on from the cursor)
+    pass_budget: int = Field(60, ge=5, le=86400)
+    # seconds a pass holds its mailbox without committing before another may take it over
+    lease_seconds: int = Field(600, ge=5, le=86400)
+    # IMAP connections open at once to one server, across all its mailboxes
+    imap_connections: int = Field(8, ge=1, le=1000)
+
+
+class MetricsSettings(_Section):
+    # where `syncd run` and `syncd worker` serve Prometheus metrics, "HOST:PORT"; "" is off
+    address: str = ""
+
+
+class AuditSettings(_Section):
+    # hours between two gap audits of every mailbox by the daemon (0: never)
+    interval_hours: int = Field(24, ge=0, le=24 * 30)
 
 
 class MatchingSettings(_Section):
@@ -283,6 +302,8 @@ class Settings(_Section):
     exclusions: ExclusionSettings = ExclusionSettings()
     followups: FollowupSettings = FollowupSettings()
     limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    audit: AuditSettings = AuditSettings()
 
     def database_url(self) -> str:
         """The database URL: SYNCD_DATABASE_URL, else url_env, url_file, url, else SQLite.

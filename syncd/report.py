@@ -24,7 +24,9 @@ class SyncReport:
     tasks_written: int = 0
     writer_state: WriterState = "ok"  # the task write-back's own (a calendar may refuse it)
     writer_error: str | None = None
-    stopped: bool = False
+    stopped: bool = False  # asked to stop (SIGTERM): the mailbox is left as it was
+    yielded: bool = False  # its time budget ran out: the rest is read by the next pass
+    busy: str | None = None  # another pass (named) holds the mailbox: nothing was done
 
     @property
     def ok(self) -> bool:

@@ -2,6 +2,9 @@
 and the cursor after it, in one transaction with the settling of the conversations it
 touched (``syncd.settle``).
 
+The batch's transaction also renews the pass's lease on its mailbox (``syncd.crm.leases``):
+a pass that lost it to another commits nothing more.
+
 When the database refuses the batch (one item it cannot take must not stop the mailbox),
 the batch is stored again item by item, each in a savepoint: what is refused is
 quarantined with its reason, the rest is stored, and the cursor still moves past it.
@@ -20,6 +23,7 @@ from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.crm import recorder
+from syncd.crm.leases import Lease
 from syncd.decide import PassIndex, describe
 from syncd.items import Batch, MailItem, MeetingItem, Quarantined
 from syncd.settle import settle_touched
@@ -41,6 +45,7 @@ class Target:
     source: str
     body_policy: str
     now: Callable[[], datetime]
+    lease: Lease | None = None  # renewed by each batch; lost, the batch is not committed
 
 
 def record(
@@ -59,6 +64,7 @@ def record(
             result = store(session, target, decisions, quarantined, batch)
             if decisions:
                 result.relinked = settle_touched(session, index.get(), decisions)
+            _fence(session, target)
             return result
     except OperationalError:
         raise  # the database itself (locked, gone), not an item
@@ -71,7 +77,15 @@ def record(
         result, kept = store_one_by_one(session, target, batch, decisions, quarantined)
         if kept:
             result.relinked = settle_touched(session, index.get(), kept)
+        _fence(session, target)
     return result
+
+
+def _fence(session: Session, target: Target) -> None:
+    """Renew the pass's lease in the batch's transaction (LeaseLost: another pass holds
+    the mailbox now, and this batch must not commit)."""
+    if target.lease is not None:
+        target.lease.fence(session, target.now())
 
 
 def store(

@@ -1,9 +1,13 @@
 """One sync job: one mailbox, each of its sources: connector -> filter -> matcher -> recorder,
 then the follow-up rules, then the tasks written into the user's calendar.
 
-The same function runs under ``syncd sync``, the daemon and (later) a scale-out worker.
-Each batch and the cursor after it commit in one transaction; calendar writes happen only
-after the transaction that decided them, with a uid chosen beforehand.
+The same function runs under ``syncd sync``, the daemon and a scale-out worker. A pass
+first takes its mailbox's lease (``syncd.crm.leases``): a mailbox another pass holds is
+left to it (``report.busy``). Each batch and the cursor after it commit in one
+transaction, which also renews the lease; calendar writes happen only after the
+transaction that decided them, with a uid chosen beforehand. A pass given a time budget
+yields between batches once it is spent (``report.yielded``): the next pass goes on from
+the cursor, so one long first import never holds a worker for hours.
 
 This module owns the pass itself (:class:`SyncJob`: sources, cursors, the mailbox's state,
 when the rules run) and what a connector is given (:func:`mailbox_spec`). Its steps live
@@ -22,6 +26,7 @@ beside it, each in a module named after it:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -43,6 +48,7 @@ from syncd.connectors.kind import KindSettings, SettingsError
 from syncd.connectors.registry import kind, open_connector
 from syncd.crm import queries, recorder
 from syncd.crm.database import DatabaseError
+from syncd.crm.leases import Lease, LeaseLost, new_owner
 from syncd.crm.mailboxes import mark_followups, mark_mailbox
 from syncd.crm.models import Mailbox, MailboxState, User
 from syncd.crm.tasks import apply_task_plans
@@ -98,7 +104,11 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
 
 class SyncJob:
     """Syncs one mailbox. ``stop()`` is asked after every batch; ``heartbeat()`` is called
-    after every batch too (the daemon feeds the systemd watchdog from it)."""
+    after every batch too (the daemon feeds the systemd watchdog from it). ``budget``:
+    seconds after which the pass yields at the next batch boundary (None: never).
+    ``owner`` names the pass in the mailbox's lease (default: a new unique name)."""
+
+    lease: Lease  # taken by run() before anything else
 
     def __init__(
         self,
@@ -110,6 +120,8 @@ class SyncJob:
         stop: Callable[[], bool] = lambda: False,
         heartbeat: Callable[[], None] = lambda: None,
         connector_factory: Callable[[MailboxSpec], Connector] = open_connector,
+        budget: float | None = None,
+        owner: str | None = None,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
@@ -120,8 +132,43 @@ class SyncJob:
         self.connector_factory = connector_factory
         self.report = SyncReport(mailbox_name)
         self.index = PassIndex(sessions, settings)  # loaded once a pass, if anything is matched
+        self.budget = budget
+        self.owner = owner or new_owner()
+        self.started = now()
+        self.clock = time.monotonic()
 
     def run(self) -> SyncReport:
+        """The pass, under the mailbox's lease."""
+        self.started, self.clock = self.now(), time.monotonic()
+        lease = self._take_lease()
+        if lease is None:
+            return self.report
+        try:
+            return self._run()
+        except LeaseLost as exc:
+            log.warning("mailbox %r: %s; this pass stops", self.name, exc)
+            self.report.busy = "another pass"
+            self.report.stopped = True
+            return self.report
+        finally:
+            with self.sessions.begin() as session:
+                lease.release(session)
+
+    def _take_lease(self) -> Lease | None:
+        """The mailbox's lease, or None when another pass holds it (``report.busy``)."""
+        with self.sessions.begin() as session:
+            mailbox_id = session.scalar(select(Mailbox.id).where(Mailbox.name == self.name))
+            if mailbox_id is None:
+                raise ConnectorError(f"no mailbox named {self.name!r}; see 'syncd mailbox list'")
+            self.lease = Lease(mailbox_id, self.owner, self.settings.sync.lease_seconds)
+            holder = self.lease.acquire(session, self.now())
+        if holder is not None:
+            log.info("mailbox %r: being synced by %s; left to it", self.name, holder)
+            self.report.busy = holder
+            return None
+        return self.lease
+
+    def _run(self) -> SyncReport:
         spec = self._spec()
         if spec is None:
             return self.report
@@ -135,8 +182,17 @@ class SyncJob:
             self._fail(*self._failure(exc))
         else:
             if not self.report.stopped:
+                caught_up = None if self.report.yielded else self.started
                 with self.sessions.begin() as session:
-                    mark_mailbox(session, self.mailbox_id, state="ok", now=self.now(), error=None)
+                    self.lease.fence(session, self.now())
+                    mark_mailbox(
+                        session,
+                        self.mailbox_id,
+                        state="ok",
+                        now=self.now(),
+                        error=None,
+                        caught_up=caught_up,
+                    )
         return self.report
 
     def _spec(self) -> MailboxSpec | None:
@@ -157,7 +213,7 @@ class SyncJob:
         connector = self.connector_factory(spec)
         try:
             self._sync_sources(connector, spec)
-            if not self.report.stopped:
+            if not (self.report.stopped or self.report.yielded):
                 self._followups()
                 self._write_tasks(connector)
         finally:
@@ -177,6 +233,7 @@ class SyncJob:
         self.report.state, self.report.error = state, error
         log.warning("mailbox %r %s: %s", self.name, state, error)
         with self.sessions.begin() as session:
+            self.lease.fence(session, self.now())
             mark_mailbox(session, self.mailbox_id, state=state, now=self.now(), error=error)
 
     def _sync_sources(self, connector: Connector, spec: MailboxSpec) -> None:
@@ -185,7 +242,9 @@ class SyncJob:
             *connector.calendar_sources(),
         ]
         for source in sources:
-            target = Target(self.name, self.mailbox_id, source.name, spec.body_policy, self.now)
+            target = Target(
+                self.name, self.mailbox_id, source.name, spec.body_policy, self.now, self.lease
+            )
             with self.sessions() as session:
                 cursor = recorder.get_cursor(session, self.mailbox_id, source.name)
             try:
@@ -195,7 +254,7 @@ class SyncJob:
                 with self.sessions.begin() as session:
                     recorder.reset_cursor(session, self.mailbox_id, source.name)
                 self._consume(target, source.changes(None))
-            if self.report.stopped:
+            if self.report.stopped or self.report.yielded:
                 return
 
     def _consume(
@@ -215,6 +274,14 @@ class SyncJob:
             self.heartbeat()
             if self.stop():
                 self.report.stopped = True
+                return
+            if self.budget is not None and time.monotonic() - self.clock >= self.budget:
+                log.info(
+                    "mailbox %r: pass budget of %g s spent; the next pass goes on from here",
+                    self.name,
+                    self.budget,
+                )
+                self.report.yielded = True
                 return
 
     def _count(
@@ -237,6 +304,7 @@ class SyncJob:
         with self.sessions.begin() as session:
             if not self._rules_due(session, now):
                 return
+            self.lease.fence(session, now)
             mark_followups(session, self.mailbox_id, now)
             self.report.tasks_changed += self._apply_rules(session, now)
 

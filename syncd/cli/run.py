@@ -61,7 +61,9 @@ def sync_cmd(
             say(f"{n}: failed: {mask_urls(str(exc))}", sys.stderr)
             failed += 1
             continue
-        if r.ok:
+        if r.busy:
+            say(f"{n}: skipped: being synced by {r.busy} (a running 'syncd run' or worker)")
+        elif r.ok:
             say(
                 f"{n}: ok: {r.new_activities} new activities, {r.new_sightings} sightings, "
                 f"{sum(r.excluded.values())} not logged, {r.quarantined} quarantined, "

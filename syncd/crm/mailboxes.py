@@ -72,15 +72,24 @@ def store_secret(session: Session, name: str, secret_token: str) -> bool:
 
 
 def mark_mailbox(
-    session: Session, mailbox_id: int, *, state: MailboxState, now: datetime, error: str | None
+    session: Session,
+    mailbox_id: int,
+    *,
+    state: MailboxState,
+    now: datetime,
+    error: str | None,
+    caught_up: datetime | None = None,
 ) -> None:
     """The state a pass leaves the mailbox in; failures in a row lengthen the wait before
-    its next poll (syncd.daemon)."""
+    its next poll (syncd.daemon). ``caught_up``: the start of a pass that read everything
+    (one that yielded its turn has more to read)."""
     mailbox = session.get(Mailbox, mailbox_id)
     assert mailbox is not None
     mailbox.last_attempt = now
     mailbox.state = state
     mailbox.last_error = error
+    if caught_up is not None:
+        mailbox.caught_up_at = caught_up
     if state == "ok":
         mailbox.last_success = now
         mailbox.failures = 0

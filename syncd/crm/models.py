@@ -195,6 +195,12 @@ class Mailbox(Base):
     writer_state: Mapped[WriterState] = mapped_column(String(10), default="ok")
     writer_error: Mapped[str | None] = mapped_column(Text)
     writer_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # one pass at a time (syncd.crm.leases): who holds the mailbox, and until when unless
+    # renewed; a holder that died is replaced once its lease runs out
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the start of the last pass that read everything there was: the lag is counted from it
+    caught_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     user: Mapped[User] = relationship()
 
 

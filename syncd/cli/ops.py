@@ -1,0 +1,1 @@
+"""``syncd doctor`` and ``syncd audit`` (being built: issue 13)."""

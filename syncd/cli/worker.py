@@ -1,0 +1,1 @@
+"""``syncd worker``: a scale-out worker on PostgreSQL (being built: issue 13)."""
