@@ -56,15 +56,3 @@ from syncd.connectors.microsoft import connector as graph_connector
 
 graph_connector.MicrosoftConnector
 
-# read by the daemon's worker pool (issue 13, being built)
-from syncd.config import SyncSettings
-
-SyncSettings.workers, SyncSettings.pass_budget, SyncSettings.imap_connections
-models.Mailbox.caught_up_at
-from syncd.config import MetricsSettings, AuditSettings
-
-MetricsSettings.address, AuditSettings.interval_hours
-from syncd import metrics
-from syncd.config import Settings
-
-Settings.audit, metrics.observe_pass

@@ -219,6 +219,25 @@ class MetricsSettings(_Section):
     # where `syncd run` and `syncd worker` serve Prometheus metrics, "HOST:PORT"; "" is off
     address: str = ""
 
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v:
+            host, colon, port = v.rpartition(":")
+            if not (colon and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(
+                    f"{v!r} is not HOST:PORT, such as '127.0.0.1:9108' ('' for no metrics)"
+                )
+        return v
+
+
+class ContactsSettings(_Section):
+    # the daemon reads the users' address books (Google People, Graph contacts, CardDAV)
+    # at every pass and creates a contact for each new person saved there, under the
+    # historical import's skip rules (`syncd import contacts` reads them either way)
+    sync: bool = False
+
 
 class AuditSettings(_Section):
     # hours between two gap audits of every mailbox by the daemon (0: never)
@@ -304,6 +323,7 @@ class Settings(_Section):
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()
     audit: AuditSettings = AuditSettings()
+    contacts: ContactsSettings = ContactsSettings()
 
     def database_url(self) -> str:
         """The database URL: SYNCD_DATABASE_URL, else url_env, url_file, url, else SQLite.

@@ -1,127 +1,85 @@
-"""``syncd run``: the scheduler loop, signals, push watchers, and systemd notify/watchdog.
+"""``syncd run``: the scheduler loop, its pool of sync workers, push watchers, signals, and
+systemd notify/watchdog.
 
-Every mailbox is polled at its interval (``poll_interval`` in its settings, else
-``sync.poll_interval``); a failing one backs off exponentially up to ``sync.max_backoff``;
-a parked one waits for an admin (``syncd mailbox reauth NAME`` or ``resume NAME``). A mailbox
-with ``idle`` is also watched (IMAP IDLE) and synced as soon as new mail arrives: its watcher
-is started when the mailbox is not parked, started anew when its settings or credentials
-change (a reauth), stopped while it is parked, and started again with backoff when it dies.
-SIGTERM or SIGINT lets the batch in hand commit, then the daemon exits 0. Under systemd
-(``Type=notify``) it sends READY=1 once the database is checked, WATCHDOG=1 after every
-batch and every idle tick, STATUS= lines, and STOPPING=1, never waiting on the socket.
+The loop (the main thread) is the one place that decides what is due: every mailbox is
+polled at its interval (``poll_interval`` in its settings, else ``sync.poll_interval``); a
+failing one backs off exponentially up to ``sync.max_backoff``; a parked one waits for an
+admin (``syncd mailbox reauth NAME`` or ``resume NAME``). Due mailboxes wait in one queue
+and run on a pool of ``sync.workers`` threads (0: four a CPU this process may use, at most
+32: a pass mostly waits on its provider and the database, and 32 bounds the connections and
+memory), one pass of a mailbox at a time (its lease, ``syncd.crm.leases``, also keeps other
+processes off it: a pass that finds it held is left to that holder and counts as no
+failure). Every pass has ``sync.pass_budget`` seconds; one that used it up (a long first
+import) yields at a batch boundary and queues again behind the mailboxes already waiting,
+so the others are polled on time. A mailbox with ``idle`` is also watched (IMAP IDLE): its
+watcher is started when the mailbox is not parked, started anew when its settings or
+credentials change (a reauth), stopped while it is parked, and started again with backoff
+when it dies. A push jumps the queue; when every worker is busy, the longest-running pass
+is asked to make room at its next batch boundary (it goes on at its next turn).
+SIGTERM or SIGINT lets every pass commit the batch in hand, then the daemon exits 0. Under
+systemd (``Type=notify``) it sends READY=1 once the database is checked, WATCHDOG=1 while
+the loop and every pass make progress, STATUS= lines (how many passes run), and
+STOPPING=1, never waiting on the socket.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+import queue
 import signal
-import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from syncd import limits
+from syncd import limits, metrics
 from syncd.config import Settings
-from syncd.connectors.base import ConnectorError, Watcher, WatcherFactory
+from syncd.connectors.base import ConnectorError, WatcherFactory
 from syncd.connectors.registry import open_watcher
 from syncd.crm.models import Mailbox
-from syncd.sync import SyncJob, mailbox_spec, typed_settings
+from syncd.notify import Notifier, watchdog_interval
+from syncd.report import SyncReport
+from syncd.sync import SyncJob, typed_settings
+from syncd.watchers import Watchers
+
+__all__ = ["Daemon", "Notifier", "pool_size"]
 
 log = logging.getLogger("syncd.daemon")
 
 CHECK_EVERY = 5.0  # seconds: how soon a reauth, a resume or a new mailbox is noticed
-WATCH_BACKOFF_MAX = 300.0  # seconds between two starts of a watcher that keeps dying
-WATCH_STABLE = 60.0  # a watcher alive this long has its backoff forgotten
+AUDIT_CHECK = 600.0  # seconds between two looks for gap audits that are due
 
 
-def _watchdog_interval() -> float:
-    usec = os.environ.get("WATCHDOG_USEC")
-    return max(int(usec) / 2e6, 0.5) if usec and usec.isdigit() else 30.0
-
-
-class Notifier:
-    """sd_notify(3) that never blocks: one non-blocking datagram per message to
-    ``$NOTIFY_SOCKET`` (a path, or ``@name`` in the abstract namespace). A message that
-    does not fit (nobody drains the socket) is dropped: a stalled supervisor must never
-    stall syncd, nor keep SIGTERM from stopping it. Without NOTIFY_SOCKET it does nothing.
-    """
-
-    def __init__(self, address: str | None = None) -> None:
-        address = os.environ.get("NOTIFY_SOCKET", "") if address is None else address
-        self.address: str | None = None
-        self.sock: socket.socket | None = None
-        self.dropped = 0
-        if not address:
-            return
-        if address.startswith("@"):
-            address = "\0" + address[1:]
-        elif not address.startswith("/"):
-            log.warning(
-                "NOTIFY_SOCKET %r is neither a socket path nor an abstract name (@name): "
-                "systemd will not hear from syncd; check the unit's Type= and NotifyAccess=",
-                address,
-            )
-            return
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.sock.setblocking(False)
-        self.address = address
-
-    def notify(self, message: str) -> bool:
-        """Send ``message``; False when it was dropped."""
-        if self.sock is None or self.address is None:
-            return False
-        try:
-            self.sock.sendto(message.encode(), socket.MSG_DONTWAIT, self.address)
-        except BlockingIOError:
-            self.dropped += 1
-            if self.dropped == 1:
-                log.warning(
-                    "the systemd notify socket is full (nobody reads it): dropping %r and "
-                    "any later message that does not fit",
-                    message,
-                )
-            return False
-        except OSError as exc:  # the supervisor went away: syncd runs on
-            log.debug("cannot notify systemd (%s): %s", message, exc)
-            return False
-        return True
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+def pool_size(workers: int) -> int:
+    """``sync.workers``, or for 0 four threads a CPU this process may use, at most 32."""
+    if workers:
+        return workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return min(32, 4 * cpus)
 
 
 @dataclass
-class _Watch:
-    """The push watcher of one mailbox, as the daemon keeps it."""
+class _Pass:
+    """A pass in flight on a worker."""
 
-    fingerprint: str  # of the settings and credentials it was started with
-    stop: threading.Event
-    watcher: Watcher | None = None  # None: the kind has none, or it could not start
-    started: float = 0.0  # time.monotonic() of the last start
-    failures: int = 0  # starts in a row that failed or died
-    retry_at: float | None = None  # when it is started again (monotonic); None: not planned
-
-
-def _fingerprint(mailbox: Mailbox) -> str:
-    """Changes when the mailbox's settings or its credentials change (a reauth stores a
-    new encrypted secret)."""
-    text = json.dumps([mailbox.kind, mailbox.settings, mailbox.secret], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _alive(watcher: Watcher) -> bool:
-    is_alive = getattr(watcher, "is_alive", None)
-    return bool(is_alive()) if callable(is_alive) else True
+    name: str
+    pushed: bool  # started for a push (it is never asked to make room for another)
+    started: float = field(default_factory=time.monotonic)
+    # its last batch, for the watchdog: None before its first (connecting, waiting for one
+    # of its server's connections, logging in: the connector's own timeouts bound that)
+    beat: float | None = None
+    make_room: threading.Event = field(default_factory=threading.Event)  # for a push
+    again: bool = False  # a push came while it ran: it runs again first thing
 
 
 class Daemon:
@@ -136,14 +94,23 @@ class Daemon:
         self.sessions = sessions
         self.settings = settings
         self.stopping = threading.Event()
-        self.wake = threading.Event()  # set by signals and by push watchers (IMAP IDLE)
+        self.wake = threading.Event()  # set by signals, push watchers and ended passes
         self.pushed: set[str] = set()
-        self.lock = threading.Lock()
-        self.watches: dict[str, _Watch] = {}
-        self.watcher_factory = watcher_factory
+        self.lock = threading.Lock()  # pushed and running: the workers and watchers share them
+        self.queue: deque[str] = deque()  # due mailboxes waiting for a worker, in turn
+        self.waiting: set[str] = set()  # what the queue holds
+        self.urgent: set[str] = set()  # the pushed ones among them
+        self.running: dict[str, _Pass] = {}
+        self.ended: queue.SimpleQueue[tuple[_Pass, SyncReport | None]] = queue.SimpleQueue()
+        self.held: dict[str, float] = {}  # not queued before then (monotonic): busy, errors
+        self.workers = 1  # set by run() from sync.workers
+        self.shown = ""  # the last STATUS= sent
+        self.watchers = Watchers(sessions, settings, watcher_factory, self.on_push)
         self.notifier = notifier if notifier is not None else Notifier()
-        self.tick = _watchdog_interval()
+        self.tick = watchdog_interval()
         self.progress = time.monotonic()  # the last heartbeat of the loop or a batch
+        self.audit_at = 0.0  # when the due gap audits are looked for next (monotonic)
+        self.auditing: Future[object] | None = None
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info(
@@ -158,113 +125,10 @@ class Daemon:
             self.pushed.add(name)
         self.wake.set()
 
-    # --- push watchers ------------------------------------------------------------------
-
-    def refresh_watchers(self) -> float | None:
-        """Keep one push watcher per mailbox that asks for one (``idle = true``) and is not
-        parked: start it, start it anew when the mailbox's settings or credentials changed,
-        stop it while the mailbox is parked or no longer wants it, and start a dead one again
-        after a backoff (1 s, 2 s, 4 s ... up to WATCH_BACKOFF_MAX). A watcher that dies also
-        asks for a sync of its mailbox at once: if the login is refused, that sync parks the
-        mailbox with a status naming the fix, and the watcher waits for it.
-        Returns when the next planned restart is due (time.monotonic()), if any."""
-        now = time.monotonic()
-        with self.sessions() as session:
-            wanted = self._wanting_watchers(session)
-            for name in [n for n in self.watches if n not in wanted]:
-                self._retire(name, "parked or no longer asks for idle")
-            for mailbox in wanted.values():
-                watch = self._current_watch(mailbox)
-                if watch is None:
-                    self._start(mailbox, _Watch(_fingerprint(mailbox), threading.Event()), now)
-                else:
-                    self._tend(mailbox, watch, now)
-        planned = [w.retry_at for w in self.watches.values() if w.retry_at is not None]
-        return min(planned) if planned else None
-
-    def _wanting_watchers(self, session: Session) -> dict[str, Mailbox]:
-        """The mailboxes that ask for a push watcher and are not parked, by name."""
-        return {
-            m.name: m
-            for m in session.scalars(select(Mailbox))
-            if m.state != "parked" and self._pushes(m)
-        }
-
-    def _current_watch(self, mailbox: Mailbox) -> _Watch | None:
-        """The mailbox's watch, unless there is none or it was started with other settings
-        or credentials (it is then retired)."""
-        watch = self.watches.get(mailbox.name)
-        if watch is not None and watch.fingerprint != _fingerprint(mailbox):
-            self._retire(mailbox.name, "its settings or credentials changed")
-            return None
-        return watch
-
-    def _tend(self, mailbox: Mailbox, watch: _Watch, now: float) -> None:
-        """Start a watcher again once its backoff is over; notice one that died; forget
-        the failures of one that has stayed up WATCH_STABLE."""
-        if watch.retry_at is not None:
-            if now >= watch.retry_at:
-                self._start(mailbox, watch, now)
-        elif watch.watcher is not None and not _alive(watch.watcher):
-            self._schedule(mailbox.name, watch, now, "stopped")
-            self.on_push(mailbox.name)  # a sync now finds out why (a refused login parks it)
-        elif watch.failures and now - watch.started >= WATCH_STABLE:
-            watch.failures = 0
-
-    def _start(self, mailbox: Mailbox, watch: _Watch, now: float) -> None:
-        self.watches[mailbox.name] = watch
-        watch.stop = threading.Event()  # a fresh one: the old thread may still be leaving
-        watch.started, watch.retry_at, watch.watcher = now, None, None
-        try:
-            spec = mailbox_spec(mailbox, self.settings)
-            watch.watcher = self.watcher_factory(spec, self.on_push, watch.stop)
-        except Exception as exc:  # the mailbox still gets its polls
-            self._schedule(mailbox.name, watch, now, f"cannot start: {exc}")
-            return
-        if watch.watcher is not None:
-            log.info("mailbox %r: watching for new mail", mailbox.name)
-
-    def _schedule(self, name: str, watch: _Watch, now: float, what: str) -> None:
-        watch.failures += 1
-        delay = min(2.0 ** (watch.failures - 1), WATCH_BACKOFF_MAX)
-        watch.retry_at = now + delay
-        watch.watcher = None
-        log.warning(
-            "mailbox %r: the new-mail watcher %s; started again in %.0f s (it is still "
-            "polled meanwhile)",
-            name,
-            what,
-            delay,
-        )
-
-    def _retire(self, name: str, why: str) -> None:
-        watch = self.watches.pop(name)
-        watch.stop.set()
-        if watch.watcher is not None:
-            log.info("mailbox %r: new-mail watcher stopped: %s", name, why)
-
-    def stop_watchers(self, grace: float = 3.0) -> None:
-        """Stop every watcher; wait for them ``grace`` seconds in all (they are daemon
-        threads: one stuck in a connect does not hold the exit)."""
-        for watch in self.watches.values():
-            watch.stop.set()
-        deadline = time.monotonic() + grace
-        for watch in self.watches.values():
-            join = getattr(watch.watcher, "join", None)
-            if callable(join):
-                join(timeout=max(0.0, deadline - time.monotonic()))
-
     # --- the loop -----------------------------------------------------------------------
 
     def notify(self, message: str) -> None:
         self.notifier.notify(message)
-
-    def _pushes(self, mailbox: Mailbox) -> bool:
-        """Whether the mailbox asks for a push watcher (``idle``): its kind's push."""
-        try:
-            return typed_settings(mailbox, self.settings).idle
-        except ConnectorError:
-            return False  # its sync names the problem
 
     def _interval(self, mailbox: Mailbox) -> int:
         """The mailbox's own poll interval, else the config's (also when its stored
@@ -279,14 +143,9 @@ class Daemon:
         """The mailboxes to sync now, and when the next one falls due."""
         ready: list[str] = []
         next_at = now + timedelta(seconds=self.settings.sync.poll_interval)
-        with self.lock:
-            pushed, self.pushed = self.pushed, set()
         with self.sessions() as session:
             for m in session.scalars(select(Mailbox).order_by(Mailbox.name)):
                 if m.state == "parked":
-                    continue
-                if m.name in pushed:
-                    ready.append(m.name)
                     continue
                 interval = self._interval(m)
                 if m.state == "failing" and m.failures:
@@ -298,82 +157,229 @@ class Daemon:
                     next_at = min(next_at, at)
         return ready, next_at
 
+    def _alive(self) -> bool:
+        """Whether the loop and every pass in flight made progress within two ticks: a batch
+        or the loop's heartbeat, or an item read (each item's parse is bounded by
+        ``limits.parse_seconds``, a batch is not: a batch of slow but legal items must not
+        get a working daemon killed)."""
+        now, parsed = time.monotonic(), limits.last_progress()
+        with self.lock:
+            beats = [self.progress, *(p.beat for p in self.running.values() if p.beat)]
+        return all(now - max(beat, parsed) < 2 * self.tick for beat in beats)
+
     def _feed_watchdog(self) -> None:
-        """WATCHDOG=1 while syncd makes progress, also inside one long batch (each item's
-        parse is bounded by ``limits.parse_seconds``, a batch is not): a batch of slow but
-        legal items must not get a working daemon killed. A daemon stuck for real (no
-        heartbeat and no item read for two ticks) is left to the watchdog."""
-        while not self.stopping.wait(self.tick):
-            latest = max(self.progress, limits.last_progress())
-            if time.monotonic() - latest < 2 * self.tick:
+        """WATCHDOG=1 every tick while syncd makes progress (:meth:`_alive`). A daemon stuck
+        for real (a loop or a pass with no heartbeat and no item read for two ticks) is left
+        to the watchdog."""
+        while True:
+            if self._alive():
                 self.notify("WATCHDOG=1")
+            if self.stopping.wait(self.tick):
+                return
 
     def run(self) -> int:
         previous = {
             sig: signal.signal(sig, self._signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        self.workers = pool_size(self.settings.sync.workers)
+        self.notify("READY=1")
         feeder = threading.Thread(target=self._feed_watchdog, name="watchdog", daemon=True)
         feeder.start()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="sync")
         try:
-            self._loop()
+            self._loop(pool)
         finally:
             self.stopping.set()
+            self.notify("STOPPING=1")
+            with self.lock:
+                left = len(self.running)
+            if left:
+                log.info("waiting for %d passes to commit the batch in hand", left)
+                self.notify(f"STATUS=stopping: {left} passes commit the batch in hand")
+            pool.shutdown(wait=True)
             feeder.join(timeout=1)
-            self.stop_watchers()
+            self.watchers.stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.notify("STOPPING=1")
         log.info("syncd daemon stopped")
         self.notifier.close()
         return 0
 
-    def _loop(self) -> None:
-        self.notify("READY=1")
-        self.notify("STATUS=polling mailboxes")
-        log.info("syncd daemon started")
+    def _loop(self, pool: ThreadPoolExecutor) -> None:
+        log.info("syncd daemon started: %d workers", self.workers)
+        check_at = 0.0  # when the due mailboxes and the watchers are looked at (monotonic)
         while not self.stopping.is_set():
-            now = datetime.now(UTC)
-            restart_at: float | None = None
-            try:
-                restart_at = self.refresh_watchers()
-                ready, next_at = self.due(now)
-            except Exception as exc:  # the database is away: say so and try again
-                log.error("cannot read mailboxes from the CRM database: %s", exc)
-                ready, next_at = [], now + timedelta(seconds=self.tick)
-            for name in ready:
-                if self.stopping.is_set():
-                    break
-                self._sync(name)
+            self._collect()
+            if time.monotonic() >= check_at:
+                check_at = self._check()
+            self._take_pushes()
+            self._dispatch(pool)
+            self._audit(pool)
             self._heartbeat()
-            self.notify("STATUS=idle")
-            wait = min((next_at - datetime.now(UTC)).total_seconds(), self.tick, CHECK_EVERY)
-            if restart_at is not None:
-                wait = min(wait, restart_at - time.monotonic())
-            self.wake.wait(max(0.05, wait))
+            self._status()
+            self.wake.wait(max(0.05, min(check_at - time.monotonic(), self.tick)))
             self.wake.clear()
+
+    def _audit(self, pool: ThreadPoolExecutor) -> None:
+        """Every AUDIT_CHECK, the gap audits that are due (``audit.interval_hours`` after
+        a mailbox's last one; ``syncd.audit``) run on the pool, one batch at a time."""
+        clock = time.monotonic()
+        if clock < self.audit_at or not self.settings.audit.interval_hours:
+            return
+        if self.auditing is not None and not self.auditing.done():
+            return
+        self.audit_at = clock + AUDIT_CHECK
+        self.auditing = pool.submit(self._run_audits)
+
+    def _run_audits(self) -> None:
+        from syncd.audit import run_due
+
+        try:
+            run_due(self.sessions, self.settings, datetime.now(UTC))  # it logs each gap
+        except Exception as exc:  # an audit never stops the daemon; the next one tries again
+            log.warning("gap audit failed: %s", exc)
+
+    def _check(self) -> float:
+        """Queue the mailboxes that are due and tend the watchers; returns when to look
+        again (monotonic): at the next one due, within CHECK_EVERY (a reauth, a resume or
+        a new mailbox is noticed that soon)."""
+        now, wait = datetime.now(UTC), CHECK_EVERY
+        try:
+            restart_at = self.watchers.refresh()
+            ready, next_at = self.due(now)
+        except Exception as exc:  # the database is away: say so and try again
+            log.error("cannot read mailboxes from the CRM database: %s", exc)
+            return time.monotonic() + min(self.tick, CHECK_EVERY)
+        clock = time.monotonic()
+        for name in ready:
+            if name not in self.running and self.held.get(name, 0.0) <= clock:
+                self._enqueue(name)
+        wait = min(wait, (next_at - datetime.now(UTC)).total_seconds())
+        if restart_at is not None:
+            wait = min(wait, restart_at - clock)
+        return clock + max(wait, 0.05)
+
+    def _enqueue(self, name: str, first: bool = False) -> None:
+        if name in self.waiting:
+            if not first:
+                return
+            self.queue.remove(name)
+        self.waiting.add(name)
+        self.queue.appendleft(name) if first else self.queue.append(name)
+
+    def _take_pushes(self) -> None:
+        """Pushed mailboxes (not parked) go first; one running now goes again right after."""
+        with self.lock:
+            pushed, self.pushed = self.pushed, set()
+            for name in [n for n in pushed if n in self.running]:
+                self.running[name].again = True
+                pushed.discard(name)
+        if not pushed:
+            return
+        try:
+            with self.sessions() as session:
+                found = session.scalars(
+                    select(Mailbox.name).where(Mailbox.name.in_(pushed), Mailbox.state != "parked")
+                )
+                pushed = set(found)
+        except Exception as exc:  # the database is away: the loop says so at its next check
+            log.debug("cannot read pushed mailboxes: %s", exc)
+        for name in sorted(pushed):
+            self.held.pop(name, None)
+            self.urgent.add(name)
+            self._enqueue(name, first=True)
+
+    def _dispatch(self, pool: ThreadPoolExecutor) -> None:
+        """Start waiting mailboxes on free workers; when pushes wait for a worker, ask as
+        many of the longest-running passes (not pushed ones) to make room."""
+        with self.lock:
+            while self.queue and len(self.running) < self.workers:
+                name = self.queue.popleft()
+                self.waiting.discard(name)
+                job = self.running[name] = _Pass(name, pushed=name in self.urgent)
+                self.urgent.discard(name)
+                pool.submit(self._pass, job)
+            asked = [p for p in self.running.values() if p.make_room.is_set()]
+            others = sorted(
+                (p for p in self.running.values() if not p.pushed and not p.make_room.is_set()),
+                key=lambda p: p.started,
+            )
+        for job in others[: len(self.urgent) - len(asked)]:
+            log.info("mailbox %r: making room for new mail pushed to another mailbox", job.name)
+            job.make_room.set()
+
+    def _collect(self) -> None:
+        """Passes that ended: one that yielded its turn (or made room) queues again behind
+        those waiting; a mailbox that is busy elsewhere, or whose pass raised, waits."""
+        while True:
+            try:
+                job, report = self.ended.get_nowait()
+            except queue.Empty:
+                return
+            with self.lock:
+                del self.running[job.name]
+            if self.stopping.is_set():
+                continue
+            if report is None:
+                self.held[job.name] = time.monotonic() + CHECK_EVERY
+            elif report.busy:
+                self.held[job.name] = time.monotonic() + self.settings.sync.poll_interval
+            elif report.yielded or (report.stopped and job.make_room.is_set()):
+                self._enqueue(job.name)
+            if job.again:  # pushed while it ran: again, unless that pass parked it
+                with self.lock:
+                    self.pushed.add(job.name)
+
+    def _status(self) -> None:
+        with self.lock:
+            names = sorted(self.running)
+        if not names and not self.queue:
+            status = "STATUS=idle"
+        else:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            status = (
+                f"STATUS={len(names)} of {self.workers} workers syncing ({shown}), "
+                f"{len(self.queue)} waiting"
+            )
+        if status != self.shown:
+            self.shown = status
+            self.notify(status)
 
     def _heartbeat(self) -> None:
         self.progress = time.monotonic()
-        self.notify("WATCHDOG=1")
 
-    def _sync(self, name: str) -> None:
-        self.notify(f"STATUS=syncing {name}")
+    def _beat(self, job: _Pass) -> None:
+        job.beat = time.monotonic()  # one float: safe from any worker thread
+
+    def _pass(self, job: _Pass) -> None:
+        """One pass, on a worker thread; the loop hears of its end through ``ended``."""
+        started, report = time.monotonic(), None
         try:
             report = SyncJob(
                 self.sessions,
                 self.settings,
-                name,
-                stop=self.stopping.is_set,
-                heartbeat=self._heartbeat,
+                job.name,
+                stop=lambda: self.stopping.is_set() or job.make_room.is_set(),
+                heartbeat=lambda: self._beat(job),
+                budget=self.settings.sync.pass_budget,
             ).run()
+            self._log(report)
+            metrics.observe_pass(report, time.monotonic() - started)
         except Exception as exc:
-            log.error("mailbox %r: %s", name, exc)
-            return
+            log.error("mailbox %r: %s", job.name, exc)
+        finally:
+            self.ended.put((job, report))
+            self.wake.set()
+
+    def _log(self, report: SyncReport) -> None:
+        if report.busy:
+            return  # the pass said who holds the mailbox
         log.info(
-            "mailbox %r: %s, %d new activities, %d sightings, %d quarantined, "
+            "mailbox %r: %s%s, %d new activities, %d sightings, %d quarantined, "
             "%d tasks changed, %d written",
-            name,
+            report.mailbox,
             report.state,
+            " (its turn is over: more next turn)" if report.yielded or report.stopped else "",
             report.new_activities,
             report.new_sightings,
             report.quarantined,

@@ -69,12 +69,15 @@ def decide(
     settings: Settings,
     excluded: Counter[ExclusionReason],
     quarantined: list[Quarantined] | None = None,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> list[recorder.Decision]:
     """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
     An item whose matching fails goes to ``quarantined`` (when given) with its reason; it
-    never stops the batch. The result does not depend on how items are cut into batches."""
+    never stops the batch. The result does not depend on how items are cut into batches.
+    ``skipped`` (when given) gets (provider id, reason) of each item an exclusion skips."""
     decisions = []
-    for raw_item, forced in _expand(items, settings.exclusions, excluded):
+    skips = skipped if skipped is not None else []
+    for raw_item, forced in _expand(items, settings.exclusions, excluded, skips):
         try:
             item = fit_item(raw_item, datetime.now(UTC))
             m = match(item, index)
@@ -88,6 +91,7 @@ def decide(
             continue
         if excluded_by:
             excluded[excluded_by.reason] += 1
+            skips.append((raw_item.provider_id, excluded_by.reason))
             continue
         decisions.append(recorder.Decision(item, m))
     return decisions
@@ -156,7 +160,10 @@ def describe(exc: BaseException) -> str:
 
 
 def _expand(
-    items: Iterable[Item], rules: ExclusionSettings, excluded: Counter[ExclusionReason]
+    items: Iterable[Item],
+    rules: ExclusionSettings,
+    excluded: Counter[ExclusionReason],
+    skips: list[tuple[str, str]],
 ) -> Iterator[tuple[Item, bool]]:
     """Items that pass the checks needing no CRM, each with whether a label forces it in."""
     for item in items:
@@ -164,26 +171,32 @@ def _expand(
         if isinstance(item, MeetingItem):
             if label_hit(item, rules.labels):
                 excluded["excluded label"] += 1
+                skips.append((item.provider_id, "excluded label"))
             else:
                 yield item, forced
             continue
         excluded_by = mail_exclusion(item, rules.labels, forced)
         if excluded_by:
             excluded[excluded_by.reason] += 1
+            skips.append((item.provider_id, excluded_by.reason))
             continue
-        for one in _invitations_or_itself(item, excluded):
+        for one in _invitations_or_itself(item, excluded, skips):
             yield one, forced
 
 
 def _invitations_or_itself(
-    item: MailItem, excluded: Counter[ExclusionReason]
+    item: MailItem, excluded: Counter[ExclusionReason], skips: list[tuple[str, str]]
 ) -> Iterator[MailItem | MeetingItem]:
     """A mail's invitations stand in for it (an attendee's REPLY is no meeting)."""
     if not item.invitations:
         yield item
         return
+    answers = 0
     for invite in item.invitations:
         if invite.method == "REPLY":
             excluded["invitation-reply"] += 1  # an attendee's answer, not a meeting
+            answers += 1
         else:
             yield invite
+    if answers == len(item.invitations):  # nothing of the mail is logged
+        skips.append((item.provider_id, "invitation-reply"))

@@ -28,7 +28,7 @@ SNIPPET_CHARS = 280  # what the recorder keeps of a text as the activity's snipp
 # --- the words the stages share (connectors, matcher, recorder, CLI), each defined once ---
 # (the CRM's own states, kinds and rules are in syncd.crm.models)
 
-ParticipantRole = Literal["from", "to", "cc", "bcc", "organizer", "attendee"]
+ParticipantRole = Literal["from", "to", "cc", "bcc", "organizer", "attendee", "reply-to"]
 TaskStatus = Literal["open", "done", "cancelled"]
 # who an item is from: an external participant (inbound), a user or the company (outbound),
 # or nobody from outside at all (internal, never logged)
@@ -91,12 +91,15 @@ class MailItem:
     provider_thread_id: str | None = None  # e.g. Gmail threadId, a second thread key
     body: str = ""
     list_id: str | None = None
+    list_unsubscribe: bool = False  # a List-Unsubscribe header (bulk to the harvest only)
     precedence: str | None = None
     auto_submitted: str | None = None
     autoreply_header: str | None = None  # X-Autoreply, X-Autorespond, ...
     private: bool = False  # Sensitivity: private/company-confidential
     labels: tuple[str, ...] = ()  # provider labels/folders (Takeout X-Gmail-Labels)
     invitations: tuple[MeetingItem, ...] = ()
+    # Reply-To, read by the historical import (syncd.harvest) only: never a participant
+    reply_to: tuple[Participant, ...] = ()
 
     @property
     def sender(self) -> Participant | None:

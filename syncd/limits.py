@@ -11,22 +11,26 @@ Graph parsers) checks the limits on the raw data first, cheaply, and parses unde
 limit, what the item holds and how to read it anyway; the connectors quarantine it with
 that reason and the pass goes on.
 
-The time bound uses ``SIGALRM`` (``setitimer(ITIMER_REAL)``), so it holds only in the main
-thread, where ``syncd sync``, ``syncd run`` and the workers parse. Elsewhere (a thread of
-one's own) a parse is unbounded in time and relies on the size limits, which bound it
-anyway. Signals other than SIGALRM are untouched: the daemon's SIGTERM handler only sets an
-event, so a long parse ends at the bound at the latest and the daemon then stops.
+The time bound in the main thread (``syncd sync``, ``syncd import``) uses ``SIGALRM``
+(``setitimer(ITIMER_REAL)``). In other threads (the passes of ``syncd run``'s worker pool
+and of ``syncd worker``) one monitor thread raises the bound in the parsing thread with
+``PyThreadState_SetAsyncExc``: like the signal handler, it takes effect between two
+bytecodes of the parse, and a pending one is cleared when the parse ends. Signals other
+than SIGALRM are untouched: the daemon's SIGTERM handler only sets an event, so a long
+parse ends at the bound at the latest and the daemon then stops.
 """
 
 from __future__ import annotations
 
+import ctypes
+import heapq
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from syncd.config import LimitSettings
 
@@ -91,6 +95,79 @@ class _Bound:
         self.seconds = seconds
         self.deadline = 0.0
         self.active = False
+        self.expired = False  # a bound of another thread than the main one that ran out
+
+
+class _ThreadExpired(BaseException):
+    """Raised in a thread other than the main one by :class:`_Monitor` (an exception class
+    is all ``PyThreadState_SetAsyncExc`` carries: the bound that ran out is marked
+    ``expired``)."""
+
+
+def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in the thread at its next bytecode; None clears one still pending."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+class _Monitor:
+    """The time bounds of the threads other than the main one: one daemon thread wakes at
+    the earliest deadline and raises :class:`_ThreadExpired` in the thread that ran over,
+    again every ``_REFIRE`` until that parse gives up (a library may swallow it once)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.heap: list[tuple[float, int, int, _Bound]] = []  # deadline, seq, thread, bound
+        self.seq = 0
+        self.thread: threading.Thread | None = None
+
+    def push(self, bound: _Bound, outer: _Bound | None) -> None:
+        now = time.monotonic()
+        bound.deadline = now + bound.seconds
+        if outer is not None:  # a bound within a bound ends at the outer one's end at the latest
+            bound.deadline = min(bound.deadline, outer.deadline)
+        with self.lock:
+            bound.active = True
+            self.seq += 1
+            heapq.heappush(self.heap, (bound.deadline, self.seq, threading.get_ident(), bound))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._watch, name="limits", daemon=True)
+                self.thread.start()
+            self.lock.notify()
+
+    def pop(self, bound: _Bound) -> None:
+        """The bound ends: from here on nothing is raised for it (one still pending is
+        cleared, under the lock the monitor raises under)."""
+        with self.lock:
+            if bound.active:
+                bound.active = False
+                _async_raise(threading.get_ident(), None)
+
+    def _watch(self) -> None:
+        with self.lock:
+            while True:
+                while self.heap and not self.heap[0][3].active:
+                    heapq.heappop(self.heap)
+                if not self.heap:
+                    self.lock.wait(1.0)
+                    if not self.heap:
+                        self.thread = None
+                        return
+                    continue
+                deadline, seq, thread_id, bound = self.heap[0]
+                now = time.monotonic()
+                if now < deadline:
+                    self.lock.wait(deadline - now)
+                    continue
+                heapq.heappop(self.heap)
+                bound.expired = True
+                _async_raise(thread_id, _ThreadExpired)
+                heapq.heappush(self.heap, (now + _REFIRE, seq, thread_id, bound))
+
+
+_MONITOR = _Monitor()
+_outer = threading.local()  # the bounds in force in this thread (other than the main one)
 
 
 class _Timer:
@@ -153,7 +230,7 @@ class _Timer:
 _TIMER = _Timer()
 
 
-def _can_bound() -> bool:
+def _signal_bound() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
@@ -168,17 +245,28 @@ def last_progress() -> float:
 
 def run_bounded(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``, stopped after ``seconds`` with :class:`OverLimit`
-    (``parse_seconds``). In the main thread only (SIGALRM); elsewhere ``fn`` runs unbounded.
+    (``parse_seconds``), in any thread (the main one by SIGALRM, the others by
+    :class:`_Monitor`).
 
     Bounds nest: an inner one ends with the outer one at the latest, and when it ends the
     outer one goes on with what is left of it. A SIGALRM handler and timer set before are
     restored afterwards (the timer less the time spent here)."""
     global _progress
-    if seconds <= 0 or not _can_bound():
-        try:
+    try:
+        if seconds <= 0:
             return fn(*args, **kwargs)
-        finally:
-            _progress = time.monotonic()
+        if _signal_bound():
+            return _in_main(seconds, fn, *args, **kwargs)
+        return _in_thread(seconds, fn, *args, **kwargs)
+    finally:
+        _progress = time.monotonic()
+
+
+def _over(seconds: float) -> OverLimit:
+    return OverLimit("parse_seconds", f"parse took over {seconds:g} s", f"{seconds:g} s")
+
+
+def _in_main(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     bound = _Bound(seconds)
     try:
         _TIMER.push(bound)
@@ -187,12 +275,35 @@ def run_bounded(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any)
         finally:
             bound.active = False  # first, and inline: from here on the handler never raises
             _TIMER.pop(bound)
-            _progress = time.monotonic()
     except _Expired as exc:
         bound.active = False
         _TIMER.pop(bound)
         if exc.bound is not bound:
             raise  # an outer bound's: it ends there
-        raise OverLimit(
-            "parse_seconds", f"parse took over {seconds:g} s", f"{seconds:g} s"
-        ) from None
+        raise _over(seconds) from None
+
+
+def _in_thread(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    bound = _Bound(seconds)
+    stack: list[_Bound] = _outer.__dict__.setdefault("stack", [])
+    done, result = False, cast(T, None)
+    try:
+        try:
+            _MONITOR.push(bound, stack[-1] if stack else None)
+            stack.append(bound)
+            result = fn(*args, **kwargs)
+            done = True
+        finally:
+            _MONITOR.pop(bound)
+            if bound in stack:
+                del stack[stack.index(bound) :]
+    except _ThreadExpired:
+        _MONITOR.pop(bound)  # it may have come before the pop above was done
+        if bound in stack:
+            del stack[stack.index(bound) :]
+        if done:
+            return result  # it came after the work was done
+        if not bound.expired:
+            raise  # an outer bound's: it ends there
+        raise _over(seconds) from None
+    return result

@@ -20,6 +20,7 @@ class SyncReport:
     quarantined: int = 0
     excluded: Counter[ExclusionReason] = field(default_factory=Counter)
     updated: int = 0  # meetings changed or removed, task states read back
+    contacts_added: int = 0  # new people saved in the user's address books (contacts.sync)
     tasks_changed: int = 0
     tasks_written: int = 0
     writer_state: WriterState = "ok"  # the task write-back's own (a calendar may refuse it)

@@ -55,13 +55,14 @@ def record(
     decisions: list[recorder.Decision],
     quarantined: list[Quarantined],
     index: PassIndex,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> recorder.BatchResult:
     """Store a batch, settle the conversations it touched, and move the cursor: one
     transaction. Refused, the batch is stored item by item instead (the refused ones are
-    added to ``quarantined``)."""
+    added to ``quarantined``). ``skipped``: (provider id, reason) of the items not logged."""
     try:
         with sessions.begin() as session:
-            result = store(session, target, decisions, quarantined, batch)
+            result = store(session, target, decisions, quarantined, batch, skipped)
             if decisions:
                 result.relinked = settle_touched(session, index.get(), decisions)
             _fence(session, target)
@@ -74,7 +75,7 @@ def record(
         )
         index.forget()  # what the failed transaction taught the index is void
     with sessions.begin() as session:
-        result, kept = store_one_by_one(session, target, batch, decisions, quarantined)
+        result, kept = store_one_by_one(session, target, batch, decisions, quarantined, skipped)
         if kept:
             result.relinked = settle_touched(session, index.get(), kept)
         _fence(session, target)
@@ -94,6 +95,7 @@ def store(
     decisions: Sequence[recorder.Decision],
     quarantined: Sequence[Quarantined],
     batch: AnyBatch | None,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> recorder.BatchResult:
     """recorder.record_batch for this source; with ``batch``, also its removals, task
     states and cursor."""
@@ -108,6 +110,7 @@ def store(
         now=target.now(),
         removed_uids=batch.removed if batch else (),
         task_states=batch.task_states if batch else (),
+        skipped=skipped,
     )
 
 
@@ -117,6 +120,7 @@ def store_one_by_one(
     batch: AnyBatch,
     decisions: list[recorder.Decision],
     quarantined: list[Quarantined],
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> tuple[recorder.BatchResult, list[recorder.Decision]]:
     """Store each decision in a savepoint, quarantine those refused (appended to
     ``quarantined``), then the batch's quarantined items, removals, task states and
@@ -138,6 +142,6 @@ def store_one_by_one(
         total.new_activities += one.new_activities
         total.new_sightings += one.new_sightings
         total.updated_meetings += one.updated_meetings
-    rest = store(session, target, [], quarantined, batch)
+    rest = store(session, target, [], quarantined, batch, skipped)
     total.new_sightings += rest.new_sightings
     return total, kept

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd import logs, metrics, past
 from syncd.config import Settings
 from syncd.connectors.base import (
     AuthError,
@@ -54,7 +55,8 @@ from syncd.crm.models import Mailbox, MailboxState, User
 from syncd.crm.tasks import apply_task_plans
 from syncd.decide import PassIndex, decide, describe
 from syncd.followups import RULES, WorkingTime, plan, task_uid
-from syncd.items import Batch, MailItem, MeetingItem, Quarantined
+from syncd.harvest.books import sync_address_books
+from syncd.items import Batch, Cursor, MailItem, MeetingItem, Quarantined
 from syncd.report import SyncReport
 from syncd.secrets import SecretBox, SecretsError
 from syncd.store import Target, record
@@ -84,7 +86,8 @@ def typed_settings(mailbox: Mailbox, settings: Settings) -> KindSettings:
 
 def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
     """What the connector gets: its typed settings (:func:`typed_settings`), the config's
-    batch size and limits, its secret opened."""
+    batch size and limits, the cap on sync connections to its server
+    (``sync.imap_connections``, used by the IMAP connector), its secret opened."""
     where = f"mailbox {mailbox.name!r}"
     typed = typed_settings(mailbox, settings)
     return MailboxSpec(
@@ -96,6 +99,7 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
         body_policy=typed.body or settings.sync.body,
         limits=settings.limits,
         home=settings.home,
+        server_connections=settings.sync.imap_connections,
         secret=(
             SecretBox(settings.home).decrypt(mailbox.secret, where) if mailbox.secret else None
         ),
@@ -106,7 +110,8 @@ class SyncJob:
     """Syncs one mailbox. ``stop()`` is asked after every batch; ``heartbeat()`` is called
     after every batch too (the daemon feeds the systemd watchdog from it). ``budget``:
     seconds after which the pass yields at the next batch boundary (None: never).
-    ``owner`` names the pass in the mailbox's lease (default: a new unique name)."""
+    ``owner`` names the pass in the mailbox's lease (default: a new unique name). ``past``:
+    log the past back to this date instead (``syncd import mail``, :mod:`syncd.past`)."""
 
     lease: Lease  # taken by run() before anything else
 
@@ -122,6 +127,7 @@ class SyncJob:
         connector_factory: Callable[[MailboxSpec], Connector] = open_connector,
         budget: float | None = None,
         owner: str | None = None,
+        past: datetime | None = None,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
@@ -133,12 +139,18 @@ class SyncJob:
         self.report = SyncReport(mailbox_name)
         self.index = PassIndex(sessions, settings)  # loaded once a pass, if anything is matched
         self.budget = budget
+        self.past = past  # syncd import mail --since: see syncd.past
         self.owner = owner or new_owner()
         self.started = now()
         self.clock = time.monotonic()
 
     def run(self) -> SyncReport:
-        """The pass, under the mailbox's lease."""
+        """The pass, under the mailbox's lease; what is logged meanwhile is about this
+        mailbox (``syncd.logs``)."""
+        with logs.about(self.name):
+            return self._leased()
+
+    def _leased(self) -> SyncReport:
         self.started, self.clock = self.now(), time.monotonic()
         lease = self._take_lease()
         if lease is None:
@@ -181,7 +193,7 @@ class SyncJob:
         except Exception as exc:  # one bad mailbox never stalls the others
             self._fail(*self._failure(exc))
         else:
-            if not self.report.stopped:
+            if not self.report.stopped and self.past is None:
                 caught_up = None if self.report.yielded else self.started
                 with self.sessions.begin() as session:
                     self.lease.fence(session, self.now())
@@ -204,7 +216,8 @@ class SyncJob:
                 raise ConnectorError(f"no mailbox named {self.name!r}; see 'syncd mailbox list'")
             self.mailbox_id, self.user_id = mailbox.id, mailbox.user_id
             try:
-                return mailbox_spec(mailbox, self.settings)
+                spec = mailbox_spec(mailbox, self.settings)
+                return spec if self.past is None else past.widen(spec, self.past, self.now())
             except (SecretsError, ConnectorError) as exc:
                 self._fail("parked", str(exc))
                 return None
@@ -213,7 +226,17 @@ class SyncJob:
         connector = self.connector_factory(spec)
         try:
             self._sync_sources(connector, spec)
-            if not (self.report.stopped or self.report.yielded):
+            if not (self.report.stopped or self.report.yielded or self.past):
+                self.report.contacts_added = sync_address_books(
+                    self.sessions,
+                    self.settings,
+                    connector,
+                    mailbox=self.name,
+                    mailbox_id=self.mailbox_id,
+                    user_email=spec.user_email,
+                    lease=self.lease,
+                    now=self.now,
+                )
                 self._followups()
                 self._write_tasks(connector)
         finally:
@@ -232,6 +255,8 @@ class SyncJob:
     def _fail(self, state: MailboxState, error: str) -> None:
         self.report.state, self.report.error = state, error
         log.warning("mailbox %r %s: %s", self.name, state, error)
+        if self.past is not None:
+            return  # the import says so; the mailbox's state is the daemon's
         with self.sessions.begin() as session:
             self.lease.fence(session, self.now())
             mark_mailbox(session, self.mailbox_id, state=state, now=self.now(), error=error)
@@ -242,47 +267,74 @@ class SyncJob:
             *connector.calendar_sources(),
         ]
         for source in sources:
+            name = source.name if self.past is None else past.PREFIX + source.name
             target = Target(
-                self.name, self.mailbox_id, source.name, spec.body_policy, self.now, self.lease
+                self.name, self.mailbox_id, name, spec.body_policy, self.now, self.lease
             )
             with self.sessions() as session:
-                cursor = recorder.get_cursor(session, self.mailbox_id, source.name)
+                cursor = recorder.get_cursor(session, self.mailbox_id, name)
             try:
-                self._consume(target, source.changes(cursor))
+                self._consume(target, self._changes(source, cursor))
             except CursorExpired as exc:
-                log.info("mailbox %r source %r: %s; reading it again", self.name, source.name, exc)
+                log.info("mailbox %r source %r: %s; reading it again", self.name, name, exc)
                 with self.sessions.begin() as session:
-                    recorder.reset_cursor(session, self.mailbox_id, source.name)
-                self._consume(target, source.changes(None))
+                    recorder.reset_cursor(session, self.mailbox_id, name)
+                self._consume(target, self._changes(source, None))
             if self.report.stopped or self.report.yielded:
                 return
+
+    def _changes(
+        self, source: MailSource | CalendarSource, cursor: Cursor | None
+    ) -> Iterator[Batch[MailItem]] | Iterator[Batch[MeetingItem]]:
+        batches = source.changes(cursor)
+        return batches if self.past is None else past.within(batches, self.past)  # type: ignore[return-value]
 
     def _consume(
         self, target: Target, batches: Iterator[Batch[MailItem]] | Iterator[Batch[MeetingItem]]
     ) -> None:
-        for batch in batches:
-            quarantined = list(batch.quarantined)
-            decisions = (
-                decide(
-                    batch.items, self.index.get(), self.settings, self.report.excluded, quarantined
+        """Decide and record each batch; each is timed (from asking the connector for it to
+        its commit) and its skipped items counted for the metrics, and what is logged
+        meanwhile (the connector's reading too) is about this mailbox (``syncd.logs``)."""
+        with logs.about(self.name):
+            started = time.monotonic()
+            for batch in batches:
+                skipped = dict(self.report.excluded)
+                quarantined = list(batch.quarantined)
+                not_logged: list[tuple[str, str]] = []  # (provider id, why): syncd audit
+                decisions = (
+                    decide(
+                        batch.items,
+                        self.index.get(),
+                        self.settings,
+                        self.report.excluded,
+                        quarantined,
+                        not_logged,
+                    )
+                    if batch.items
+                    else []
                 )
-                if batch.items
-                else []
-            )
-            result = record(self.sessions, target, batch, decisions, quarantined, self.index)
-            self._count(result, batch, quarantined)
-            self.heartbeat()
-            if self.stop():
-                self.report.stopped = True
-                return
-            if self.budget is not None and time.monotonic() - self.clock >= self.budget:
-                log.info(
-                    "mailbox %r: pass budget of %g s spent; the next pass goes on from here",
+                result = record(
+                    self.sessions, target, batch, decisions, quarantined, self.index, not_logged
+                )
+                self._count(result, batch, quarantined)
+                metrics.observe_batch(
                     self.name,
-                    self.budget,
+                    time.monotonic() - started,
+                    {r: n - skipped.get(r, 0) for r, n in self.report.excluded.items()},
                 )
-                self.report.yielded = True
-                return
+                self.heartbeat()
+                if self.stop():
+                    self.report.stopped = True
+                    return
+                if self.budget is not None and time.monotonic() - self.clock >= self.budget:
+                    log.info(
+                        "mailbox %r: pass budget of %g s spent; the next pass goes on from here",
+                        self.name,
+                        self.budget,
+                    )
+                    self.report.yielded = True
+                    return
+                started = time.monotonic()
 
     def _count(
         self,

@@ -40,7 +40,15 @@ SERVER_FIXTURES = {
 }
 
 
-PROCESS_MODULES = {"test_cli", "test_crash", "test_daemon"}
+PROCESS_MODULES = {
+    "test_cli",
+    "test_crash",
+    "test_daemon",
+    "test_worker",
+    "test_concurrency",
+    "test_import_contacts",
+    "test_install",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,12 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def as_json(env: dict[str, str], *args: str) -> Any:
-    return json.loads(run(env, *args, "--json").stdout)
+def as_json(env: dict[str, str], *args: str, code: int = 0) -> Any:
+    """The command's JSON; it exits with ``code`` (``syncd status``: 1 when a mailbox is
+    failing, 2 when one is parked)."""
+    proc = run(env, *args, "--json", check=False)
+    assert proc.returncode == code, proc.stderr
+    return json.loads(proc.stdout)
 
 
 @pytest.fixture
@@ -149,7 +153,7 @@ def test_sync_exits_non_zero_and_names_the_failing_mailbox(env, loaded, tmp_path
     assert proc.returncode == 1
     assert "gone: failing:" in proc.stderr and "is not a Maildir" in proc.stderr
     assert "ana: ok" in proc.stdout  # the others were synced all the same
-    status = {r["mailbox"]: r for r in as_json(env, "status")}
+    status = {r["mailbox"]: r for r in as_json(env, "status", code=1)}
     assert status["gone"]["state"] == "failing" and "Maildir" in status["gone"]["error"]
     for sub in ("cur", "new", "tmp"):  # the admin fixes it and asks for a retry
         (missing / sub).mkdir(exist_ok=True)
@@ -435,6 +439,50 @@ def test_status_shows_the_task_writer_apart_from_the_mailbox_and_the_fix(env, lo
     assert "tasks" in table and "failing: cannot write task to the calendar" in table
     assert "ana: follow-up tasks are not written: mail is still read and logged" in table
     assert "ana: 1 item could not be read: see 'syncd quarantine list --mailbox ana'" in table
+
+
+def _edit_mailbox(db_url: str, name: str, **values: Any) -> None:
+    """Set columns of a mailbox row as a pass (of this or another process) leaves them."""
+    from sqlalchemy import update
+
+    from syncd.crm.database import make_engine, session_factory
+    from syncd.crm.models import Mailbox
+
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine).begin() as session:
+            session.execute(update(Mailbox).where(Mailbox.name == name).values(**values))
+    finally:
+        engine.dispose()
+
+
+def test_status_exit_code_is_for_nagios_and_json_adds_lag_and_who_syncs(env, loaded, db_url):
+    assert "Nagios" in run(env, "status", "--help").stdout
+    before = {r["mailbox"]: r for r in as_json(env, "status")}
+    assert before["ana"]["lag_seconds"] is None and before["ana"]["caught_up_at"] is None
+    run(env, "sync")
+    status = {r["mailbox"]: r for r in as_json(env, "status")}
+    for row in status.values():
+        caught_up = datetime.fromisoformat(row["caught_up_at"])
+        assert caught_up.utcoffset() is not None
+        assert row["lag_seconds"] >= 0 and row["lease_owner"] is None
+    # a pass of another process holds ana now; ben last read everything 3 hours ago
+    now = datetime.now(UTC)
+    held = {"lease_owner": "box2:4242:ab12cd34", "lease_until": now + timedelta(minutes=5)}
+    _edit_mailbox(db_url, "ana", **held)
+    _edit_mailbox(db_url, "ben", caught_up_at=now - timedelta(hours=3))
+    table = run(env, "status").stdout  # all ok: exit 0
+    assert "ana: being synced now by box2:4242:ab12cd34" in table
+    assert "│ 3h " in table
+    ana, ben = as_json(env, "status")
+    assert ana["lease_owner"] == "box2:4242:ab12cd34" and ben["lag_seconds"] >= 3 * 3600
+    # a lease that ran out names nobody; failing: exit 1; parked: 2, which wins
+    _edit_mailbox(db_url, "ana", lease_until=now - timedelta(seconds=1))
+    _edit_mailbox(db_url, "ben", state="failing", last_error="the server went away")
+    ana, ben = as_json(env, "status", code=1)
+    assert ana["lease_owner"] is None and ben["state"] == "failing"
+    _edit_mailbox(db_url, "ana", state="parked", last_error="run 'syncd mailbox reauth ana'")
+    assert run(env, "status", check=False).returncode == 2
 
 
 def test_quarantine_commands_exit_codes_as_an_admin_sees_them(env, loaded):

@@ -1,6 +1,8 @@
 """The daemon's push watchers and systemd notifications: IMAP IDLE against a real Dovecot
 comes back after a refused login is fixed, a dead watcher is started again, and a notify
-socket nobody reads never blocks. The CRM on SQLite and on PostgreSQL."""
+socket nobody reads never blocks. The CRM on SQLite and on PostgreSQL. Also what
+tests/test_concurrency.py shares with these: the daemon run on its threads beside a
+scenario, Maildir push watchers, and reading what the CRM logged."""
 
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ from imapclient import IMAPClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd.config import Settings
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.kind import typed
 from syncd.connectors.local import LocalSettings
 from syncd.crm import reports
-from syncd.crm.models import Mailbox
+from syncd.crm.models import Activity, Mailbox, Sighting
 from syncd.daemon import Daemon, Notifier
 from syncd.demo import add_local_mailbox, deliver, email_bytes
 
@@ -310,3 +313,92 @@ def test_the_watchdog_is_fed_while_items_are_read_inside_one_long_batch(monkeypa
         server.close()
     assert fed >= 3
     assert starved <= 2  # two ticks of grace after the last item, then nothing
+
+
+# --- shared with tests/test_concurrency.py: the daemon on its threads, mail, the CRM ------
+
+
+def note(to: str, mid: str, when: datetime | None = None) -> bytes:
+    return email_bytes(
+        sender="Eva Novak <eva@globex.test>",
+        to=[to],
+        subject=f"note {mid}",
+        when=when or datetime.now(UTC).replace(microsecond=0),
+        message_id=mid,
+    )
+
+
+def seen_at(sessions: S, mailbox: str, mid: str) -> datetime | None:
+    """When the mailbox's pass logged the message (its sighting)."""
+    with sessions() as session:
+        found: datetime | None = session.scalar(
+            select(Sighting.seen_at)
+            .join(Activity, Activity.id == Sighting.activity_id)
+            .join(Mailbox, Mailbox.id == Sighting.mailbox_id)
+            .where(Activity.key == f"mid:{mid}", Mailbox.name == mailbox)
+        )
+        return found
+
+
+def row(sessions: S, name: str) -> Mailbox:
+    with sessions() as session:
+        found = session.scalar(select(Mailbox).where(Mailbox.name == name))
+        assert found is not None
+        return found
+
+
+def run_daemon(daemon: Daemon, scenario: Callable[[], None]) -> None:
+    """``daemon.run()`` in this (the main) thread while ``scenario`` runs beside it; the
+    daemon is stopped when the scenario ends, as SIGTERM would."""
+    failed: list[BaseException] = []
+
+    def admin() -> None:
+        try:
+            scenario()
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            daemon.stopping.set()
+            daemon.wake.set()
+
+    helper = threading.Thread(target=admin)
+    helper.start()
+    assert daemon.run() == 0
+    helper.join()
+    if failed:
+        raise failed[0]
+
+
+def tuned(settings: Settings, **sync: Any) -> Settings:
+    return settings.model_copy(update={"sync": settings.sync.model_copy(update=sync)})
+
+
+class Pushes:
+    """Push watchers for Maildirs (new/ or cur/ changed -> a push), as IMAP IDLE would."""
+
+    def __init__(self, every: float | None = None) -> None:
+        self.ready = threading.Event()
+        self.every = every  # push this often whatever happens (a storm of pushes)
+
+    def __call__(
+        self, spec: MailboxSpec, on_change: Callable[[str], None], stop: threading.Event
+    ) -> threading.Thread:
+        if self.every is not None:
+            return self._storm(spec, on_change, stop)
+        watcher = MaildirWatcher(spec, on_change, stop, self.ready)
+        watcher.start()
+        return watcher
+
+    def _storm(
+        self, spec: MailboxSpec, on_change: Callable[[str], None], stop: threading.Event
+    ) -> threading.Thread:
+        every = self.every or 0.0
+
+        def run() -> None:
+            self.ready.set()
+            while not stop.wait(every):
+                on_change(spec.name)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread

@@ -98,10 +98,13 @@ def held(db_url: str, table: str) -> Iterator[psycopg.Connection | None]:
 
 
 def wait_until_blocked(
-    pg: psycopg.Connection | None, procs: list[subprocess.Popen[str]], table: str
+    pg: psycopg.Connection | None,
+    procs: list[subprocess.Popen[str]],
+    table: str,
+    waiters: int | None = None,
 ) -> None:
-    """Until every process waits for the lock: PostgreSQL shows its waiters; on SQLite
-    they wait in the busy handler, so give them time to get there."""
+    """Until ``waiters`` (default: every process) wait for the lock: PostgreSQL shows its
+    waiters; on SQLite they wait in the busy handler, so give them time to get there."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), [finish(p) for p in procs]
@@ -113,7 +116,7 @@ def wait_until_blocked(
                 "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
                 (table,),
             ).fetchone()
-        if waiting and waiting[0] >= len(procs):
+        if waiting and waiting[0] >= (len(procs) if waiters is None else waiters):
             return
         time.sleep(0.2)
     raise AssertionError(f"the processes never waited for the lock on {table}")
@@ -141,12 +144,13 @@ def demo_env(tmp_path: Path, db_url: str, sessions: sessionmaker[Session]) -> di
 def test_two_syncs_started_while_another_writer_holds_the_database_wait_and_log_once(
     db_url, sessions, demo_env
 ):
-    """SQLite: the two wait for the write lock (busy timeout) instead of failing at once with
-    'database is locked'. PostgreSQL: they wait for the lock, then insert the same activities
-    at the same time; the one that loses the unique key race stores the batch again."""
+    """SQLite: they wait for the write lock (busy timeout) instead of failing at once with
+    'database is locked'. PostgreSQL: the one that took the mailbox's lease waits for the
+    table's lock; the other waits for its turn (the lease: two passes of one mailbox never
+    run at once), then finds everything logged."""
     with held(db_url, "activities") as pg:
         procs = [start(demo_env, "sync", "ana") for _ in range(2)]
-        wait_until_blocked(pg, procs, "activities")
+        wait_until_blocked(pg, procs, "activities", waiters=1)
     results = [finish(p) for p in procs]
     for code, out, err in results:
         assert code == 0, err

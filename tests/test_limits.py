@@ -695,18 +695,72 @@ def test_bounds_nest_and_an_inner_one_leaves_the_outer_running():
         run_bounded(0.2, run_bounded, 30, busy, 10)
 
 
-def test_in_a_worker_thread_there_is_no_time_bound_only_the_size_limits():
+def in_thread(fn: Any) -> list[object]:
+    """What ``fn`` returned or raised, run in a thread of its own (as a pool's pass)."""
     results: list[object] = []
 
     def work() -> None:
-        results.append(run_bounded(0.05, busy, 0.3))
-        results.append(reason_of(read_message(from_words(), "p", NOW)))
+        try:
+            results.append(fn())
+        except BaseException as exc:  # the outcome is what the test looks at
+            results.append(exc)
 
     thread = threading.Thread(target=work)
     thread.start()
     thread.join(30)
-    assert results[0] == "done"
-    assert str(results[1]).startswith("over limits.encoded_words")
+    assert not thread.is_alive()
+    return results
+
+
+def test_in_a_worker_thread_the_bound_holds_as_in_the_main_one():
+    """The passes of `syncd run`'s pool parse in threads: a slow parse is stopped there
+    too (swallowed once or not), bounds nest, and a parse that ends in time is untouched,
+    even when its bound runs out right after."""
+
+    def stubborn() -> str:
+        with contextlib.suppress(BaseException):
+            busy(10)
+        busy(10)
+        return "not stopped"
+
+    def nested() -> str:
+        with pytest.raises(OverLimit):
+            run_bounded(0.1, busy, 10)
+        return run_bounded(5, busy, 0.1)
+
+    (slow,) = in_thread(lambda: run_bounded(0.2, busy, 10))
+    assert isinstance(slow, OverLimit) and "parse took over 0.2 s" in str(slow)
+    (swallowed,) = in_thread(lambda: run_bounded(0.1, stubborn))
+    assert isinstance(swallowed, OverLimit)
+    assert in_thread(lambda: run_bounded(2, nested)) == ["done"]
+    (inner,) = in_thread(lambda: run_bounded(0.2, run_bounded, 30, busy, 10))
+    assert isinstance(inner, OverLimit)
+    results = in_thread(lambda: [run_bounded(0.05, busy, 0.049) for _ in range(20)] + [busy(0.2)])
+    assert results == [["done"] * 21]  # no bound fired after its parse was done
+    (words,) = in_thread(lambda: reason_of(read_message(from_words(), "p", NOW)))
+    assert str(words).startswith("over limits.encoded_words")
+
+
+def test_threads_are_bounded_each_on_its_own():
+    """Two passes at once: the slow one is stopped, the quick one never is."""
+    outcome: dict[str, object] = {}
+
+    def slow() -> None:
+        try:
+            outcome["slow"] = run_bounded(0.2, busy, 10)
+        except OverLimit as exc:
+            outcome["slow"] = exc
+
+    def quick() -> None:
+        outcome["quick"] = [run_bounded(1, busy, 0.05) for _ in range(8)]
+
+    threads = [threading.Thread(target=slow), threading.Thread(target=quick)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert isinstance(outcome["slow"], OverLimit)
+    assert outcome["quick"] == ["done"] * 8
 
 
 # -- Gmail: message size before decoding, batches cut by bytes ------------------------------

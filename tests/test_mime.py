@@ -424,11 +424,27 @@ def test_a_message_without_message_id_is_keyed_by_its_headers_alone():
 def test_bulk_signals_are_read_from_lower_cased_headers():
     assert bulk_signals({"list-id": "<news.acme.test>", "precedence": "BULK"}) == {
         "list_id": "<news.acme.test>",
+        "list_unsubscribe": False,
         "precedence": "bulk",
         "auto_submitted": None,
         "autoreply_header": None,
     }
     assert bulk_signals({"x-autorespond": "yes"})["autoreply_header"] == "x-autorespond"
+    assert bulk_signals({"list-unsubscribe": "<mailto:u@shop.test>"})["list_unsubscribe"]
+
+
+def test_reply_to_is_read_for_the_harvest_and_is_never_a_participant():
+    raw = (
+        b"From: Carla <carla@acme.test>\r\nTo: ana@northwind.test\r\n"
+        b"Reply-To: Sales Desk <Desk@Acme.test>, bob@acme.test\r\n"
+        b"Subject: Hi\r\nMessage-ID: <r1@acme.test>\r\n\r\nbody\r\n"
+    )
+    item = parse_message(raw, "r1", datetime(2026, 1, 1, tzinfo=UTC))
+    assert [(p.address, p.name) for p in item.reply_to] == [
+        ("desk@acme.test", "Sales Desk"),
+        ("bob@acme.test", ""),
+    ]
+    assert {p.address for p in item.participants} == {"carla@acme.test", "ana@northwind.test"}
 
 
 def test_clean_reads_raw_bytes_as_utf8_and_drops_nuls():

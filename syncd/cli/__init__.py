@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from syncd.cli import mailbox, ops, quarantine, records, run, worker  # noqa: F401  (register)
+from syncd.cli import imports, mailbox, ops, quarantine, records, run, worker  # noqa: F401
 from syncd.cli.common import app, say
 from syncd.config import ConfigError
 from syncd.crm.database import DatabaseError

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TextIO
 
@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd import logs
 from syncd.config import ConfigError, Settings, load_settings
 from syncd.crm.database import (
     check_schema,
@@ -98,6 +99,11 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.callback()
 def main_options(
     config: Annotated[
@@ -110,6 +116,16 @@ def main_options(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            envvar="SYNCD_LOG_FORMAT",
+            help="How events are logged on stderr: 'text' (one line each, for a terminal and "
+            "journald) or 'json' (one JSON object a line, for log shippers: time, level, "
+            "logger, message, mailbox).",
+        ),
+    ] = LogFormat.text,
     version: Annotated[
         bool,
         typer.Option(
@@ -120,12 +136,7 @@ def main_options(
     state.config = config
     state._settings = None
     state._sessions = None
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logs.setup("json" if log_format is LogFormat.json else "text", verbose)
     try:
         state.settings()  # a bad config is reported before anything runs
     except ConfigError as exc:

@@ -30,9 +30,13 @@ from syncd.crm.loader import RecordKind, load_csv
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Create the CRM database or migrate it to this version of syncd (Alembic)."""
+    """Create the CRM database or migrate it to this version of syncd (Alembic); on
+    PostgreSQL, also the job queue of 'syncd worker' (Procrastinate's tables)."""
     url = state.settings().database_url()
     upgrade(make_engine(url))
+    from syncd.worker import upgrade_queue  # the job queue of 'syncd worker' (PostgreSQL)
+
+    upgrade_queue(url)
     say(f"database {safe_url(url)} is up to date")
 
 

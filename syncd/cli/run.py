@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -11,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.cli.common import (
     _json,
@@ -33,6 +35,7 @@ from syncd.crm.database import (
     upgrade,
 )
 from syncd.crm.models import Mailbox
+from syncd.report import SyncReport
 
 # --- sync, run, status ------------------------------------------------------------------
 
@@ -41,8 +44,8 @@ from syncd.crm.models import Mailbox
 def sync_cmd(
     name: Annotated[str | None, typer.Argument(help="One mailbox (default: all).")] = None,
 ) -> None:
-    """One pass over one or all mailboxes, then exit (non-zero if any mailbox failed)."""
-    from syncd.sync import sync_mailbox
+    """One pass over one or all mailboxes, then exit (non-zero if any mailbox failed). A
+    mailbox another process is syncing now is synced once that pass is over."""
 
     sessions = state.sessions()
     with sessions() as session:
@@ -56,14 +59,12 @@ def sync_cmd(
     failed = 0
     for n in names:
         try:
-            r = sync_mailbox(sessions, state.settings(), n)
+            r = _sync_in_turn(sessions, n)
         except ConnectorError as exc:
             say(f"{n}: failed: {mask_urls(str(exc))}", sys.stderr)
             failed += 1
             continue
-        if r.busy:
-            say(f"{n}: skipped: being synced by {r.busy} (a running 'syncd run' or worker)")
-        elif r.ok:
+        if r.ok:
             say(
                 f"{n}: ok: {r.new_activities} new activities, {r.new_sightings} sightings, "
                 f"{sum(r.excluded.values())} not logged, {r.quarantined} quarantined, "
@@ -76,11 +77,31 @@ def sync_cmd(
         raise typer.Exit(1)
 
 
+def _sync_in_turn(sessions: sessionmaker[Session], name: str) -> SyncReport:
+    """One pass of the mailbox; while another process syncs it (a running daemon, a worker,
+    another 'syncd sync'), wait for its turn, saying so once."""
+    from syncd.sync import sync_mailbox
+
+    said = False
+    while True:
+        report = sync_mailbox(sessions, state.settings(), name)
+        if not report.busy:
+            return report
+        if not said:
+            say(f"{name}: waiting: being synced by {report.busy}", sys.stderr)
+            said = True
+        time.sleep(0.5)
+
+
 @app.command("run")
 def run_cmd() -> NoReturn:
-    """The daemon: poll every mailbox at its interval until SIGTERM/SIGINT."""
+    """The daemon: poll every mailbox at its interval until SIGTERM/SIGINT. With
+    ``metrics.address`` in the config, Prometheus metrics are served at
+    http://ADDRESS/metrics."""
+    from syncd import metrics
     from syncd.daemon import Daemon
 
+    metrics.serve(state.settings(), state.sessions())
     raise typer.Exit(Daemon(state.sessions(), state.settings()).run())
 
 
@@ -103,20 +124,49 @@ def _shown(row: reports.StatusRow) -> reports.StatusRow:
     return row
 
 
+STATUS_EXIT = {"ok": 0, "failing": 1, "parked": 2}
+
+
+def _lag(seconds: float | None) -> str:
+    """A lag as an admin reads it: 45s, 12m, 3h, 2d."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
 @app.command("status")
 def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Per mailbox: kind, state (ok / failing / parked), last success, items, last error,
-    the state of its follow-up task write-back (tasks: ok / failing), and how many of its
-    items are quarantined. A failing or parked mailbox's error names the fix."""
+    """Per mailbox: kind, state (ok / failing / parked), last success, items, lag, last
+    error, the state of its follow-up task write-back (tasks: ok / failing), and how many of
+    its items are quarantined. A failing or parked mailbox's error names the fix.
+
+    Exit code, for Nagios-style checks: 0 when every mailbox is ok, 1 when one is failing
+    (it is retried with backoff), 2 when one is parked (it waits for an admin; this wins).
+    --json adds per mailbox lag_seconds (since the start of the last pass that read
+    everything; never caught up: since its first attempt), caught_up_at, and lease_owner
+    (the process syncing it now, if one is)."""
     with state.sessions()() as session:
         rows = [_shown(r) for r in reports.status_report(session)]
+    code = max((STATUS_EXIT.get(r["state"], 1) for r in rows), default=0)
     if as_json:
         _json(rows)
-        return
+        raise typer.Exit(code)
     table = Table(
-        "mailbox", "kind", "user", "state", "last success", "items", "error", "tasks", "quarantined"
+        "mailbox",
+        "kind",
+        "user",
+        "state",
+        "last success",
+        "items",
+        "lag",
+        "error",
+        "tasks",
+        "quarantined",
     )
     colour = {"ok": "green", "failing": "yellow", "parked": "red"}
     notes: list[str] = []
@@ -133,6 +183,8 @@ def status_cmd(
                 f"{r['mailbox']}: {n} item{'s' if n != 1 else ''} could not be read: see "
                 f"'syncd quarantine list --mailbox {r['mailbox']}'"
             )
+        if r["lease_owner"]:
+            notes.append(f"{r['mailbox']}: being synced now by {r['lease_owner']}")
         table.add_row(
             Text(r["mailbox"]),
             r["kind"],
@@ -140,6 +192,7 @@ def status_cmd(
             Text(r["state"], style=colour.get(r["state"], "white")),
             r["last_success"] or "never",
             str(r["items"]),
+            _lag(r["lag_seconds"]),
             Text(printable(r["error"] or "")),
             tasks_cell,
             str(r["quarantined"]),
@@ -147,6 +200,7 @@ def status_cmd(
     out.print(table)
     for note in notes:
         say(note)
+    raise typer.Exit(code)
 
 
 @app.command("demo")

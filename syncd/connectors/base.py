@@ -115,6 +115,10 @@ class MailboxSpec:
     # what one item may hold (the config's [limits]); frozen, so one default serves all
     limits: LimitSettings = field(default_factory=LimitSettings)
     home: Path | None = None  # syncd's state directory (a token cache lives there)
+    # sync connections open at once to the mailbox's server from this process, across all
+    # its mailboxes (IMAP: sync.imap_connections, :mod:`syncd.connectors.throttle`); None:
+    # no cap (a push watcher's own connection is never counted)
+    server_connections: int | None = None
 
     @classmethod
     def of(

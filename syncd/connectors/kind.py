@@ -22,6 +22,13 @@ open
     ``open(spec) -> Connector``; ``watch(spec, on_change, stop)`` starts a push watcher.
 formats
     The quarantine formats this kind keeps raw copies in, and their re-parsers.
+probe, holdings
+    ``probe(spec) -> list[Check]``: ``syncd doctor``'s checks of one mailbox (reachable,
+    login, scopes, calendar writable, clock), changing nothing; ``holdings(spec, cursors)
+    -> dict[source, list[provider id]]``: what the provider holds that each source's stored
+    cursor says syncd has read (``syncd audit``); a backfill kind (Gmail, Graph) also finds
+    its time window among the cursors, under :data:`AUDIT_WINDOW`. Both live in the kind's
+    ``probe`` module.
 """
 
 from __future__ import annotations
@@ -32,13 +39,18 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from syncd.config import BodyPolicy
 from syncd.secrets import Secret
+
+# the audit's time window among the cursors handed to ``holdings``: "LOWER/UPPER" in ISO
+# 8601 (no source's name starts with "@"; ``syncd.audit.window`` makes it)
+AUDIT_WINDOW = "@window"
 
 
 class SignInError(Exception):
@@ -221,6 +233,45 @@ class SignedIn:
     what: str = "credentials"
 
 
+Verdict = Literal["ok", "warn", "fail"]
+CLOCK_WARN = 60.0  # seconds of difference to a provider's clock that leases and windows bear
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing ``syncd doctor`` checked: what, its verdict, what it found, and the fix."""
+
+    what: str
+    verdict: Verdict
+    detail: str
+    fix: str = ""
+
+
+def clock_check(what: str, date_header: str | None, now: datetime | None = None) -> Check:
+    """This machine's clock against an HTTP ``Date`` header (RFC 9110 §6.6.1, one-second
+    precision): a warning over :data:`CLOCK_WARN` seconds, as leases and sync windows
+    depend on it."""
+    if not date_header:
+        return Check(what, "warn", "the server sent no Date header: not compared")
+    try:
+        theirs = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError):
+        return Check(what, "warn", f"the server's Date header {date_header!r} is not a date")
+    if theirs.tzinfo is None:
+        theirs = theirs.replace(tzinfo=UTC)
+    skew = ((now or datetime.now(UTC)) - theirs).total_seconds()
+    if abs(skew) > CLOCK_WARN:
+        return Check(
+            what,
+            "warn",
+            f"this machine's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} "
+            "the server's",
+            "synchronise the clock (systemd-timesyncd or chrony): leases and sync windows "
+            "depend on it",
+        )
+    return Check(what, "ok", f"within {max(abs(skew), 1):.0f} s of the server's Date header")
+
+
 def _load(target: str) -> Any:
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -239,6 +290,8 @@ class Kind:
     reauth: str | None = None
     watch: str | None = None  # "module:function", watch(spec, on_change, stop)
     formats: Mapping[str, str] = field(default_factory=dict)  # format -> "module:reparser"
+    probe: str | None = None  # "module:function", probe(spec) -> list[Check] (syncd doctor)
+    holdings: str | None = None  # "module:function", holdings(spec, cursors) (syncd audit)
     hidden: bool = False  # not offered by ``mailbox add --help`` (the memory kind)
 
     def load(self, what: str) -> Any:

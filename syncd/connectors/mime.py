@@ -23,22 +23,23 @@ from syncd.config import LimitSettings
 from syncd.connectors.base import Reread, RereadContext
 from syncd.connectors.ical import invitations_from_ical
 from syncd.connectors.mime_headers import BulkSignals as BulkSignals
-from syncd.connectors.mime_headers import bulk_signals as bulk_signals
-from syncd.connectors.mime_headers import clean as clean
-from syncd.connectors.mime_headers import identity as identity
-from syncd.connectors.mime_headers import mail_date as mail_date
-from syncd.connectors.mime_headers import message_ids as message_ids
 from syncd.connectors.mime_headers import (
+    addresses,
     participants,
     raw_headers,
     sent_at,
     text_header,
 )
+from syncd.connectors.mime_headers import bulk_signals as bulk_signals
+from syncd.connectors.mime_headers import clean as clean
+from syncd.connectors.mime_headers import identity as identity
+from syncd.connectors.mime_headers import mail_date as mail_date
+from syncd.connectors.mime_headers import message_ids as message_ids
 from syncd.connectors.mime_headers import stable_key as stable_key
 from syncd.connectors.mime_limits import check_message as check_message
 from syncd.connectors.mime_limits import read_mime
 from syncd.connectors.reasons import describe, quarantined
-from syncd.items import MailItem, MeetingItem, Quarantined
+from syncd.items import MailItem, MeetingItem, Participant, Quarantined
 from syncd.limits import OverLimit, limits_or_default, run_bounded
 
 log = logging.getLogger("syncd.mime")
@@ -202,6 +203,10 @@ def _parse(
             label.strip() for label in raw.get("x-gmail-labels", "").split(",") if label.strip()
         ),
         invitations=tuple(_invitations(msg, content_type, provider_id, limits)),
+        reply_to=tuple(
+            Participant(address=address, name=name, role="reply-to")
+            for name, address in addresses(msg, "reply-to")
+        ),
     )
 
 

@@ -227,6 +227,7 @@ def stable_key(parts: list[str]) -> str:
 
 class BulkSignals(TypedDict):
     list_id: str | None
+    list_unsubscribe: bool
     precedence: str | None
     auto_submitted: str | None
     autoreply_header: str | None
@@ -236,6 +237,7 @@ def bulk_signals(headers: dict[str, str]) -> BulkSignals:
     """The MailItem fields that mark bulk mail and auto-replies, from lower-cased headers."""
     return {
         "list_id": headers.get("list-id"),
+        "list_unsubscribe": "list-unsubscribe" in headers,
         "precedence": headers.get("precedence", "").lower() or None,
         "auto_submitted": headers.get("auto-submitted", "").lower() or None,
         "autoreply_header": next((h for h in _AUTOREPLY_HEADERS if h in headers), None),

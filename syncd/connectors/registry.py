@@ -22,7 +22,7 @@ from syncd.connectors.base import (
     UnknownFormat,
     Watcher,
 )
-from syncd.connectors.kind import Kind
+from syncd.connectors.kind import Check, Kind
 from syncd.connectors.transport import check_endpoints
 
 KINDS: dict[str, str] = {
@@ -83,6 +83,26 @@ def open_watcher(
     ``stop`` ends it."""
     watch = kind(spec.kind).load("watch")
     return watch(spec, on_change, stop) if watch else None
+
+
+def probe(spec: MailboxSpec) -> list[Check]:
+    """``syncd doctor``'s checks of one mailbox, by its kind's probe (none: one line saying
+    so). Changes nothing at the provider that stays."""
+    found = kind(spec.kind).load("probe")
+    if found is None:
+        return [Check(f"mailbox {spec.name!r}", "ok", f"kind {spec.kind!r} has nothing to check")]
+    checks: list[Check] = found(spec)
+    return checks
+
+
+def holdings(spec: MailboxSpec, cursors: dict[str, str]) -> dict[str, list[str]] | None:
+    """What the provider holds, per source, up to where each source's stored cursor
+    (source -> its value) says syncd has read; None when the kind cannot say."""
+    found = kind(spec.kind).load("holdings")
+    if found is None:
+        return None
+    held: dict[str, list[str]] = found(spec, cursors)
+    return held
 
 
 def formats() -> dict[str, str]:

@@ -35,9 +35,14 @@ from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import is_secret_name, mask_url, url_secrets
+from syncd.secrets import foreign_state, ownership_fix, run_as, user_name
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE = "syncd_write"  # execution option: this connection's transactions write
+# connections one process keeps: the passes of `syncd run`'s pool (up to sync.workers, 32
+# by default at most) and its loop each hold one for a moment; SQLAlchemy's default of 15
+# would make a busy pool wait for a connection
+POOL: dict[str, int] = {"pool_size": 10, "max_overflow": 40}
 SQLITE_TIMEOUT = 30.0  # seconds a SQLite writer waits for another one (busy_timeout)
 _SQLITE_BUSY = 5  # SQLITE_BUSY, and its extended codes (BUSY_SNAPSHOT, ...) in the low byte
 
@@ -124,25 +129,65 @@ def _sqlite_timeout(url: URL) -> float:
 def _private_file(path: Path) -> None:
     """The SQLite database's folder (0700) and file (0600) made private whatever the umask,
     when syncd creates them: the CRM holds everyone's mail metadata (SQLite gives its -wal
-    and -shm files the database's mode). Existing ones keep the modes an admin gave them."""
+    and -shm files the database's mode). Existing ones keep the modes an admin gave them.
+
+    A folder or file this user cannot use is a one-line error naming the fix (``install
+    -d``, ``chown``, ``runuser``); run as root, syncd refuses a folder that belongs to
+    another user (the service's): a database root created there would be root's."""
     folder = path.parent
+    refused = foreign_state(folder)
+    if refused:
+        raise DatabaseError(refused)
+    me = user_name(os.geteuid())
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.stat()
+    except FileNotFoundError:
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.chmod(0o700)  # whatever the umask
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create the folder {str(folder)!r} of the CRM database "
+                f"({exc.strerror}); create it for the user syncd runs as, as root: 'install "
+                f"-d -m 0700 -o {me} {folder}' (scripts/install-debian does), or set SYNCD_HOME"
+            ) from None
     except OSError as exc:
         raise DatabaseError(
-            f"cannot create the folder {str(folder)!r} of the CRM database ({exc.strerror}); "
-            "create it, writable by the user syncd runs as, or set SYNCD_HOME"
+            f"cannot use the folder {str(folder)!r} of the CRM database ({exc.strerror}); "
+            f"make it and the folders above it usable by the user {me!r}, or set SYNCD_HOME"
         ) from None
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
-        os.close(os.open(path, flags, 0o600))  # only a new one: an existing file is not touched
+        fd = os.open(path, flags, 0o600)  # only a new one: an existing file is not touched
     except FileExistsError:
-        pass
+        _usable(path)
+        return
     except OSError as exc:
         raise DatabaseError(
-            f"cannot create the CRM database {str(path)!r} ({exc.strerror}); make "
-            f"{str(folder)!r} writable by the user syncd runs as, or set SYNCD_HOME"
+            f"cannot create the CRM database {str(path)!r} ({exc.strerror}); " + ownership_fix(path)
         ) from None
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+    finally:
+        os.close(fd)
+
+
+def _usable(path: Path) -> None:
+    """An existing SQLite database this user can read and write, in a folder where SQLite
+    can create its -wal and -shm files; else a one-line error naming the fix."""
+    folder = path.parent
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise DatabaseError(
+            f"cannot open the CRM database {str(path)!r}: the user {user_name(os.geteuid())!r} "
+            f"cannot read and write it; {ownership_fix(path)}"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        owner = user_name(folder.stat().st_uid)
+        raise DatabaseError(
+            f"cannot open the CRM database {str(path)!r}: its folder is not writable by the "
+            f"user {user_name(os.geteuid())!r} (SQLite writes its -wal and -shm files there); "
+            + (run_as(owner) if owner != user_name(os.geteuid()) else f"'chmod 700 {folder}'")
+        )
 
 
 def make_engine(url: str) -> Engine:
@@ -160,7 +205,7 @@ def make_engine(url: str) -> Engine:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
         parsed, secret_args = _split_secrets(parsed)
-        return create_engine(parsed, pool_pre_ping=True, connect_args=secret_args)
+        return create_engine(parsed, pool_pre_ping=True, connect_args=secret_args, **POOL)
     except DatabaseError:
         raise
     except (ImportError, SQLAlchemyError, TypeError, ValueError) as exc:
@@ -182,7 +227,8 @@ def _sqlite_engine(url: URL) -> Engine:
     path = url.database
     if path and path != ":memory:" and not path.startswith("file:") and not read_only:
         _private_file(Path(path).expanduser())
-    engine = create_engine(url, connect_args={"timeout": timeout})
+    memory = not path or path == ":memory:"  # one connection a thread: no pool to size
+    engine = create_engine(url, connect_args={"timeout": timeout}, **({} if memory else POOL))
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     ForeignKey,
@@ -118,6 +119,10 @@ class Account(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(300), unique=True)
     external_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    # the historical import that created it (``syncd import undo`` removes it), else None
+    import_id: Mapped[str | None] = mapped_column(
+        ForeignKey("imports.id", ondelete="SET NULL"), index=True
+    )
     domains: Mapped[list[AccountDomain]] = relationship(
         back_populates="account", cascade="all, delete-orphan"
     )
@@ -138,6 +143,12 @@ class Contact(Base):
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), index=True)
     title: Mapped[str | None] = mapped_column(String(200))
     phone: Mapped[str | None] = mapped_column(String(50))
+    # split from the name only where it is safe (syncd.harvest.names), else None
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    import_id: Mapped[str | None] = mapped_column(
+        ForeignKey("imports.id", ondelete="SET NULL"), index=True
+    )
     addresses: Mapped[list[ContactAddress]] = relationship(
         back_populates="contact", cascade="all, delete-orphan"
     )
@@ -148,6 +159,9 @@ class ContactAddress(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    import_id: Mapped[str | None] = mapped_column(
+        ForeignKey("imports.id", ondelete="SET NULL"), index=True
+    )
     contact: Mapped[Contact] = relationship(back_populates="addresses")
 
 
@@ -326,3 +340,94 @@ class QuarantineEntry(Base):
     format: Mapped[str | None] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SkippedItem(Base):
+    """An item a pass read and did not log, with why (an exclusion rule, or a copy of an
+    activity this mailbox logged from another folder): with the sightings and the
+    quarantine, what ``syncd audit`` counts as seen."""
+
+    __tablename__ = "skips"
+    __table_args__ = (UniqueConstraint("mailbox_id", "source", "provider_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(200))
+    provider_id: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(String(200))
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditResult(Base):
+    """The last gap audit of one source of a mailbox (``syncd audit``): what the provider
+    held up to the cursor, what syncd saw of it, and the first ids it did not."""
+
+    __tablename__ = "audits"
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    audited_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    held: Mapped[int] = mapped_column(Integer)
+    logged: Mapped[int] = mapped_column(Integer)
+    skipped: Mapped[int] = mapped_column(Integer)
+    quarantined: Mapped[int] = mapped_column(Integer)
+    missing: Mapped[int] = mapped_column(Integer)
+    missing_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class Import(Base):
+    """One historical import (``syncd import contacts``): its options, where it is, and what
+    it did. What it created carries its id."""
+
+    __tablename__ = "imports"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # "contacts"
+    state: Mapped[str] = mapped_column(String(10))  # harvesting, applying, done, undone
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ImportCursor(Base):
+    """How far an import read one source of one mailbox (a resumed import goes on from it)."""
+
+    __tablename__ = "import_cursors"
+    import_id: Mapped[str] = mapped_column(
+        ForeignKey("imports.id", ondelete="CASCADE"), primary_key=True
+    )
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    source: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    items: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ImportPerson(Base):
+    """What one mailbox (or file) of an import knows of one person: the harvest, committed
+    with the cursor after it (``syncd.harvest.store``)."""
+
+    __tablename__ = "import_people"
+    __table_args__ = (UniqueConstraint("import_id", "mailbox", "key"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    import_id: Mapped[str] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"))
+    mailbox: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(320))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ContactKnowledge(Base):
+    """What one mailbox knows of one contact, as its last import counted it: first and last
+    seen, messages each way and meetings. A contact's totals add up its mailboxes."""
+
+    __tablename__ = "contact_knowledge"
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)
+    first_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    received: Mapped[int] = mapped_column(Integer, default=0)
+    meetings: Mapped[int] = mapped_column(Integer, default=0)
+    import_id: Mapped[str | None] = mapped_column(ForeignKey("imports.id", ondelete="SET NULL"))

@@ -25,7 +25,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
-from syncd.crm import quarantine
+from syncd.crm import quarantine, skips
 from syncd.crm.models import (
     Activity,
     ActivityKind,
@@ -86,18 +86,23 @@ def record_batch(
     now: datetime,
     removed_uids: Sequence[str] = (),
     task_states: Sequence[TaskState] = (),
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> BatchResult:
-    """Store one batch and the cursor after it, in the caller's transaction."""
+    """Store one batch and the cursor after it, in the caller's transaction. ``skipped``:
+    (provider id, reason) of the items read and not logged (``syncd audit`` counts them)."""
     result = BatchResult()
     unique: dict[str, Decision] = {}
+    copies: list[tuple[str, str]] = []
     for d in decisions:
-        unique.setdefault(d.item.key, d)
+        if unique.setdefault(d.item.key, d) is not d:  # the same item twice in this batch
+            copies.append((d.item.provider_id, skips.COPY))
     existing = _existing(session, list(unique))
     new = [d for key, d in unique.items() if key not in existing]
     _add_new(session, new, body_policy, now, result)
     seen = [d for key, d in unique.items() if key in existing]
     _merge_seen(session, seen, existing, result)
-    _add_sightings(session, mailbox_id, source, unique, result, now)
+    copies.extend(_add_sightings(session, mailbox_id, source, unique, result, now))
+    skips.add(session, mailbox_id, source, [*skipped, *copies], now)
     quarantine.add_entries(session, mailbox_id, source, quarantined, now)
     _cancel_removed(session, mailbox_id, removed_uids, now)
     apply_calendar_task_states(session, mailbox_id, task_states, now)
@@ -311,17 +316,17 @@ def _add_sightings(
     unique: dict[str, Decision],
     result: BatchResult,
     now: datetime,
-) -> None:
-    """This mailbox saw these activities (once each, however often it reads them)."""
-    have: set[int] = set()
+) -> list[tuple[str, str]]:
+    """This mailbox saw these activities (once each, however often it reads them).
+    Returns the copies not sighted (another copy, in another folder, has the sighting)."""
+    have: dict[int, str] = {}
     for chunk in chunked(result.activity_ids.values(), IN_LIMIT):
-        have.update(
-            session.scalars(
-                select(Sighting.activity_id).where(
-                    Sighting.mailbox_id == mailbox_id, Sighting.activity_id.in_(chunk)
-                )
+        found = session.execute(
+            select(Sighting.activity_id, Sighting.provider_id).where(
+                Sighting.mailbox_id == mailbox_id, Sighting.activity_id.in_(chunk)
             )
         )
+        have.update({activity_id: provider_id for activity_id, provider_id in found})
     rows = [
         {
             "activity_id": result.activity_ids[key],
@@ -335,6 +340,11 @@ def _add_sightings(
     ]
     insert_rows(session, Sighting, rows)
     result.new_sightings = len(rows)
+    return [
+        (d.item.provider_id, skips.COPY)
+        for key, d in unique.items()
+        if have.get(result.activity_ids[key], fit(d.item.provider_id)) != fit(d.item.provider_id)
+    ]
 
 
 def _cancel_removed(session: Session, mailbox_id: int, uids: Sequence[str], now: datetime) -> None:

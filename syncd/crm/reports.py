@@ -1,8 +1,10 @@
 """The reports behind ``syncd status`` (:func:`status_report`), ``syncd activities``
-(:func:`activity_report`), ``syncd tasks`` (:func:`task_report`) and ``syncd mailbox list``
-(:func:`mailbox_report`). Their rows are typed (:class:`StatusRow`, :class:`ActivityRow`,
-:class:`TaskRow`, :class:`MailboxRow`) and ``--json`` prints them as they are; they hold
-what is stored, and the CLI masks what an error or a setting may quote of a URL.
+(:func:`activity_report`), ``syncd tasks`` (:func:`task_report`), ``syncd mailbox list``
+(:func:`mailbox_report`) and the metrics read from the CRM at each scrape
+(:func:`metrics_report`). Their rows are typed (:class:`StatusRow`, :class:`ActivityRow`,
+:class:`TaskRow`, :class:`MailboxRow`, :class:`MetricsReport`) and ``--json`` prints them
+as they are; they hold what is stored, and the CLI masks what an error or a setting may
+quote of a URL.
 
 Read-only; ``syncd quarantine list`` reads :mod:`syncd.crm.quarantine`.
 """
@@ -10,10 +12,12 @@ Read-only; ``syncd quarantine list`` reads :mod:`syncd.crm.quarantine`.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
@@ -30,6 +34,7 @@ from syncd.crm.models import (
     Mailbox,
     MailboxState,
     Opportunity,
+    QuarantineEntry,
     Sighting,
     Task,
     TaskResolution,
@@ -40,7 +45,7 @@ from syncd.crm.models import (
 from syncd.items import Direction, LinkReason, LinkType, ParticipantRole, TaskStatus
 from syncd.matching.addresses import normalize_address, normalize_domain
 
-_SIGHTINGS_PER_QUERY = 5000  # activity ids per IN (...) list of the sightings read
+_SIGHTINGS_PER_QUERY = 5000  # ids per IN (...) list of the sightings read
 
 
 class _WriterStatus(TypedDict):
@@ -70,13 +75,19 @@ class StatusRow(TypedDict):
     error: str | None
     tasks: WriterStatus
     quarantined: int
+    caught_up_at: str | None  # the start of the last pass that read everything
+    lag_seconds: float | None  # see :func:`lags`; None before its first pass
+    lease_owner: str | None  # the pass syncing it now (host:pid:id), while its lease holds
 
 
-def status_report(session: Session) -> list[StatusRow]:
-    """Every mailbox's state, its task write-back's, and how many of its items are
-    quarantined (errors as stored: the CLI masks what they may quote of a URL)."""
+def status_report(session: Session, now: datetime | None = None) -> list[StatusRow]:
+    """Every mailbox's state, its task write-back's, how many of its items are quarantined,
+    its lag and who syncs it now (errors as stored: the CLI masks what they may quote of a
+    URL)."""
+    now = now or datetime.now(UTC)
     quarantined = quarantine_store.counts(session)
-    rows = session.execute(select(Mailbox, User.email).join(User).order_by(Mailbox.name))
+    rows = session.execute(select(Mailbox, User.email).join(User).order_by(Mailbox.name)).all()
+    lag = lags(session, [m for m, _ in rows], now)
     return [
         {
             "mailbox": m.name,
@@ -93,6 +104,11 @@ def status_report(session: Session) -> list[StatusRow]:
                 "updated_at": _iso(m.writer_at),
             },
             "quarantined": quarantined.get(m.name, 0),
+            "caught_up_at": _iso(m.caught_up_at),
+            "lag_seconds": lag.get(m.id),
+            "lease_owner": (
+                m.lease_owner if m.lease_until is not None and m.lease_until > now else None
+            ),
         }
         for m, email in rows
     ]
@@ -100,6 +116,85 @@ def status_report(session: Session) -> list[StatusRow]:
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when else None
+
+
+def lags(session: Session, mailboxes: Sequence[Mailbox], now: datetime) -> dict[int, float]:
+    """Mailbox id -> its lag in seconds: how long ago the last pass that read everything
+    there was started (``caught_up_at``). A mailbox never caught up (a first import under
+    way, or failing from the start) lags since its first attempt, as far as the CRM tells
+    it: its first item seen or quarantined, else its last attempt; with none of these
+    (never tried) it has none."""
+    since = {m.id: m.caught_up_at for m in mailboxes if m.caught_up_at is not None}
+    never = [m for m in mailboxes if m.caught_up_at is None]
+    first = {m.id: m.last_attempt for m in never if m.last_attempt is not None}
+    for chunk in chunked([m.id for m in never], _SIGHTINGS_PER_QUERY):
+        for column, mailbox_column in (
+            (Sighting.seen_at, Sighting.mailbox_id),
+            (QuarantineEntry.created_at, QuarantineEntry.mailbox_id),
+        ):
+            for mailbox_id, when in session.execute(
+                select(mailbox_column, func.min(column))
+                .where(mailbox_column.in_(chunk))
+                .group_by(mailbox_column)
+            ):
+                if when is not None:  # MIN keeps the column's type: aware, in UTC
+                    first[mailbox_id] = min(first.get(mailbox_id, when), when)
+    since.update(first)
+    return {i: max((now - when).total_seconds(), 0.0) for i, when in since.items()}
+
+
+@dataclass(frozen=True)
+class MailboxMetrics:
+    """One mailbox as the metrics show it."""
+
+    name: str
+    kind: str
+    state: MailboxState
+    last_success: datetime | None
+    lag_seconds: float | None
+    items_logged: int
+    quarantined: int
+    writer_failing: bool
+
+
+@dataclass(frozen=True)
+class MetricsReport:
+    """What the metrics read from the CRM at each scrape: every mailbox, and the follow-up
+    tasks not yet in a calendar: pending (not tried yet) and failing (refused last time)."""
+
+    mailboxes: list[MailboxMetrics]
+    tasks_pending: int
+    tasks_failing: int
+
+
+def metrics_report(session: Session, now: datetime) -> MetricsReport:
+    mailboxes = list(session.scalars(select(Mailbox).order_by(Mailbox.name)))
+    quarantined = quarantine_store.counts(session)
+    lag = lags(session, mailboxes, now)
+    unwritten = dict(
+        session.execute(
+            select(Task.write_error.is_not(None), func.count(Task.id))
+            .where(Task.written_version < Task.version)
+            .group_by(Task.write_error.is_not(None))
+        ).all()
+    )
+    return MetricsReport(
+        mailboxes=[
+            MailboxMetrics(
+                name=m.name,
+                kind=m.kind,
+                state=m.state,
+                last_success=m.last_success,
+                lag_seconds=lag.get(m.id),
+                items_logged=m.items_logged or 0,
+                quarantined=quarantined.get(m.name, 0),
+                writer_failing=(m.writer_state or "ok") != "ok",
+            )
+            for m in mailboxes
+        ],
+        tasks_pending=int(unwritten.get(False, 0)),
+        tasks_failing=int(unwritten.get(True, 0)),
+    )
 
 
 class MailboxRow(TypedDict):

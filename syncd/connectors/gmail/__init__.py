@@ -63,4 +63,6 @@ KIND = Kind(
     open="syncd.connectors.gmail.connector:GmailConnector",
     add="syncd.connectors.gmail.signin:add",
     reauth="syncd.connectors.gmail.signin:reauth",
+    probe="syncd.connectors.gmail.probe:probe",
+    holdings="syncd.connectors.gmail.probe:holdings",
 )

@@ -55,7 +55,14 @@ T = TypeVar("T")
 class QuotaLimiter:
     """Keeps a mailbox under its per-user quota (units a minute) so that a backfill runs near
     the ceiling without provoking 429s: a token bucket refilled at ``margin`` of the rate and
-    holding at most what the remaining margin allows, so no 60-second window can overspend."""
+    holding at most what the remaining margin allows, so no 60-second window can overspend.
+
+    Gmail's per-user limit is 15,000 quota units a minute (``quota_units_per_minute``; the
+    units of each method: "Usage limits", developers.google.com/gmail/api/reference/quota);
+    what gets refused anyway (429, 403 ``userRateLimitExceeded``/``rateLimitExceeded``) is
+    tried again with exponential backoff, as "Handle errors" asks
+    (developers.google.com/workspace/gmail/api/guides/handle-errors). One limiter per pass,
+    and one pass per mailbox at a time (its lease): the user's quota is never shared."""
 
     def __init__(self, units_per_minute: int, margin: float = 0.95) -> None:
         self.rate = units_per_minute * margin / 60.0
@@ -102,13 +109,13 @@ def expiring(pages: Iterator[T], status: int, expired: str) -> Iterator[T]:
         raise
 
 
-def _credentials(spec: MailboxSpec, settings: GmailSettings) -> Any:
+def _credentials(spec: MailboxSpec, settings: GmailSettings, scopes: Sequence[str] = SCOPES) -> Any:
     if spec.secret is None:
         raise refused(spec.name, f"mailbox {spec.name!r}: no Google credentials stored")
     secret = json.loads(spec.secret.reveal())
     if settings.mode == "service_account":
         return service_account.Credentials.from_service_account_info(
-            secret, scopes=SCOPES
+            secret, scopes=list(scopes)
         ).with_subject(spec.user_email)
     return user_credentials.Credentials(
         None,
@@ -116,7 +123,7 @@ def _credentials(spec: MailboxSpec, settings: GmailSettings) -> Any:
         client_id=settings.client_id,
         client_secret=secret["client_secret"],
         token_uri=settings.token_uri or GOOGLE_TOKEN_URI,
-        scopes=SCOPES,
+        scopes=list(scopes),
     )
 
 
@@ -165,11 +172,19 @@ class GmailClient:
         self._labels: dict[str, tuple[str, bool]] | None = None
         self._unresolved: set[str] = set()  # ids still unknown after a fresh listing
 
-    def _build(self, api: str, version: str, endpoint: str) -> Any:
+    def http_for(self, scopes: Sequence[str]) -> Any:
+        """An authorised HTTP of its own for other scopes than mail's and calendar's (the
+        address books): a token without them fails only the calls that need them."""
+        return google_auth_httplib2.AuthorizedHttp(
+            _credentials(self.spec, self.settings, scopes),
+            http=httplib2.Http(timeout=self.settings.timeout),
+        )
+
+    def _build(self, api: str, version: str, endpoint: str, http: Any = None) -> Any:
         return build(
             api,
             version,
-            http=self.http,
+            http=http or self.http,
             static_discovery=True,
             client_options={"api_endpoint": endpoint},
         )

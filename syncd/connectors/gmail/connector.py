@@ -10,9 +10,11 @@ written into that calendar (:mod:`.calendar`).
 from __future__ import annotations
 
 from syncd.connectors.base import CalendarSource, MailboxSpec, MailSource, TaskWriter
+from syncd.connectors.contacts import AddressBook
 from syncd.connectors.gmail.calendar import GoogleCalendar, GoogleTaskWriter
 from syncd.connectors.gmail.client import GmailClient
 from syncd.connectors.gmail.mail import GmailMail
+from syncd.connectors.gmail.people import people_books
 
 
 class GmailConnector:
@@ -28,6 +30,10 @@ class GmailConnector:
 
     def task_writer(self) -> TaskWriter | None:
         return GoogleTaskWriter(self.client)
+
+    def address_books(self) -> list[AddressBook]:
+        """Google People: the user's contacts and "Other contacts" (the contacts scopes)."""
+        return people_books(self.client)
 
     def close(self) -> None:
         pass

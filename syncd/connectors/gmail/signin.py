@@ -23,6 +23,12 @@ SCOPES = [
     "https://www.googleapis.com/auth/gmail.readonly",
     "https://www.googleapis.com/auth/calendar.events",
 ]
+# the address books (Google People), asked for at sign-in beside SCOPES but used by tokens of
+# their own: a grant (or a domain-wide delegation) without them stops only the address books
+CONTACT_SCOPES = [
+    "https://www.googleapis.com/auth/contacts.readonly",
+    "https://www.googleapis.com/auth/contacts.other.readonly",
+]
 
 
 def _consent(ctx: SignInContext, client: dict[str, str]) -> str:
@@ -161,7 +167,7 @@ def oauth_consent(
                 "client_id": client["client_id"],
                 "redirect_uri": redirect,
                 "response_type": "code",
-                "scope": " ".join(SCOPES),
+                "scope": " ".join(SCOPES + CONTACT_SCOPES),
                 "access_type": "offline",
                 "prompt": "consent",
                 "state": state,

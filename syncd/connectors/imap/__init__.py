@@ -56,6 +56,14 @@ class ImapSettings(KindSettings):
     calendars: list[str] | None = Field(
         None, json_schema_extra=option(None, "the CalDAV calendars to read (default: all)")
     )
+    carddav_url: str | None = Field(
+        None,
+        json_schema_extra=option(
+            "--carddav",
+            "imap: the CardDAV server URL of the same user's address books (default: the "
+            "--caldav URL; same login and password), read by 'syncd import contacts'.",
+        ),
+    )
 
 
 class ImapSignIn(SignInOptions):
@@ -79,11 +87,14 @@ class ImapSignIn(SignInOptions):
 KIND = Kind(
     name="imap",
     summary="--host H [--port P] [--tls implicit|starttls|none] [--login L] [--xoauth2] "
-    "[--password-file F | --password-env VAR | prompt] [--folder F ...] [--idle] [--caldav URL]",
+    "[--password-file F | --password-env VAR | prompt] [--folder F ...] [--idle] [--caldav URL] "
+    "[--carddav URL]",
     settings=ImapSettings,
     sign_in=ImapSignIn,
     open="syncd.connectors.imap.connector:ImapConnector",
     add="syncd.connectors.imap.signin:add",
+    probe="syncd.connectors.imap.probe:probe",
+    holdings="syncd.connectors.imap.probe:holdings",
     reauth="syncd.connectors.imap.signin:reauth",
     watch="syncd.connectors.imap.watch:watch",
 )

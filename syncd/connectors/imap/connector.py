@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING
 from imapclient import IMAPClient
 
 from syncd.connectors.base import CalendarSource, MailboxSpec, MailSource, TaskWriter
+from syncd.connectors.contacts import AddressBook
 from syncd.connectors.imap import ImapSettings
 from syncd.connectors.imap.folder import ImapFolder
 from syncd.connectors.imap.parse import chosen_folders
 from syncd.connectors.imap.session import ImapSession
 from syncd.connectors.kind import typed
+from syncd.connectors.transport import split_credentials
 
 if TYPE_CHECKING:
     from syncd.connectors.imap.caldav import CalDavClient
+    from syncd.connectors.imap.carddav import CardDav
 
 
 class ImapConnector:
@@ -35,6 +38,7 @@ class ImapConnector:
         self.settings = typed(spec.settings, ImapSettings)
         self.session = ImapSession(spec)
         self._caldav: CalDavClient | None = None
+        self._carddav: CardDav | None = None
 
     def folders(self) -> list[str]:
         """INBOX, the \\Sent folder (RFC 6154, else a common name), and configured extras."""
@@ -68,8 +72,28 @@ class ImapConnector:
         client = self._calendar()
         return client.task_writer() if client else None
 
+    def address_books(self) -> list[AddressBook]:
+        """The user's CardDAV address books (``carddav_url``, else the CalDAV server's);
+        none without either."""
+        url = self.settings.carddav_url or self.settings.caldav_url
+        if not url or self.spec.secret is None:
+            return []
+        from syncd.connectors.imap.carddav import CardDav
+
+        self._carddav = CardDav(
+            self.spec.name,
+            split_credentials(url)[0],
+            self.settings.caldav_login or self.settings.login or self.spec.user_email,
+            self.spec.secret.reveal(),
+            self.settings.timeout,
+            self.spec.batch_size,
+        )
+        return list(self._carddav.books())
+
     def close(self) -> None:
         self.session.close()
+        if self._carddav is not None:
+            self._carddav.close()
         client, self._caldav = self._caldav, None
         if client is not None:
             client.close()

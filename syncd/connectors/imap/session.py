@@ -6,6 +6,19 @@ protocol log, and runs every command under the shared retry policy
 (:mod:`syncd.connectors.retry`): a dropped connection is reconnected and the command tried
 again, with backoff. A refused login is an :class:`~syncd.connectors.base.AuthError` naming
 the fix (:func:`~syncd.connectors.base.refused`).
+
+A sync connection holds one of the server's slots (:mod:`syncd.connectors.throttle`, keyed
+by ``host:port``, ``spec.server_connections`` of them: ``sync.imap_connections``) from its
+connect to its close, so that the passes of one process never open more than that to one
+server at once. Servers refuse connections over their own limits, per account and per
+client address: Gmail allows 15 simultaneous IMAP connections per account (Gmail Help,
+"Too many simultaneous connections", support.google.com/mail/answer/97150), Dovecot 10
+per user and client IP by default (its core setting ``mail_max_userip_connections``,
+doc.dovecot.org); a pass uses one connection per mailbox, and the cap bounds what all the
+mailboxes on one server add up to from this machine's address. A push
+watcher's IDLE connection (``counted=False``) takes no slot: it is held for as long as the
+daemon runs, so counted it would starve the polls; there is one per mailbox that asks for
+``idle``, so a mailbox never holds more than two connections (its IDLE and its pass).
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import tenacity
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from syncd.connectors import retry
+from syncd.connectors import retry, throttle
 from syncd.connectors.base import ConnectorError, MailboxSpec, refused
 from syncd.connectors.imap import ImapSettings
 from syncd.connectors.kind import typed
@@ -71,7 +84,7 @@ def _dropped(exc: BaseException) -> bool:
 class ImapSession:
     """One authenticated IMAP connection, reopened when it drops."""
 
-    def __init__(self, spec: MailboxSpec) -> None:
+    def __init__(self, spec: MailboxSpec, *, counted: bool = True) -> None:
         s = self.settings = typed(spec.settings, ImapSettings)
         self.spec = spec
         self.host = s.host
@@ -83,6 +96,9 @@ class ImapSession:
         check_tls(self.host, self.tls)
         self._client: IMAPClient | None = None
         self.condstore = False
+        cap = spec.server_connections if counted else None
+        self._cap = (f"imap {self.host}:{self.port}", cap) if cap else None
+        self._holding = False  # one of the server's slots (_cap), while connected
 
     def _where(self) -> str:
         return f"mailbox {self.spec.name!r}: IMAP {self.host}:{self.port}"
@@ -93,18 +109,34 @@ class ImapSession:
         if self._client is not None:
             return self._client
         secret = self._secret()
-        client = self._open()
-        client.normalise_times = False
-        # what a server may echo: the password as LOGIN sends it (quoted, escaped), and
-        # the SASL PLAIN message that carries it; masked in the protocol log too
-        forms = secret_forms(secret, f"\0{self.login}\0{secret}")
-        _mask_protocol_log(client, forms)
-        self._log_in(client, secret, forms)
-        self.condstore = client.has_capability("CONDSTORE")
-        if self.condstore:
-            client.enable("CONDSTORE")  # before any SELECT (RFC 7162 §3.1)
+        self._take_slot()
+        try:
+            client = self._open()
+            client.normalise_times = False
+            # what a server may echo: the password as LOGIN sends it (quoted, escaped), and
+            # the SASL PLAIN message that carries it; masked in the protocol log too
+            forms = secret_forms(secret, f"\0{self.login}\0{secret}")
+            _mask_protocol_log(client, forms)
+            self._log_in(client, secret, forms)
+            self.condstore = client.has_capability("CONDSTORE")
+            if self.condstore:
+                client.enable("CONDSTORE")  # before any SELECT (RFC 7162 §3.1)
+        except BaseException:
+            self._give_slot()
+            raise
         self._client = client
         return client
+
+    def _take_slot(self) -> None:
+        """One of the server's sync connections (waits while all are open)."""
+        if self._cap is not None and not self._holding:
+            throttle.acquire(*self._cap)
+            self._holding = True
+
+    def _give_slot(self) -> None:
+        if self._cap is not None and self._holding:
+            self._holding = False
+            throttle.release(self._cap[0])
 
     def _secret(self) -> str:
         if self.spec.secret is None:
@@ -175,14 +207,18 @@ class ImapSession:
         if client is not None:
             with contextlib.suppress(Exception):  # it is broken already
                 client.shutdown()
+        self._give_slot()
 
     def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.logout()
-            except Exception:
-                client.shutdown()
+        try:
+            if client is not None:
+                try:
+                    client.logout()
+                except Exception:
+                    client.shutdown()
+        finally:
+            self._give_slot()
 
     def retrying(self, what: str) -> tenacity.Retrying:
         """The shared retry policy for a dropped connection, reconnecting before each new

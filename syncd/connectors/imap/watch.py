@@ -54,7 +54,7 @@ class IdleWatcher(threading.Thread):
 
     def _watch_once(self) -> None:
         """One connection: IDLE on INBOX, again and again, until ``stop`` is set."""
-        session = ImapSession(self.spec)
+        session = ImapSession(self.spec, counted=False)  # never a poll's slot (.session)
         try:
             client = session.connect()
             client.select_folder("INBOX", readonly=True)

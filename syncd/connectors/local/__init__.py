@@ -1,4 +1,5 @@
-"""``kind = "local"``: a Maildir, mbox archives (a Google Takeout) and a vdir calendar on
+"""``kind = "local"``: a Maildir, mbox archives (a Google Takeout), folders of .eml files and
+a vdir calendar on
 disk; the embedded default that needs no account. :mod:`.connector` names the sources,
 :mod:`.maildir`, :mod:`.mbox` and :mod:`.vdir` read them, :mod:`.files` holds the safe file
 reads and what a source makes of a file it does not read, :mod:`.signin` is ``mailbox add``."""
@@ -22,6 +23,10 @@ class LocalSettings(KindSettings):
             "--mbox", "local: an mbox archive (e.g. Google Takeout); repeatable."
         ),
     )
+    eml: list[Path] = Field(
+        default_factory=list,
+        json_schema_extra=option("--eml", "local: a folder of .eml files; repeatable."),
+    )
     calendar: Path | None = Field(
         None,
         json_schema_extra=option(
@@ -33,8 +38,10 @@ class LocalSettings(KindSettings):
 
 KIND = Kind(
     name="local",
-    summary="--maildir DIR [--calendar DIR] [--mbox FILE ...]",
+    summary="--maildir DIR [--calendar DIR] [--mbox FILE ...] [--eml DIR ...]",
     settings=LocalSettings,
     open="syncd.connectors.local.connector:LocalConnector",
     add="syncd.connectors.local.signin:add",
+    probe="syncd.connectors.local.probe:probe",
+    holdings="syncd.connectors.local.probe:holdings",
 )

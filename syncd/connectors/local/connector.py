@@ -24,14 +24,14 @@ from syncd.connectors.base import (
 )
 from syncd.connectors.kind import typed
 from syncd.connectors.local import LocalSettings
-from syncd.connectors.local.maildir import MaildirFolder
+from syncd.connectors.local.maildir import EmlFolder, MaildirFolder
 from syncd.connectors.local.mbox import MboxArchive
 from syncd.connectors.local.vdir import VdirCalendar, VdirTaskWriter
 from syncd.connectors.mime import clean
 
 
 class LocalConnector:
-    """``kind = "local"``: settings ``maildir`` (required), ``calendar``, ``mbox`` (a list)."""
+    """``kind = "local"``: settings ``maildir``, ``mbox`` and ``eml`` (lists), ``calendar``."""
 
     def __init__(self, spec: MailboxSpec) -> None:
         self.spec = spec
@@ -39,6 +39,7 @@ class LocalConnector:
         self.maildir = s.maildir.expanduser() if s.maildir else None
         self.calendar = s.calendar.expanduser() if s.calendar else None
         self.mboxes = [p.expanduser() for p in s.mbox]
+        self.emls = [p.expanduser() for p in s.eml]
         self.excluded_folders = {f.lower() for f in s.excluded_folders}
 
     def mail_sources(self) -> list[MailSource]:
@@ -50,6 +51,10 @@ class LocalConnector:
                 MboxArchive(
                     f"mbox:{clean(path.name)}", path, self.spec.batch_size, self.spec.limits
                 )
+            )
+        for path in self.emls:
+            sources.append(
+                EmlFolder(f"eml:{clean(path.name)}", path, self.spec.batch_size, self.spec.limits)
             )
         return sources
 

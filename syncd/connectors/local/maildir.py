@@ -61,6 +61,9 @@ class MaildirFolder:
     bytes); the messages around it are read. A folder that is itself a link (or whose
     ``cur/`` or ``new/`` is) is quarantined once and not read."""
 
+    SUBS: tuple[str, ...] = ("new", "cur")  # where the messages are, inside the folder
+    OPTION = "--maildir"
+
     def __init__(
         self,
         name: str,
@@ -81,14 +84,13 @@ class MaildirFolder:
             folder = open_dir(self.path, follow=self.follow)
         except FileNotFoundError:
             raise ConnectorError(
-                f"Maildir folder {str(self.path)!r} does not exist; check the path given "
-                "to --maildir"
+                f"folder {str(self.path)!r} does not exist; check the path given to {self.OPTION}"
             ) from None
         except Odd as odd:
             raise Odd(f"the folder {odd}: not read") from None
         fds: dict[str, int] = {}
         try:
-            for sub in ("new", "cur"):
+            for sub in self.SUBS:
                 fds[sub] = self._open_sub(sub, folder)
         except BaseException:
             for fd in fds.values():
@@ -104,7 +106,7 @@ class MaildirFolder:
         except FileNotFoundError:
             raise ConnectorError(
                 f"Maildir folder {str(self.path)!r} has no {sub}/ directory; "
-                "check the path given to --maildir"
+                f"check the path given to {self.OPTION}"
             ) from None
         except Odd as odd:
             raise Odd(f"its {sub}/ {odd}: the folder is not read") from None
@@ -179,7 +181,7 @@ class MaildirFolder:
         self, fds: dict[str, int], after: tuple[int, str], quiet: object, settled: int
     ) -> Iterator[Batch[MailItem]]:
         # the mtimes of new/ and cur/: any delivery, rename or deletion changes one
-        stamps = [os.fstat(fds[sub]).st_mtime_ns for sub in ("new", "cur")]
+        stamps = [os.fstat(fds[sub]).st_mtime_ns for sub in self.SUBS]
         if quiet is not None and quiet == stamps:
             return  # nothing delivered, renamed or deleted since a settled scan: no listing
         # directory stamps are trusted next time only once they are a second old
@@ -238,3 +240,12 @@ class MaildirFolder:
     @staticmethod
     def _cursor(last: tuple[int, str], stamps: list[int] | None) -> Cursor:
         return Cursor(json.dumps({"c": last[0], "n": last[1], "d": stamps}))
+
+
+class EmlFolder(MaildirFolder):
+    """A folder of ``.eml`` files (one message a file, e.g. saved from a mail client), read
+    like one Maildir folder: the same safe reads, order and cursor. A file that is not a
+    message is quarantined with its reason."""
+
+    SUBS = (".",)
+    OPTION = "--eml"

@@ -25,6 +25,13 @@ def _mboxes(paths: list[Path]) -> list[Path]:
     return [m.expanduser().resolve() for m in paths]
 
 
+def _emls(paths: list[Path]) -> list[Path]:
+    for folder in paths:
+        if not folder.is_dir():
+            raise SignInError(f"--eml {str(folder)!r} is not a folder; give a folder of .eml files")
+    return [folder.expanduser().resolve() for folder in paths]
+
+
 def _calendar(path: Path | None) -> Path | None:
     """The vdir calendar, created when it does not exist yet (syncd writes tasks into it)."""
     calendar = path.expanduser().resolve() if path else None
@@ -34,11 +41,12 @@ def _calendar(path: Path | None) -> Path | None:
 
 
 def add(ctx: SignInContext, settings: LocalSettings, options: SignInOptions) -> SignedIn:
-    if settings.maildir is None and not settings.mbox:
-        raise SignInError("a local mailbox needs --maildir DIR or --mbox FILE")
+    if settings.maildir is None and not settings.mbox and not settings.eml:
+        raise SignInError("a local mailbox needs --maildir DIR, --mbox FILE or --eml DIR")
     given = {
         "maildir": _maildir(settings.maildir),
         "mbox": _mboxes(settings.mbox),
+        "eml": _emls(settings.eml),
         "calendar": _calendar(settings.calendar),
     }
     # only what was given is stored (resolved): the rest keeps the model's defaults

@@ -97,6 +97,8 @@ KIND = Kind(
     open="syncd.connectors.microsoft.connector:MicrosoftConnector",
     add="syncd.connectors.microsoft.signin:add",
     reauth="syncd.connectors.microsoft.signin:reauth",
+    probe="syncd.connectors.microsoft.probe:probe",
+    holdings="syncd.connectors.microsoft.probe:holdings",
     formats={
         "graph-message": "syncd.connectors.microsoft.parse:reread_message",
         "graph-event": "syncd.connectors.microsoft.parse:reread_event",

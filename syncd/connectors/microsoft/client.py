@@ -52,8 +52,16 @@ AUTHORITY = "https://login.microsoftonline.com"
 GRAPH = "https://graph.microsoft.com/"
 APP_SCOPES = ["https://graph.microsoft.com/.default"]
 USER_SCOPES = ["Mail.Read", "Calendars.ReadWrite", "Tasks.ReadWrite"]
-APP_PERMISSIONS = "Mail.Read, Calendars.ReadWrite and Tasks.ReadWrite.All"
-MAX_IN_FLIGHT = 4  # Graph's concurrency limit per app per mailbox
+APP_PERMISSIONS = (
+    "Mail.Read, Calendars.ReadWrite and Tasks.ReadWrite.All (and Contacts.Read for the "
+    "address book)"
+)
+# Graph's concurrency limit per app per mailbox for the Outlook service (mail, calendars,
+# To Do): 4 requests at once, the fifth gets 429 MailboxConcurrency ("Microsoft Graph
+# service-specific throttling limits", Outlook service limits,
+# learn.microsoft.com/graph/throttling-limits#outlook-service-limits). _Slots holds it for
+# every request of this process, the prefetch thread's and a $batch's calls included.
+MAX_IN_FLIGHT = 4
 # $batch: a batch is either fully parallel or fully sequential (dependsOn chains), never both
 # (Graph answers 400 otherwise). syncd sends fully parallel batches of at most MAX_IN_FLIGHT
 # calls: each call is one of the mailbox's four slots, so one batch in flight fills them and

@@ -9,10 +9,12 @@ session, its tokens and its retries are :mod:`.client`; the parsing is :mod:`.pa
 from __future__ import annotations
 
 from syncd.connectors.base import CalendarSource, MailboxSpec, MailSource, TaskWriter
+from syncd.connectors.contacts import AddressBook
 from syncd.connectors.kind import typed
 from syncd.connectors.microsoft import MicrosoftSettings
 from syncd.connectors.microsoft.calendar import GraphCalendar
 from syncd.connectors.microsoft.client import GraphClient
+from syncd.connectors.microsoft.contacts import GraphContacts
 from syncd.connectors.microsoft.mail import FOLDERS, GraphMail
 from syncd.connectors.microsoft.tasks import EventTasks, TodoTasks
 
@@ -35,6 +37,10 @@ class MicrosoftConnector:
 
     def task_writer(self) -> TaskWriter | None:
         return self.todo if self.todo is not None else EventTasks(self.client)
+
+    def address_books(self) -> list[AddressBook]:
+        """The default Contacts folder (application permission Contacts.Read)."""
+        return [GraphContacts(self.client, self.spec)]
 
     def close(self) -> None:
         self.client.con.session.close()

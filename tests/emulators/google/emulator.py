@@ -1,6 +1,7 @@
 """The Google emulator as one server: sign-in endpoints, then (past any injected fault) the
 batch endpoint and every API route of the discovery documents, each checked for unknown
-query parameters, authorized and charged to its mailbox's per-minute quota."""
+query parameters, authorized and charged to its mailbox's per-minute quota (People's routes
+are :mod:`.people`'s)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from .calendar import Calendar
 from .discovery import ROUTES, UNITS
 from .gmail import Gmail
 from .oauth import OAuth
+from .people import People
 from .state import Call, GmailError, Mailbox
 
 MAX_BATCH = 100  # [gmail/api/guides/batch: "limited to 100 calls"]
 
 
-class GoogleEmulator(OAuth, Gmail, Calendar):
+class GoogleEmulator(People, OAuth, Gmail, Calendar):
     """State and behaviour; :meth:`start` serves it on 127.0.0.1 and a free port."""
 
     def start(self) -> str:
@@ -88,7 +90,7 @@ class GoogleEmulator(OAuth, Gmail, Calendar):
     def api(self, request: Request) -> Response:
         if request.method == "POST" and request.target == "/batch/gmail/v1":
             return self._batch(request)
-        return self.dispatch(request)
+        return self.people_api(request) or self.dispatch(request)
 
     def _batch(self, request: Request) -> Response:
         """multipart/mixed of application/http parts, answered in order [gmail/api/guides/batch]."""

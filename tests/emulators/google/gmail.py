@@ -166,20 +166,27 @@ class Gmail(GoogleState):
         hidden = (
             set() if params.get("includeSpamTrash", ["false"])[0] == "true" else {"SPAM", "TRASH"}
         )
-        after = 0
+        # after:/before: take YYYY/MM/DD or epoch seconds, "dates are interpreted as
+        # midnight PST unless specified in seconds" [gmail/api/guides/filtering; operators:
+        # support.google.com/mail/answer/7190]; compared with internalDate, in milliseconds
+        after, before = 0, None
         for term in params.get("q", [""])[0].split():
-            if term.startswith("after:"):  # after:YYYY/MM/DD or after:<epoch seconds>
-                value = term[6:]
-                after = (
+            name, _, value = term.partition(":")
+            if name in ("after", "before") and value:
+                ms = (
                     int(value) * 1000
                     if value.isdigit()
                     else int(time.mktime(time.strptime(value, "%Y/%m/%d")) * 1000)
                 )
+                after, before = (ms, before) if name == "after" else (after, ms)
         found = sorted(
             (
                 m
                 for m in call.box.messages.values()
-                if wanted <= m.labels and not (m.labels & hidden) and m.internal_date_ms > after
+                if wanted <= m.labels
+                and not (m.labels & hidden)
+                and m.internal_date_ms > after
+                and (before is None or m.internal_date_ms < before)
             ),
             key=lambda m: (m.internal_date_ms, m.id),
             reverse=True,

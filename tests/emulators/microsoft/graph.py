@@ -17,7 +17,9 @@ from urllib.parse import unquote
 from ..faults import Metered, retry_after
 from ..http import Request, Response
 from .batch import Batch
+from .contacts import Contacts
 from .delta import Delta
+from .folders import Folders
 from .identity import Identity
 from .odata import preferences
 from .state import Grant, GraphCall, GraphError, User
@@ -26,7 +28,7 @@ from .todo import Todo
 _USER_PATH = re.compile(r"^/(users/(?P<user>[^/]+)|me)(?P<rest>/.*)?$")
 
 
-class MicrosoftEmulator(Identity, Delta, Todo, Batch):
+class MicrosoftEmulator(Identity, Delta, Folders, Contacts, Todo, Batch):
     """State and behaviour; :meth:`start` serves it over TLS on 127.0.0.1 and a free port."""
 
     @property
@@ -68,8 +70,10 @@ class MicrosoftEmulator(Identity, Delta, Todo, Batch):
                 routes = (
                     self._delta_route,
                     self._mail_route,
+                    self._folders_route,
                     self._calendar_route,
                     self._todo_route,
+                    self._contacts_route,
                 )
                 for route in routes:
                     answer = route(call)

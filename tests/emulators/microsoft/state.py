@@ -85,6 +85,7 @@ class User(Metered):
     todo_lists: dict[str, dict[str, Any]] = field(default_factory=dict)
     todo_tasks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     transactions: dict[str, str] = field(default_factory=dict)  # transactionId -> event id
+    calendar_can_edit: bool = True  # the primary calendar's canEdit [resources/calendar.md]
 
     def collection(self, name: str) -> dict[str, Record]:
         return self.collections.setdefault(name, {})

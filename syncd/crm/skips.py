@@ -1,0 +1,58 @@
+"""The ``skips`` rows: items a pass read and did not log, with why (an exclusion rule, or a
+copy of an item the mailbox logged from another folder). With the sightings and the
+quarantine, they are what ``syncd audit`` counts as seen. Written by the recorder, in the
+batch's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from syncd.batching import chunked
+from syncd.crm.models import SkippedItem
+from syncd.crm.rows import IN_LIMIT
+from syncd.items import fit
+
+COPY = "a copy of an item this mailbox logged"
+
+
+def add(
+    session: Session,
+    mailbox_id: int,
+    source: str,
+    skipped: Sequence[tuple[str, str]],
+    now: datetime,
+) -> None:
+    """(provider id, reason) of the items of this source read and not logged: once each
+    (the first reason stays)."""
+    wanted: dict[str, str] = {}
+    for provider_id, reason in skipped:
+        wanted.setdefault(fit(provider_id), reason[:200])
+    if not wanted:
+        return
+    for chunk in chunked(list(wanted), IN_LIMIT):
+        for known in session.scalars(
+            select(SkippedItem.provider_id).where(
+                SkippedItem.mailbox_id == mailbox_id,
+                SkippedItem.source == source,
+                SkippedItem.provider_id.in_(chunk),
+            )
+        ):
+            wanted.pop(known, None)
+    if wanted:
+        session.execute(
+            insert(SkippedItem),
+            [
+                {
+                    "mailbox_id": mailbox_id,
+                    "source": source,
+                    "provider_id": pid,
+                    "reason": reason,
+                    "seen_at": now,
+                }
+                for pid, reason in wanted.items()
+            ],
+        )

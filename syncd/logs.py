@@ -1,0 +1,118 @@
+"""Logging of every ``syncd`` command: one line per event on stderr, as text (for a
+terminal and journald, which adds its own timestamps) or as JSON (``--log-format json``,
+``SYNCD_LOG_FORMAT=json``, for log shippers), each naming the mailbox it is about.
+
+The mailbox of an event is found, in this order: ``extra={"mailbox": NAME}`` given to the
+log call; the mailbox whose pass runs in this thread (:func:`about`, set by the sync pass);
+a message that starts with ``mailbox %r`` (the convention of syncd's own messages). Every
+message has the credentials of any URL in it masked, and a newline in it (a server's
+answer, a traceback at ``--verbose``) is escaped, so that one event is one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Literal
+
+from syncd.connectors.transport import mask_urls
+
+LogFormat = Literal["text", "json"]
+
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("mailbox", default=None)
+
+
+@contextlib.contextmanager
+def about(mailbox: str) -> Iterator[None]:
+    """Events logged in this thread meanwhile are about ``mailbox`` (unless they say
+    otherwise)."""
+    token = _current.set(mailbox)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def _named(record: logging.LogRecord) -> str | None:
+    """The mailbox a message of the ``mailbox %r: ...`` convention names first."""
+    args = record.args
+    if (
+        isinstance(record.msg, str)
+        and record.msg.startswith("mailbox %r")
+        and isinstance(args, tuple)
+        and args
+        and isinstance(args[0], str)
+    ):
+        return args[0]
+    return None
+
+
+def mailbox_of(record: logging.LogRecord) -> str | None:
+    """The mailbox an event is about, if any (see the module's docstring)."""
+    given = getattr(record, "mailbox", None)
+    if isinstance(given, str):
+        return given
+    return _current.get() or _named(record)
+
+
+def _one_line(text: str) -> str:
+    return mask_urls(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message``, on one line; ``mailbox 'NAME': `` is put before a message
+    about a mailbox that does not start by naming it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        mailbox = mailbox_of(record)
+        about = f"mailbox {mailbox!r}: " if mailbox and _named(record) != mailbox else ""
+        line = f"{record.levelname} {record.name}: {about}{record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return _one_line(line)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time (ISO 8601, with its offset), level, logger, message,
+    and mailbox and exception when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, str] = {
+            "time": datetime.fromtimestamp(record.created, UTC).astimezone().isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": mask_urls(record.getMessage()),
+        }
+        mailbox = mailbox_of(record)
+        if mailbox is not None:
+            event["mailbox"] = mailbox
+        if record.exc_info:
+            event["exception"] = mask_urls(self.formatException(record.exc_info))
+        return json.dumps(event, ensure_ascii=False)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when an event is logged (a test, or a
+    caller, may have replaced it since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup(log_format: LogFormat = "text", verbose: bool = False) -> None:
+    """Log to stderr in ``log_format``, at DEBUG with ``verbose`` (else INFO); replaces
+    what an earlier call set up."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(handler)
+    handler = _Stderr()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
