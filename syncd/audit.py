@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from syncd.config import Settings
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.kind import AUDIT_WINDOW as WINDOW
-from syncd.connectors.kind import BackfillSettings
 from syncd.connectors.registry import holdings
 from syncd.crm.models import (
     AuditResult,
@@ -124,15 +123,17 @@ def _compare(folder: str, held: list[str], seen: _Seen, limit: int) -> FolderAud
 
 
 def window(spec: MailboxSpec, caught_up_at: datetime | None) -> str | None:
-    """The time window a backfill kind (Gmail, Graph: a first sync of the last
-    ``since_days``, then a history or delta) is audited in: up to ``caught_up_at``, the
+    """The time window a kind with ``since_days`` (Gmail, Graph: a first sync of the last
+    ``since_days``, then a history or delta; IMAP given ``--since``: a first read from that
+    date) is audited in: up to ``caught_up_at``, the
     start of the mailbox's last pass that read everything (what the provider held before it
     was in the history or delta that pass read to its end; a cursor's own update time is no
     bound: a message can arrive between the read and the commit), from ``since_days``
     before it, plus :data:`WINDOW_MARGIN`. None for other kinds and before a complete pass."""
-    if caught_up_at is None or not isinstance(spec.settings, BackfillSettings):
+    days = spec.settings.since_days
+    if caught_up_at is None or days is None:
         return None
-    lower = caught_up_at - timedelta(days=spec.settings.since_days) + WINDOW_MARGIN
+    lower = caught_up_at - timedelta(days=days) + WINDOW_MARGIN
     return f"{lower.isoformat()}/{caught_up_at.isoformat()}"
 
 

@@ -70,14 +70,16 @@ def decide(
     excluded: Counter[ExclusionReason],
     quarantined: list[Quarantined] | None = None,
     skipped: list[tuple[str, str]] | None = None,
+    floor: datetime | None = None,
 ) -> list[recorder.Decision]:
     """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
     An item whose matching fails goes to ``quarantined`` (when given) with its reason; it
     never stops the batch. The result does not depend on how items are cut into batches.
-    ``skipped`` (when given) gets (provider id, reason) of each item an exclusion skips."""
+    ``skipped`` (when given) gets (provider id, reason) of each item an exclusion skips.
+    ``floor``: mail sent before it is outside the mailbox's window (``--since``)."""
     decisions = []
     skips = skipped if skipped is not None else []
-    for raw_item, forced in _expand(items, settings.exclusions, excluded, skips):
+    for raw_item, forced in _expand(items, settings.exclusions, excluded, skips, floor):
         try:
             item = fit_item(raw_item, datetime.now(UTC))
             m = match(item, index)
@@ -164,6 +166,7 @@ def _expand(
     rules: ExclusionSettings,
     excluded: Counter[ExclusionReason],
     skips: list[tuple[str, str]],
+    floor: datetime | None = None,
 ) -> Iterator[tuple[Item, bool]]:
     """Items that pass the checks needing no CRM, each with whether a label forces it in."""
     for item in items:
@@ -174,6 +177,10 @@ def _expand(
                 skips.append((item.provider_id, "excluded label"))
             else:
                 yield item, forced
+            continue
+        if floor is not None and item.sent_at < floor:
+            excluded["outside the window"] += 1
+            skips.append((item.provider_id, "outside the window"))
             continue
         excluded_by = mail_exclusion(item, rules.labels, forced)
         if excluded_by:

@@ -47,6 +47,7 @@ ExclusionReason = Literal[
     "internal-only",
     "no CRM participant",
     "invitation-reply",
+    "outside the window",  # older than the mailbox's --since (local, imap: kept per pass)
 ]
 
 

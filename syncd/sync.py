@@ -45,7 +45,7 @@ from syncd.connectors.base import (
     MailboxSpec,
     MailSource,
 )
-from syncd.connectors.kind import KindSettings, SettingsError
+from syncd.connectors.kind import BackfillSettings, KindSettings, SettingsError
 from syncd.connectors.registry import kind, open_connector
 from syncd.crm import queries, recorder
 from syncd.crm.database import DatabaseError
@@ -139,6 +139,7 @@ class SyncJob:
         self.report = SyncReport(mailbox_name)
         self.index = PassIndex(sessions, settings)  # loaded once a pass, if anything is matched
         self.budget = budget
+        self.floor: datetime | None = None  # mail before it is outside the window
         self.past = past  # syncd import mail --since: see syncd.past
         self.owner = owner or new_owner()
         self.started = now()
@@ -223,6 +224,11 @@ class SyncJob:
                 return None
 
     def _pass(self, spec: MailboxSpec) -> None:
+        days = spec.settings.since_days
+        if days is not None and not isinstance(spec.settings, BackfillSettings):
+            # a kind that reads whole folders (local, imap): mail older than --since is
+            # left out at every pass (a backfill kind lists its window itself)
+            self.floor = self.now() - timedelta(days=days)
         connector = self.connector_factory(spec)
         try:
             self._sync_sources(connector, spec)
@@ -309,6 +315,7 @@ class SyncJob:
                         self.report.excluded,
                         quarantined,
                         not_logged,
+                        self.floor,
                     )
                     if batch.items
                     else []

@@ -37,9 +37,12 @@ from syncd.crm.models import (
 )
 from syncd.harvest.decide import Policy
 from syncd.harvest.run import ContactImport, Target
+from tests import test_gmail as gmail_test
 from tests.helpers import sync
+from tests.test_gmail import oauth_mailbox
 
 S = sessionmaker[Session]
+google = gmail_test.google  # the Gmail emulator, with Ana and Ben
 ANA = "ana@northwind.test"
 SYNCD = [sys.executable, "-m", "syncd"]
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -377,42 +380,33 @@ def test_an_imap_mailbox_and_its_carddav_address_book(
 # --- Gmail and Microsoft 365 mailboxes: Google People, Graph contacts ------------------------
 
 
-def test_a_gmail_mailbox_and_its_google_contacts(sessions, settings, company):
+def test_a_gmail_mailbox_and_its_google_contacts(sessions, settings, company, google):
     """The user's contacts and "Other contacts" are read through the Gmail mailbox (the
     emulator speaks People v1 from its discovery document); a declined contacts scope leaves
     the address book out with a warning, and the mail is imported all the same."""
-    from tests.emulators.google import GoogleEmulator
-    from tests.test_gmail import oauth_mailbox
+    emulator, _ = google
+    emulator.add_person(ANA, "Victoria Lang", ["vic@umbrella.test"], "Victoria", "Lang")
+    emulator.add_person(ANA, "Lee Chan", ["lee@hooli.test"], other=True)
+    emulator.add_person(ANA, "Ben (colleague)", ["ben@northwind.test"])
+    oauth_mailbox(sessions, settings, google, name="ana-gmail")
+    outcome = ContactImport(
+        sessions, settings, [Target("ana-gmail", ANA)], since=None, policy=Policy()
+    ).run(dry_run=False)
+    assert not outcome.failed and not outcome.warnings, (outcome.failed, outcome.warnings)
+    after = crm(sessions)
+    assert after["vic@umbrella.test"] == ("Victoria Lang", "Umbrella", "import")
+    assert after["lee@hooli.test"] == ("Lee Chan", "Hooli", "import")
+    assert "ben@northwind.test" not in after or after["ben@northwind.test"][2] is None
+    reasons = {v.person.key: v.reason for v in outcome.verdicts}
+    assert reasons["ben@northwind.test"] == "internal"
 
-    emulator = GoogleEmulator()
-    emulator.add_client("client-1", "secret-1")
-    emulator.add_user(ANA)
-    base = emulator.start()
-    try:
-        emulator.add_person(ANA, "Victoria Lang", ["vic@umbrella.test"], "Victoria", "Lang")
-        emulator.add_person(ANA, "Lee Chan", ["lee@hooli.test"], other=True)
-        emulator.add_person(ANA, "Ben (colleague)", ["ben@northwind.test"])
-        oauth_mailbox(sessions, settings, (emulator, base), name="ana-gmail")
-        outcome = ContactImport(
-            sessions, settings, [Target("ana-gmail", ANA)], since=None, policy=Policy()
-        ).run(dry_run=False)
-        assert not outcome.failed and not outcome.warnings, (outcome.failed, outcome.warnings)
-        after = crm(sessions)
-        assert after["vic@umbrella.test"] == ("Victoria Lang", "Umbrella", "import")
-        assert after["lee@hooli.test"] == ("Lee Chan", "Hooli", "import")
-        assert "ben@northwind.test" not in after or after["ben@northwind.test"][2] is None
-        reasons = {v.person.key: v.reason for v in outcome.verdicts}
-        assert reasons["ben@northwind.test"] == "internal"
-
-        emulator.decline(ANA, "https://www.googleapis.com/auth/contacts.readonly")
-        again = ContactImport(
-            sessions, settings, [Target("ana-gmail", ANA)], since=None, policy=Policy()
-        ).run(dry_run=False)
-        assert not again.failed
-        assert "contacts.readonly" in again.warnings["ana-gmail"]
-        assert "syncd mailbox reauth ana-gmail" in again.warnings["ana-gmail"]
-    finally:
-        emulator.stop()
+    emulator.decline(ANA, "https://www.googleapis.com/auth/contacts.readonly")
+    again = ContactImport(
+        sessions, settings, [Target("ana-gmail", ANA)], since=None, policy=Policy()
+    ).run(dry_run=False)
+    assert not again.failed
+    assert "contacts.readonly" in again.warnings["ana-gmail"]
+    assert "syncd mailbox reauth ana-gmail" in again.warnings["ana-gmail"]
 
 
 def test_a_microsoft_mailbox_and_its_graph_contacts(sessions, settings, company):
@@ -455,33 +449,60 @@ def test_a_microsoft_mailbox_and_its_graph_contacts(sessions, settings, company)
         emulator.stop()
 
 
-def test_the_daemon_adds_people_saved_later_when_contacts_sync_is_on(sessions, settings, company):
+def test_the_daemon_adds_people_saved_later_when_contacts_sync_is_on(
+    sessions, settings, company, google
+):
     """contacts.sync = true: each pass reads the address books from their sync tokens and
     adds the people saved since, under the import's skip rules; off, nothing is added."""
     from syncd.config import ContactsSettings
-    from tests.emulators.google import GoogleEmulator
-    from tests.test_gmail import oauth_mailbox
 
-    emulator = GoogleEmulator()
-    emulator.add_client("client-1", "secret-1")
-    emulator.add_user(ANA)
-    base = emulator.start()
-    try:
-        emulator.add_person(ANA, "Victoria Lang", ["vic@umbrella.test"], "Victoria", "Lang")
-        oauth_mailbox(sessions, settings, (emulator, base), name="ana-gmail")
-        assert sync(sessions, settings, "ana-gmail").contacts_added == 0  # off by default
-        assert "vic@umbrella.test" not in crm(sessions)
-        on = settings.model_copy(update={"contacts": ContactsSettings(sync=True)})
-        assert sync(sessions, on, "ana-gmail").contacts_added == 1
-        assert crm(sessions)["vic@umbrella.test"] == ("Victoria Lang", "Umbrella", None)
-        assert sync(sessions, on, "ana-gmail").contacts_added == 0  # from the sync token
-        emulator.add_person(ANA, "Hugo Berg", ["hugo@initech.test"])
-        emulator.add_person(ANA, "No Reply", ["noreply@initech.test"])
-        emulator.add_person(ANA, "Ben", ["ben@northwind.test"])
-        report = sync(sessions, on, "ana-gmail")
-        assert report.contacts_added == 1
-        after = crm(sessions)
-        assert after["hugo@initech.test"] == ("Hugo Berg", "Initech", None)
-        assert "noreply@initech.test" not in after  # a role address, as in the import
-    finally:
-        emulator.stop()
+    emulator, _ = google
+    emulator.add_person(ANA, "Victoria Lang", ["vic@umbrella.test"], "Victoria", "Lang")
+    oauth_mailbox(sessions, settings, google, name="ana-gmail")
+    assert sync(sessions, settings, "ana-gmail").contacts_added == 0  # off by default
+    assert "vic@umbrella.test" not in crm(sessions)
+    on = settings.model_copy(update={"contacts": ContactsSettings(sync=True)})
+    assert sync(sessions, on, "ana-gmail").contacts_added == 1
+    assert crm(sessions)["vic@umbrella.test"] == ("Victoria Lang", "Umbrella", None)
+    assert sync(sessions, on, "ana-gmail").contacts_added == 0  # from the sync token
+    emulator.add_person(ANA, "Hugo Berg", ["hugo@initech.test"])
+    emulator.add_person(ANA, "No Reply", ["noreply@initech.test"])
+    emulator.add_person(ANA, "Ben", ["ben@northwind.test"])
+    report = sync(sessions, on, "ana-gmail")
+    assert report.contacts_added == 1
+    after = crm(sessions)
+    assert after["hugo@initech.test"] == ("Hugo Berg", "Initech", None)
+    assert "noreply@initech.test" not in after  # a role address, as in the import
+
+
+def test_an_import_whose_sync_token_expired_is_given_up_and_started_anew(
+    sessions, settings, company, google
+):
+    """Resumed after Google's sync tokens expired (7 days), the import cannot go on where it
+    stopped: it says so, is given up without applying anything, and the same command then
+    starts a new import that completes."""
+    from syncd.crm.models import ImportCursor
+
+    emulator, _ = google
+    emulator.add_person(ANA, "Victoria Lang", ["vic@umbrella.test"], "Victoria", "Lang")
+    oauth_mailbox(sessions, settings, google, name="ana-gmail")
+
+    def run() -> Any:
+        return ContactImport(
+            sessions, settings, [Target("ana-gmail", ANA)], since=None, policy=Policy()
+        ).run(dry_run=True)
+
+    first = run()
+    assert not first.failed
+    with sessions.begin() as session:  # as if killed before the book's last page
+        mark = session.get(ImportCursor, (first.import_id, "ana-gmail", "gpeople:contacts"))
+        assert mark is not None and mark.value
+        mark.done = False
+    emulator.age_sync_tokens(8 * 86400.0)
+    second = run()
+    assert second.import_id == first.import_id
+    assert "run the same command again" in second.failed["ana-gmail"]
+    assert second.applied is None
+    third = run()
+    assert third.import_id != first.import_id and not third.failed
+    assert {v.person.key for v in third.verdicts} >= {"vic@umbrella.test"}

@@ -40,6 +40,7 @@ from .servers import Dovecot
 from .test_microsoft import ANA, TENANT
 from .test_microsoft import add_mailbox as graph_mailbox
 from .test_microsoft import deliver as graph_deliver
+from .test_pipeline import demo_mailboxes
 
 SYNCD = [sys.executable, "-m", "syncd"]
 S = sessionmaker[Session]
@@ -88,14 +89,7 @@ def daemon(
 ) -> Iterator[dict[str, Any]]:
     """``syncd run`` over the demo company (ana: a Maildir and a calendar; ben: a Maildir;
     carl: IMAP on Dovecot; gone: a Maildir that is not one; dora: parked), serving metrics."""
-    add_local_mailbox(
-        sessions,
-        "ana",
-        "ana@northwind.test",
-        maildir=str(company.maildirs["ana"]),
-        calendar=str(company.calendar),
-    )
-    add_local_mailbox(sessions, "ben", "ben@northwind.test", maildir=str(company.maildirs["ben"]))
+    demo_mailboxes(sessions, company)  # ana and ben
     add_local_mailbox(sessions, "gone", "ben@northwind.test", maildir=str(tmp_path / "nowhere"))
     add_local_mailbox(sessions, "dora", "ben@northwind.test", maildir=str(company.maildirs["ben"]))
     login = imap_server.login("carl")

@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd import logs
@@ -81,6 +82,19 @@ def say(message: str, stream: TextIO | None = None) -> None:
 def fail(message: str, code: int = 1) -> NoReturn:
     say(f"syncd: error: {message}", sys.stderr)
     raise typer.Exit(code)
+
+
+def chosen_mailboxes(name: str | None) -> list[str]:
+    """The mailbox a command names (failing when there is none by that name), else all."""
+    from syncd.crm.models import Mailbox
+
+    with state.sessions()() as session:
+        names = list(session.scalars(select(Mailbox.name).order_by(Mailbox.name)))
+    if name is None:
+        return names
+    if name not in names:
+        fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
+    return [name]
 
 
 def _json(data: Any) -> None:

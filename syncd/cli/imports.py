@@ -18,6 +18,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 from sqlalchemy import select
@@ -42,17 +43,19 @@ class Accounts(StrEnum):
 
 
 class _Live:
-    """rich progress on stderr: a line a mailbox and source, with items read, the people
-    found so far in the stretch in hand, and the time spent."""
+    """rich progress on stderr: a line a mailbox and source, with items read of about how
+    many it holds (where the source can tell: IMAP STATUS, a Maildir's files, Gmail's
+    profile, a Graph folder's count), the people in the stretch in hand, the time spent and
+    the time left."""
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
         self.tasks: dict[tuple[str, str], TaskID] = {}
 
-    def source(self, mailbox: str, source: str) -> None:
+    def source(self, mailbox: str, source: str, total: int | None) -> None:
         if self.progress is not None:
             self.tasks[(mailbox, source)] = self.progress.add_task(
-                f"{mailbox} {source}", total=None, people=0
+                f"{mailbox} {source}", total=total, people=0
             )
 
     def read(self, mailbox: str, source: str, items: int, people: int) -> None:
@@ -172,6 +175,7 @@ def contacts_cmd(
         MofNCompleteColumn(),
         TextColumn("items, {task.fields[people]} people in hand"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
     console = Console(stderr=True)
     with Progress(*columns, console=console, disable=as_json or not console.is_terminal) as bar:
@@ -234,8 +238,10 @@ def undo_cmd(
     import_id: Annotated[str, typer.Argument(help="The import's id (see 'syncd import list').")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Remove what one import created: its contacts and accounts that have no activity of
-    their own since (those are kept and named), the addresses it added, what it counted."""
+    """Remove what one import created.
+
+    Its contacts and accounts that have no activity of their own since (those are kept and
+    named), the addresses it added to other contacts, and what it counted."""
     from syncd.harvest.apply import undo
 
     with state.sessions().begin() as session:
@@ -295,11 +301,12 @@ def mail_cmd(
     everything: Annotated[bool, typer.Option("--all", help="Read every mailbox.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Log past mail and meetings as activities, back to --since, through the daemon's own
-    pipeline (the same matching, exclusions and quarantine), with the follow-up rules off
-    for the past: no task for a conversation of last year. What is logged already is not
-    logged twice. Killed, it goes on where it stopped when run again; a running daemon
-    keeps syncing meanwhile (the two take turns on each mailbox).
+    """Log past mail and meetings as activities, back to --since.
+
+    Through the daemon's own pipeline (the same matching, exclusions and quarantine), with
+    the follow-up rules off for the past: no task for a conversation of last year. What is
+    logged already is not logged twice. Killed, it goes on where it stopped when run
+    again; a running daemon keeps syncing meanwhile (the two take turns on each mailbox).
     Exit codes: 0 done, 1 a mailbox failed (named), 2 bad options."""
     import time
 

@@ -10,11 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import select
 
 from syncd import audit, doctor
-from syncd.cli.common import _json, app, fail, out, printable, say, state
-from syncd.crm.models import Mailbox
+from syncd.cli.common import _json, app, chosen_mailboxes, out, printable, say, state
 
 COLOUR = {"ok": "green", "warn": "yellow", "fail": "red"}
 
@@ -23,7 +21,9 @@ COLOUR = {"ok": "green", "warn": "yellow", "fail": "red"}
 def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check the config, the database, secret.key and every mailbox (credentials, server,
+    """Check the installation: config, database, secret.key, every mailbox.
+
+    Check the config, the database, secret.key and every mailbox (credentials, server,
     login, scopes, calendar writable, clock), each with a verdict (ok / warn / fail) and
     the fix. Changes nothing. Exits 1 when any check fails."""
     checks = doctor.run(state.settings(), state.config)
@@ -51,16 +51,13 @@ def audit_cmd(
         int, typer.Option("--limit", min=1, max=10000, help="Missing ids listed per folder.")
     ] = 20,
 ) -> None:
-    """Per mailbox and folder, what the provider holds up to syncd's cursor against what
+    """Find mail that was never logged, skipped or quarantined.
+
+    Per mailbox and folder, what the provider holds up to syncd's cursor against what
     syncd logged, skipped (with a reason) or quarantined; lists the ids of what is missing.
     Exits 1 when something is missing or a mailbox cannot be audited."""
     sessions = state.sessions()
-    with sessions() as session:
-        names = list(session.scalars(select(Mailbox.name).order_by(Mailbox.name)))
-    if name is not None:
-        if name not in names:
-            fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
-        names = [name]
+    names = chosen_mailboxes(name)
     results = audit.audit(sessions, state.settings(), names, datetime.now(UTC), limit)
     if as_json:
         _json(

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from syncd.cli.common import (
     _json,
     app,
+    chosen_mailboxes,
     fail,
     out,
     printable,
@@ -44,16 +45,13 @@ from syncd.report import SyncReport
 def sync_cmd(
     name: Annotated[str | None, typer.Argument(help="One mailbox (default: all).")] = None,
 ) -> None:
-    """One pass over one or all mailboxes, then exit (non-zero if any mailbox failed). A
+    """One pass over one or all mailboxes, then exit.
+
+    Exits non-zero if any mailbox failed. A
     mailbox another process is syncing now is synced once that pass is over."""
 
     sessions = state.sessions()
-    with sessions() as session:
-        names = list(session.scalars(select(Mailbox.name).order_by(Mailbox.name)))
-    if name is not None:
-        if name not in names:
-            fail(f"no mailbox named {name!r}; see 'syncd mailbox list'")
-        names = [name]
+    names = chosen_mailboxes(name)
     if not names:
         fail("no mailbox is connected; add one with 'syncd mailbox add'")
     failed = 0
@@ -95,7 +93,9 @@ def _sync_in_turn(sessions: sessionmaker[Session], name: str) -> SyncReport:
 
 @app.command("run")
 def run_cmd() -> NoReturn:
-    """The daemon: poll every mailbox at its interval until SIGTERM/SIGINT. With
+    """The daemon: poll every mailbox at its interval until SIGTERM/SIGINT.
+
+    With
     ``metrics.address`` in the config, Prometheus metrics are served at
     http://ADDRESS/metrics."""
     from syncd import metrics
@@ -141,7 +141,9 @@ def _lag(seconds: float | None) -> str:
 def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Per mailbox: kind, state (ok / failing / parked), last success, items, lag, last
+    """How each mailbox is doing; exits 1 when one is failing, 2 when one is parked.
+
+    Per mailbox: kind, state (ok / failing / parked), last success, items, lag, last
     error, the state of its follow-up task write-back (tasks: ok / failing), and how many of
     its items are quarantined. A failing or parked mailbox's error names the fix.
 

@@ -32,7 +32,9 @@ def worker_cmd(
         ),
     ] = 30.0,
 ) -> NoReturn:
-    """A scale-out worker: run one on each machine, all against one PostgreSQL; they share
+    """A scale-out worker on PostgreSQL (see 'Scale out' in the README).
+
+    Run one on each machine, all against one PostgreSQL; they share
     the passes of every mailbox through a job queue in that database (see 'Scale out' in
     the README). SIGTERM/SIGINT: the batches in hand finish, then it exits 0."""
     from syncd.worker import (

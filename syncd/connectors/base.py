@@ -145,6 +145,14 @@ class MailboxSpec:
             object.__setattr__(self, "settings", typed)
 
 
+@runtime_checkable
+class Estimates(Protocol):
+    """A source that can say, cheaply, about how many items it holds (live progress, ETA:
+    ``syncd import contacts``); None when it cannot tell."""
+
+    def estimate(self) -> int | None: ...
+
+
 class Connector(Protocol):
     def mail_sources(self) -> list[MailSource]: ...
 

@@ -67,6 +67,9 @@ def option(name: str | None, help: str, *, hidden: bool = False) -> dict[str, An
     return {"option": name, "help": help, "hidden": hidden}
 
 
+MAX_SINCE_DAYS = 36500  # a first sync reads at most a century back
+
+
 class KindSettings(BaseModel):
     """The settings every kind stores for a mailbox; a kind's model adds its own fields.
 
@@ -116,18 +119,33 @@ class KindSettings(BaseModel):
         ),
     )
     timeout: float = Field(60.0, gt=0, le=3600, json_schema_extra=option(None, "seconds"))
+    since_days: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SINCE_DAYS,
+        json_schema_extra=option(
+            None, "set by --since: the first sync reads mail this many days back (null: all)"
+        ),
+    )
     retries: int | None = Field(
         None, ge=1, le=100, json_schema_extra=option(None, "tries of one call")
     )
 
 
 class SignInOptions(BaseModel):
-    """What ``mailbox add``/``reauth`` take but never store; a kind's model adds fields."""
+    """What ``mailbox add``/``reauth`` take but never store; a kind's model adds fields.
+    ``--since DATE`` is every kind's: how far back the first sync reads."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-MAX_SINCE_DAYS = 36500  # a first sync reads at most a century back
+    since: date | None = Field(
+        None,
+        json_schema_extra=option(
+            "--since",
+            "First sync from DATE (YYYY-MM-DD); default: gmail and microsoft 90 days back, "
+            "local and imap all the mail.",
+        ),
+    )
 
 
 class BackfillSettings(KindSettings):
@@ -143,15 +161,8 @@ class BackfillSettings(KindSettings):
 
 
 class BackfillSignIn(SignInOptions):
-    """``--since DATE``: how far back the first sync of such a kind reads."""
-
-    since: date | None = Field(
-        None,
-        json_schema_extra=option(
-            "--since",
-            "gmail, microsoft: first sync from DATE (YYYY-MM-DD); default 90 days back.",
-        ),
-    )
+    """The sign-in options of a kind whose first sync reads a window (Gmail, Graph): its
+    ``--since`` defaults to :class:`BackfillSettings`'s 90 days."""
 
 
 @dataclass(frozen=True)
@@ -195,8 +206,9 @@ class SignInContext:
         return value
 
 
-def since_days(since: date | None, default: int) -> int:
-    """``--since DATE`` as the days back from today the first sync reads."""
+def since_days(since: date | None, default: int | None) -> int | None:
+    """``--since DATE`` as the days back from today the first sync reads (``default``
+    without one: the kind's, None for all the mail)."""
     if since is None:
         return default
     return min(max((datetime.now(UTC).date() - since).days, 0), MAX_SINCE_DAYS)

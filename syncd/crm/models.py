@@ -382,7 +382,8 @@ class Import(Base):
     __tablename__ = "imports"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     kind: Mapped[str] = mapped_column(String(10))  # "contacts"
-    state: Mapped[str] = mapped_column(String(10))  # harvesting, applying, done, undone
+    # harvesting, applying, done, undone, or expired (a cursor the provider no longer takes)
+    state: Mapped[str] = mapped_column(String(10))
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)

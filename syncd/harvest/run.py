@@ -36,6 +36,8 @@ from syncd.connectors.base import (
     CalendarSource,
     Connector,
     ConnectorError,
+    CursorExpired,
+    Estimates,
     MailboxSpec,
     MailSource,
 )
@@ -65,14 +67,14 @@ APPLY_CHUNK = 200  # verdicts a transaction
 class Progress(Protocol):
     """Live progress, per mailbox and source (the CLI draws it with rich)."""
 
-    def source(self, mailbox: str, source: str) -> None: ...
+    def source(self, mailbox: str, source: str, total: int | None) -> None: ...
 
     def read(self, mailbox: str, source: str, items: int, people: int) -> None: ...
 
 
 class Quiet:
-    def source(self, mailbox: str, source: str) -> None:
-        del mailbox, source
+    def source(self, mailbox: str, source: str, total: int | None) -> None:
+        del mailbox, source, total
 
     def read(self, mailbox: str, source: str, items: int, people: int) -> None:
         del mailbox, source, items, people
@@ -153,6 +155,13 @@ class ContactImport:
         for target in self.targets:
             try:
                 outcome.items += self._harvest(outcome.import_id, target)
+            except CursorExpired as exc:  # where it stopped is gone: this import cannot go on
+                self._expire(outcome.import_id)
+                outcome.failed[target.name] = (
+                    f"{exc}; the provider no longer takes where this import stopped reading, "
+                    "so it was given up (nothing was applied): run the same command again to "
+                    "start a new one"
+                )
             except (ConnectorError, SecretsError, OSError) as exc:
                 log.warning("import %s: %s not read: %s", outcome.import_id, target.name, exc)
                 outcome.failed[target.name] = str(exc)
@@ -180,6 +189,12 @@ class ContactImport:
         return outcome
 
     # --- harvest ------------------------------------------------------------------------
+
+    def _expire(self, import_id: str) -> None:
+        with self.sessions.begin() as session:
+            row = session.get(Import, import_id)
+            assert row is not None
+            row.state, row.finished_at = "expired", self.now()
 
     def _begin(self) -> Outcome:
         key = options_key(self.targets, self.since)
@@ -253,7 +268,8 @@ class ContactImport:
             if mark is not None and mark.done:
                 return 0
             value = mark.value if mark is not None else None
-        self.progress.source(target.name, source.name)
+            before = mark.items if mark is not None else 0
+        self.progress.source(target.name, source.name, _estimate(source))
         learnt, pending, total = People(), 0, 0
         batches: Iterator[Any] = source.changes(Cursor(value) if value is not None else None)
         for batch in batches:
@@ -267,7 +283,7 @@ class ContactImport:
                         value=value, items=pending, done=False,
                     )  # fmt: skip
                 learnt, pending = People(), 0
-            self.progress.read(target.name, source.name, total, len(learnt))
+            self.progress.read(target.name, source.name, before + total, len(learnt))
         with self.sessions.begin() as session:
             store.save(
                 session, import_id, target.name, source.name, learnt,
@@ -324,6 +340,17 @@ def _created(session: Session, model: type[Contact] | type[Account], import_id: 
         session.scalar(select(func.count()).select_from(model).where(model.import_id == import_id))
         or 0
     )
+
+
+def _estimate(source: object) -> int | None:
+    """About how many items the source holds, for the progress's ETA (never fails)."""
+    if not isinstance(source, Estimates):
+        return None
+    try:
+        return source.estimate()
+    except Exception as exc:  # a count is a nicety: the import goes on without it
+        log.debug("no estimate of %s: %s", getattr(source, "name", source), exc)
+        return None
 
 
 def _merged(by_mailbox: dict[str, People]) -> People:

@@ -110,6 +110,13 @@ class GmailMail:
 
     # --- the passes ---------------------------------------------------------------------------
 
+    def estimate(self) -> int | None:
+        """The mailbox's message count (``users.getProfile`` messagesTotal)."""
+        users = self.client.gmail.users()
+        profile = self.client.execute(UNITS["getProfile"], lambda: users.getProfile(userId="me"))
+        total = profile.get("messagesTotal")
+        return int(total) if total is not None else None
+
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
         state = json.loads(cursor.value) if cursor else {}
         if "h" not in state or state.get("backfill"):

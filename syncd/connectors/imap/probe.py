@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import date, datetime
 from functools import partial
 from typing import Any
 
@@ -26,6 +27,7 @@ from syncd.connectors.base import AuthError, ConnectorError, MailboxSpec, reauth
 from syncd.connectors.imap import ImapSettings
 from syncd.connectors.imap.connector import ImapConnector
 from syncd.connectors.imap.parse import provider_id
+from syncd.connectors.kind import AUDIT_WINDOW as WINDOW
 from syncd.connectors.kind import Check, clock_check, typed
 
 WRITE_PRIVILEGES = {"write", "write-content", "bind", "all"}  # RFC 3744 §3.1-3.5
@@ -166,7 +168,8 @@ def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> dict[str, list[st
             if stored is None:
                 continue  # never read yet: nothing to compare
             position = json.loads(stored)
-            read = partial(_read_uids, folder=folder, position=position)
+            since = _lower(cursors.get(WINDOW))
+            read = partial(_read_uids, folder=folder, position=position, since=since)
             ids: list[str] | None = connector.session.call(f"SEARCH {folder}", read)
             if ids is not None:
                 held[f"imap:{folder}"] = ids
@@ -175,8 +178,16 @@ def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> dict[str, list[st
         connector.close()
 
 
-def _read_uids(client: IMAPClient, folder: str, position: dict[str, Any]) -> list[str] | None:
-    """The provider ids of the folder's messages up to the cursor's UID; None when the
+def _lower(window: str | None) -> date | None:
+    """The first day of the audit's window (``--since``), if the mailbox has one."""
+    return datetime.fromisoformat(window.partition("/")[0]).date() if window else None
+
+
+def _read_uids(
+    client: IMAPClient, folder: str, position: dict[str, Any], since: date | None = None
+) -> list[str] | None:
+    """The provider ids of the folder's messages up to the cursor's UID (from ``since``
+    on, by internal date, as a first read with ``--since`` searched); None when the
     folder's UIDVALIDITY changed (the next pass reads it all again)."""
     selected = client.select_folder(folder, readonly=True)
     uidvalidity = int(selected[b"UIDVALIDITY"])
@@ -185,5 +196,5 @@ def _read_uids(client: IMAPClient, folder: str, position: dict[str, Any]) -> lis
     last = int(position.get("uid", 0))
     if last < 1:
         return []
-    uids = client.search(["UID", f"1:{last}"])
+    uids = client.search(["UID", f"1:{last}", *(["SINCE", since] if since else [])])
     return [provider_id(folder, uidvalidity, u) for u in sorted(uids) if u <= last]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from syncd.connectors.base import ConnectorError
 from syncd.connectors.imap import ImapSettings, ImapSignIn
-from syncd.connectors.kind import SignedIn, SignInContext, SignInError
+from syncd.connectors.kind import SignedIn, SignInContext, SignInError, since_days
 from syncd.connectors.transport import check_tls, check_url, mask_urls, split_credentials
 from syncd.secrets import Secret
 
@@ -39,6 +39,8 @@ def add(ctx: SignInContext, settings: ImapSettings, options: ImapSignIn) -> Sign
     except ConnectorError as exc:
         raise SignInError(str(exc), 2) from None
     update: dict[str, object] = {"auth": "xoauth2" if options.xoauth2 else "password"}
+    if options.since is not None:
+        update["since_days"] = since_days(options.since, None)
     if settings.caldav_url:
         url, login = _dav_url(settings.caldav_url)
         update["caldav_url"] = url

@@ -159,6 +159,18 @@ class MaildirFolder:
         except FileNotFoundError:
             return None
 
+    def estimate(self) -> int | None:
+        """The files in the folder (a listing of names only)."""
+        try:
+            return sum(
+                1
+                for sub in self.SUBS
+                for entry in os.scandir(self.path / sub)
+                if not entry.name.startswith(".")
+            )
+        except OSError:
+            return None
+
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
         state: dict[str, Any] = json.loads(cursor.value) if cursor is not None else {}
         # a cursor of a folder once quarantined has only what had been read before

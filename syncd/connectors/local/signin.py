@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syncd.connectors.kind import SignedIn, SignInContext, SignInError, SignInOptions
+from syncd.connectors.kind import (
+    SignedIn,
+    SignInContext,
+    SignInError,
+    SignInOptions,
+    since_days,
+)
 from syncd.connectors.local import LocalSettings
 
 
@@ -44,11 +50,14 @@ def add(ctx: SignInContext, settings: LocalSettings, options: SignInOptions) -> 
     if settings.maildir is None and not settings.mbox and not settings.eml:
         raise SignInError("a local mailbox needs --maildir DIR, --mbox FILE or --eml DIR")
     given = {
+        "since_days": since_days(options.since, None),
         "maildir": _maildir(settings.maildir),
         "mbox": _mboxes(settings.mbox),
         "eml": _emls(settings.eml),
         "calendar": _calendar(settings.calendar),
     }
     # only what was given is stored (resolved): the rest keeps the model's defaults
-    typed = settings.model_copy(update={k: v for k, v in given.items() if v})
+    typed = settings.model_copy(
+        update={k: v for k, v in given.items() if v is not None and v != []}
+    )
     return SignedIn(typed, None, "nothing")

@@ -60,6 +60,13 @@ class GraphMail:
             f"/mailFolders/{self.folder}/messages/delta?{urlencode(self.query)}"
         )
 
+    def estimate(self) -> int | None:
+        """The folder's message count (``totalItemCount`` of the mailFolder)."""
+        url = self.client.user_url(f"/mailFolders/{self.folder}?$select=totalItemCount")
+        _, answer = self.client.request("GET", url)
+        total = answer.get("totalItemCount")
+        return int(total) if total is not None else None
+
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
         state = json.loads(cursor.value) if cursor else {}
         if state.get("query") != self.query_id:
