@@ -19,6 +19,7 @@ ids) and exported as the gauge ``syncd_audit_missing_items{mailbox,folder}``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -179,10 +180,14 @@ def audit(
     names: list[str],
     now: datetime,
     limit: int = LIMIT,
+    stop: Callable[[], bool] = lambda: False,
 ) -> list[MailboxAudit]:
-    """Audit these mailboxes, keep each result and set the gauge."""
+    """Audit these mailboxes, keep each result and set the gauge; ``stop()`` is asked
+    before each mailbox (the daemon stopping)."""
     results = []
     for name in names:
+        if stop():
+            break
         result = audit_mailbox(sessions, settings, name, limit)
         results.append(result)
         if result.error is not None:
@@ -232,7 +237,10 @@ def _store(
 
 
 def run_due(
-    sessions: sessionmaker[Session], settings: Settings, now: datetime
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    now: datetime,
+    stop: Callable[[], bool] = lambda: False,
 ) -> list[MailboxAudit]:
     """The audits due now (for the daemon): every mailbox that has read everything once
     (``caught_up_at``), is not parked, and was last audited ``audit.interval_hours`` ago
@@ -253,7 +261,7 @@ def run_due(
         ):
             last[mailbox_id] = min(when, last.get(mailbox_id, when))
     due = [name for mailbox_id, name in candidates if _due(last.get(mailbox_id), now, every)]
-    return audit(sessions, settings, sorted(due), now)
+    return audit(sessions, settings, sorted(due), now, stop=stop)
 
 
 def _due(last: datetime | None, now: datetime, every: timedelta) -> bool:

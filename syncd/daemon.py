@@ -235,7 +235,8 @@ class Daemon:
         from syncd.audit import run_due
 
         try:
-            run_due(self.sessions, self.settings, datetime.now(UTC))  # it logs each gap
+            # it logs each gap; it stops between two mailboxes when the daemon stops
+            run_due(self.sessions, self.settings, datetime.now(UTC), self.stopping.is_set)
         except Exception as exc:  # an audit never stops the daemon; the next one tries again
             log.warning("gap audit failed: %s", exc)
 

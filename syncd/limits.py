@@ -127,7 +127,11 @@ class _Monitor:
         bound.deadline = now + bound.seconds
         if outer is not None:  # a bound within a bound ends at the outer one's end at the latest
             bound.deadline = min(bound.deadline, outer.deadline)
-        with self.lock:
+        # not `with self.lock`: Condition.__enter__ is Python code, and a bound raised in
+        # this thread just after the lock was taken there would leave it taken for good;
+        # the lock is taken inside the try, and given back if this thread holds it
+        try:
+            self.lock.acquire()
             bound.active = True
             self.seq += 1
             heapq.heappush(self.heap, (bound.deadline, self.seq, threading.get_ident(), bound))
@@ -135,14 +139,24 @@ class _Monitor:
                 self.thread = threading.Thread(target=self._watch, name="limits", daemon=True)
                 self.thread.start()
             self.lock.notify()
+        finally:
+            self._release()
 
     def pop(self, bound: _Bound) -> None:
         """The bound ends: from here on nothing is raised for it (one still pending is
-        cleared, under the lock the monitor raises under)."""
-        with self.lock:
+        cleared, under the lock the monitor raises under). Raises only a bound that was
+        pending before the lock was taken (the caller calls again: see :func:`_end`)."""
+        try:
+            self.lock.acquire()
             if bound.active:
                 bound.active = False
                 _async_raise(threading.get_ident(), None)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.lock._is_owned():  # type: ignore[attr-defined]
+            self.lock.release()
 
     def _watch(self) -> None:
         with self.lock:
@@ -286,24 +300,35 @@ def _in_main(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
 def _in_thread(seconds: float, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     bound = _Bound(seconds)
     stack: list[_Bound] = _outer.__dict__.setdefault("stack", [])
+    outer = stack[-1] if stack else None
     done, result = False, cast(T, None)
     try:
         try:
-            _MONITOR.push(bound, stack[-1] if stack else None)
             stack.append(bound)
+            _MONITOR.push(bound, outer)
             result = fn(*args, **kwargs)
             done = True
         finally:
-            _MONITOR.pop(bound)
-            if bound in stack:
-                del stack[stack.index(bound) :]
+            _end(bound, stack)
     except _ThreadExpired:
-        _MONITOR.pop(bound)  # it may have come before the pop above was done
-        if bound in stack:
-            del stack[stack.index(bound) :]
+        _end(bound, stack)
         if done:
             return result  # it came after the work was done
         if not bound.expired:
-            raise  # an outer bound's: it ends there
+            raise  # an outer bound's: it ends there (and fires again until it does)
         raise _over(seconds) from None
     return result
+
+
+def _end(bound: _Bound, stack: list[_Bound]) -> None:
+    """End ``bound`` whatever comes meanwhile: once :meth:`_Monitor.pop` got through,
+    nothing is raised for it any more (an outer bound's exception, if one comes, fires again
+    every ``_REFIRE`` until its own parse ends)."""
+    while True:
+        try:
+            _MONITOR.pop(bound)
+            break
+        except _ThreadExpired:
+            continue
+    if bound in stack:
+        del stack[stack.index(bound) :]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd import logs, metrics, past
@@ -159,13 +159,16 @@ class SyncJob:
         try:
             return self._run()
         except LeaseLost as exc:
-            log.warning("mailbox %r: %s; this pass stops", self.name, exc)
+            log.warning("%s; this pass stops", exc)
             self.report.busy = "another pass"
             self.report.stopped = True
             return self.report
         finally:
-            with self.sessions.begin() as session:
-                lease.release(session)
+            try:
+                with self.sessions.begin() as session:
+                    lease.release(session)
+            except SQLAlchemyError as exc:  # the database went away: the lease runs out
+                log.warning("mailbox %r: its lease is left to run out: %s", self.name, exc)
 
     def _take_lease(self) -> Lease | None:
         """The mailbox's lease, or None when another pass holds it (``report.busy``)."""
@@ -173,7 +176,7 @@ class SyncJob:
             mailbox_id = session.scalar(select(Mailbox.id).where(Mailbox.name == self.name))
             if mailbox_id is None:
                 raise ConnectorError(f"no mailbox named {self.name!r}; see 'syncd mailbox list'")
-            self.lease = Lease(mailbox_id, self.owner, self.settings.sync.lease_seconds)
+            self.lease = Lease(mailbox_id, self.owner, self.settings.sync.lease_seconds, self.name)
             holder = self.lease.acquire(session, self.now())
         if holder is not None:
             log.info("mailbox %r: being synced by %s; left to it", self.name, holder)
@@ -187,8 +190,8 @@ class SyncJob:
             return self.report
         try:
             self._pass(spec)
-        except DatabaseError:
-            raise  # the CRM database, not the mailbox: the caller says so, nothing is failing
+        except (DatabaseError, LeaseLost):
+            raise  # the CRM database, or another pass took the mailbox: nothing is failing
         except OperationalError as exc:  # the database went away mid-pass: likewise
             raise DatabaseError(describe(exc)) from exc
         except Exception as exc:  # one bad mailbox never stalls the others

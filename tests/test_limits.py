@@ -735,7 +735,7 @@ def test_in_a_worker_thread_the_bound_holds_as_in_the_main_one():
     assert in_thread(lambda: run_bounded(2, nested)) == ["done"]
     (inner,) = in_thread(lambda: run_bounded(0.2, run_bounded, 30, busy, 10))
     assert isinstance(inner, OverLimit)
-    results = in_thread(lambda: [run_bounded(0.05, busy, 0.049) for _ in range(20)] + [busy(0.2)])
+    results = in_thread(lambda: [run_bounded(0.3, busy, 0.01) for _ in range(20)] + [busy(0.5)])
     assert results == [["done"] * 21]  # no bound fired after its parse was done
     (words,) = in_thread(lambda: reason_of(read_message(from_words(), "p", NOW)))
     assert str(words).startswith("over limits.encoded_words")
@@ -963,3 +963,40 @@ def test_random_recurring_calendars_never_expand_past_the_limits(case):
     item = read_message(invitation(data, "Invitation"), "p", NOW, limits=SMALL)
     assert isinstance(item, MailItem)
     assert len(item.invitations) <= len(events)
+
+
+def test_a_bound_landing_while_a_thread_takes_the_monitors_lock_never_leaves_it_taken():
+    """The race a review found: a bound raised in a thread just as it takes the monitor's
+    lock (to end its bound) must not leave the lock taken, or every later pass would hang
+    in its first parse."""
+    from syncd import limits
+
+    monitor = limits._MONITOR
+    bound = limits._Bound(60)
+    outcome: list[object] = []
+    taken = threading.Event()
+
+    def ending() -> None:
+        taken.set()
+        try:
+            limits._end(bound, [bound])  # waits for the lock the main thread holds
+            outcome.append("ended")
+        except BaseException as exc:  # what escaped is the outcome
+            outcome.append(exc)
+
+    monitor.lock.acquire()
+    try:
+        bound.active = True
+        worker = threading.Thread(target=ending)
+        worker.start()
+        taken.wait(5)
+        time.sleep(0.2)  # it now waits for the lock
+        assert worker.ident is not None
+        limits._async_raise(worker.ident, limits._ThreadExpired)  # lands as it gets the lock
+    finally:
+        monitor.lock.release()
+    worker.join(10)
+    assert outcome == ["ended"] and not bound.active
+    assert monitor.lock.acquire(timeout=2)  # free again
+    monitor.lock.release()
+    assert in_thread(lambda: run_bounded(5, busy, 0.01)) == ["done"]  # bounds still work

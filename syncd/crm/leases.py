@@ -57,6 +57,7 @@ class Lease:
     mailbox_id: int
     owner: str
     seconds: float
+    mailbox: str = ""  # its name, for the messages
 
     def acquire(self, session: Session, now: datetime) -> str | None:
         """Take the lease; None when taken, else the name of the one who holds it."""
@@ -99,8 +100,9 @@ class Lease:
         )
         if not done.rowcount:  # type: ignore[attr-defined]
             raise LeaseLost(
-                f"mailbox {self.mailbox_id}: another pass took it over (this one held it "
-                f"longer than sync.lease_seconds = {self.seconds:g} without committing)"
+                f"mailbox {self.mailbox or self.mailbox_id!r}: another pass took it over (this "
+                f"one held it longer than sync.lease_seconds = {self.seconds:g} without "
+                "committing); raise sync.lease_seconds if a batch takes that long"
             )
 
     def release(self, session: Session) -> None:

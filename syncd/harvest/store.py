@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 from syncd.crm.models import Import, ImportCursor, ImportPerson
 from syncd.harvest.people import People, Person
 
-NAMES_KEPT = 20  # display names kept a person and mailbox: the most frequent
+# display names kept a person and mailbox: the most frequent, ties by the name itself (a
+# person seldom has more; past it, which rare spellings stay may depend on the order read)
+NAMES_KEPT = 100
 
 
 def new_import(session: Session, kind: str, options: dict[str, Any], now: datetime) -> str:
@@ -102,7 +104,7 @@ def people_by_mailbox(session: Session, import_id: str) -> dict[str, People]:
 def dump(person: Person) -> dict[str, Any]:
     return {
         "spellings": dict(person.spellings),
-        "names": dict(person.names.most_common(NAMES_KEPT)),
+        "names": dict(sorted(person.names.items(), key=lambda n: (-n[1], n[0]))[:NAMES_KEPT]),
         "first_seen": person.first_seen.isoformat() if person.first_seen else None,
         "last_seen": person.last_seen.isoformat() if person.last_seen else None,
         "counts": [
