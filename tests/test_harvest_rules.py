@@ -199,3 +199,20 @@ def test_a_saved_card_makes_someone_known_and_names_them_in_the_users_words():
     see_card(only_saved, saved, "ana", {"ana@northwind.test"})
     (v,) = decide(only_saved, Policy(two_way_only=True), CRM)
     assert v.action == "import" and v.person.first_seen is None
+
+
+def test_two_address_books_naming_one_person_differently_give_one_name_in_any_order():
+    from syncd.connectors.contacts import card
+    from syncd.harvest.collect import see_card
+
+    one = card("a", "Vic Lang", ["vic@umbrella.test"], "Vic", "Lang")
+    two = card("b", "Victoria Lang", ["vic@umbrella.test"], "Victoria", "Lang")
+    assert one is not None and two is not None
+    names = set()
+    for cards in ((one, two), (two, one)):
+        people = People()
+        for c in cards:
+            see_card(people, c, "ana", set())
+        (v,) = decide(people, Policy(), CRM)
+        names.add((v.name, v.first_last))
+    assert names == {("Vic Lang", ("Vic", "Lang"))}

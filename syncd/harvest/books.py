@@ -20,7 +20,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.connectors.base import AuthError, Connector, CursorExpired
+from syncd.connectors.base import Connector, ConnectorError, CursorExpired
 from syncd.connectors.contacts import AddressBook, HasAddressBooks
 from syncd.crm import recorder
 from syncd.crm.leases import Lease
@@ -51,7 +51,7 @@ def sync_address_books(
     try:
         for book in connector.address_books():
             reader.read(book)
-    except AuthError as exc:  # a scope or permission not granted: the mail goes on
+    except ConnectorError as exc:  # a scope not granted, a book server down: mail goes on
         log.warning("mailbox %r: address book not read: %s", mailbox, exc)
     if reader.added:
         log.info("mailbox %r: %d contacts added from its address books", mailbox, reader.added)

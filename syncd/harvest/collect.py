@@ -57,10 +57,9 @@ def see_card(people: People, card: Card, mailbox: str, own: Collection[str]) -> 
     the user's own); the card's name is the user's own word for them."""
     addresses = [a for a in card.addresses if merge_key(a) and merge_key(a) not in own]
     person = people.see_card(addresses, card.name, mailbox)
-    if person is not None and card.name and not person.book_name:
-        person.book_name = card.name
-        if card.first_name and card.last_name:
-            person.book_first_last = (card.first_name, card.last_name)
+    if person is not None:
+        both = (card.first_name, card.last_name) if card.first_name and card.last_name else None
+        person.name_from_book(card.name, both)
 
 
 def see_meeting(people: People, item: MeetingItem, mailbox: str, own: Collection[str]) -> None:

@@ -95,6 +95,15 @@ class Person:
     book_name: str = ""
     book_first_last: tuple[str, str] | None = None
 
+    def name_from_book(self, name: str, first_last: tuple[str, str] | None) -> None:
+        """An address book's name for them: of two books' names, the one that sorts first,
+        so the name never depends on which card was read first."""
+        if name and (
+            not self.book_name
+            or (name, first_last or ()) < (self.book_name, self.book_first_last or ())
+        ):
+            self.book_name, self.book_first_last = name, first_last
+
     @property
     def domain(self) -> str:
         return domain_of(self.key)
@@ -172,8 +181,7 @@ class Person:
         self.saved += other.saved
         self.mailboxes |= other.mailboxes
         self.aliases |= other.aliases | ({other.key} - {self.key})
-        if other.book_name and not self.book_name:
-            self.book_name, self.book_first_last = other.book_name, other.book_first_last
+        self.name_from_book(other.book_name, other.book_first_last)
 
 
 class People:
