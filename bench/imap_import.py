@@ -1,9 +1,16 @@
 """Benchmark: first sync of an IMAP mailbox on a real Dovecot, and a poll of it unchanged.
 
-Prints, from one run: syncd's first-sync rate (messages/s, SQLite), the ceiling (imapclient
-fetching the same items on one connection, no processing), their ratio, peak RSS of each
-phase (each in its own process), and the time and the number of IMAP commands of a poll of
-the unchanged mailbox (counted by a proxy between syncd and Dovecot).
+Prints, from one run: the fetch ceiling (imapclient fetching what syncd's first FETCH asks
+for, no processing) with 1 process and with N (each on its own connection, fetching a share
+of the UIDs), syncd's first-sync rate (messages/s, SQLite) with 1 parse process and with N
+(``sync.parse_processes``), each rate's ratio against the one-process ceiling, the peak RSS
+of each phase (each in its own process; a sync's is its main process's), and the time and
+the number of IMAP commands of a poll of the unchanged mailbox (counted by a proxy between
+syncd and Dovecot), and how soon IDLE brings a new message. N is the number of usable CPUs.
+Aims (issue 14): a ratio >= 0.7 with N workers on 4 or more cores, >= 0.5 on 2.
+
+A ceiling is measured again and again until it has run for 5 s (at least 3 times), and the
+median taken.
 
     .venv/bin/python bench/imap_import.py                    # 20,000 messages
     .venv/bin/python bench/imap_import.py --messages 200000 --body metadata
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,46 +29,100 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from phases import peak_rss_mb, run_phase  # noqa: E402
 
-ATTRIBUTES = {
-    "metadata": [b"BODY.PEEK[HEADER]", b"INTERNALDATE", b"BODYSTRUCTURE"],
-    "snippet": [
-        b"BODY.PEEK[HEADER]",
-        b"BODY.PEEK[TEXT]<0.16384>",
-        b"INTERNALDATE",
-        b"BODYSTRUCTURE",
-    ],
-    "full": [b"BODY.PEEK[]", b"INTERNALDATE"],
-}
+CEILING_SECONDS = 5.0  # a ceiling runs at least this long, and at least CEILING_RUNS times
+CEILING_RUNS = 3
+Share = list[tuple[str, list[int]]]  # what one process fetches: UIDs by folder
+
+_client: Any = None  # a ceiling process's connection
 
 
-def phase_ceiling(port: int, login: str, password: str, body: str) -> dict[str, float]:
-    """imapclient alone: the same FETCH items, 1000 UIDs a command, nothing done with them."""
+def _connect(port: int, login: str, password: str) -> None:
     from imapclient import IMAPClient
 
-    client = IMAPClient("127.0.0.1", port=port, ssl=False)
-    client.login(login, password)
-    start = time.perf_counter()
+    global _client
+    _client = IMAPClient("127.0.0.1", port=port, ssl=False)
+    _client.login(login, password)
+
+
+def _fetch_share(share: Share, attributes: list[bytes]) -> int:
+    """One process's share, 1000 UIDs a command, nothing done with what comes back."""
     count = 0
-    for folder in ("INBOX", "Sent"):
-        client.select_folder(folder, readonly=True)
-        uids = client.search(["ALL"])
+    for folder, uids in share:
+        _client.select_folder(folder, readonly=True)
         for i in range(0, len(uids), 1000):
-            count += len(client.fetch(uids[i : i + 1000], ATTRIBUTES[body]))
-    seconds = time.perf_counter() - start
-    client.logout()
-    return {"messages": count, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+            count += len(_client.fetch(uids[i : i + 1000], attributes))
+    return count
+
+
+def phase_ceiling(
+    port: int, login: str, password: str, body: str, processes: int
+) -> dict[str, float]:
+    """imapclient alone, on ``processes`` connections in as many processes: the FETCH items
+    syncd asks first for each message, for every message of INBOX and Sent."""
+    import multiprocessing
+
+    from syncd.connectors.imap.parse import fetch_attributes
+
+    attributes = fetch_attributes(body)
+    _connect(port, login, password)
+    shares: list[Share] = [[] for _ in range(processes)]
+    for folder in ("INBOX", "Sent"):
+        _client.select_folder(folder, readonly=True)
+        uids = sorted(_client.search(["ALL"]))
+        step = -(-len(uids) // processes)
+        for i, share in enumerate(shares):
+            share.append((folder, uids[i * step : (i + 1) * step]))
+    pool = None
+    if processes > 1:
+        context = multiprocessing.get_context("forkserver")
+        pool = context.Pool(processes, initializer=_connect, initargs=(port, login, password))
+
+    def once() -> tuple[int, float]:
+        start = time.perf_counter()
+        if pool is None:
+            count = _fetch_share(shares[0], attributes)
+        else:
+            count = sum(pool.starmap(_fetch_share, [(s, attributes) for s in shares], 1))
+        return count, time.perf_counter() - start
+
+    once()  # warm: connections, Dovecot's caches
+    rates: list[float] = []
+    spent = 0.0
+    while spent < CEILING_SECONDS or len(rates) < CEILING_RUNS:
+        count, seconds = once()
+        rates.append(count / seconds)
+        spent += seconds
+    if pool is not None:
+        pool.terminate()
+    _client.logout()
+    return {
+        "messages": count,
+        "rate": statistics.median(rates),
+        "runs": len(rates),
+        "seconds": spent,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def phase_sync(
-    url: str, home: str, crm: str, port: int, login: str, password: str, body: str
+    url: str,
+    home: str,
+    crm: str,
+    port: int,
+    login: str,
+    password: str,
+    body: str,
+    processes: int,
 ) -> dict[str, float]:
-    """syncd's whole pipeline on the mailbox, as `syncd sync` runs it."""
+    """syncd's whole pipeline on the mailbox, as `syncd sync` runs it, with ``processes``
+    parse processes (``sync.parse_processes``)."""
     from syncd.config import Settings
     from syncd.crm import mailboxes
     from syncd.crm.database import make_engine, session_factory, upgrade
@@ -72,7 +134,9 @@ def phase_sync(
     upgrade(engine)
     sessions = session_factory(engine)
     load_company(sessions, Path(crm))
-    settings = Settings(home=Path(home), sync={"body": body, "batch_size": 1000})
+    settings = Settings(
+        home=Path(home), sync={"body": body, "batch_size": 1000, "parse_processes": processes}
+    )
     with sessions.begin() as session:
         from sqlalchemy import select
 
@@ -189,7 +253,8 @@ def fill(maildir: Path, messages: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=20_000, help="up to 200,000")
-    parser.add_argument("--body", choices=list(ATTRIBUTES), default="snippet")
+    parser.add_argument("--body", choices=["metadata", "snippet", "full"], default="snippet")
+    parser.add_argument("--processes", type=int, default=0, help="N (default: one per usable CPU)")
     parser.add_argument("--phase", choices=["ceiling", "sync", "poll"], help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,9 +269,11 @@ def main() -> None:
         print(json.dumps(fn(**kw)))
         return
 
+    from syncd.connectors import parsepool
     from syncd.demo import build_demo
     from tests.servers import Dovecot, dovecot
 
+    n = args.processes or parsepool.usable_cpus()
     work = Path(tempfile.mkdtemp(prefix="syncd-imap-bench-"))
     demo = build_demo(work / "demo")
     with dovecot() as server:
@@ -219,30 +286,55 @@ def main() -> None:
             "password": Dovecot.PASSWORD,
             "body": args.body,
         }
-        run_phase(
-            __file__, "--phase", "ceiling", "--args", json.dumps(common)
-        )  # warm Dovecot's indexes
-        ceiling = run_phase(__file__, "--phase", "ceiling", "--args", json.dumps(common))
-        ceiling_rate = ceiling["messages"] / ceiling["seconds"]
-        print(
-            f"ceiling (imapclient, same FETCH items, no processing): {ceiling_rate:,.0f} msg/s,"
-            f" peak RSS {ceiling['peak_rss_mb']:.0f} MB"
-        )
-        url = f"sqlite:///{work / 'bench.db'}"
-        home = str(work / "home")
-        first = run_phase(
-            __file__,
-            "--phase",
-            "sync",
-            "--args",
-            json.dumps({**common, "url": url, "home": home, "crm": str(demo.root / "crm")}),
-        )
-        rate = args.messages / first["seconds"]
-        print(
-            f"syncd first sync (body={args.body}, SQLite): {rate:,.0f} msg/s "
-            f"({first['activities']:.0f} activities in {first['seconds']:.1f} s), "
-            f"ratio to ceiling {rate / ceiling_rate:.2f}, peak RSS {first['peak_rss_mb']:.0f} MB"
-        )
+        ceilings: dict[int, dict[str, Any]] = {}
+        for processes in (1, n):
+            ceilings[processes] = ceiling = run_phase(
+                __file__,
+                "--phase",
+                "ceiling",
+                "--args",
+                json.dumps({**common, "processes": processes}),
+            )
+            print(
+                f"ceiling, {processes} process{'es' if processes > 1 else ''} (imapclient, "
+                f"syncd's first FETCH items, no processing): {ceiling['rate']:,.0f} msg/s "
+                f"(median of {ceiling['runs']} runs over {ceiling['seconds']:.1f} s), "
+                f"x{ceiling['rate'] / ceilings[1]['rate']:.2f} the one-process ceiling, "
+                f"peak RSS {ceiling['peak_rss_mb']:.0f} MB"
+            )
+        base = ceilings[1]["rate"]
+        url = ""
+        home = ""
+        for processes in (1, n):
+            url = f"sqlite:///{work / f'bench-{processes}.db'}"
+            home = str(work / f"home-{processes}")
+            first = run_phase(
+                __file__,
+                "--phase",
+                "sync",
+                "--args",
+                json.dumps(
+                    {
+                        **common,
+                        "url": url,
+                        "home": home,
+                        "crm": str(demo.root / "crm"),
+                        "processes": processes,
+                    }
+                ),
+            )
+            rate = args.messages / first["seconds"]
+            against_n = (
+                f", {rate / ceilings[n]['rate']:.2f} of the {n}-process one" if n > 1 else ""
+            )
+            print(
+                f"syncd first sync, {processes} parse process{'es' if processes > 1 else ''} "
+                f"(body={args.body}, SQLite): {rate:,.0f} msg/s ({first['activities']:.0f} "
+                f"activities in {first['seconds']:.1f} s), ratio to the one-process ceiling "
+                f"{rate / base:.2f}{against_n}, peak RSS {first['peak_rss_mb']:.0f} MB"
+            )
+        aim = 0.7 if n >= 4 else 0.5
+        print(f"aim with {n} usable CPUs: a ratio >= {aim} with {n} parse processes")
         poll = run_phase(
             __file__,
             "--phase",

@@ -1,9 +1,12 @@
 """Benchmark: first import of a generated Maildir, on SQLite and on PostgreSQL.
 
 Prints, from one run: syncd's import rate (messages/s) on each database, the ceiling
-measured in the same run (parsing the same files with the same parser, no database), their
-ratio, the peak RSS of each phase (each runs in its own process), and the time of a poll of
-the unchanged mailbox.
+measured in the same run (parsing the same files with the same parser, no database; read
+again until it has run CEILING_SECONDS, the median of the runs), their ratio, the peak RSS of
+each phase (each runs in its own process), and the time of a poll of the unchanged mailbox.
+Memory (issue 14, flat memory): the peak RSS of the import of a 5,000-message reference
+Maildir on each database, and its ratio to that of the ``--messages`` import (aim: at most
+1.2, whatever the size).
 
     .venv/bin/python bench/import_local.py                 # 50,000 messages
     .venv/bin/python bench/import_local.py --messages 200000
@@ -14,6 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -25,20 +31,39 @@ sys.path.insert(0, str(ROOT))
 
 from phases import peak_rss_mb, run_phase  # noqa: E402
 
+CEILING_SECONDS = 5.0  # a ceiling reads the files again until it has run this long
+REFERENCE = 5_000  # messages of the reference import, whose peak RSS the others are held to
+RSS_AIM = 1.2
+
 
 def phase_ceiling(maildir: Path) -> dict[str, float]:
-    """Read and parse every message with syncd's parser; no matching, no database."""
+    """Read and parse every message with syncd's parser; no matching, no database. The
+    files are listed as they are read (nothing held), as often as it takes."""
     from syncd.connectors.mime import UnreadableMessage, parse_message
 
     now = datetime.now(UTC)
-    files = [p for d in (maildir / "cur", maildir / ".Sent" / "cur") for p in d.iterdir()]
-    start = time.perf_counter()
-    for p in files:
-        with contextlib.suppress(UnreadableMessage):
-            parse_message(p.read_bytes(), p.name, now)
+
+    def once() -> tuple[int, float]:
+        count, start = 0, time.perf_counter()
+        for folder in (maildir / "cur", maildir / ".Sent" / "cur"):
+            with os.scandir(folder) as it:
+                for entry in it:
+                    with open(entry.path, "rb") as fh, contextlib.suppress(UnreadableMessage):
+                        parse_message(fh.read(), entry.name, now)
+                    count += 1
+        return count, time.perf_counter() - start
+
+    rates: list[float] = []
+    spent = 0.0
+    while spent < CEILING_SECONDS:
+        count, seconds = once()
+        rates.append(count / seconds)
+        spent += seconds
     return {
-        "messages": len(files),
-        "seconds": time.perf_counter() - start,
+        "messages": count,
+        "rate": statistics.median(rates),
+        "runs": len(rates),
+        "seconds": spent,
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -56,7 +81,7 @@ def phase_import(maildir: Path, url: str, crm: Path) -> dict[str, float]:
     sessions = session_factory(engine)
     load_company(sessions, crm)
     add_local_mailbox(sessions, "ana", "ana@northwind.test", maildir=str(maildir))
-    settings = Settings(home=Path(tempfile.mkdtemp()))
+    settings = Settings(home=Path(tempfile.mkdtemp(dir=maildir.parent)))
     start = time.perf_counter()
     report = sync_mailbox(sessions, settings, "ana")
     seconds = time.perf_counter() - start
@@ -95,32 +120,63 @@ def main() -> None:
     from tests.servers import new_pg_database, postgres
 
     work = Path(tempfile.mkdtemp(prefix="syncd-bench-"))
-    now = datetime.now(UTC)
-    demo = build_demo(work / "demo", now)
-    t = time.perf_counter()
-    maildir = generate_maildir(work / "maildir", args.messages, now)
-    print(f"generated {args.messages} messages in {time.perf_counter() - t:.1f} s ({work})")
-    common = ["--maildir", str(maildir), "--crm", str(demo.root / "crm")]
-    ceiling = run_phase(__file__, "--phase", "ceiling", *common)
-    ceiling_rate = ceiling["messages"] / ceiling["seconds"]
-    print(
-        f"ceiling (parse only, no database): {ceiling_rate:,.0f} msg/s, "
-        f"peak RSS {ceiling['peak_rss_mb']:.0f} MB"
-    )
-    with postgres() as pg:
-        for name, url in (
-            ("sqlite", f"sqlite:///{work / 'bench.db'}"),
-            ("postgresql", new_pg_database(pg)),
-        ):
-            r = run_phase(__file__, "--phase", "import", "--url", url, *common)
-            rate = args.messages / r["seconds"]
-            print(
-                f"{name:10s}: {rate:,.0f} msg/s ({args.messages} messages in "
-                f"{r['seconds']:.1f} s, {r['activities']:.0f} activities, "
-                f"{r['not_logged']:.0f} not logged), ratio to ceiling {rate / ceiling_rate:.2f}, "
-                f"peak RSS {r['peak_rss_mb']:.0f} MB, "
-                f"unchanged poll {r['unchanged_poll_ms']:.0f} ms"
-            )
+    try:
+        now = datetime.now(UTC)
+        demo = build_demo(work / "demo", now)
+        t = time.perf_counter()
+        maildir = generate_maildir(work / "maildir", args.messages, now)
+        reference = generate_maildir(work / "reference", REFERENCE, now)
+        print(
+            f"generated {args.messages} messages and a reference of {REFERENCE} in "
+            f"{time.perf_counter() - t:.1f} s ({work})"
+        )
+        crm = ["--crm", str(demo.root / "crm")]
+        ceiling = run_phase(__file__, "--phase", "ceiling", "--maildir", str(maildir), *crm)
+        print(
+            f"ceiling (parse only, no database): {ceiling['rate']:,.0f} msg/s "
+            f"(median of {ceiling['runs']} runs over {ceiling['seconds']:.1f} s), "
+            f"peak RSS {ceiling['peak_rss_mb']:.0f} MB"
+        )
+        with postgres() as pg:
+            for name, url in (
+                ("sqlite", f"sqlite:///{work / 'bench.db'}"),
+                ("postgresql", new_pg_database(pg)),
+            ):
+                ref_url = (
+                    f"sqlite:///{work / 'reference.db'}"
+                    if name == "sqlite"
+                    else new_pg_database(pg)
+                )
+                small = run_phase(
+                    __file__,
+                    "--phase",
+                    "import",
+                    "--url",
+                    ref_url,
+                    "--maildir",
+                    str(reference),
+                    *crm,
+                )
+                r = run_phase(
+                    __file__, "--phase", "import", "--url", url, "--maildir", str(maildir), *crm
+                )
+                rate = args.messages / r["seconds"]
+                print(
+                    f"{name:10s}: {rate:,.0f} msg/s ({args.messages} messages in "
+                    f"{r['seconds']:.1f} s, {r['activities']:.0f} activities, "
+                    f"{r['not_logged']:.0f} not logged), "
+                    f"ratio to ceiling {rate / ceiling['rate']:.2f}, "
+                    f"peak RSS {r['peak_rss_mb']:.0f} MB, "
+                    f"unchanged poll {r['unchanged_poll_ms']:.0f} ms"
+                )
+                growth = r["peak_rss_mb"] / small["peak_rss_mb"]
+                print(
+                    f"{'':10s}  memory: peak RSS {small['peak_rss_mb']:.0f} MB at {REFERENCE} "
+                    f"messages, {r['peak_rss_mb']:.0f} MB at {args.messages}: ratio "
+                    f"{growth:.2f} (aim <= {RSS_AIM}{', met' if growth <= RSS_AIM else ', missed'})"
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # a large run leaves gigabytes of files
 
 
 if __name__ == "__main__":

@@ -213,6 +213,9 @@ class SyncSettings(_Section):
     lease_seconds: int = Field(600, ge=5, le=86400)
     # IMAP connections open at once to one server, across all its mailboxes
     imap_connections: int = Field(8, ge=1, le=1000)
+    # worker processes that fetch and parse large reads (a first sync, an import) beside
+    # the process that records them (0: one per usable CPU; 1: none, all in one process)
+    parse_processes: int = Field(0, ge=0, le=256)
 
 
 class MetricsSettings(_Section):

@@ -23,7 +23,7 @@ from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import ExclusionSettings, Settings
-from syncd.crm import queries, recorder
+from syncd.crm import lookups, recorder
 from syncd.items import (
     ADDRESS_LENGTH,
     EARLIEST,
@@ -43,24 +43,55 @@ from syncd.matching.matcher import CrmIndex, match
 log = logging.getLogger("syncd.sync")
 
 
+# CRM records and look-ups a pass's index holds at most: past it, the next batch starts
+# from the base again (a few hundred bytes each: memory stays bounded, whatever the CRM)
+INDEX_HELD = 200_000
+
+
 class PassIndex:
-    """The CRM index a pass decides against: loaded once, and only when something is to be
-    matched. Storing a batch teaches it the tags it stored (``syncd.settle``); when that
-    transaction fails, :meth:`forget` drops what it learned and the next use loads it again."""
+    """The CRM index a pass decides against. The users, the company's domains and the
+    exclusions are loaded once, when something is first to be matched; each batch then adds
+    what its items can match and the index does not hold yet (:meth:`load`,
+    ``syncd.crm.lookups``), so a pass holds no more of the CRM than its mail touches, at
+    most about INDEX_HELD records, whatever the CRM's size. Storing a batch adds the deals
+    its conversations need and teaches it the tags it stored (``syncd.settle``); when that
+    transaction fails, :meth:`forget` drops what it holds (what it learned is void), and
+    the next use starts from the base again."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
         self.settings = settings
+        self._base: CrmIndex | None = None
         self._index: CrmIndex | None = None
 
+    def load(self, items: Iterable[Item]) -> CrmIndex:
+        """The index these items are decided against."""
+        with self.sessions() as session:
+            index = self._current(session)
+            if index.held() > INDEX_HELD:
+                index = self._index = self._base_of(session).for_batch()
+            lookups.fill(session, index, items)
+        return index
+
     def get(self) -> CrmIndex:
-        if self._index is None:
-            with self.sessions() as session:
-                self._index = queries.load_index(session, self.settings)
-        return self._index
+        """The index as it stands (what the settling of a stored batch adds to)."""
+        if self._index is not None:
+            return self._index
+        with self.sessions() as session:
+            return self._current(session)
 
     def forget(self) -> None:
         self._index = None
+
+    def _current(self, session: Session) -> CrmIndex:
+        if self._index is None:
+            self._index = self._base_of(session).for_batch()
+        return self._index
+
+    def _base_of(self, session: Session) -> CrmIndex:
+        if self._base is None:
+            self._base = lookups.base_index(session, self.settings)
+        return self._base
 
 
 def decide(
@@ -110,16 +141,29 @@ def fit_item(item: Item, now: datetime) -> Item:
     sees year 9999). A meeting's end counts too: the rules work from it."""
     _check_times(item, now)
     people = _fit_participants(item.participants)
+    key, provider_id = fit(item.key), fit(item.provider_id)
     if isinstance(item, MailItem):
+        thread_key = fit(item.thread_key)
+        related = tuple(fit(k) for k in item.related_keys)
+        if (key, provider_id, thread_key, related, people) == (
+            item.key,
+            item.provider_id,
+            item.thread_key,
+            item.related_keys,
+            item.participants,
+        ):
+            return item  # it fits as it is (almost every item): no copy
         return replace(
             item,
-            key=fit(item.key),
-            provider_id=fit(item.provider_id),
-            thread_key=fit(item.thread_key),
-            related_keys=tuple(fit(k) for k in item.related_keys),
+            key=key,
+            provider_id=provider_id,
+            thread_key=thread_key,
+            related_keys=related,
             participants=people,
         )
-    return replace(item, key=fit(item.key), provider_id=fit(item.provider_id), participants=people)
+    if (key, provider_id, people) == (item.key, item.provider_id, item.participants):
+        return item
+    return replace(item, key=key, provider_id=provider_id, participants=people)
 
 
 def _check_times(item: Item, now: datetime) -> None:
@@ -140,6 +184,8 @@ def _unfit_address(address: str) -> bool:
 def _fit_participants(people: Sequence[Participant]) -> tuple[Participant, ...]:
     """Participants whose address fits the column: one that does not becomes a stable,
     undeliverable stand-in (``<hash>@invalid.invalid``)."""
+    if not any(_unfit_address(p.address) for p in people):
+        return tuple(people)
     return tuple(
         replace(p, address=fit(p.address, 0)[5:37] + "@invalid.invalid")
         if _unfit_address(p.address)

@@ -125,7 +125,7 @@ class Retrier:
         try:
             reread = reparse(entry.format, data, ctx)
             decisions = (
-                decide(reread.items, self.index.get(), self.settings, excluded)
+                decide(reread.items, self.index.load(reread.items), self.settings, excluded)
                 if reread.items
                 else []
             )

@@ -11,11 +11,10 @@ items, and relinks what changed. A sync pass and ``syncd quarantine retry`` sett
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from syncd.crm import conversations, recorder
+from syncd.crm import conversations, lookups, recorder
 from syncd.items import MailItem, conversation_keys
 from syncd.matching.matcher import CrmIndex, settle
 
@@ -30,20 +29,28 @@ def settle_touched(
     keys: set[str] = set()
     for d in decisions:
         keys.update(conversation_keys(d.item))
-    reordered = learn_tags(index, decisions)
+    reordered = learn_tags(session, index, decisions)
     if reordered:
         keys.update(conversations.conversation_keys_of_candidates(session, index, reordered))
-    changes = [
-        change
-        for component in conversations.thread_components(session, keys)
-        for change in settle(component, index)
-    ]
+    components = conversations.thread_components(session, keys)
+    lookups.fill_deals(
+        session,
+        index,
+        {c for component in components for n in component for c in n.contact_ids},
+        {a for component in components for n in component for a in n.account_ids},
+    )
+    changes = [change for component in components for change in settle(component, index)]
     return conversations.relink(session, changes)
 
 
-def learn_tags(index: CrmIndex, decisions: Sequence[recorder.Decision]) -> list[int]:
-    """Teach the index every tagged activity just stored; returns the deals whose rank
-    against another open deal that changed (see :func:`reorders`), in the order learned."""
+def learn_tags(
+    session: Session, index: CrmIndex, decisions: Sequence[recorder.Decision]
+) -> list[int]:
+    """Teach the index, and the deals' stored evidence (``last_tagged_at``), every tagged
+    activity just stored; returns the deals whose rank against another open deal that
+    changed (``syncd.crm.lookups.overtakes_another``), in the order learned."""
+    tagged = {lk.target_id for d in decisions for lk in d.match.links if lk.reason == "tag"}
+    lookups.load_opportunities(session, index, tagged)  # their stored evidence, as it stands
     reordered: list[int] = []
     for d in decisions:
         when = d.item.sent_at if isinstance(d.item, MailItem) else d.item.start
@@ -51,29 +58,11 @@ def learn_tags(index: CrmIndex, decisions: Sequence[recorder.Decision]) -> list[
             if lk.reason != "tag":
                 continue
             before = index.last_activity.get(lk.target_id)
-            if index.remember(lk.target_id, when) and reorders(index, lk.target_id, before):
+            if not index.remember(lk.target_id, when):
+                continue
+            lookups.note_tagged(session, lk.target_id, when)
+            if lk.target_id in index.opportunities and lookups.overtakes_another(
+                session, lk.target_id, before, when
+            ):
                 reordered.append(lk.target_id)
     return reordered
-
-
-def reorders(index: CrmIndex, opp_id: int, before: datetime | None) -> bool:
-    """Whether a deal's newer tagged activity changes its rank against any other open deal
-    (an item may have candidates at several accounts, so every open deal counts): then
-    what weaker links chose may change."""
-    after = index.last_activity.get(opp_id)
-    if opp_id not in index.opportunities or after is None:
-        return False
-    return any(
-        _overtakes(before, after, index.last_activity.get(other.id))
-        for other in index.opportunities.values()
-        if other.id != opp_id and other.status == "open"
-    )
-
-
-def _overtakes(before: datetime | None, after: datetime, theirs: datetime | None) -> bool:
-    """Whether a deal whose latest tagged activity moved from ``before`` to ``after`` was
-    behind or tied with another deal (latest ``theirs``; None: no tagged activity, the
-    floor) and is now ahead of it or tied."""
-    was_behind_or_tied = before is None or (theirs is not None and before <= theirs)
-    now_ahead_or_tied = theirs is None or theirs <= after
-    return was_behind_or_tied and now_ahead_or_tied

@@ -100,6 +100,7 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
         limits=settings.limits,
         home=settings.home,
         server_connections=settings.sync.imap_connections,
+        parse_processes=settings.sync.parse_processes,
         secret=(
             SecretBox(settings.home).decrypt(mailbox.secret, where) if mailbox.secret else None
         ),
@@ -137,7 +138,7 @@ class SyncJob:
         self.heartbeat = heartbeat
         self.connector_factory = connector_factory
         self.report = SyncReport(mailbox_name)
-        self.index = PassIndex(sessions, settings)  # loaded once a pass, if anything is matched
+        self.index = PassIndex(sessions, settings)  # filled per batch, if anything is matched
         self.budget = budget
         self.floor: datetime | None = None  # mail before it is outside the window
         self.past = past  # syncd import mail --since: see syncd.past
@@ -313,7 +314,7 @@ class SyncJob:
                 decisions = (
                     decide(
                         batch.items,
-                        self.index.get(),
+                        self.index.load(batch.items),
                         self.settings,
                         self.report.excluded,
                         quarantined,

@@ -12,7 +12,6 @@ from syncd.items import MailItem, Participant
 from syncd.matching.addresses import normalize_address
 from syncd.matching.exclusions import Excluded, exclusion, mail_exclusion
 from syncd.matching.matcher import (
-    AccountRef,
     ContactRef,
     CrmIndex,
     OpportunityRef,
@@ -33,7 +32,6 @@ def index(**kw: Any) -> CrmIndex:
             "carla@acme.test": ContactRef(10, "Carla", 100),
             "frank@gmail.com": ContactRef(11, "Frank", None),
         },
-        accounts={100: AccountRef(100, "Acme"), 200: AccountRef(200, "Globex")},
         account_domains={"acme.test": 100, "globex.test": 200, "gmail.com": 200},
         opportunities={
             1: OpportunityRef(1, "OPP-1", "Renewal", 100, "open", frozenset({10})),

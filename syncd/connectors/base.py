@@ -119,6 +119,9 @@ class MailboxSpec:
     # its mailboxes (IMAP: sync.imap_connections, :mod:`syncd.connectors.throttle`); None:
     # no cap (a push watcher's own connection is never counted)
     server_connections: int | None = None
+    # worker processes that fetch and parse a large read (sync.parse_processes, the parse
+    # pool: :mod:`syncd.connectors.parsepool`); 0: one per usable CPU, 1: none
+    parse_processes: int = 0
 
     @classmethod
     def of(

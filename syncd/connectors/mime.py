@@ -10,6 +10,13 @@ The limits are checked before ``email`` sees the bytes (size, header block), the
 and their nesting while the parser reads them, and the whole parse runs under the
 ``parse_seconds`` bound. A message that cannot be logged raises
 :class:`UnreadableMessage`; :func:`read_message` turns it into a quarantine entry.
+
+The fast path (:mod:`.mime_fast`) reads what it provably reads the same way without the
+standard library's parsers: a single-part ``text/plain`` message without building an
+``EmailMessage``, and plain Subjects and address lists without ``policy.default``'s header
+parser; everything else (multipart mail, invitations, encoded or hostile headers) takes the
+full parse. ``parse_message(..., fast=False)`` is the full parse alone, the reference the
+fast path is tested against.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from email.message import EmailMessage
 from syncd.config import LimitSettings
 from syncd.connectors.base import Reread, RereadContext
 from syncd.connectors.ical import invitations_from_ical
+from syncd.connectors.mime_fast import PlainMessage, split_plain
 from syncd.connectors.mime_headers import BulkSignals as BulkSignals
 from syncd.connectors.mime_headers import (
     addresses,
+    fields_of,
     participants,
     raw_headers,
     sent_at,
@@ -36,11 +45,11 @@ from syncd.connectors.mime_headers import identity as identity
 from syncd.connectors.mime_headers import mail_date as mail_date
 from syncd.connectors.mime_headers import message_ids as message_ids
 from syncd.connectors.mime_headers import stable_key as stable_key
+from syncd.connectors.mime_limits import check_fields, read_mime
 from syncd.connectors.mime_limits import check_message as check_message
-from syncd.connectors.mime_limits import read_mime
 from syncd.connectors.reasons import describe, quarantined
 from syncd.items import MailItem, MeetingItem, Participant, Quarantined
-from syncd.limits import OverLimit, limits_or_default, run_bounded
+from syncd.limits import OverLimit, check, limits_or_default, run_bounded
 
 log = logging.getLogger("syncd.mime")
 
@@ -87,6 +96,7 @@ def parse_message(
     fallback_time: datetime,
     *,
     limits: LimitSettings | None = None,
+    fast: bool = True,
 ) -> MailItem:
     """Parse one message. Raises :class:`UnreadableMessage` when it cannot be logged at all,
     and nothing else: whatever the standard library raises on malformed input is read the
@@ -94,14 +104,15 @@ def parse_message(
 
     ``limits`` (None: the defaults) are checked before the parser sees the data, and the
     parse stops after ``parse_seconds``: an item over a limit raises
-    :class:`MessageOverLimit`, naming the limit."""
+    :class:`MessageOverLimit`, naming the limit. ``fast=False``: the full parse alone (the
+    same item, slower; the tests compare the two)."""
     lim = limits_or_default(limits)
     try:
         check_message(data, lim)
         if not data or data.isspace():
             raise UnreadableMessage("empty message")
         return run_bounded(
-            lim.parse_seconds, _parse_leniently, data, provider_id, fallback_time, lim
+            lim.parse_seconds, _parse_leniently, data, provider_id, fallback_time, lim, fast
         )
     except OverLimit as exc:
         raise MessageOverLimit(exc) from None
@@ -130,12 +141,12 @@ def repaired(data: bytes) -> bytes | None:
 
 
 def _parse_leniently(
-    data: bytes, provider_id: str, fallback_time: datetime, limits: LimitSettings
+    data: bytes, provider_id: str, fallback_time: datetime, limits: LimitSettings, fast: bool
 ) -> MailItem:
     """:func:`_parse`, then of the mended message when that cannot be read (with the first
     reason when neither can); anything else the parser raises becomes the reason."""
     try:
-        return _parse(data, provider_id, fallback_time, limits)
+        return _parse(data, provider_id, fallback_time, limits, fast)
     except OverLimit:
         raise
     except UnreadableMessage as first:
@@ -143,7 +154,7 @@ def _parse_leniently(
         if mended is None:
             raise
         try:
-            return _parse(mended, provider_id, fallback_time, limits)
+            return _parse(mended, provider_id, fallback_time, limits, fast)
         except OverLimit:
             raise
         except Exception:
@@ -167,15 +178,28 @@ def _message(data: bytes, limits: LimitSettings) -> EmailMessage:
     return msg
 
 
+def _within_limits(plain: PlainMessage, limits: LimitSettings) -> PlainMessage:
+    """A message the fast path split, held to the limits as :func:`read_mime` holds it."""
+    mime_parts, mime_depth = limits.mime_parts, limits.mime_depth
+    check("mime_parts", 1, mime_parts, f"the message has more than {mime_parts} MIME parts")
+    check("mime_depth", 1, mime_depth, f"its MIME parts are nested more than {mime_depth} deep")
+    check_fields(plain.lines, limits, "the message")
+    return plain
+
+
 def _parse(
-    data: bytes, provider_id: str, fallback_time: datetime, limits: LimitSettings
+    data: bytes, provider_id: str, fallback_time: datetime, limits: LimitSettings, fast: bool
 ) -> MailItem:
-    msg = _message(data, limits)
-    people = participants(msg)
+    plain = split_plain(data) if fast else None
+    msg: EmailMessage | PlainMessage = (
+        _within_limits(plain, limits) if plain else _message(data, limits)
+    )
+    fields = msg.fields if isinstance(msg, PlainMessage) else fields_of(msg)
+    people = participants(fields, fast=fast)
     if not people:
         raise UnreadableMessage("no From, To, Cc or Bcc address that can be read")
-    raw = raw_headers(msg)
-    subject = _WS_RE.sub(" ", text_header(msg, "subject") or "").strip()
+    raw = raw_headers(fields)
+    subject = _WS_RE.sub(" ", text_header(fields, "subject", fast=fast) or "").strip()
     own_ids = message_ids(raw.get("message-id"))
     message_id = own_ids[0] if own_ids else None
     key, thread_key, related = identity(
@@ -192,7 +216,7 @@ def _parse(
         provider_id=provider_id,
         message_id=message_id,
         subject=subject,
-        sent_at=sent_at(msg, raw.get("date"), fallback_time),
+        sent_at=sent_at(fields, raw.get("date"), fallback_time),
         participants=tuple(people),
         thread_key=thread_key,
         related_keys=related,
@@ -205,7 +229,7 @@ def _parse(
         invitations=tuple(_invitations(msg, content_type, provider_id, limits)),
         reply_to=tuple(
             Participant(address=address, name=name, role="reply-to")
-            for name, address in addresses(msg, "reply-to")
+            for name, address in addresses(fields, "reply-to", fast=fast)
         ),
     )
 
@@ -213,8 +237,10 @@ def _parse(
 # --- the body and its calendar parts ----------------------------------------------------------
 
 
-def _text_body(msg: EmailMessage, content_type: str) -> str:
+def _text_body(msg: EmailMessage | PlainMessage, content_type: str) -> str:
     try:
+        if isinstance(msg, PlainMessage):  # split and decoded as get_content decodes it
+            return clean(msg.text)
         return _text_of(msg, content_type)
     except Exception:  # a body that cannot be decoded: the message is logged without it
         return ""
@@ -258,10 +284,12 @@ def _calendar_parts(msg: EmailMessage) -> list[bytes]:
 
 
 def _invitations(
-    msg: EmailMessage, content_type: str, provider_id: str, limits: LimitSettings
+    msg: EmailMessage | PlainMessage, content_type: str, provider_id: str, limits: LimitSettings
 ) -> list[MeetingItem]:
     """The meetings of the message's calendar parts. An invitation over a limit, or slower
     than half the bound, is left out: the mail around it is still an email."""
+    if isinstance(msg, PlainMessage):  # the fast path splits only messages without one
+        return []
     if "multipart" not in content_type and "calendar" not in content_type:
         return []
     found: list[MeetingItem] = []

@@ -7,6 +7,12 @@ raw bytes (local, IMAP, Gmail raw) or from a provider's API (Graph).
 Parsing a header with ``policy.default`` costs about 6 us and 600 bytes a character, so a
 header longer than :data:`POLICY_PARSE_CHARS` is read by the light parsers only
 (``getaddresses``, ``decode_header``), and parsed headers are memoised (:data:`MEMO_POLICY`).
+The values whose parse is known without it (plain ASCII or simply encoded text, plain
+address lists) are read by :mod:`.mime_fast` first; ``fast=False`` reads every value the
+full way (the reference the fast path is tested against).
+
+The readers take a message's :data:`Fields` (:func:`fields_of` an ``EmailMessage``, or
+those the fast path split without one), so that each field is looked up by name once.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email import policy
 from email.header import decode_header, make_header
@@ -22,13 +29,11 @@ from email.policy import EmailPolicy
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any, TypedDict
 
+from syncd.connectors.mime_fast import POLICY_PARSE_CHARS as POLICY_PARSE_CHARS
+from syncd.connectors.mime_fast import fast_addresses, fast_text
 from syncd.items import EARLIEST, Participant, ParticipantRole, latest
 from syncd.matching.addresses import normalize_address, normalize_message_id
 
-# the standard library's header parser spends about 6 us and 600 bytes a character of a
-# long header (a 250 KB To: 1.5 s and 150 MB); beyond this, the light parsers read it
-# (``getaddresses``, ``decode_header``), and only headers this short are memoised
-POLICY_PARSE_CHARS = 8192
 # References kept: the root and the latest ones (clients trim them too, RFC 5322 3.6.4)
 REFERENCES_KEPT = 100
 
@@ -42,6 +47,35 @@ _AUTOREPLY_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress"
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 # an address read the lenient way must still look like one: no spaces, brackets or quotes
 _PLAUSIBLE = re.compile(r"[^\s<>()\[\]\\,;:@\"]+@[^\s<>()\[\]\\,;:@\"]+")
+
+
+# every value of every header field as it came, unparsed, in order, by lower-case name
+Fields = Mapping[str, list[str]]
+# the fields read from raw_headers: the rest are never unfolded (DKIM signatures, Received)
+_RAW_READ = (
+    "message-id",
+    "in-reply-to",
+    "references",
+    "date",
+    "content-type",
+    "list-id",
+    "list-unsubscribe",
+    "precedence",
+    "auto-submitted",
+    "x-autoreply",
+    "x-autorespond",
+    "x-auto-response-suppress",
+    "sensitivity",
+    "x-gmail-labels",
+)
+
+
+def fields_of(msg: EmailMessage) -> dict[str, list[str]]:
+    """A parsed message's :data:`Fields`."""
+    fields: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        fields.setdefault(name.lower(), []).append(str(value))
+    return fields
 
 
 @functools.lru_cache(maxsize=2048)
@@ -93,16 +127,13 @@ def _decode_words(text: str) -> str:
         return text
 
 
-def raw_values(msg: EmailMessage, name: str) -> list[str]:
-    """Every value of header ``name`` (lower case) as it came, unparsed."""
-    return [str(v) for k, v in msg.raw_items() if k.lower() == name]
-
-
-def text_header(msg: EmailMessage, name: str) -> str | None:
+def text_header(fields: Fields, name: str, *, fast: bool = True) -> str | None:
     """A text header (Subject) decoded; read the lenient way when the policy cannot parse it."""
-    values = raw_values(msg, name)
+    values = fields.get(name)
     if not values:
         return None
+    if fast and (text := fast_text(values[0])) is not None:
+        return clean(text).strip()
     if len(values[0]) <= POLICY_PARSE_CHARS:
         try:
             return clean(str(parsed_header(name, values[0]))).strip()
@@ -111,13 +142,11 @@ def text_header(msg: EmailMessage, name: str) -> str | None:
     return _decode_words(unfold(values[0])).strip()
 
 
-def raw_headers(msg: EmailMessage) -> dict[str, str]:
-    """The first value of every header, unfolded, without the policy's (costly) parsing:
-    enough for headers that are tokens or Message-IDs rather than encoded text."""
-    raw: dict[str, str] = {}
-    for name, value in msg.raw_items():
-        raw.setdefault(name.lower(), unfold(value))
-    return raw
+def raw_headers(fields: Fields) -> dict[str, str]:
+    """The first value of each header syncd reads this way (Message-IDs, Date, bulk-mail
+    signals: tokens rather than encoded text), unfolded, without the policy's (costly)
+    parsing."""
+    return {name: unfold(fields[name][0]) for name in _RAW_READ if name in fields}
 
 
 def _lenient_addresses(value: str) -> list[tuple[str, str]]:
@@ -150,23 +179,25 @@ def _strict_addresses(name: str, value: str) -> list[tuple[str, str]]:
     return [(n, a) for n, a in parsed if a]
 
 
-def addresses(msg: EmailMessage, name: str) -> list[tuple[str, str]]:
+def addresses(fields: Fields, name: str, *, fast: bool = True) -> list[tuple[str, str]]:
     """(display name, normalised address) of every address in every ``name`` header."""
     found: list[tuple[str, str]] = []
-    for value in raw_values(msg, name):
-        if len(value) > POLICY_PARSE_CHARS:  # a long list: the light parser reads it
+    for value in fields.get(name, ()):
+        if fast and (pairs := fast_addresses(value)) is not None:
+            found.extend(pairs)
+        elif len(value) > POLICY_PARSE_CHARS:  # a long list: the light parser reads it
             found.extend(_lenient_addresses(value))
         else:
             found.extend(_strict_addresses(name, value) or _lenient_addresses(value))
     return found
 
 
-def participants(msg: EmailMessage) -> list[Participant]:
+def participants(fields: Fields, *, fast: bool = True) -> list[Participant]:
     """From, To, Cc and Bcc: each address once a role, in the order of the headers."""
     found: list[Participant] = []
     seen: set[tuple[str, str]] = set()
     for header, role in _ADDRESS_HEADERS:
-        for name, address in addresses(msg, header):
+        for name, address in addresses(fields, header, fast=fast):
             if (address, role) not in seen:
                 seen.add((address, role))
                 found.append(Participant(address=address, name=name, role=role))
@@ -197,13 +228,13 @@ def mail_date(value: str | None, now: datetime | None = None) -> datetime | None
     return dt if EARLIEST <= dt <= latest(now) else None
 
 
-def sent_at(msg: EmailMessage, date: str | None, fallback: datetime) -> datetime:
+def sent_at(fields: Fields, date: str | None, fallback: datetime) -> datetime:
     """The Date; else the date the first (topmost, nearest) server that took it wrote into
     Received; else the provider's time (file time, INTERNALDATE); else now."""
     now = datetime.now(UTC)
     found = mail_date(date, now)
     if found is None:
-        for received in raw_values(msg, "received")[:5]:
+        for received in fields.get("received", [])[:5]:
             found = mail_date(unfold(received).rpartition(";")[2], now)
             if found is not None:
                 return found

@@ -38,6 +38,17 @@ def acquire(key: str, cap: int) -> None:
         _held[key] = _held.get(key, 0) + 1
 
 
+def try_acquire(key: str, cap: int) -> bool:
+    """Take one of the ``cap`` slots of ``key`` if one is free now, without waiting (a pass
+    that already holds a slot and asks for more must never wait: two such passes would
+    wait on each other)."""
+    if not _semaphore(key, cap).acquire(blocking=False):
+        return False
+    with _lock:
+        _held[key] = _held.get(key, 0) + 1
+    return True
+
+
 def release(key: str) -> None:
     """Give back a slot taken with :func:`acquire`."""
     with _lock:

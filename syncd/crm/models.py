@@ -47,6 +47,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -167,6 +169,8 @@ class ContactAddress(Base):
 
 class Opportunity(Base):
     __tablename__ = "opportunities"
+    # [OPP-n] tags are looked up case-blind, by key (syncd.crm.lookups)
+    __table_args__ = (Index("ix_opportunities_external_id_lower", func.lower(text("external_id"))),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     external_id: Mapped[str] = mapped_column(String(100), unique=True)
     name: Mapped[str] = mapped_column(String(300))
@@ -177,6 +181,8 @@ class Opportunity(Base):
     currency: Mapped[str | None] = mapped_column(String(3))
     close_date: Mapped[date | None] = mapped_column(Date)
     status: Mapped[OpportunityStatus] = mapped_column(String(10), default="open")
+    # the time of its latest tagged activity: the evidence that ranks open deals (matcher)
+    last_tagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     contacts: Mapped[list[OpportunityContact]] = relationship(cascade="all, delete-orphan")
 
 

@@ -1,8 +1,8 @@
-"""Reads of the CRM database that a sync pass decides with: the matcher's index
-(:func:`load_index`) and what the follow-up rules start from (:func:`followup_candidates`,
-:func:`task_status_by_uid`, :func:`task_deal_by_uid`).
+"""Reads of the CRM database that the follow-up rules start from
+(:func:`followup_candidates`, :func:`task_status_by_uid`, :func:`task_deal_by_uid`).
 
-The stored conversations the matcher settles are read by :mod:`syncd.crm.conversations`;
+The matcher's index is filled per batch by :mod:`syncd.crm.lookups`;
+the stored conversations the matcher settles are read by :mod:`syncd.crm.conversations`;
 the reports behind ``syncd status``, ``syncd activities``, ``syncd tasks`` and ``syncd
 mailbox list`` are in :mod:`syncd.crm.reports`.
 """
@@ -14,91 +14,24 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
-from syncd.config import Settings
 from syncd.crm.conversations import thread_keys_of
 from syncd.crm.models import (
-    Account,
-    AccountDomain,
     Activity,
     ActivityKind,
     ActivityParticipant,
     ActivityStatus,
     Contact,
-    ContactAddress,
     Link,
     Opportunity,
-    OpportunityContact,
     Task,
     ThreadKey,
-    User,
 )
 from syncd.crm.rows import IN_LIMIT
 from syncd.items import Direction, ParticipantRole, TaskStatus
-from syncd.matching.addresses import domain_of
-from syncd.matching.matcher import (
-    AccountRef,
-    ContactRef,
-    CrmIndex,
-    OpportunityRef,
-    UserRef,
-)
-
-
-def company_domains(session: Session, settings: Settings) -> set[str]:
-    """The configured domains, else the domains of the CRM users' addresses."""
-    if settings.company.domains:
-        return set(settings.company.domains)
-    return {domain_of(e) for e in session.scalars(select(User.email))}
-
-
-def load_index(session: Session, settings: Settings) -> CrmIndex:
-    users = {u.email: UserRef(u.id, u.email, u.name) for u in session.scalars(select(User))}
-    contacts = {
-        address: ContactRef(cid, name, account_id)
-        for address, cid, name, account_id in session.execute(
-            select(ContactAddress.address, Contact.id, Contact.name, Contact.account_id).join(
-                Contact
-            )
-        )
-    }
-    accounts = {a.id: AccountRef(a.id, a.name) for a in session.scalars(select(Account))}
-    domains = dict(session.execute(select(AccountDomain.domain, AccountDomain.account_id)).all())
-    roles: dict[int, set[int]] = defaultdict(set)
-    for opp_id, contact_id in session.execute(
-        select(OpportunityContact.opportunity_id, OpportunityContact.contact_id)
-    ):
-        roles[opp_id].add(contact_id)
-    opportunities = {
-        o.id: OpportunityRef(
-            o.id, o.external_id, o.name, o.account_id, o.status, frozenset(roles[o.id])
-        )
-        for o in session.scalars(select(Opportunity))
-    }
-    tag_links = (
-        select(Link.target_id, func.max(Activity.occurred_at))
-        .join(Activity, Link.activity_id == Activity.id)
-        .where(Link.type == "opportunity", Link.reason == "tag")
-        .group_by(Link.target_id)
-    )
-    index = CrmIndex(
-        company_domains=company_domains(session, settings),
-        users=users,
-        contacts=contacts,
-        accounts=accounts,
-        account_domains=domains,
-        opportunities=opportunities,
-        blocked_addresses=set(settings.exclusions.addresses),
-        blocked_domains=set(settings.exclusions.domains),
-        tag_prefix=settings.matching.opportunity_tag_prefix,
-    )
-    for opp_id, occurred_at in session.execute(tag_links):
-        index.remember(opp_id, occurred_at)
-    return index
-
 
 # --- follow-up candidates ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
@@ -37,7 +37,7 @@ from syncd.crm.models import (
     SourceCursor,
     ThreadKey,
 )
-from syncd.crm.rows import IN_LIMIT, clean, insert_rows
+from syncd.crm.rows import IN_LIMIT, clean, insert_rows, one_of
 from syncd.crm.tasks import apply_calendar_task_states
 from syncd.items import (
     SNIPPET_CHARS,
@@ -52,7 +52,7 @@ from syncd.items import (
     conversation_keys,
     fit,
 )
-from syncd.matching.matcher import Match
+from syncd.matching.matcher import LinkDecision, Match
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,9 @@ def record_batch(
     existing = _existing(session, list(unique))
     new = [d for key, d in unique.items() if key not in existing]
     _add_new(session, new, body_policy, now, result)
-    seen = [d for key, d in unique.items() if key in existing]
-    _merge_seen(session, seen, existing, result)
-    copies.extend(_add_sightings(session, mailbox_id, source, unique, result, now))
+    seen = [(existing[key], d) for key, d in unique.items() if key in existing]
+    _merge_seen(session, seen, result)
+    copies.extend(_add_sightings(session, mailbox_id, source, unique, existing, result, now))
     skips.add(session, mailbox_id, source, [*skipped, *copies], now)
     quarantine.add_entries(session, mailbox_id, source, quarantined, now)
     _cancel_removed(session, mailbox_id, removed_uids, now)
@@ -115,12 +115,14 @@ def record_batch(
 # --- activities new and seen again ------------------------------------------------------
 
 
-def _existing(session: Session, keys: list[str]) -> dict[str, Activity]:
-    found: dict[str, Activity] = {}
-    for chunk in chunked(keys, IN_LIMIT):
-        for a in session.scalars(select(Activity).where(Activity.key.in_(chunk))):
-            found[a.key] = a
-    return found
+def _existing(session: Session, keys: list[str]) -> dict[str, int]:
+    """key -> id of the activities already stored."""
+    query = select(Activity.key, Activity.id)
+    found = (
+        session.execute(query.where(one_of(session, Activity.key, c)))
+        for c in chunked(keys, IN_LIMIT)
+    )
+    return {key: activity_id for rows in found for key, activity_id in rows}
 
 
 def _add_new(
@@ -129,10 +131,7 @@ def _add_new(
     """Activities not stored yet, with their participants, links and conversation keys."""
     if not new:
         return
-    rows = [_activity_row(d, body_policy, now) for d in new]
-    # RETURNING (id, key), in no particular order: asking for parameter order would make
-    # SQLite insert row by row (bench/import_local.py)
-    ids = insert_rows(session, Activity, rows)
+    ids = insert_rows(session, Activity, [_activity_row(d, body_policy, now) for d in new])
     result.new_activities = len(ids)
     participants = [
         {
@@ -147,17 +146,9 @@ def _add_new(
         for p in d.match.participants
     ]
     insert_rows(session, ActivityParticipant, participants)
-    links = [
-        {
-            "activity_id": ids[d.item.key],
-            "type": lk.type,
-            "target_id": lk.target_id,
-            "reason": lk.reason,
-        }
-        for d in new
-        for lk in d.match.links
-    ]
-    insert_rows(session, Link, links)
+    insert_rows(
+        session, Link, [_link_row(ids[d.item.key], lk) for d in new for lk in d.match.links]
+    )
     keys = [
         {"activity_id": ids[d.item.key], "key": key}
         for d in new
@@ -198,40 +189,52 @@ def _activity_row(d: Decision, body_policy: str, now: datetime) -> dict[str, Any
     }
 
 
+def _link_row(activity_id: int, lk: LinkDecision) -> dict[str, Any]:
+    return {
+        "activity_id": activity_id,
+        "type": lk.type,
+        "target_id": lk.target_id,
+        "reason": lk.reason,
+    }
+
+
 def _meeting_status(item: MeetingItem) -> ActivityStatus:
     return "cancelled" if item.cancelled else "confirmed"
 
 
-def _merge_seen(
-    session: Session, seen: list[Decision], existing: dict[str, Activity], result: BatchResult
-) -> None:
-    """An activity seen again: update a changed meeting, add the links and conversation
-    keys it did not have yet."""
+def _merge_seen(session: Session, seen: list[tuple[int, Decision]], result: BatchResult) -> None:
+    """An activity seen again (id, decision): update a changed meeting, add the links and
+    conversation keys it did not have yet."""
     if not seen:
         return
-    for d in seen:
-        activity = existing[d.item.key]
-        result.activity_ids[d.item.key] = activity.id
-        if isinstance(d.item, MeetingItem) and _update_meeting(activity, d.item):
-            result.updated_meetings += 1
-    stored = [(existing[d.item.key].id, d) for d in seen]
-    _merge_links(session, stored)
-    _add_thread_keys(session, stored)
+    for activity_id, d in seen:
+        result.activity_ids[d.item.key] = activity_id
+    meetings = [(i, d.item) for i, d in seen if isinstance(d.item, MeetingItem)]
+    result.updated_meetings += _update_meetings(session, meetings)
+    _merge_links(session, seen)
+    _add_thread_keys(session, seen)
 
 
-def _update_meeting(activity: Activity, item: MeetingItem) -> bool:
-    """A rescheduled, renamed or cancelled meeting updates its activity in place."""
-    changes = {
-        "subject": clean(item.subject),
-        "occurred_at": item.start,
-        "ends_at": item.end,
-        "status": _meeting_status(item),
-    }
-    changed = False
-    for attr, value in changes.items():
-        if getattr(activity, attr) != value:
-            setattr(activity, attr, value)
-            changed = True
+_MEETING_FIELDS = ("subject", "occurred_at", "ends_at", "status")
+
+
+def _update_meetings(session: Session, meetings: list[tuple[int, MeetingItem]]) -> int:
+    """A rescheduled, renamed or cancelled meeting updates its activity in place (only the
+    fields that changed). Returns how many changed."""
+    columns = [Activity.id, *(getattr(Activity, name) for name in _MEETING_FIELDS)]
+    stored: dict[int, tuple[Any, ...]] = {}
+    for chunk in chunked([activity_id for activity_id, _ in meetings], IN_LIMIT):
+        stored.update(
+            (row[0], row[1:])
+            for row in session.execute(select(*columns).where(one_of(session, Activity.id, chunk)))
+        )
+    changed = 0
+    for activity_id, item in meetings:
+        wanted = (clean(item.subject), item.start, item.end, _meeting_status(item))
+        pairs = zip(_MEETING_FIELDS, wanted, stored[activity_id], strict=True)
+        if changes := {name: value for name, value, old in pairs if old != value}:
+            session.execute(update(Activity).where(Activity.id == activity_id).values(changes))
+            changed += 1
     return changed
 
 
@@ -248,14 +251,7 @@ def _merge_links(session: Session, stored: list[tuple[int, Decision]]) -> None:
             known = have.get((activity_id, lk.type, lk.target_id))
             if known is None:
                 have[(activity_id, lk.type, lk.target_id)] = lk.reason
-                rows.append(
-                    {
-                        "activity_id": activity_id,
-                        "type": lk.type,
-                        "target_id": lk.target_id,
-                        "reason": lk.reason,
-                    }
-                )
+                rows.append(_link_row(activity_id, lk))
             elif lk.reason == "tag" and known != "tag":  # this copy names the deal itself
                 have[(activity_id, lk.type, lk.target_id)] = "tag"
                 session.execute(
@@ -267,43 +263,36 @@ def _merge_links(session: Session, stored: list[tuple[int, Decision]]) -> None:
                     )
                     .values(reason="tag")
                 )
-    if rows:
-        session.execute(insert(Link), rows)
+    insert_rows(session, Link, rows)
 
 
 def _stored_links(
     session: Session, activity_ids: list[int]
 ) -> dict[tuple[int, LinkType, int], LinkReason]:
     """(activity id, type, target id) -> reason of every link of these activities."""
-    have: dict[tuple[int, LinkType, int], LinkReason] = {}
-    for chunk in chunked(activity_ids, IN_LIMIT):
-        for activity_id, type_, target_id, reason in session.execute(
-            select(Link.activity_id, Link.type, Link.target_id, Link.reason).where(
-                Link.activity_id.in_(chunk)
-            )
-        ):
-            have[(activity_id, type_, target_id)] = reason
-    return have
+    query = select(Link.activity_id, Link.type, Link.target_id, Link.reason)
+    found = (
+        session.execute(query.where(one_of(session, Link.activity_id, chunk)))
+        for chunk in chunked(activity_ids, IN_LIMIT)
+    )
+    return {(a, type_, target): reason for rows in found for a, type_, target, reason in rows}
 
 
 def _add_thread_keys(session: Session, stored: list[tuple[int, Decision]]) -> None:
     """Another mailbox's copy may know more of its conversation (another provider's thread
     id): the keys its activity lacks."""
+    query = select(ThreadKey.activity_id, ThreadKey.key)
     have: set[tuple[int, str]] = set()
     for chunk in chunked([activity_id for activity_id, _ in stored], IN_LIMIT):
-        have.update(
-            session.execute(
-                select(ThreadKey.activity_id, ThreadKey.key).where(ThreadKey.activity_id.in_(chunk))
-            ).all()
-        )
+        found = session.execute(query.where(one_of(session, ThreadKey.activity_id, chunk)))
+        have.update((activity_id, key) for activity_id, key in found)
     rows = []
     for activity_id, d in stored:
         for key in conversation_keys(d.item):
             if (activity_id, key) not in have:
                 have.add((activity_id, key))
                 rows.append({"activity_id": activity_id, "key": key})
-    if rows:
-        session.execute(insert(ThreadKey), rows)
+    insert_rows(session, ThreadKey, rows)
 
 
 # --- what else a batch carries ----------------------------------------------------------
@@ -314,16 +303,18 @@ def _add_sightings(
     mailbox_id: int,
     source: str,
     unique: dict[str, Decision],
+    existing: dict[str, int],
     result: BatchResult,
     now: datetime,
 ) -> list[tuple[str, str]]:
     """This mailbox saw these activities (once each, however often it reads them).
-    Returns the copies not sighted (another copy, in another folder, has the sighting)."""
+    Returns the copies not sighted (another copy, in another folder, has the sighting).
+    Only activities stored before this batch can have one already."""
     have: dict[int, str] = {}
-    for chunk in chunked(result.activity_ids.values(), IN_LIMIT):
+    for chunk in chunked(existing.values(), IN_LIMIT):
         found = session.execute(
             select(Sighting.activity_id, Sighting.provider_id).where(
-                Sighting.mailbox_id == mailbox_id, Sighting.activity_id.in_(chunk)
+                Sighting.mailbox_id == mailbox_id, one_of(session, Sighting.activity_id, chunk)
             )
         )
         have.update({activity_id: provider_id for activity_id, provider_id in found})

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
 from syncd.crm.models import SkippedItem
-from syncd.crm.rows import IN_LIMIT
+from syncd.crm.rows import IN_LIMIT, insert_rows, one_of
 from syncd.items import fit
 
 COPY = "a copy of an item this mailbox logged"
@@ -38,13 +38,14 @@ def add(
             select(SkippedItem.provider_id).where(
                 SkippedItem.mailbox_id == mailbox_id,
                 SkippedItem.source == source,
-                SkippedItem.provider_id.in_(chunk),
+                one_of(session, SkippedItem.provider_id, chunk),
             )
         ):
             wanted.pop(known, None)
     if wanted:
-        session.execute(
-            insert(SkippedItem),
+        insert_rows(
+            session,
+            SkippedItem,
             [
                 {
                     "mailbox_id": mailbox_id,

@@ -33,4 +33,5 @@ def file_spec(path: Path, user_email: str, settings: Settings) -> MailboxSpec:
         body_policy="metadata",
         limits=settings.limits,
         home=settings.home,
+        parse_processes=settings.sync.parse_processes,
     )

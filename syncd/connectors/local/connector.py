@@ -54,7 +54,13 @@ class LocalConnector:
             )
         for path in self.emls:
             sources.append(
-                EmlFolder(f"eml:{clean(path.name)}", path, self.spec.batch_size, self.spec.limits)
+                EmlFolder(
+                    f"eml:{clean(path.name)}",
+                    path,
+                    self.spec.batch_size,
+                    self.spec.limits,
+                    processes=self.spec.parse_processes,
+                )
             )
         return sources
 
@@ -66,7 +72,8 @@ class LocalConnector:
                 "(no cur/ inside); point --maildir at the folder holding cur/, new/ and tmp/"
             )
         limits, size = self.spec.limits, self.spec.batch_size
-        folders = [MaildirFolder("maildir:INBOX", maildir, size, limits)]
+        processes = self.spec.parse_processes
+        folders = [MaildirFolder("maildir:INBOX", maildir, size, limits, processes=processes)]
         with os.scandir(maildir) as it:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
@@ -79,7 +86,11 @@ class LocalConnector:
                 and not self._excluded(folder)
             ):
                 path = Path(entry.path)
-                folders.append(MaildirFolder(f"maildir:{folder}", path, size, limits, follow=False))
+                folders.append(
+                    MaildirFolder(
+                        f"maildir:{folder}", path, size, limits, follow=False, processes=processes
+                    )
+                )
         return folders
 
     def _excluded(self, folder: str) -> bool:

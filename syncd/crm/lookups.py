@@ -1,0 +1,228 @@
+"""The matcher's CRM index, filled from the database for each batch with just what that
+batch can match (``syncd.matching.matcher.CrmIndex``).
+
+A pass used to load the whole CRM and the matcher to scan every opportunity for each item:
+the cost grew with the CRM (bench/matching_scale.py). Now a pass loads the users, the
+company's domains and the exclusions once (:func:`base_index`), and each batch looks up
+what the pass has not looked up yet, one query a table and chunk, never one an item
+(:func:`fill`; the sync job starts over from the base when the index holds too much):
+
+- the contacts of its participants' addresses, and the accounts of their domains (and the
+  domains' parents), each looked up once a pass, found or not;
+- the deals its ``[OPP-n]`` tags name (by ``lower(external_id)``, an expression index);
+- every deal of the accounts and contacts found, with the contacts that have a role in it
+  and the time of its latest tagged activity (``opportunities.last_tagged_at``).
+
+The settling of conversations asks for the deals of its stored items' contacts and
+accounts the same way (:func:`fill_deals`). Whether a newly tagged activity reorders the
+open deals is one indexed query (:func:`overtakes_another`), and the time it teaches is
+stored in the batch's transaction (:func:`note_tagged`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from syncd.batching import chunked
+from syncd.config import Settings
+from syncd.crm.models import (
+    AccountDomain,
+    Contact,
+    ContactAddress,
+    Opportunity,
+    OpportunityContact,
+    User,
+)
+from syncd.crm.rows import one_of
+from syncd.items import Item, MailItem
+from syncd.matching.addresses import domain_of, is_free_mail
+from syncd.matching.matcher import ContactRef, CrmIndex, OpportunityRef, UserRef, parents, tag_text
+
+# values in one IN (...) list of a look-up: far below SQLite's 32,766 bound variables (since
+# 3.32) and PostgreSQL's 65,535 parameters, and few statements for a batch of 1,000 items
+LOOKUP_CHUNK = 5000
+
+
+def company_domains(session: Session, settings: Settings) -> set[str]:
+    """The configured domains, else the domains of the CRM users' addresses."""
+    if settings.company.domains:
+        return set(settings.company.domains)
+    return {domain_of(e) for e in session.scalars(select(User.email))}
+
+
+def base_index(session: Session, settings: Settings) -> CrmIndex:
+    """What a pass loads once: the users, the company's domains, the exclusions."""
+    return CrmIndex(
+        company_domains=company_domains(session, settings),
+        users={u.email: UserRef(u.id, u.email, u.name) for u in session.scalars(select(User))},
+        blocked_addresses=set(settings.exclusions.addresses),
+        blocked_domains=set(settings.exclusions.domains),
+        tag_prefix=settings.matching.opportunity_tag_prefix,
+    )
+
+
+def fill(session: Session, index: CrmIndex, items: Iterable[Item]) -> None:
+    """Add to the index what these items can match and it does not hold yet (see the
+    module's docstring); what was looked up and not found is not looked up again."""
+    addresses: set[str] = set()
+    tags: set[str] = set()
+    for item in _with_invitations(items):
+        addresses.update(p.address for p in item.participants)
+        for tag in index.tags(tag_text(item)):
+            tags.update(index.tag_names(tag))
+    addresses = {a for a in addresses - index.looked_up_addresses if not index.is_internal(a)}
+    domains = {
+        parent
+        for a in addresses
+        if not is_free_mail(domain := domain_of(a))
+        for parent in parents(domain)
+    } - index.looked_up_domains
+    contacts = _fill_contacts(session, index, addresses)
+    accounts = _fill_domains(session, index, domains)
+    _fill_tagged(session, index, tags - index.looked_up_tags)
+    accounts.update(c.account_id for c in contacts if c.account_id is not None)
+    fill_deals(session, index, {c.id for c in contacts}, accounts)
+
+
+def _with_invitations(items: Iterable[Item]) -> Iterator[Item]:
+    """The items, and the invitations a mail carries (each may be logged as a meeting)."""
+    for item in items:
+        yield item
+        if isinstance(item, MailItem):
+            yield from item.invitations
+
+
+def _fill_contacts(session: Session, index: CrmIndex, addresses: set[str]) -> list[ContactRef]:
+    """The contacts of these addresses, added to the index; returns those found."""
+    query = select(ContactAddress.address, Contact.id, Contact.name, Contact.account_id).join(
+        Contact
+    )
+    found: list[ContactRef] = []
+    for chunk in chunked(sorted(addresses), LOOKUP_CHUNK):
+        for address, contact_id, name, account_id in session.execute(
+            query.where(one_of(session, ContactAddress.address, chunk))
+        ):
+            index.contacts[address] = ref = ContactRef(contact_id, name, account_id)
+            found.append(ref)
+    index.looked_up_addresses |= addresses
+    return found
+
+
+def _fill_domains(session: Session, index: CrmIndex, domains: set[str]) -> set[int]:
+    """The accounts of these domains, added to the index; returns those found."""
+    found: set[int] = set()
+    for chunk in chunked(sorted(domains), LOOKUP_CHUNK):
+        for domain, account_id in session.execute(
+            select(AccountDomain.domain, AccountDomain.account_id).where(
+                one_of(session, AccountDomain.domain, chunk)
+            )
+        ):
+            index.account_domains[domain] = account_id
+            found.add(account_id)
+    index.looked_up_domains |= domains
+    return found
+
+
+def _fill_tagged(session: Session, index: CrmIndex, names: set[str]) -> None:
+    ids: set[int] = set()
+    for chunk in chunked(sorted(names), LOOKUP_CHUNK):
+        ids.update(
+            session.scalars(
+                select(Opportunity.id).where(func.lower(Opportunity.external_id).in_(chunk))
+            )
+        )
+    load_opportunities(session, index, ids)
+    index.looked_up_tags |= names
+
+
+def fill_deals(
+    session: Session, index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterable[int]
+) -> None:
+    """Add every deal of these accounts, and every deal in which one of these contacts has a
+    role, to the index (those it already holds whole are not read again)."""
+    accounts = set(account_ids) - index.deals_of_accounts
+    contacts = set(contact_ids) - index.deals_of_contacts
+    ids: set[int] = set()
+    for chunk in chunked(sorted(accounts), LOOKUP_CHUNK):
+        ids.update(
+            session.scalars(
+                select(Opportunity.id).where(one_of(session, Opportunity.account_id, chunk))
+            )
+        )
+    for chunk in chunked(sorted(contacts), LOOKUP_CHUNK):
+        ids.update(
+            session.scalars(
+                select(OpportunityContact.opportunity_id).where(
+                    one_of(session, OpportunityContact.contact_id, chunk)
+                )
+            )
+        )
+    load_opportunities(session, index, ids)
+    index.deals_of_accounts |= accounts
+    index.deals_of_contacts |= contacts
+
+
+def load_opportunities(session: Session, index: CrmIndex, ids: set[int]) -> None:
+    """Add these deals to the index (those it does not hold yet), each with the contacts
+    that have a role in it and the time of its latest tagged activity."""
+    new = sorted(ids - index.opportunities.keys())
+    for chunk in chunked(new, LOOKUP_CHUNK):
+        roles: dict[int, set[int]] = {}
+        for opp_id, contact_id in session.execute(
+            select(OpportunityContact.opportunity_id, OpportunityContact.contact_id).where(
+                one_of(session, OpportunityContact.opportunity_id, chunk)
+            )
+        ):
+            roles.setdefault(opp_id, set()).add(contact_id)
+        for o in session.execute(
+            select(
+                Opportunity.id,
+                Opportunity.external_id,
+                Opportunity.name,
+                Opportunity.account_id,
+                Opportunity.status,
+                Opportunity.last_tagged_at,
+            ).where(one_of(session, Opportunity.id, chunk))
+        ):
+            ref = OpportunityRef(
+                o.id, o.external_id, o.name, o.account_id, o.status, frozenset(roles.get(o.id, ()))
+            )
+            index.add_opportunity(ref, o.last_tagged_at)
+
+
+def note_tagged(session: Session, opportunity_id: int, when: datetime) -> None:
+    """A tagged activity of this deal was stored: keep the latest time (in the batch's
+    transaction, so a batch that does not commit teaches nothing)."""
+    session.execute(
+        update(Opportunity)
+        .where(
+            Opportunity.id == opportunity_id,
+            or_(Opportunity.last_tagged_at.is_(None), Opportunity.last_tagged_at < when),
+        )
+        .values(last_tagged_at=when)
+    )
+
+
+def overtakes_another(
+    session: Session, opportunity_id: int, before: datetime | None, after: datetime
+) -> bool:
+    """Whether another open deal was ahead of or tied with this one when its latest tagged
+    activity was ``before`` (None: it had none), and is now behind or tied with it at
+    ``after``: then what weaker links chose between them may change. A deal without a
+    tagged activity is behind every deal that has one."""
+    others = select(Opportunity.id).where(
+        Opportunity.status == "open", Opportunity.id != opportunity_id
+    )
+    if before is None:
+        others = others.where(
+            or_(Opportunity.last_tagged_at.is_(None), Opportunity.last_tagged_at <= after)
+        )
+    else:
+        others = others.where(
+            Opportunity.last_tagged_at >= before, Opportunity.last_tagged_at <= after
+        )
+    return session.scalar(others.limit(1)) is not None

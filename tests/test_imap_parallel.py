@@ -1,0 +1,288 @@
+"""IMAP folders read by the parse pool's workers, against a real Dovecot: the same batches as a
+read in one process, nothing lost or repeated when a worker is killed, a folder rebuilt under
+the workers, connections within ``sync.imap_connections``; and only what the body policy
+needs is asked (BODYSTRUCTURE only where the first answer cannot rule out an invitation)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from syncd.config import LimitSettings
+from syncd.connectors import parsepool
+from syncd.connectors.base import CursorExpired, MailboxSpec
+from syncd.connectors.imap import ImapSettings, folder
+from syncd.connectors.imap.connector import ImapConnector
+from syncd.connectors.imap.folder import ImapFolder
+from syncd.crm.models import Activity
+from syncd.demo import email_bytes, event_ics
+from syncd.items import Batch, MailItem
+from syncd.secrets import Secret
+
+from .helpers import sync
+from .servers import Dovecot, TcpProxy
+from .test_concurrency import SessionCounter
+from .test_imap import NOW, add_imap_mailbox, append, imap, msg, subjects
+
+WORKERS = 2
+
+
+def pid_of(_n: int) -> int:
+    """A pool task: the worker's process id."""
+    return os.getpid()
+
+
+def spec(server: Dovecot, login: str, port: int | None = None, **kw: object) -> MailboxSpec:
+    values: dict[str, object] = {
+        "body_policy": "snippet",
+        "secret": Secret(Dovecot.PASSWORD),
+        "parse_processes": WORKERS,
+        "batch_size": 2,
+        **kw,
+    }
+    settings = ImapSettings(host=server.host, port=port or server.port, tls="none", login=login)
+    return MailboxSpec("ana", "imap", "ana@northwind.test", settings, **values)  # type: ignore[arg-type]
+
+
+def read(box: MailboxSpec, name: str = "Deals") -> list[Batch[MailItem]]:
+    connector = ImapConnector(box)
+    try:
+        return list(ImapFolder(connector.session, name, box).changes(None))
+    finally:
+        connector.close()
+
+
+def invite(i: int, body: str = "") -> bytes:
+    start = (NOW + timedelta(days=i)).replace(hour=10, minute=0, second=0)
+    return email_bytes(
+        sender="Carla <carla@acme.test>",
+        to=["ana@northwind.test"],
+        subject=f"Invitation: review {i}",
+        when=NOW - timedelta(days=i),
+        message_id=f"inv-{i}@acme.test",
+        body=body,
+        calendar=event_ics(
+            f"review-{i}@acme.test",
+            f"Review {i}",
+            start,
+            60,
+            ("carla@acme.test", "Carla"),
+            [("ana@northwind.test", "Ana")],
+            "REQUEST",
+        ),
+    )
+
+
+def html_mail(i: int) -> bytes:
+    """A multipart/alternative message without any invitation."""
+    from email.message import EmailMessage
+
+    m = EmailMessage()
+    m["From"], m["To"] = "Carla <carla@acme.test>", "ana@northwind.test"
+    m["Subject"], m["Message-ID"] = f"html {i}", f"<html-{i}@acme.test>"
+    m.set_content(f"plain {i}")
+    m.add_alternative(f"<p>html {i}</p>", subtype="html")
+    return m.as_bytes()
+
+
+def new_folder(server: Dovecot, name: str, *messages: bytes) -> str:
+    login = server.login("ana")
+    client = imap(server, login)
+    client.create_folder(name)
+    client.logout()
+    append(server, login, name, *messages)
+    return login
+
+
+@pytest.fixture
+def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any read goes to the pool, in tasks of 5 UIDs (batches of 2): several tasks run."""
+    monkeypatch.setattr(folder, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(folder, "TASK_UIDS", 5)
+
+
+@pytest.fixture
+def frozen_workers() -> Iterator[list[int]]:
+    """The pool up, its workers stopped (SIGSTOP): a task given to them waits."""
+    list(parsepool.ordered(pid_of, range(4), processes=WORKERS, in_flight=2, rescue=pid_of_main))
+    pids = parsepool.worker_pids()
+    assert pids and os.getpid() not in pids
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def pid_of_main(n: int, reason: str) -> int:
+    return os.getpid()
+
+
+MIXED = [
+    *(msg(i) for i in range(8)),
+    invite(1),
+    b"Subject: nobody sent this\r\n\r\nno addresses\r\n",
+    msg(20, body="B" * 70_000),  # over the size limit below: quarantined unread
+    html_mail(1),
+    *(msg(i) for i in range(30, 34)),
+]
+LIMITS = LimitSettings(message_bytes=64 * 1024)
+
+
+@pytest.mark.usefixtures("small_tasks")
+def test_a_folder_read_by_workers_gives_the_batches_a_read_in_one_process_gives(imap_server):
+    login = new_folder(imap_server, "Deals", *MIXED)
+    alone = read(spec(imap_server, login, parse_processes=1, limits=LIMITS))
+    proxy = TcpProxy(imap_server.port)
+    try:
+        pooled = read(spec(imap_server, login, port=proxy.port, limits=LIMITS))
+    finally:
+        proxy.close()
+    assert pooled == alone
+    assert sum(len(b.items) for b in alone) == 14 and sum(len(b.quarantined) for b in alone) == 2
+    assert [i.invitations[0].uid for b in alone for i in b.items if i.invitations] == [
+        "review-1@acme.test"
+    ]
+    # the main connection, and one per task (16 UIDs, tasks of 5): the workers fetched
+    assert proxy.commands.count("LOGIN") == 1 + 4
+
+
+@pytest.mark.usefixtures("small_tasks")
+def test_a_worker_killed_mid_read_loses_nothing_and_repeats_nothing(
+    imap_server, frozen_workers, caplog
+):
+    login = new_folder(imap_server, "Deals", *(msg(i) for i in range(23)))
+    alone = read(spec(imap_server, login, parse_processes=1))
+    # the read's first tasks go to the frozen workers, which are killed while they hold them
+    killer = threading.Timer(1.0, kill_all, (frozen_workers,))
+    killer.start()
+    try:
+        caplog.set_level(logging.WARNING)
+        pooled = read(spec(imap_server, login))
+    finally:
+        killer.join()
+    assert pooled == alone
+    keys = [i.key for b in pooled for i in b.items]
+    assert len(keys) == len(set(keys)) == 23
+    assert "its worker process stopped" in caplog.text  # read again by the main process
+    assert "Traceback" not in caplog.text
+    assert not set(parsepool.worker_pids()) & set(frozen_workers)  # a new pool took over
+
+
+@pytest.mark.usefixtures("small_tasks")
+def test_a_folder_rebuilt_between_the_main_process_and_its_workers_expires_the_cursor(
+    imap_server, frozen_workers
+):
+    login = new_folder(imap_server, "Deals", *(msg(i) for i in range(12)))
+
+    def rebuild() -> None:  # new UIDVALIDITY, while the workers hold their tasks
+        client = imap(imap_server, login)
+        client.delete_folder("Deals")
+        client.create_folder("Deals")
+        client.append("Deals", msg(99))
+        client.logout()
+        for pid in frozen_workers:
+            os.kill(pid, signal.SIGCONT)
+
+    rebuilder = threading.Timer(1.0, rebuild)
+    rebuilder.start()
+    try:
+        with pytest.raises(CursorExpired, match="UIDVALIDITY of 'Deals' changed"):
+            read(spec(imap_server, login))
+    finally:
+        rebuilder.join()
+
+
+@pytest.mark.usefixtures("small_tasks")
+def test_workers_connections_stay_within_the_server_cap(imap_server):
+    login = new_folder(imap_server, "Deals", *(msg(i) for i in range(20)))
+    alone = read(spec(imap_server, login, parse_processes=1))
+    for cap, most in ((1, 1), (2, 2)):  # 1: no slot for a worker, the main process reads
+        proxy = SessionCounter(imap_server.port)
+        try:
+            pooled = read(spec(imap_server, login, port=proxy.port, server_connections=cap))
+        finally:
+            proxy.close()
+        assert pooled == alone
+        assert proxy.peak == most, f"cap {cap}: {proxy.peak} sessions at once"
+
+
+class RecordingProxy(TcpProxy):
+    """A TcpProxy that keeps every command line the client sends."""
+
+    def __init__(self, target_port: int) -> None:
+        self.sent = bytearray()
+        super().__init__(target_port)
+
+    def _count(self, data: bytes) -> None:
+        super()._count(data)
+        self.sent += data
+
+    def structure_uids(self) -> set[int]:
+        """The UIDs whose BODYSTRUCTURE was asked."""
+        uids: set[int] = set()
+        for line in bytes(self.sent).split(b"\r\n"):
+            if b"BODYSTRUCTURE" in line:
+                for part in line.split(b" FETCH ")[1].split(b" ")[0].split(b","):
+                    first, _, last = part.partition(b":")
+                    uids.update(range(int(first), int(last or first) + 1))
+        return uids
+
+
+@pytest.mark.parametrize(
+    ("policy", "asked"),
+    [("metadata", {1, 2, 3}), ("snippet", {2}), ("full", set())],
+)
+def test_bodystructure_is_asked_only_where_the_headers_leave_an_invitation_open(
+    imap_server, policy, asked
+):
+    long_text = "we discussed the rollout plan and the next steps. " * 400  # > the snippet
+    invites = [invite(1), invite(2, body=long_text), html_mail(3)]
+    login = new_folder(imap_server, "Invites", *invites)
+    client = imap(imap_server, login)
+    client.create_folder("Deals")
+    client.logout()
+    append(imap_server, login, "Deals", *(msg(i) for i in range(4)))
+    found: dict[str, list[str]] = {}
+    for name in ("Deals", "Invites"):
+        proxy = RecordingProxy(imap_server.port)
+        try:
+            batches = read(spec(imap_server, login, port=proxy.port, body_policy=policy), name)
+        finally:
+            proxy.close()
+        found[name] = [i.invitations[0].uid for b in batches for i in b.items if i.invitations]
+        # plain messages: their headers rule an invitation out; the others, as the policy says
+        assert proxy.structure_uids() == (asked if name == "Invites" else set())
+    assert found == {"Deals": [], "Invites": ["review-1@acme.test", "review-2@acme.test"]}
+
+
+@pytest.mark.usefixtures("small_tasks")
+def test_a_mailbox_synced_through_the_pool_logs_each_message_once(
+    sessions, settings, company, imap_server
+):
+    login = imap_server.login("ana")
+    append(imap_server, login, "INBOX", *(msg(i) for i in range(12)), invite(1))
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login)
+    first = sync(sessions, settings, "ana")
+    assert first.new_activities == 13
+    append(imap_server, login, "INBOX", *(msg(i) for i in range(40, 47)))
+    assert sync(sessions, settings, "ana").new_activities == 7
+    assert sync(sessions, settings, "ana").new_activities == 0
+    expected = sorted([f"deal note {i}" for i in (*range(12), *range(40, 47))] + ["Review 1"])
+    assert subjects(sessions) == expected
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Activity)) == 20
