@@ -45,7 +45,7 @@ log = logging.getLogger("syncd.sync")
 
 # CRM records and look-ups a pass's index holds at most: past it, the next batch starts
 # from the base again (a few hundred bytes each: memory stays bounded, whatever the CRM)
-INDEX_HELD = 200_000
+INDEX_HELD = 50_000
 
 
 class PassIndex:

@@ -11,11 +11,12 @@ items, and relinks what changed. A sync pass and ``syncd quarantine retry`` sett
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from syncd.crm import conversations, lookups, recorder
-from syncd.items import MailItem, conversation_keys
+from syncd.items import conversation_keys
 from syncd.matching.matcher import CrmIndex, settle
 
 
@@ -46,23 +47,25 @@ def settle_touched(
 def learn_tags(
     session: Session, index: CrmIndex, decisions: Sequence[recorder.Decision]
 ) -> list[int]:
-    """Teach the index, and the deals' stored evidence (``last_tagged_at``), every tagged
-    activity just stored; returns the deals whose rank against another open deal that
-    changed (``syncd.crm.lookups.overtakes_another``), in the order learned."""
-    tagged = {lk.target_id for d in decisions for lk in d.match.links if lk.reason == "tag"}
-    lookups.load_opportunities(session, index, tagged)  # their stored evidence, as it stands
-    reordered: list[int] = []
-    for d in decisions:
-        when = d.item.sent_at if isinstance(d.item, MailItem) else d.item.start
-        for lk in d.match.links:
-            if lk.reason != "tag":
-                continue
-            before = index.last_activity.get(lk.target_id)
-            if not index.remember(lk.target_id, when):
-                continue
-            lookups.note_tagged(session, lk.target_id, when)
-            if lk.target_id in index.opportunities and lookups.overtakes_another(
-                session, lk.target_id, before, when
-            ):
-                reordered.append(lk.target_id)
-    return reordered
+    """Restate the stored evidence (``last_tagged_at``) of every deal these stored items
+    name by tag, from all its stored tagged activities (a meeting moved earlier lowers it),
+    and teach the index; returns the deals whose rank against another open deal that
+    changed (``syncd.crm.lookups.reranks``), by id. The deals are restated first and
+    their ranks compared after, so what a batch teaches does not depend on the order of
+    its items."""
+    tagged = sorted({lk.target_id for d in decisions for lk in d.match.links if lk.reason == "tag"})
+    if not tagged:
+        return []
+    lookups.load_opportunities(session, index, set(tagged))  # their evidence as it stood
+    now = lookups.restate_tagged(session, tagged)
+    moved: list[tuple[int, datetime | None, datetime | None]] = []
+    for opp_id in tagged:
+        before, after = index.last_activity.get(opp_id), now.get(opp_id)
+        if before != after:
+            index.set_last_activity(opp_id, after)
+            moved.append((opp_id, before, after))
+    return [
+        opp_id
+        for opp_id, before, after in moved
+        if opp_id in index.opportunities and lookups.reranks(session, opp_id, before, after)
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -47,6 +48,7 @@ def crm(root: Path, extra_contacts: int = 0) -> Path:
             "OPP-3,Pilot,globex.test,ana@northwind.test,",
             "OPP-4,Other,initech.test,ana@northwind.test,",
             "Q-7,Quiet,globex.test,ana@northwind.test,",
+            "Été-1,Summer,initech.test,ana@northwind.test,",
         ],
     }
     for kind, rows in files.items():
@@ -84,14 +86,15 @@ def test_a_batch_index_holds_what_its_items_can_match_and_nothing_else(
             "ana@northwind.test",
             "x@gmail.com",
             "eve@globex.test",
-            subject="see [opp-q-7] [OPP-9]",
+            subject="see [opp-q-7] [OPP-9] [OPP-ÉTÉ-1]",
         ),
     ]
     got = index.load(items)
     assert set(got.contacts) == {"carla@acme.test", "eve@globex.test"}  # not the 50 others
     assert set(got.account_domains) == {"acme.test", "globex.test"}
     with sessions() as session:
-        assert set(got.opportunities) == ids_of(session, "OPP-1", "OPP-2", "OPP-3", "Q-7")
+        # Été-1 by a tag in other capitals: SQL's lower() folds ASCII only
+        assert set(got.opportunities) == ids_of(session, "OPP-1", "OPP-2", "OPP-3", "Q-7", "Été-1")
     decisions = decide(items, got, index.settings, Counter())
     by_key = {d.item.key: {(lk.type, lk.reason) for lk in d.match.links} for d in decisions}
     assert by_key["mid:1@x"] == {
@@ -122,7 +125,9 @@ def test_last_tagged_at_follows_what_is_stored_and_a_failed_batch_teaches_nothin
     for item in (later, earlier):  # newest first, as providers deliver
         got = index.load([item])
         with sessions.begin() as session:
-            settle_touched(session, got, [Decision(item, match(item, got))])
+            decisions = [Decision(item, match(item, got))]
+            _record(session, decisions)
+            settle_touched(session, got, decisions)
     with sessions() as session:
         assert last(session) == later.sent_at
     newest = mail(3, "ana@northwind.test", "carla@acme.test", subject="[OPP-1]", minutes=600)
@@ -130,7 +135,9 @@ def test_last_tagged_at_follows_what_is_stored_and_a_failed_batch_teaches_nothin
     session = sessions()
     try:
         with session.begin():
-            settle_touched(session, got, [Decision(newest, match(newest, got))])
+            decisions = [Decision(newest, match(newest, got))]
+            _record(session, decisions)
+            settle_touched(session, got, decisions)
             raise RuntimeError("the batch's transaction fails")
     except RuntimeError:
         pass
@@ -189,20 +196,25 @@ def test_the_migration_fills_last_tagged_at_from_stored_tags(db_url: str, tmp_pa
     engine.dispose()
 
 
-def _overtakes_by_scan(
+def _reranks_by_scan(
     times: dict[int, datetime | None],
     statuses: dict[int, str],
     opp: int,
     before: datetime | None,
-    after: datetime,
+    after: datetime | None,
 ) -> bool:
-    """The rule as the matcher applied it to the whole CRM in memory (the reference)."""
+    """The rule over the whole CRM in memory (the reference): another open deal that was
+    behind or tied and is now ahead or tied, or the other way round (None is behind all)."""
+
+    def key(t: datetime | None) -> float:
+        return float("-inf") if t is None else t.timestamp()
+
     for other, theirs in times.items():
-        if other == opp or statuses[other] != "open":
+        if other == opp or statuses[other] != "open" or key(before) == key(after):
             continue
-        was_behind_or_tied = before is None or (theirs is not None and before <= theirs)
-        now_ahead_or_tied = theirs is None or theirs <= after
-        if was_behind_or_tied and now_ahead_or_tied:
+        up = key(before) <= key(theirs) <= key(after)
+        down = key(after) <= key(theirs) <= key(before)
+        if up or down:
             return True
     return False
 
@@ -216,10 +228,10 @@ _hours = st.one_of(st.none(), st.integers(0, 6))
         st.tuples(_hours, st.sampled_from(["open", "won", "lost"])), min_size=1, max_size=6
     ),
     before=_hours,
-    step=st.integers(0, 6),
+    after=_hours,
 )
-def test_overtaking_is_decided_by_the_database_as_by_the_old_scan(
-    sessions: sessionmaker[Session], tmp_path: Path, data, before, step
+def test_reranking_is_decided_by_the_database_as_by_a_scan_of_every_deal(
+    sessions: sessionmaker[Session], tmp_path: Path, data, before, after
 ) -> None:
     with sessions.begin() as session:
         if session.scalar(select(User.id)) is None:
@@ -245,12 +257,85 @@ def test_overtaking_is_decided_by_the_database_as_by_the_old_scan(
                     }
                 ],
             )
-    start = None if before is None else T0 + timedelta(hours=before)
-    after = (start or T0) + timedelta(hours=step)
+    old = None if before is None else T0 + timedelta(hours=before, minutes=30)
+    new = None if after is None else T0 + timedelta(hours=after, minutes=30)
     with sessions.begin() as session:
-        session.execute(update(Opportunity).where(Opportunity.id == 1).values(last_tagged_at=after))
-        got = lookups.overtakes_another(session, 1, start, after)
-    assert got == _overtakes_by_scan(times, statuses, 1, start, after)
+        session.execute(update(Opportunity).where(Opportunity.id == 1).values(last_tagged_at=new))
+        got = lookups.reranks(session, 1, old, new)
+    assert got == _reranks_by_scan(times, statuses, 1, old, new)
+
+
+def test_a_meeting_moved_earlier_lowers_its_deal_evidence(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from syncd.crm.recorder import Decision
+    from syncd.items import MeetingItem
+    from syncd.matching.matcher import match
+    from syncd.settle import settle_touched
+
+    load_company(sessions, crm(tmp_path / "crm"))
+    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
+
+    def meeting(hours: int) -> MeetingItem:
+        start = T0 + timedelta(hours=hours)
+        return MeetingItem(
+            key="ical:m1",
+            uid="m1",
+            recurrence_id=None,
+            provider_id="m1",
+            subject="Review [OPP-1]",
+            start=start,
+            end=start + timedelta(hours=1),
+            participants=(
+                Participant("ana@northwind.test", "", "organizer"),
+                Participant("carla@acme.test", "", "attendee"),
+            ),
+        )
+
+    for hours in (48, 2):  # stored, then rescheduled two days earlier
+        item = meeting(hours)
+        got = index.load([item])
+        decisions = [Decision(item, match(item, got))]
+        with sessions.begin() as session:
+            _record(session, decisions)
+            settle_touched(session, got, decisions)
+    with sessions() as session:
+        stored = session.scalar(
+            select(Opportunity.last_tagged_at).where(Opportunity.external_id == "OPP-1")
+        )
+    assert stored == T0 + timedelta(hours=2)
+
+
+def _record(session: Session, decisions: list[Any]) -> None:
+    """Store a batch as the sync job's recorder does (settling is the caller's)."""
+    from syncd.crm.recorder import record_batch
+
+    record_batch(
+        session,
+        mailbox_id=_mailbox(session),
+        source="test",
+        decisions=decisions,
+        quarantined=[],
+        cursor=None,
+        body_policy="snippet",
+        now=T0,
+    )
+
+
+def _mailbox(session: Session) -> int:
+    from syncd.crm import mailboxes
+    from syncd.crm.models import Mailbox
+
+    found = session.scalar(select(Mailbox.id))
+    if found is not None:
+        return found
+    user_id = session.scalar(select(User.id))
+    assert user_id is not None
+    mailboxes.add_mailbox(session, name="ana", kind="local", user_id=user_id, settings={})
+    session.flush()
+    mailbox_id = session.scalar(select(Mailbox.id))
+    assert mailbox_id is not None
+    return mailbox_id
 
 
 def test_a_pass_index_past_its_bound_starts_over_and_decides_the_same(

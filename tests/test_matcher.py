@@ -144,7 +144,7 @@ def test_most_recent_activity_decides_and_ties_are_ambiguous():
     tie = match(mail("dan@acme.test", "ana@northwind.test"), idx)
     assert links(tie) == {("account", 100, "domain")}
     assert tie.note and "ambiguous" in tie.note and "OPP-1" in tie.note and "OPP-2" in tie.note
-    idx.remember(2, T0 - timedelta(days=1))
+    idx.set_last_activity(2, T0 - timedelta(days=1))
     m = match(mail("dan@acme.test", "ana@northwind.test"), idx)
     assert ("opportunity", 2, "account") in links(m)
 

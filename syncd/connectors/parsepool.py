@@ -12,8 +12,9 @@ transaction) does not change.
   all, everything is read in the calling process as before. The pool is created by its
   first user, with that user's size, and shut down when the process exits.
 - Workers are started by a ``forkserver`` (never a plain fork: the daemon runs threads),
-  ignore SIGINT (the main process decides when to stop), and send back the log lines of a
-  task with its result, so that they reach the main process's log as if logged there.
+  ignore SIGINT and SIGTERM (the main process decides when to stop), and send back the log
+  lines of a task with its result, so that they reach the main process's log as if logged
+  there.
 - At most ``in_flight`` tasks of one :func:`ordered` call are queued or running at once, so
   memory stays flat whatever the number of tasks.
 - Nothing is lost silently: a task whose worker died (killed, out of memory) or that raised
@@ -103,8 +104,11 @@ _collect = _Collect()
 
 
 def _start_worker(level: int) -> None:
-    """A worker's setup: SIGINT is the main process's business; log lines are collected."""
+    """A worker's setup: SIGINT and SIGTERM are the main process's business (systemd sends
+    SIGTERM to the whole unit: the main process finishes its batch and stops the pool);
+    log lines are collected."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root = logging.getLogger()
     root.handlers[:] = [_collect]
     root.setLevel(level)

@@ -13,26 +13,32 @@ what the pass has not looked up yet, one query a table and chunk, never one an i
 - every deal of the accounts and contacts found, with the contacts that have a role in it
   and the time of its latest tagged activity (``opportunities.last_tagged_at``).
 
+The look-ups are Core statements on the session's connection (no ORM objects), each list
+of keys one parameter (``syncd.crm.rows.one_of``).
+
 The settling of conversations asks for the deals of its stored items' contacts and
 accounts the same way (:func:`fill_deals`). Whether a newly tagged activity reorders the
-open deals is one indexed query (:func:`overtakes_another`), and the time it teaches is
-stored in the batch's transaction (:func:`note_tagged`).
+open deals is one indexed query (:func:`reranks`), and the time it teaches is
+restated in the batch's transaction (:func:`restate_tagged`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
 from syncd.config import Settings
 from syncd.crm.models import (
     AccountDomain,
+    Activity,
     Contact,
     ContactAddress,
+    Link,
     Opportunity,
     OpportunityContact,
     User,
@@ -103,7 +109,7 @@ def _fill_contacts(session: Session, index: CrmIndex, addresses: set[str]) -> li
     )
     found: list[ContactRef] = []
     for chunk in chunked(sorted(addresses), LOOKUP_CHUNK):
-        for address, contact_id, name, account_id in session.execute(
+        for address, contact_id, name, account_id in session.connection().execute(
             query.where(one_of(session, ContactAddress.address, chunk))
         ):
             index.contacts[address] = ref = ContactRef(contact_id, name, account_id)
@@ -116,7 +122,7 @@ def _fill_domains(session: Session, index: CrmIndex, domains: set[str]) -> set[i
     """The accounts of these domains, added to the index; returns those found."""
     found: set[int] = set()
     for chunk in chunked(sorted(domains), LOOKUP_CHUNK):
-        for domain, account_id in session.execute(
+        for domain, account_id in session.connection().execute(
             select(AccountDomain.domain, AccountDomain.account_id).where(
                 one_of(session, AccountDomain.domain, chunk)
             )
@@ -128,15 +134,32 @@ def _fill_domains(session: Session, index: CrmIndex, domains: set[str]) -> set[i
 
 
 def _fill_tagged(session: Session, index: CrmIndex, names: set[str]) -> None:
+    """The deals these tag names (lower case) name. ``lower()`` in SQL folds ASCII only
+    (SQLite, PostgreSQL in the C locale), so a name with other letters is found by a LIKE
+    that leaves them out, then compared in Python (a scan, for such tags only)."""
     ids: set[int] = set()
-    for chunk in chunked(sorted(names), LOOKUP_CHUNK):
+    plain = sorted(n for n in names if n.isascii())
+    for chunk in chunked(plain, LOOKUP_CHUNK):
         ids.update(
-            session.scalars(
+            session.connection().scalars(
                 select(Opportunity.id).where(func.lower(Opportunity.external_id).in_(chunk))
             )
         )
+    for name in sorted(names - set(plain)):
+        pattern = "".join(_like(c) if c.isascii() else "_" for c in name)
+        for opp_id, external_id in session.connection().execute(
+            select(Opportunity.id, Opportunity.external_id).where(
+                Opportunity.external_id.ilike(pattern, escape="\\")
+            )
+        ):
+            if external_id.lower() == name:
+                ids.add(opp_id)
     load_opportunities(session, index, ids)
     index.looked_up_tags |= names
+
+
+def _like(c: str) -> str:
+    return "\\" + c if c in "%_\\" else c
 
 
 def fill_deals(
@@ -149,13 +172,13 @@ def fill_deals(
     ids: set[int] = set()
     for chunk in chunked(sorted(accounts), LOOKUP_CHUNK):
         ids.update(
-            session.scalars(
+            session.connection().scalars(
                 select(Opportunity.id).where(one_of(session, Opportunity.account_id, chunk))
             )
         )
     for chunk in chunked(sorted(contacts), LOOKUP_CHUNK):
         ids.update(
-            session.scalars(
+            session.connection().scalars(
                 select(OpportunityContact.opportunity_id).where(
                     one_of(session, OpportunityContact.contact_id, chunk)
                 )
@@ -172,13 +195,13 @@ def load_opportunities(session: Session, index: CrmIndex, ids: set[int]) -> None
     new = sorted(ids - index.opportunities.keys())
     for chunk in chunked(new, LOOKUP_CHUNK):
         roles: dict[int, set[int]] = {}
-        for opp_id, contact_id in session.execute(
+        for opp_id, contact_id in session.connection().execute(
             select(OpportunityContact.opportunity_id, OpportunityContact.contact_id).where(
                 one_of(session, OpportunityContact.opportunity_id, chunk)
             )
         ):
             roles.setdefault(opp_id, set()).add(contact_id)
-        for o in session.execute(
+        for o in session.connection().execute(
             select(
                 Opportunity.id,
                 Opportunity.external_id,
@@ -194,35 +217,54 @@ def load_opportunities(session: Session, index: CrmIndex, ids: set[int]) -> None
             index.add_opportunity(ref, o.last_tagged_at)
 
 
-def note_tagged(session: Session, opportunity_id: int, when: datetime) -> None:
-    """A tagged activity of this deal was stored: keep the latest time (in the batch's
-    transaction, so a batch that does not commit teaches nothing)."""
-    session.execute(
-        update(Opportunity)
-        .where(
-            Opportunity.id == opportunity_id,
-            or_(Opportunity.last_tagged_at.is_(None), Opportunity.last_tagged_at < when),
-        )
-        .values(last_tagged_at=when)
+def restate_tagged(session: Session, opportunity_ids: list[int]) -> dict[int, datetime | None]:
+    """Set ``last_tagged_at`` of these deals to the time of their latest stored tagged
+    activity, in the batch's transaction (a batch that does not commit teaches nothing),
+    and return it. One row at a time in the order of their ids, so two passes that tag the
+    same deals lock them in one order and never deadlock."""
+    table = cast(Table, Opportunity.__table__)
+    latest = (
+        select(func.max(Activity.occurred_at))
+        .join(Link, Link.activity_id == Activity.id)
+        .where(Link.type == "opportunity", Link.reason == "tag", Link.target_id == table.c.id)
+        .scalar_subquery()
     )
+    ids = sorted(opportunity_ids)
+    connection = session.connection()
+    connection.execute(
+        update(table).where(table.c.id == bindparam("opp")).values(last_tagged_at=latest),
+        [{"opp": opp_id} for opp_id in ids],
+    )
+    now: dict[int, datetime | None] = {}
+    for chunk in chunked(ids, LOOKUP_CHUNK):
+        for opp_id, when in connection.execute(
+            select(Opportunity.id, Opportunity.last_tagged_at).where(
+                one_of(session, Opportunity.id, chunk)
+            )
+        ):
+            now[opp_id] = when
+    return now
 
 
-def overtakes_another(
-    session: Session, opportunity_id: int, before: datetime | None, after: datetime
+def reranks(
+    session: Session, opportunity_id: int, before: datetime | None, after: datetime | None
 ) -> bool:
-    """Whether another open deal was ahead of or tied with this one when its latest tagged
-    activity was ``before`` (None: it had none), and is now behind or tied with it at
-    ``after``: then what weaker links chose between them may change. A deal without a
-    tagged activity is behind every deal that has one."""
+    """Whether a deal whose latest tagged activity moved from ``before`` to ``after`` (None:
+    none, behind every deal that has one) passed or met another open deal on its way, up
+    or down: then what weaker links chose between them may change."""
+    low, high = (before, after) if _at_or_below(before, after) else (after, before)
+    if high is None:  # both None: it did not move
+        return False
+    theirs = Opportunity.last_tagged_at
     others = select(Opportunity.id).where(
         Opportunity.status == "open", Opportunity.id != opportunity_id
     )
-    if before is None:
-        others = others.where(
-            or_(Opportunity.last_tagged_at.is_(None), Opportunity.last_tagged_at <= after)
-        )
+    if low is None:
+        others = others.where(or_(theirs.is_(None), theirs <= high))
     else:
-        others = others.where(
-            Opportunity.last_tagged_at >= before, Opportunity.last_tagged_at <= after
-        )
-    return session.scalar(others.limit(1)) is not None
+        others = others.where(theirs >= low, theirs <= high)
+    return session.connection().scalar(others.limit(1)) is not None
+
+
+def _at_or_below(a: datetime | None, b: datetime | None) -> bool:
+    return a is None or (b is not None and a <= b)

@@ -191,7 +191,10 @@ class OpportunityContact(Base):
     __table_args__ = (UniqueConstraint("opportunity_id", "contact_id"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     opportunity_id: Mapped[int] = mapped_column(ForeignKey("opportunities.id", ondelete="CASCADE"))
-    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    # the deals a contact has a role in, by key (syncd.crm.lookups)
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), index=True
+    )
     role: Mapped[str | None] = mapped_column(String(100))
 
 

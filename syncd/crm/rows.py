@@ -13,6 +13,7 @@ connection and transaction, so a refused row raises the same SQLAlchemy error as
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -21,7 +22,17 @@ from operator import itemgetter
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import ColumnElement, Insert, Table, any_, func, insert, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    String,
+    Table,
+    any_,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
@@ -79,11 +90,15 @@ def insert_rows(session: Session, model: type[Base], rows: list[dict[str, Any]])
 def one_of(
     session: Session, column: InstrumentedAttribute[Any], values: list[Any]
 ) -> ColumnElement[bool]:
-    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one parameter rather
-    than one a value, which the server plans faster (500 keys: 1.3 ms against 3.8)."""
+    """``column IN (values)`` as one parameter rather than one a value: on PostgreSQL
+    ``column = ANY(:array)``, which the server plans faster (500 keys: 1.3 ms against 3.8);
+    on SQLite ``column IN (SELECT value FROM json_each(:json))`` (SQLite's JSON functions
+    are built in since 3.38), which SQLAlchemy need not expand into one bound parameter a
+    value (5,000 keys: about 5 ms of Python saved, bench/matching_scale.py)."""
     if session.get_bind().dialect.name == "postgresql":
         return column == any_(literal(values, postgresql.ARRAY(column.type)))
-    return column.in_(values)
+    listed = func.json_each(literal(json.dumps(values), String())).table_valued("value")
+    return column.in_(select(listed.c.value))
 
 
 def insert_new(session: Session, model: type[Base], key: str) -> Insert:
@@ -218,5 +233,7 @@ def _copy_rows(
             else:
                 for row in rows:
                     copy.write_row([row[c] for c in columns])
-    except Exception as exc:  # the driver's own error, raised as SQLAlchemy raises one
-        raise DBAPIError(sql, None, exc) from exc
+    except Exception as exc:  # the driver's own error, raised as SQLAlchemy raises one: a
+        # lock or statement timeout, a deadlock, a full disk as OperationalError (the
+        # database, not an item: the pass stops and retries), a refused row as another
+        raise DBAPIError.instance(sql, None, exc, type(raw).Error) from exc

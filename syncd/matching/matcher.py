@@ -53,15 +53,14 @@ class UserRef:
     name: str
 
 
-@dataclass(frozen=True)
-class ContactRef:
+# CRM records as tuples rather than frozen dataclasses: a batch loads thousands of them
+class ContactRef(NamedTuple):
     id: int
     name: str
     account_id: int | None
 
 
-@dataclass(frozen=True)
-class OpportunityRef:
+class OpportunityRef(NamedTuple):
     id: int
     external_id: str
     name: str
@@ -155,13 +154,12 @@ class CrmIndex:
         """The external ids (lower case) a tag may name: ``42`` and ``opp-42``."""
         return tag.lower(), (self.tag_prefix + tag).lower()
 
-    def remember(self, opportunity_id: int, when: datetime) -> bool:
-        """Record a tagged activity of a deal; True when it is the deal's latest."""
-        last = self.last_activity.get(opportunity_id)
-        if last is None or when > last:
+    def set_last_activity(self, opportunity_id: int, when: datetime | None) -> None:
+        """The time of a deal's latest tagged activity, as now stored (None: it has none)."""
+        if when is None:
+            self.last_activity.pop(opportunity_id, None)
+        else:
             self.last_activity[opportunity_id] = when
-            return True
-        return False
 
     def held(self) -> int:
         """How many CRM records and look-ups the index holds (its memory, roughly)."""

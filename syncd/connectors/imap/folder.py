@@ -36,7 +36,7 @@ from imapclient import IMAPClient
 
 from syncd.batching import chunked
 from syncd.connectors import parsepool
-from syncd.connectors.base import ConnectorError, CursorExpired, MailboxSpec
+from syncd.connectors.base import CursorExpired, MailboxSpec
 from syncd.connectors.imap.fetch import (
     MAX_UIDS_PER_COMMAND,
     Group,
@@ -165,7 +165,9 @@ class ImapFolder:
                         processes=self.spec.parse_processes,
                         in_flight=slots,
                         rescue=self._rescue,
-                        raises=(ConnectorError,),
+                        # a worker's own connection refused (a server's cap on
+                        # connections, a login limit) is read here, on the pass's own
+                        raises=(CursorExpired,),
                     ):
                         yield from runs
                     return

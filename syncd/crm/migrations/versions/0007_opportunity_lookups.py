@@ -1,6 +1,7 @@
 """opportunities.last_tagged_at (the time of each deal's latest tagged activity, kept by
-every batch that stores a tag) and a case-blind index on external_id: the matcher looks the
-CRM up per batch instead of loading it whole
+every batch that stores a tag), a case-blind index on external_id and an index on
+opportunity_contacts.contact_id: the matcher looks the CRM up per batch instead of loading
+it whole
 
 Revision ID: 0007
 Revises: 0006
@@ -28,6 +29,9 @@ def upgrade() -> None:
         [sa.text("lower(external_id)")],
         unique=False,
     )
+    op.create_index(
+        op.f("ix_opportunity_contacts_contact_id"), "opportunity_contacts", ["contact_id"]
+    )
     op.execute(
         "UPDATE opportunities SET last_tagged_at = ("
         " SELECT max(activities.occurred_at) FROM links"
@@ -38,6 +42,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_opportunity_contacts_contact_id"), table_name="opportunity_contacts")
     op.drop_index("ix_opportunities_external_id_lower", table_name="opportunities")
     with op.batch_alter_table("opportunities") as batch_op:
         batch_op.drop_index(batch_op.f("ix_opportunities_last_tagged_at"))
