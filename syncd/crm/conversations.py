@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
 from syncd.crm.models import Activity, Link, Mailbox, Task, ThreadKey
-from syncd.crm.rows import IN_LIMIT
+from syncd.crm.rows import IN_LIMIT, LOOKUP_CHUNK, one_of
 from syncd.items import LinkReason, LinkType
 from syncd.matching.matcher import CrmIndex, Relink, ThreadNode
 
@@ -69,16 +69,24 @@ def _reachable(session: Session, keys: set[str]) -> dict[int, set[str]]:
 
 def _activities_with_keys(session: Session, keys: Iterable[str]) -> set[int]:
     found: set[int] = set()
-    for chunk in chunked(sorted(keys), IN_LIMIT):
-        found.update(session.scalars(select(ThreadKey.activity_id).where(ThreadKey.key.in_(chunk))))
+    connection = session.connection()
+    for chunk in chunked(sorted(keys), LOOKUP_CHUNK):
+        found.update(
+            connection.scalars(
+                select(ThreadKey.activity_id).where(one_of(session, ThreadKey.key, chunk))
+            )
+        )
     return found
 
 
 def thread_keys_of(session: Session, activity_ids: Iterable[int]) -> Iterator[tuple[int, str]]:
     """(activity id, key) for every conversation key of these activities."""
-    for chunk in chunked(sorted(activity_ids), IN_LIMIT):
-        yield from session.execute(
-            select(ThreadKey.activity_id, ThreadKey.key).where(ThreadKey.activity_id.in_(chunk))
+    connection = session.connection()
+    for chunk in chunked(sorted(activity_ids), LOOKUP_CHUNK):
+        yield from connection.execute(
+            select(ThreadKey.activity_id, ThreadKey.key).where(
+                one_of(session, ThreadKey.activity_id, chunk)
+            )
         )
 
 
@@ -133,16 +141,17 @@ def conversation_keys_of_candidates(
 def _thread_nodes(session: Session, ids: list[int]) -> dict[int, ThreadNode]:
     base: dict[int, tuple[str, datetime, str | None]] = {}
     links: dict[int, list[tuple[LinkType, int, LinkReason]]] = defaultdict(list)
-    for chunk in chunked(ids, IN_LIMIT):
-        for activity_id, key, when, note in session.execute(
+    connection = session.connection()
+    for chunk in chunked(ids, LOOKUP_CHUNK):
+        for activity_id, key, when, note in connection.execute(
             select(Activity.id, Activity.key, Activity.occurred_at, Activity.match_note).where(
-                Activity.id.in_(chunk)
+                one_of(session, Activity.id, chunk)
             )
         ):
             base[activity_id] = (key, when, note)
-        for activity_id, type_, target, reason in session.execute(
+        for activity_id, type_, target, reason in connection.execute(
             select(Link.activity_id, Link.type, Link.target_id, Link.reason)
-            .where(Link.activity_id.in_(chunk))
+            .where(one_of(session, Link.activity_id, chunk))
             .order_by(Link.id)
         ):
             links[activity_id].append((type_, target, reason))

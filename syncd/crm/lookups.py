@@ -43,14 +43,10 @@ from syncd.crm.models import (
     OpportunityContact,
     User,
 )
-from syncd.crm.rows import one_of
+from syncd.crm.rows import LOOKUP_CHUNK, one_of
 from syncd.items import Item, MailItem
 from syncd.matching.addresses import domain_of, is_free_mail
 from syncd.matching.matcher import ContactRef, CrmIndex, OpportunityRef, UserRef, parents, tag_text
-
-# values in one IN (...) list of a look-up: far below SQLite's 32,766 bound variables (since
-# 3.32) and PostgreSQL's 65,535 parameters, and few statements for a batch of 1,000 items
-LOOKUP_CHUNK = 5000
 
 
 def company_domains(session: Session, settings: Settings) -> set[str]:

@@ -41,6 +41,10 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from syncd.crm.models import Base
 
 IN_LIMIT = 500  # values per IN (...) list
+# values in one list of :func:`one_of` (one parameter, whatever its length): few statements
+# for a batch of 1,000 items, and no list so long that the database's plan suffers
+# (PostgreSQL turns to a parallel scan of a million addresses past ~1,500 of them)
+LOOKUP_CHUNK = 1000
 
 _UNSET = object()  # no value converted yet
 
