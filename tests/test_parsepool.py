@@ -113,3 +113,25 @@ def test_one_process_means_no_pool():
     )
     assert parsepool.size(1) == 1
     assert parsepool.size(0) == WORKERS  # the pool's own size, once it is up
+
+
+def test_where_no_process_can_be_started_every_task_is_read_here_and_said_once(monkeypatch, caplog):
+    """A sandbox without /dev/shm (the pool's semaphores), or a cap on processes: the
+    reads run in the calling process, with one warning, and nothing is lost."""
+
+    def refused(processes: int) -> None:
+        raise PermissionError(13, "Permission denied", "/dev/shm")
+
+    parsepool.shutdown()
+    monkeypatch.setattr(parsepool, "_new_executor", refused)
+    monkeypatch.setattr(parsepool, "_unavailable", None)
+    with caplog.at_level(logging.WARNING, logger="syncd"):
+        results = list(
+            parsepool.ordered(
+                square_with_pid, range(6), processes=WORKERS, in_flight=2, rescue=rescued_here
+            )
+        )
+    assert results == [(n * n, os.getpid()) for n in range(6)]
+    warnings = [r.getMessage() for r in caplog.records if "cannot be started" in r.getMessage()]
+    assert len(warnings) == 1 and "/dev/shm" in warnings[0]
+    assert parsepool.size(WORKERS) == 1  # the next reads do not even try

@@ -60,6 +60,9 @@ _lock = threading.Lock()
 _executor: ProcessPoolExecutor | None = None
 _processes = 0  # the pool's size, once created
 _atexit_registered = False
+_unavailable: str | None = None  # why no worker process can be started here, once known
+
+log = logging.getLogger("syncd")
 
 
 def usable_cpus() -> int:
@@ -74,7 +77,7 @@ def size(processes: int) -> int:
     """How many worker processes ``sync.parse_processes = processes`` means: 1 is none (read
     in the calling process), 0 one per usable CPU; once the pool exists, its own size (the
     first user's: every user of one process has the same configuration)."""
-    if processes == 1:
+    if processes == 1 or _unavailable is not None:
         return 1
     with _lock:
         if _executor is not None:
@@ -173,17 +176,39 @@ def worker_pids() -> list[int]:
     return sorted(procs)
 
 
-Submitted = tuple[Any, "Future[Any]", ProcessPoolExecutor]
+Submitted = tuple[Any, "Future[Any]", ProcessPoolExecutor | None]
 
 
 def _submit(fn: Callable[[T], R], task: T, processes: int) -> Submitted:
-    executor = _pool(processes)
     try:
-        return task, executor.submit(_call, fn, task), executor
-    except BrokenProcessPool:  # a worker died since: a new pool takes the task
-        _replace(executor)
         executor = _pool(processes)
-        return task, executor.submit(_call, fn, task), executor
+        try:
+            return task, executor.submit(_call, fn, task), executor
+        except BrokenProcessPool:  # a worker died since: a new pool takes the task
+            _replace(executor)
+            executor = _pool(processes)
+            return task, executor.submit(_call, fn, task), executor
+    except OSError as exc:  # no process can be started here: the task is rescued
+        _give_up(exc)
+        failed: Future[Any] = Future()
+        failed.set_exception(exc)
+        return task, failed, None
+
+
+def _give_up(exc: OSError) -> None:
+    """No worker process can be started in this process (a sandbox without /dev/shm for
+    the pool's semaphores, a cap on processes): say so once; from now on :func:`size` is 1
+    and every read runs in the calling process, as with ``sync.parse_processes = 1``."""
+    global _unavailable
+    with _lock:
+        first = _unavailable is None
+        _unavailable = describe(exc)
+    if first:
+        log.warning(
+            "parse processes cannot be started here (%s); large reads run in the main "
+            "process; set sync.parse_processes = 1 to say so",
+            _unavailable,
+        )
 
 
 def _replay(lines: list[tuple[str, int, str]], dropped: int) -> None:
@@ -202,7 +227,8 @@ def _outcome(
     try:
         value, lines, dropped = future.result()
     except BrokenProcessPool:
-        _replace(executor)
+        if executor is not None:
+            _replace(executor)
         return rescue(task, "its worker process stopped (killed, or out of memory)")
     except raises:
         raise

@@ -167,13 +167,9 @@ class CrmIndex:
         return sum(len(s) for s in looked_up) + len(self.opportunities)
 
     def is_internal(self, address: str) -> bool:
-        if address in self.users:
-            return True
-        domain = domain_of(address)
-        known = self._internal.get(domain)
-        if known is None:
-            known = self._internal[domain] = _in_domains(domain, self.company_domains)
-        return known
+        return address in self.users or _in_domains_memo(
+            domain_of(address), self.company_domains, self._internal
+        )
 
     def account_for_domain(self, domain: str) -> int | None:
         if is_free_mail(domain):
@@ -184,13 +180,9 @@ class CrmIndex:
         return None
 
     def is_blocked(self, address: str) -> bool:
-        if address in self.blocked_addresses:
-            return True
-        domain = domain_of(address)
-        known = self._blocked.get(domain)
-        if known is None:
-            known = self._blocked[domain] = _in_domains(domain, self.blocked_domains)
-        return known
+        return address in self.blocked_addresses or _in_domains_memo(
+            domain_of(address), self.blocked_domains, self._blocked
+        )
 
 
 @functools.lru_cache(maxsize=16)
@@ -207,6 +199,14 @@ def parents(domain: str) -> tuple[str, ...]:
 
 def _in_domains(domain: str, domains: set[str]) -> bool:
     return any(d in domains for d in parents(domain))
+
+
+def _in_domains_memo(domain: str, domains: set[str], memo: dict[str, bool]) -> bool:
+    """:func:`_in_domains`, remembered by domain (asked for every participant)."""
+    known = memo.get(domain)
+    if known is None:
+        known = memo[domain] = _in_domains(domain, domains)
+    return known
 
 
 # tuples rather than frozen dataclasses: several are made for every item (a third of the
