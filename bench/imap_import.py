@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phases import peak_rss_mb, run_phase  # noqa: E402
+from phases import demo_crm_with_imap, peak_rss_mb, run_phase  # noqa: E402
 
 CEILING_SECONDS = 5.0  # a ceiling runs at least this long, and at least CEILING_RUNS times
 CEILING_RUNS = 3
@@ -124,34 +124,12 @@ def phase_sync(
     """syncd's whole pipeline on the mailbox, as `syncd sync` runs it, with ``processes``
     parse processes (``sync.parse_processes``)."""
     from syncd.config import Settings
-    from syncd.crm import mailboxes
-    from syncd.crm.database import make_engine, session_factory, upgrade
-    from syncd.demo import load_company
-    from syncd.secrets import Secret, SecretBox
     from syncd.sync import sync_mailbox
 
-    engine = make_engine(url)
-    upgrade(engine)
-    sessions = session_factory(engine)
-    load_company(sessions, Path(crm))
+    sessions = demo_crm_with_imap(url, home, crm, port, login, password)
     settings = Settings(
         home=Path(home), sync={"body": body, "batch_size": 1000, "parse_processes": processes}
     )
-    with sessions.begin() as session:
-        from sqlalchemy import select
-
-        from syncd.crm.models import User
-
-        user_id = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
-        assert user_id is not None
-        mailboxes.add_mailbox(
-            session,
-            name="ana",
-            kind="imap",
-            user_id=user_id,
-            settings={"host": "127.0.0.1", "port": port, "tls": "none", "login": login},
-            secret_token=SecretBox(Path(home)).encrypt(Secret(password)),
-        )
     start = time.perf_counter()
     report = sync_mailbox(sessions, settings, "ana")
     seconds = time.perf_counter() - start

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phases import peak_rss_mb, run_phase  # noqa: E402
+from phases import demo_crm_with_imap, peak_rss_mb, run_phase  # noqa: E402
 
 
 def phase_ceiling(port: int, login: str, password: str) -> dict[str, float]:
@@ -48,33 +48,12 @@ def phase_ceiling(port: int, login: str, password: str) -> dict[str, float]:
 
 def phase_harvest(url: str, home: str, crm: str, port: int, login: str, password: str) -> dict:
     """``syncd import contacts --mailbox ana --dry-run``, as the command runs it."""
-    from sqlalchemy import select
-
     from syncd.config import Settings
-    from syncd.crm import mailboxes
-    from syncd.crm.database import make_engine, session_factory, upgrade
-    from syncd.crm.models import User
-    from syncd.demo import load_company
     from syncd.harvest.decide import Policy
     from syncd.harvest.run import ContactImport, Target
-    from syncd.secrets import Secret, SecretBox
 
-    engine = make_engine(url)
-    upgrade(engine)
-    sessions = session_factory(engine)
-    load_company(sessions, Path(crm))
+    sessions = demo_crm_with_imap(url, home, crm, port, login, password)
     settings = Settings(home=Path(home), sync={"batch_size": 1000})
-    with sessions.begin() as session:
-        user_id = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
-        assert user_id is not None
-        mailboxes.add_mailbox(
-            session,
-            name="ana",
-            kind="imap",
-            user_id=user_id,
-            settings={"host": "127.0.0.1", "port": port, "tls": "none", "login": login},
-            secret_token=SecretBox(Path(home)).encrypt(Secret(password)),
-        )
     start = time.perf_counter()
     job = ContactImport(
         sessions, settings, [Target("ana", "ana@northwind.test")], since=None, policy=Policy()

@@ -6,6 +6,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +25,32 @@ def run_phase(script: str, *args: str, timeout: float | None = None) -> dict[str
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def demo_crm_with_imap(url: str, home: str, crm: str, port: int, login: str, password: str) -> Any:
+    """A migrated CRM with the demo company and Ana's IMAP mailbox ``ana`` on Dovecot at
+    ``port`` (its password kept as syncd keeps it); returns the session factory."""
+    from sqlalchemy import select
+
+    from syncd.crm import mailboxes
+    from syncd.crm.database import make_engine, session_factory, upgrade
+    from syncd.crm.models import User
+    from syncd.demo import load_company
+    from syncd.secrets import Secret, SecretBox
+
+    engine = make_engine(url)
+    upgrade(engine)
+    sessions = session_factory(engine)
+    load_company(sessions, Path(crm))
+    with sessions.begin() as session:
+        user_id = session.scalar(select(User.id).where(User.email == "ana@northwind.test"))
+        assert user_id is not None
+        mailboxes.add_mailbox(
+            session,
+            name="ana",
+            kind="imap",
+            user_id=user_id,
+            settings={"host": "127.0.0.1", "port": port, "tls": "none", "login": login},
+            secret_token=SecretBox(Path(home)).encrypt(Secret(password)),
+        )
+    return sessions

@@ -25,7 +25,6 @@ STOPPING=1, never waiting on the socket.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
@@ -42,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from syncd import limits, metrics
 from syncd.config import Settings
 from syncd.connectors.base import ConnectorError, WatcherFactory
+from syncd.connectors.parsepool import usable_cpus
 from syncd.connectors.registry import open_watcher
 from syncd.crm.models import Mailbox
 from syncd.notify import Notifier, watchdog_interval
@@ -59,13 +59,7 @@ AUDIT_CHECK = 600.0  # seconds between two looks for gap audits that are due
 
 def pool_size(workers: int) -> int:
     """``sync.workers``, or for 0 four threads a CPU this process may use, at most 32."""
-    if workers:
-        return workers
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return min(32, 4 * cpus)
+    return workers or min(32, 4 * usable_cpus())
 
 
 @dataclass

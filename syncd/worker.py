@@ -47,6 +47,7 @@ from syncd.crm.database import DatabaseError, describe_error, make_engine, safe_
 from syncd.crm.leases import new_owner
 from syncd.crm.models import Mailbox
 from syncd.daemon import Daemon, Notifier
+from syncd.notify import watchdog_interval
 from syncd.report import SyncReport
 from syncd.sync import SyncJob
 
@@ -298,17 +299,11 @@ def run_worker(
     return code
 
 
-def _watchdog_every() -> float:
-    """Seconds between two WATCHDOG=1 (half the unit's WatchdogSec=)."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    return max(int(usec) / 2e6, 0.5) if usec.isdigit() else 30.0
-
-
 async def _feed_watchdog(notifier: Notifier) -> None:
     """WATCHDOG=1 while the worker's event loop answers (it runs the heartbeats)."""
     while True:
         notifier.notify("WATCHDOG=1")
-        await asyncio.sleep(_watchdog_every())
+        await asyncio.sleep(watchdog_interval())
 
 
 async def _work(app: App, rt: Runtime, concurrency: int, notifier: Notifier) -> int:

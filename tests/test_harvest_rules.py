@@ -216,3 +216,17 @@ def test_two_address_books_naming_one_person_differently_give_one_name_in_any_or
         (v,) = decide(people, Policy(), CRM)
         names.add((v.name, v.first_last))
     assert names == {("Vic Lang", ("Vic", "Lang"))}
+
+
+def test_a_person_s_address_does_not_depend_on_the_order_the_mail_was_read():
+    sightings = [
+        ("received", "John.Smith@gmail.com", T0),
+        ("sent", "johnsmith@googlemail.com", T0 + timedelta(days=1)),
+    ]
+    chosen = set()
+    for order in (sightings, sightings[::-1]):
+        people = People()
+        for seen, address, when in order:
+            people.see(seen, address, "John", when, "ana")  # type: ignore[arg-type]
+        chosen.add(next(iter(people)).address)
+    assert chosen == {"john.smith@gmail.com"}  # a tie: the smallest spelling, read either way

@@ -18,8 +18,7 @@ from syncd.connectors.ical import UnreadableCalendar, invitations_from_ical, rea
 from syncd.connectors.ical_events import event_problem, meeting
 from syncd.connectors.ical_series import occurrences, series_uids
 from syncd.connectors.ical_tasks import PRODID, SYNCD_TASK_PROP, task_to_ical
-from syncd.connectors.imap.folder import ImapFolder
-from syncd.connectors.imap.session import ImapSession
+from syncd.connectors.imap.parse import mail_item, provider_id
 from syncd.connectors.local.files import NotRegularFile, TooLarge, skipped_once, unreadable
 from syncd.connectors.local.maildir import MaildirFolder
 from syncd.connectors.local.vdir import VdirCalendar
@@ -374,12 +373,13 @@ def test_an_imap_message_that_cannot_be_read_is_quarantined_with_its_bytes():
     spec = MailboxSpec.of(
         name="ana", kind="imap", user_email="ana@northwind.test", settings={"host": "127.0.0.1"}
     )
-    folder = ImapFolder(ImapSession(spec), "INBOX", spec)
     raw = b"Subject: no address\r\nDate: Mon, 1 Jan 2026 10:00:00 +99999999999999999999\r\n\r\n"
-    entry = folder._item(7, {b"BODY[]": raw, b"INTERNALDATE": T0}, 42)
+    entry = mail_item(
+        provider_id("INBOX", 42, 7), {b"BODY[]": raw, b"INTERNALDATE": T0}, spec.limits
+    )
     assert isinstance(entry, Quarantined) and entry.provider_id == "INBOX/42/7"
     assert (entry.raw, entry.format) == (raw, "rfc822")
-    odd = folder._item(8, {b"BODY[]": 12345}, 42)  # a FETCH answer of the wrong shape
+    odd = mail_item(provider_id("INBOX", 42, 8), {b"BODY[]": 12345}, spec.limits)  # wrong shape
     assert isinstance(odd, Quarantined)
     assert odd.reason == "unexpected FETCH response: TypeError: the message is a int, not bytes"
 

@@ -180,6 +180,8 @@ Submitted = tuple[Any, "Future[Any]", ProcessPoolExecutor | None]
 
 
 def _submit(fn: Callable[[T], R], task: T, processes: int) -> Submitted:
+    if _unavailable is not None:  # known since an earlier task: not tried again
+        return _failed(task, OSError(_unavailable))
     try:
         executor = _pool(processes)
         try:
@@ -190,9 +192,14 @@ def _submit(fn: Callable[[T], R], task: T, processes: int) -> Submitted:
             return task, executor.submit(_call, fn, task), executor
     except OSError as exc:  # no process can be started here: the task is rescued
         _give_up(exc)
-        failed: Future[Any] = Future()
-        failed.set_exception(exc)
-        return task, failed, None
+        return _failed(task, exc)
+
+
+def _failed(task: Any, exc: OSError) -> Submitted:
+    """A task no process can take: rescued by the caller (see :func:`_outcome`)."""
+    failed: Future[Any] = Future()
+    failed.set_exception(exc)
+    return task, failed, None
 
 
 def _give_up(exc: OSError) -> None:

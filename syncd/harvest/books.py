@@ -89,9 +89,12 @@ class _Reader:
                 see_card(people, card, self.mailbox, own)
             people.join_linked()
             with self.sessions.begin() as session:
-                verdicts = decide(people, Policy(), known_crm(session, self.settings))
-                done = apply(session, None, verdicts, {self.mailbox: people}, update_names=False)
-                self.added += done.contacts_created
+                if batch.cards:  # a quiet poll's empty page only moves the cursor
+                    verdicts = decide(people, Policy(), known_crm(session, self.settings))
+                    done = apply(
+                        session, None, verdicts, {self.mailbox: people}, update_names=False
+                    )
+                    self.added += done.contacts_created
                 recorder.set_cursor(session, self.mailbox_id, source, batch.cursor, self.now())
                 if self.lease is not None:
                     self.lease.fence(session, self.now())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from syncd.matching.addresses import domain_of, normalize_address
+from syncd.matching.addresses import domain_of, is_free_mail, normalize_address
 
 Seen = Literal["sent", "received", "copied", "meeting", "saved"]
 # sent: the mailbox's user wrote to them; received: they wrote to the user; copied: on a
@@ -110,8 +110,15 @@ class Person:
 
     @property
     def address(self) -> str:
-        """The spelling seen most often (the first seen on a tie)."""
-        return self.spellings.most_common(1)[0][0] if self.spellings else self.key
+        """The spelling seen most often; on a tie a company address before a free-mail one
+        (it names the account), then the smallest: never the one read first (the contact's
+        address and account must not depend on the order of the mail)."""
+        if not self.spellings:
+            return self.key
+        return min(
+            self.spellings.items(),
+            key=lambda kv: (-kv[1], is_free_mail(domain_of(kv[0])), kv[0]),
+        )[0]
 
     @property
     def two_way(self) -> bool:

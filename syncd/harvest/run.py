@@ -30,9 +30,9 @@ from typing import Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd import past
 from syncd.config import Settings
 from syncd.connectors.base import (
-    AuthError,
     CalendarSource,
     Connector,
     ConnectorError,
@@ -222,14 +222,17 @@ class ContactImport:
     def _books(
         self, import_id: str, target: Target, connector: Connector, own: frozenset[str]
     ) -> int:
-        """The target's address books; one its sign-in may not read (a scope or permission
-        not granted) is left out with a warning, the mail is imported all the same."""
+        """The target's address books; one that cannot be read (a scope or permission not
+        granted, a server down) is left out with a warning, the mail is imported all the
+        same (the daemon's contacts.sync reads it later)."""
         if not isinstance(connector, HasAddressBooks):
             return 0
         try:
             books = connector.address_books()
             return sum(self._source(import_id, target, book, own) for book in books)
-        except AuthError as exc:
+        except CursorExpired:
+            raise  # where this import stopped reading is gone: it starts anew (run())
+        except ConnectorError as exc:  # a scope not granted, a server down
             log.warning("import %s: %s: address book not read: %s", import_id, target.name, exc)
             self.warnings[target.name] = f"address book not read: {exc}"
             return 0
@@ -244,11 +247,9 @@ class ContactImport:
             if mailbox is None:
                 raise ConnectorError(f"no mailbox named {target.name!r}; see 'syncd mailbox list'")
             spec = mailbox_spec(mailbox, self.settings)
-        past = self.settings.sync.calendar_past_days
-        if self.since is not None:
-            past = max(past, min(3650, (self.now() - self.since).days + 1))
-        settings = spec.settings.model_copy(update={"calendar_past_days": past})
-        return replace(spec, body_policy="metadata", settings=settings)
+        if self.since is not None:  # every window back to it, the mail's too (Gmail, Graph)
+            spec = past.widen(spec, self.since, self.now())
+        return replace(spec, body_policy="metadata")
 
     def _own_keys(self, target: Target) -> frozenset[str]:
         return frozenset({merge_key(target.user_email)})

@@ -105,6 +105,10 @@ class CardDav:
                 f"{self.where()}: {method} {urlparse(url).path} answered "
                 f"{response.status_code} {response.reason}"
             )
+        return self.xml(response)
+
+    def xml(self, response: requests.Response) -> ET.Element:
+        """A multistatus answer parsed; one that is not XML is the server's error."""
         try:
             return ET.fromstring(response.content)
         except ET.ParseError as exc:
@@ -148,7 +152,7 @@ class CardDavBook:
                 f"{self.dav.where()}: sync-collection answered {response.status_code} "
                 f"{response.reason}"
             )
-        tree = ET.fromstring(response.content)
+        tree = self.dav.xml(response)
         token = tree.findtext("d:sync-token", "", NS).strip() or None
         changed: list[str] = []
         removed: list[str] = []

@@ -45,7 +45,6 @@ from syncd.connectors.imap.fetch import (
     read_in_worker,
     read_runs,
 )
-from syncd.connectors.imap.parse import mail_item, provider_id
 from syncd.connectors.imap.session import ImapSession
 from syncd.items import Batch, Cursor, MailItem, Quarantined
 
@@ -208,6 +207,3 @@ class ImapFolder:
         if after == 0 and self.since is not None:
             query += ["SINCE", self.since]
         return sorted(u for u in client.search(query) if u > after)
-
-    def _item(self, uid: int, d: dict[bytes, Any], uidvalidity: int) -> Read:
-        return mail_item(provider_id(self.folder, uidvalidity, uid), d, self.limits)
