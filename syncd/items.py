@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 SNIPPET_CHARS = 280  # what the recorder keeps of a text as the activity's snippet
 
@@ -187,6 +187,9 @@ class Batch(Generic[T]):
     quarantined: tuple[Quarantined, ...] = ()
     removed: tuple[str, ...] = ()  # meeting UIDs whose calendar entry is gone
     task_states: tuple[TaskState, ...] = ()
+    # what a digest made of the batch's mail items, which are then not given (a source's
+    # digested(), syncd.connectors.base.Digests); None: no digest was asked
+    digest: Any = None
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,16 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from syncd.config import LimitSettings
 from syncd.connectors import parsepool
-from syncd.connectors.base import CursorExpired, MailboxSpec
-from syncd.connectors.imap import ImapSettings, folder
+from syncd.connectors.base import CursorExpired, Digests, MailboxSpec
+from syncd.connectors.imap import ImapSettings, fetch, folder
 from syncd.connectors.imap.connector import ImapConnector
 from syncd.connectors.imap.folder import ImapFolder
 from syncd.crm.models import Activity
@@ -286,3 +287,91 @@ def test_a_mailbox_synced_through_the_pool_logs_each_message_once(
     assert subjects(sessions) == expected
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Activity)) == 20
+
+
+def long_header(i: int) -> bytes:
+    """A message whose header is longer than the first FETCH's cut, its Cc past the cut."""
+    trace = b"".join(
+        b"Received: from relay%d.acme.test by mx.northwind.test; Mon, 2 Mar 2026 10:00:00 +0000\r\n"
+        % n
+        for n in range(500)
+    )
+    assert len(trace) > fetch.HEADER_BYTES
+    return (
+        b"From: Carla <carla@acme.test>\r\nTo: ana@northwind.test\r\n"
+        + trace
+        + b"Cc: Dan <dan@acme.test>\r\nSubject: long trace %d\r\n"
+        b"Message-ID: <long-%d@acme.test>\r\n"
+        b"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n\r\nthe text\r\n" % (i, i)
+    )
+
+
+UNDATED = b"From: carla@acme.test\r\nTo: ana@northwind.test\r\nSubject: no date\r\n\r\nhello\r\n"
+
+
+def without_text(items: list[MailItem]) -> list[MailItem]:
+    return [replace(i, body="") for i in items]
+
+
+@pytest.mark.parametrize("policy", ["metadata", "snippet"])
+def test_a_header_past_the_first_cut_and_a_message_without_a_date_are_read_as_in_full(
+    imap_server, policy
+):
+    login = new_folder(imap_server, "Deals", msg(1), long_header(2), msg(3))
+    client = imap(imap_server, login)
+    arrived = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
+    client.append("Deals", UNDATED, flags=(b"\\Seen",), msg_time=arrived)
+    client.logout()
+    full = [i for b in read(spec(imap_server, login, body_policy="full")) for i in b.items]
+    proxy = RecordingProxy(imap_server.port)
+    try:
+        batches = read(spec(imap_server, login, port=proxy.port, body_policy=policy))
+    finally:
+        proxy.close()
+    items = [i for b in batches for i in b.items]
+    assert without_text(items) == without_text(full)
+    long = next(i for i in items if i.subject == "long trace 2")
+    assert "dan@acme.test" in {p.address for p in long.participants}  # after the cut
+    assert items[-1].sent_at == arrived  # the server's INTERNALDATE: no date of its own
+    sent = bytes(proxy.sent)
+    # INTERNALDATE asked for the undated message alone, the whole header for the long one
+    assert [line.split(b" FETCH ")[1].split(b" ")[0] for line in sent.split(b"\r\n")
+            if b"INTERNALDATE" in line] == [b"4"]  # fmt: skip
+    sized = [line for line in sent.split(b"\r\n") if b"RFC822.SIZE" in line]
+    assert sized and all(b"BODY.PEEK[HEADER]<0." in line for line in sized)  # one FETCH
+    assert sent.count(b"BODY.PEEK[HEADER])") == 1  # the long header, whole
+
+
+def test_metadata_batches_are_cut_by_what_is_fetched_not_by_the_messages_size(imap_server):
+    login = new_folder(imap_server, "Deals", *(msg(i, body="b" * 300 * 1024) for i in range(7)))
+    limits = LimitSettings(batch_bytes=1024 * 1024)
+    box = spec(imap_server, login, body_policy="metadata", batch_size=10, limits=limits)
+    assert [len(b.items) for b in read(box)] == [7]  # their headers: a few KB
+    full = spec(imap_server, login, body_policy="full", batch_size=10, limits=limits)
+    assert max(len(b.items) for b in read(full)) <= 3  # 3 x 300 KB < 1 MB
+
+
+def subjects_of(items: list[MailItem]) -> tuple[int, tuple[str, ...]]:
+    """A digest: how many items, and their subjects (a top-level function: picklable)."""
+    return len(items), tuple(i.subject for i in items)
+
+
+@pytest.mark.usefixtures("small_tasks")
+@pytest.mark.parametrize("processes", [1, WORKERS])
+def test_a_digested_read_gives_the_digest_of_each_batch_with_the_same_cursors(
+    imap_server, processes
+):
+    login = new_folder(imap_server, "Deals", *MIXED)
+    box = spec(imap_server, login, parse_processes=processes, limits=LIMITS)
+    plain = read(box)
+    connector = ImapConnector(box)
+    try:
+        source = ImapFolder(connector.session, "Deals", box)
+        assert isinstance(source, Digests)
+        digested = list(source.digested(None, subjects_of))
+    finally:
+        connector.close()
+    assert [b.cursor for b in digested] == [b.cursor for b in plain]
+    assert [b.quarantined for b in digested] == [b.quarantined for b in plain]
+    assert all(not b.items for b in digested)
+    assert [b.digest for b in digested] == [subjects_of(list(b.items)) for b in plain]

@@ -76,6 +76,23 @@ class MailSource(Protocol):
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]: ...
 
 
+@runtime_checkable
+class Digests(Protocol):
+    """A mail source that can hand each batch's mail items to a *digest* where they are
+    read, in a parse pool worker (:mod:`syncd.connectors.parsepool`) as in this process:
+    each batch then comes with ``items`` empty and ``digest`` what the digest made of them
+    (the quarantined items, the cursors and the order are as :meth:`MailSource.changes`
+    gives them). A reader that wants a little of many items (the historical import's
+    people) is then spared their trip between processes. ``digest``: a top-level function,
+    or an object of a top-level class, that a worker can be sent (picklable)."""
+
+    name: str
+
+    def digested(
+        self, cursor: Cursor | None, digest: Callable[[list[MailItem]], Any]
+    ) -> Iterator[Batch[MailItem]]: ...
+
+
 class CalendarSource(Protocol):
     name: str
 

@@ -11,6 +11,8 @@ such; the others on it (To, Cc) were ``copied``. A meeting: everyone on it but t
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
 
 from syncd.connectors.contacts import Card
 from syncd.harvest.people import People, merge_key
@@ -50,6 +52,24 @@ def see_mail(people: People, item: MailItem, mailbox: str, own: Collection[str])
     for p in item.reply_to:  # whom the sender wants the answers to go to
         if merge_key(p.address) not in own:
             people.see("copied", p.address, p.name, when, mailbox, bulk=bulk, auto=auto)
+
+
+@dataclass(frozen=True)
+class MailDigest:
+    """What a batch of a mailbox's mail teaches, made where the batch is read (a parse pool
+    worker: :class:`~syncd.connectors.base.Digests`): the people it shows (mail before
+    ``since`` left out) and how many messages it held."""
+
+    mailbox: str
+    own: frozenset[str]  # the merge keys of the user's addresses
+    since: datetime | None = None
+
+    def __call__(self, items: list[MailItem]) -> tuple[People, int]:
+        people = People()
+        for item in items:
+            if self.since is None or item.sent_at >= self.since:
+                see_mail(people, item, self.mailbox, self.own)
+        return people, len(items)
 
 
 def see_card(people: People, card: Card, mailbox: str, own: Collection[str]) -> None:

@@ -37,6 +37,7 @@ from syncd.connectors.base import (
     Connector,
     ConnectorError,
     CursorExpired,
+    Digests,
     Estimates,
     MailboxSpec,
     MailSource,
@@ -52,7 +53,7 @@ from syncd.crm.models import (
 )
 from syncd.harvest import store
 from syncd.harvest.apply import Applied, apply
-from syncd.harvest.collect import see_card, see_mail, see_meeting
+from syncd.harvest.collect import MailDigest, see_card, see_mail, see_meeting
 from syncd.harvest.decide import Policy, Verdict, decide
 from syncd.harvest.files import file_spec
 from syncd.harvest.known import known_crm
@@ -272,7 +273,12 @@ class ContactImport:
             before = mark.items if mark is not None else 0
         self.progress.source(target.name, source.name, _estimate(source))
         learnt, pending, total = People(), 0, 0
-        batches: Iterator[Any] = source.changes(Cursor(value) if value is not None else None)
+        start = Cursor(value) if value is not None else None
+        batches: Iterator[Any] = (
+            source.digested(start, MailDigest(target.name, own, self.since))
+            if isinstance(source, Digests)  # the people made where the mail is read
+            else source.changes(start)
+        )
         for batch in batches:
             read = self._see(learnt, batch, target.name, own)
             pending, total = pending + read, total + read
@@ -298,6 +304,10 @@ class ContactImport:
             for card in batch.cards:
                 see_card(people, card, mailbox, own)
             return len(batch.cards)
+        if batch.digest is not None:  # a MailDigest of the batch's mail
+            learnt, read = batch.digest
+            people.merge(learnt)
+            return read + len(batch.quarantined)
         for item in batch.items:
             if isinstance(item, MailItem):
                 if self.since is None or item.sent_at >= self.since:

@@ -1,16 +1,27 @@
 """A group of an IMAP folder's new UIDs fetched and read as mail items, in this process or in
 a worker of the parse pool (:mod:`syncd.connectors.parsepool`).
 
-A :class:`Group` is what one FETCH command may name (at most :data:`MAX_UIDS_PER_COMMAND`
-UIDs) and everything needed to read it anywhere: the mailbox's spec (its settings and its
-secret), the folder, and the UIDVALIDITY the main process found. Reading it
-(:func:`read_runs`): the RFC822.SIZE of each message first, so that one over
-``limits.message_bytes`` is quarantined without its body ever being fetched; then runs of
-the group cut by count and by ``limits.batch_bytes`` (each run one batch), each fetched with
-only what the body policy needs (:func:`~.parse.fetch_attributes`) and read
-(:func:`~.parse.mail_item`). An invitation needs its whole message: BODYSTRUCTURE is asked
-in a second FETCH, only for the messages whose first answer cannot rule one out
-(:func:`~.parse.needs_structure`), and the whole message of those that hold one in a third.
+A :class:`Group` is a run of new UIDs (one pool task; no FETCH names more than
+:data:`MAX_UIDS_PER_COMMAND` of them) and everything needed to read it anywhere: the
+mailbox's spec (its settings and its secret), the folder, and the UIDVALIDITY the main
+process found. Reading it
+(:func:`read_runs`) yields runs of the group (each one batch) cut by count and by
+``limits.batch_bytes``, each read as mail items (:func:`~.parse.mail_item`):
+
+- **Body policy** ``metadata`` **or** ``snippet`` (headers, and the start of the text): one
+  FETCH asks each message's RFC822.SIZE with at most :data:`HEADER_BYTES` of its header
+  (and the first :data:`~.parse.SNIPPET_BYTES` of its text), so what a message costs in
+  memory is bounded before anything is known of it. A message over ``limits.message_bytes``
+  is quarantined with nothing more fetched; a header longer than the cut is fetched whole in
+  a second FETCH (a rare one: DKIM- and ARC-signed headers are a few KB).
+- **Body policy** ``full``: the RFC822.SIZE of each message first, so that one over
+  ``limits.message_bytes`` is quarantined without its body ever being fetched, then the whole
+  message of the others.
+
+An invitation needs its whole message: BODYSTRUCTURE is asked only for the messages whose
+answer cannot rule one out (:func:`~.parse.needs_structure`), and the whole message of those
+that hold one after that. INTERNALDATE (the time a message without a usable Date or Received
+header is logged at) is asked only for such messages, after they are read.
 
 Every command selects the folder readonly first and checks its UIDVALIDITY against the
 group's: a folder rebuilt since the main process read it raises
@@ -20,21 +31,24 @@ ever sends ``BODY.PEEK`` (it never marks mail as read).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from imapclient import IMAPClient
 
-from syncd.batching import by_size
+from syncd.batching import by_size, chunked
 from syncd.connectors.base import CursorExpired, MailboxSpec, too_large
 from syncd.connectors.imap.parse import (
+    HEADER_BYTES,
+    SNIPPET_BYTES,
     fetch_attributes,
     has_calendar_part,
     mail_item,
     needs_structure,
     provider_id,
+    undated,
 )
 from syncd.connectors.imap.session import ImapSession
 from syncd.items import MailItem, Quarantined
@@ -42,17 +56,23 @@ from syncd.items import MailItem, Quarantined
 MAX_UIDS_PER_COMMAND = 1000  # keeps a FETCH well under Dovecot's 64 KB command line
 
 Read = MailItem | Quarantined
-Run = tuple[int, list[Read]]  # the last UID of a run (a batch) and what was read of it
+# a digest: what a reader of the items wants of a run, made where the run is read (a parse
+# pool worker): a top-level function or a picklable object; see syncd.items.Batch.digest
+Digest = Callable[[list[MailItem]], Any]
+Run = tuple[int, list[Read], Any]  # a run's last UID, what was read of it, and its digest
 
 
 @dataclass(frozen=True)
 class Group:
-    """New UIDs of one folder, in order, to be read as runs: a parse pool task."""
+    """New UIDs of one folder, in order, to be read as runs: a parse pool task. With a
+    ``digest``, each run's mail items are handed to it where the run is read, and only the
+    digest and the quarantined items come back."""
 
     spec: MailboxSpec
     folder: str
     uidvalidity: int
     uids: tuple[int, ...]
+    digest: Digest | None = None
 
     def describe(self) -> str:
         return f"UIDs {self.uids[0]}-{self.uids[-1]} of {self.folder!r}"
@@ -60,18 +80,14 @@ class Group:
 
 def read_runs(session: ImapSession, group: Group) -> Iterator[Run]:
     """The group's runs, each fetched and read when the one before has been taken."""
-    folder, uv, uids = group.folder, group.uidvalidity, list(group.uids)
-    limits = group.spec.limits
-    sizes: dict[int, int] = session.call(
-        f"FETCH {folder} RFC822.SIZE", partial(_sizes, folder=folder, uids=uids, uidvalidity=uv)
-    )
-    limit = limits.message_bytes
-    # what each message holds in memory once fetched; one over the limit is not
-    weights = [n if (n := sizes.get(u, 0)) <= limit else 0 for u in uids]
-    batch_size = min(group.spec.batch_size, MAX_UIDS_PER_COMMAND)
-    for start, end in by_size(weights, batch_size, limits.batch_bytes):
-        run = uids[start:end]
-        yield run[-1], _read_run(session, group, run, sizes)
+    raw_runs = _whole_runs if group.spec.body_policy == "full" else _header_runs
+    for last, run, data in raw_runs(session, group):
+        read = _read(session, group, run, data)
+        if group.digest is None:
+            yield last, read, None
+        else:
+            items = [r for r in read if isinstance(r, MailItem)]
+            yield last, [r for r in read if isinstance(r, Quarantined)], group.digest(items)
 
 
 def read_in_worker(group: Group) -> list[Run]:
@@ -85,39 +101,163 @@ def read_in_worker(group: Group) -> list[Run]:
         session.close()
 
 
-def _read_run(
-    session: ImapSession, group: Group, run: list[int], sizes: dict[int, int]
-) -> list[Read]:
-    """Fetch and read the messages of one run; one over the size limit is quarantined
-    without its body being fetched."""
-    folder, uv = group.folder, group.uidvalidity
+# what a run is before it is read: its last UID, its UIDs, and each one's FETCH answer (none:
+# over the size limit, its size under RFC822.SIZE alone)
+RawRun = tuple[int, list[int], dict[int, Any]]
+
+
+def first_bytes(policy: str) -> int:
+    """What the first FETCH may bring of one message (``metadata``, ``snippet``)."""
+    return HEADER_BYTES + (SNIPPET_BYTES if policy == "snippet" else 0)
+
+
+def run_size(spec: MailboxSpec) -> int:
+    """UIDs a run holds at most: ``batch_size``, no more than one FETCH may name, and (but
+    ``full``) no more than ``limits.batch_bytes`` of first answers."""
+    most = min(spec.batch_size, MAX_UIDS_PER_COMMAND)
+    if spec.body_policy == "full":
+        return most
+    return max(1, min(most, spec.limits.batch_bytes // first_bytes(spec.body_policy)))
+
+
+def _whole_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
+    """``full``: sizes first, then each run's whole messages (but those over the limit)."""
+    folder, uv, uids = group.folder, group.uidvalidity, list(group.uids)
     limits = group.spec.limits
+    sizes: dict[int, int] = {}
+    for chunk in chunked(uids, MAX_UIDS_PER_COMMAND):
+        sizes |= session.call(
+            f"FETCH {folder} RFC822.SIZE",
+            partial(_sizes, folder=folder, uids=chunk, uidvalidity=uv),
+        )
     limit = limits.message_bytes
-    wanted = [u for u in run if u in sizes and sizes[u] <= limit]
-    data: dict[int, Any] = (
-        session.call(
+    # what each message holds in memory once fetched; one over the limit is not
+    weights = [n if (n := sizes.get(u, 0)) <= limit else 0 for u in uids]
+    for start, end in by_size(weights, run_size(group.spec), limits.batch_bytes):
+        run = uids[start:end]
+        wanted = [u for u in run if u in sizes and sizes[u] <= limit]
+        data: dict[int, Any] = (
+            session.call(
+                f"FETCH {folder}",
+                partial(_fetch, folder=folder, uids=wanted, uidvalidity=uv, policy="full"),
+            )
+            if wanted
+            else {}
+        )
+        for uid in run:
+            if uid in sizes and sizes[uid] > limit:
+                data[uid] = {b"RFC822.SIZE": sizes[uid]}
+        yield run[-1], run, data
+
+
+def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
+    """``metadata``/``snippet``: slices of the group fetched at once with their sizes and
+    the cut header (and text), bounded by ``limits.batch_bytes``; each slice cut into runs
+    by what they hold and may still fetch (a whole header, a whole invitation), and each
+    run completed."""
+    spec, folder, uv = group.spec, group.folder, group.uidvalidity
+    limits, policy = spec.limits, spec.body_policy
+    step = run_size(spec)
+    for piece in chunked(list(group.uids), step):
+        first: dict[int, Any] = session.call(
             f"FETCH {folder}",
             partial(
-                _fetch, folder=folder, uids=wanted, uidvalidity=uv, policy=group.spec.body_policy
+                _first,
+                folder=folder,
+                uids=piece,
+                uidvalidity=uv,
+                policy=policy,
+                limit=limits.message_bytes,
             ),
         )
-        if wanted
-        else {}
-    )
-    read: list[Read] = []
+        weights = [_weight(first.get(u), limits.message_bytes, policy) for u in piece]
+        for start, end in by_size(weights, step, limits.batch_bytes):
+            run = piece[start:end]
+            data = {u: first[u] for u in run if u in first}
+            cut = [u for u in run if u in data and _is_cut(data[u], limits.message_bytes)]
+            unsure = [
+                u
+                for u in run
+                if u in data
+                and not _over(data[u], limits.message_bytes)
+                and needs_structure(data[u], policy)
+            ]
+            if cut or unsure:
+                more: dict[int, Any] = session.call(
+                    f"FETCH {folder}",
+                    partial(_complete, folder=folder, uidvalidity=uv, cut=cut, unsure=unsure),
+                )
+                for uid, d in more.items():
+                    if uid in data:
+                        data[uid].update(d)
+            yield run[-1], run, data
+
+
+def _read(session: ImapSession, group: Group, run: list[int], data: dict[int, Any]) -> list[Read]:
+    """The run's answers read as items: one over the size limit quarantined (its body never
+    fetched); one the server did not answer for (deleted meanwhile) left out. A message
+    without a usable date of its own is read again with its INTERNALDATE, asked for it."""
+    folder, uv, limits = group.folder, group.uidvalidity, group.spec.limits
+    limit = limits.message_bytes
+    read: dict[int, Read] = {}
+    no_date: list[int] = []
     for uid in run:
+        d = data.get(uid)
+        if d is None:
+            continue
         pid = provider_id(folder, uv, uid)
-        if sizes.get(uid, 0) > limit:  # its body is never fetched
-            read.append(Quarantined(pid, too_large(sizes[uid], limit)))
-        elif uid in data:
-            read.append(mail_item(pid, data[uid], limits))
-    return read
+        if _over(d, limit):
+            read[uid] = Quarantined(pid, too_large(d[b"RFC822.SIZE"], limit))
+            continue
+        read[uid] = mail_item(pid, d, limits)
+        if undated(read[uid], d):
+            no_date.append(uid)
+    if no_date:
+        dates: dict[int, Any] = session.call(
+            f"FETCH {folder} INTERNALDATE",
+            partial(_internal_dates, folder=folder, uids=no_date, uidvalidity=uv),
+        )
+        for uid in no_date:
+            data[uid][b"INTERNALDATE"] = dates.get(uid, {}).get(b"INTERNALDATE")
+            read[uid] = mail_item(provider_id(folder, uv, uid), data[uid], limits)
+    return [read[u] for u in run if u in read]
+
+
+def _over(d: Mapping[bytes, Any], limit: int) -> bool:
+    size = d.get(b"RFC822.SIZE")
+    return isinstance(size, int) and size > limit
+
+
+def _is_cut(d: Mapping[bytes, Any], limit: int) -> bool:
+    """Whether the first answer holds only the start of the header (it filled the cut)."""
+    header = d.get(b"BODY[HEADER]")
+    return (
+        not _over(d, limit)
+        and isinstance(header, (bytes, bytearray))
+        and len(header) >= HEADER_BYTES
+    )
+
+
+def _weight(d: Mapping[bytes, Any] | None, limit: int, policy: str) -> int:
+    """What a message holds in memory once its run is complete: its first answer, and its
+    size where its whole header or (an invitation) its whole message may be fetched."""
+    if d is None or _over(d, limit):
+        return 0
+    held = sum(len(v) for v in d.values() if isinstance(v, (bytes, bytearray)))
+    size = d.get(b"RFC822.SIZE")
+    if isinstance(size, int) and (_is_cut(d, limit) or needs_structure(d, policy)):
+        held += size
+    return held
 
 
 # --- commands, run by the session (retried on a dropped connection) -----------------------------
 
 
 def _select(client: IMAPClient, folder: str, uidvalidity: int) -> None:
+    """The folder selected readonly with the group's UIDVALIDITY: by a SELECT unless the
+    connection has it selected so already (a session's :class:`~.session.Client`)."""
+    if getattr(client, "selected", None) == (folder, True, uidvalidity):
+        return
     selected = client.select_folder(folder, readonly=True)
     if selected[b"UIDVALIDITY"] != uidvalidity:
         raise CursorExpired(f"UIDVALIDITY of {folder!r} changed during the sync")
@@ -133,18 +273,55 @@ def _sizes(client: IMAPClient, folder: str, uids: list[int], uidvalidity: int) -
     return sizes
 
 
-def _fetch(
-    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int, policy: str
+def _first(
+    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int, policy: str, limit: int
 ) -> dict[int, Any]:
-    """What the policy needs of each message; the whole message of an invitation."""
+    """Each message's size and the start of its header (and text): the answers' keys as a
+    whole header's (``BODY[HEADER]``, ``BODY[TEXT]<0>``); a message over the limit keeps
+    only its size (what was fetched of it is dropped at once)."""
     _select(client, folder, uidvalidity)
-    data: dict[int, Any] = client.fetch(uids, fetch_attributes(policy))
-    unsure = [u for u, d in data.items() if needs_structure(d, policy)]
+    answers: dict[int, Any] = client.fetch(uids, fetch_attributes(policy))
+    for uid, d in answers.items():
+        if _over(d, limit):
+            answers[uid] = {b"RFC822.SIZE": d[b"RFC822.SIZE"]}
+            continue
+        header = d.pop(b"BODY[HEADER]<0>", None)
+        if header is not None:
+            d[b"BODY[HEADER]"] = header
+    return answers
+
+
+def _complete(
+    client: IMAPClient, folder: str, uidvalidity: int, cut: list[int], unsure: list[int]
+) -> dict[int, Any]:
+    """The whole header of the messages whose first answer cut it, and the whole message of
+    those that hold an invitation (asked by BODYSTRUCTURE of the ``unsure`` ones)."""
+    _select(client, folder, uidvalidity)
+    more: dict[int, dict[bytes, Any]] = {}
+    if cut:
+        for uid, d in client.fetch(cut, [b"BODY.PEEK[HEADER]"]).items():
+            more.setdefault(uid, {})[b"BODY[HEADER]"] = d.get(b"BODY[HEADER]")
     if unsure:
         structures = client.fetch(unsure, [b"BODYSTRUCTURE"])
         whole = [u for u, d in structures.items() if has_calendar_part(d.get(b"BODYSTRUCTURE"))]
         if whole:
             for uid, d in client.fetch(whole, [b"BODY.PEEK[]"]).items():
-                if uid in data:
-                    data[uid][b"BODY[]"] = d[b"BODY[]"]
+                more.setdefault(uid, {})[b"BODY[]"] = d.get(b"BODY[]")
+    return more
+
+
+def _fetch(
+    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int, policy: str
+) -> dict[int, Any]:
+    """What the policy needs of each message (``full``: all of it)."""
+    _select(client, folder, uidvalidity)
+    data: dict[int, Any] = client.fetch(uids, fetch_attributes(policy))
+    return data
+
+
+def _internal_dates(
+    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int
+) -> dict[int, Any]:
+    _select(client, folder, uidvalidity)
+    data: dict[int, Any] = client.fetch(uids, [b"INTERNALDATE"])
     return data

@@ -5,8 +5,10 @@ HIGHESTMODSEQ where the server has CONDSTORE (RFC 7162). A poll of an unchanged 
 one STATUS command. A changed UIDVALIDITY raises :class:`CursorExpired`: the folder is read
 again and item keys keep anything from being logged twice.
 
-New messages are read in groups of UIDs (:mod:`syncd.connectors.imap.fetch`: sizes first,
-then runs cut by count and by ``limits.batch_bytes``, each one batch). A read of at least
+New messages are read in groups of UIDs (:mod:`syncd.connectors.imap.fetch`: runs cut by
+count and by ``limits.batch_bytes``, each one batch, sizes known before any body is
+fetched). :meth:`ImapFolder.digested` hands each batch's items to a digest where they are
+read (the historical import's people). A read of at least
 :data:`PARALLEL_MIN` new messages is spread over the parse pool
 (:mod:`syncd.connectors.parsepool`, ``sync.parse_processes``): groups of :data:`TASK_UIDS`
 UIDs, each fetched and parsed by a worker process on a connection of its own, their batches
@@ -39,11 +41,14 @@ from syncd.connectors import parsepool
 from syncd.connectors.base import CursorExpired, MailboxSpec
 from syncd.connectors.imap.fetch import (
     MAX_UIDS_PER_COMMAND,
+    Digest,
     Group,
     Read,
     Run,
+    first_bytes,
     read_in_worker,
     read_runs,
+    run_size,
 )
 from syncd.connectors.imap.session import ImapSession
 from syncd.items import Batch, Cursor, MailItem, Quarantined
@@ -51,7 +56,9 @@ from syncd.items import Batch, Cursor, MailItem, Quarantined
 log = logging.getLogger("syncd.imap")
 
 PARALLEL_MIN = 1000  # new messages: a read of fewer stays in this process
-TASK_UIDS = 500  # UIDs a worker reads in one task (on one connection, opened for it)
+TASK_UIDS = 500  # UIDs a worker reads in one task at least (on one connection, opened for it)
+TASKS_PER_WORKER = 4  # a large read is cut into about this many tasks a worker, no fewer
+DIGESTED_TASK_UIDS = 5000  # UIDs of a task at most when only its digests come back
 MAX_WORKER_CONNECTIONS = 4  # connections a parallel read of one folder opens at once
 
 
@@ -105,11 +112,12 @@ class UidCursor:
         )
 
 
-def _batch(read: list[Read], cursor: Cursor) -> Batch[MailItem]:
+def _batch(read: list[Read], cursor: Cursor, digest: Any) -> Batch[MailItem]:
     return Batch(
         items=tuple(r for r in read if isinstance(r, MailItem)),
         cursor=cursor,
         quarantined=tuple(r for r in read if isinstance(r, Quarantined)),
+        digest=digest,
     )
 
 
@@ -133,6 +141,14 @@ class ImapFolder:
         return status.get(b"MESSAGES")
 
     def changes(self, cursor: Cursor | None) -> Iterator[Batch[MailItem]]:
+        return self._changes(cursor, None)
+
+    def digested(self, cursor: Cursor | None, digest: Digest) -> Iterator[Batch[MailItem]]:
+        """:meth:`changes`, each batch's items handed to ``digest`` where they are read
+        (:class:`~syncd.connectors.base.Digests`)."""
+        return self._changes(cursor, digest)
+
+    def _changes(self, cursor: Cursor | None, digest: Digest | None) -> Iterator[Batch[MailItem]]:
         stored = json.loads(cursor.value) if cursor else {}
         status = self.session.call(f"STATUS {self.folder}", self._status)
         position = UidCursor(self.folder, stored, status)
@@ -146,15 +162,18 @@ class ImapFolder:
         if not uids:
             yield Batch((), position.at(last, final=True))
             return
-        for uid, read in self._read(uids, position.uidvalidity):
-            yield _batch(read, position.at(uid, final=uid == uids[-1]))
+        for uid, read, digested in self._read(uids, position.uidvalidity, digest):
+            yield _batch(read, position.at(uid, final=uid == uids[-1]), digested)
 
-    def _read(self, uids: list[int], uidvalidity: int) -> Iterator[Run]:
+    def _read(self, uids: list[int], uidvalidity: int, digest: Digest | None) -> Iterator[Run]:
         """The runs of the new UIDs, in order: read by the parse pool's workers when there
         are enough of them and a connection slot for at least one worker, else here. Both
         cut the same groups, so they yield the same batches."""
-        groups = (self._group(g, uidvalidity) for g in chunked(uids, self._group_size()))
         workers = parsepool.size(self.spec.parse_processes)
+        groups = (
+            Group(self.spec, self.folder, uidvalidity, tuple(g), digest)
+            for g in chunked(uids, self._group_size(len(uids), workers, digest is not None))
+        )
         if workers > 1 and len(uids) >= PARALLEL_MIN:
             with self.session.extra_slots(min(workers, MAX_WORKER_CONNECTIONS)) as slots:
                 if slots:
@@ -173,13 +192,26 @@ class ImapFolder:
         for group in groups:
             yield from read_runs(self.session, group)
 
-    def _group_size(self) -> int:
-        """UIDs a group holds: about :data:`TASK_UIDS`, a whole number of batches."""
-        batch = min(self.spec.batch_size, MAX_UIDS_PER_COMMAND)
-        return min(MAX_UIDS_PER_COMMAND, batch * max(1, TASK_UIDS // batch))
-
-    def _group(self, uids: list[int], uidvalidity: int) -> Group:
-        return Group(self.spec, self.folder, uidvalidity, tuple(uids))
+    def _group_size(self, uids: int, workers: int, digested: bool) -> int:
+        """UIDs a group (a pool task, on a connection of its own) holds: a whole number of
+        runs' worth, so that the batches do not depend on it. Every task pays for a
+        connection, a login and a SELECT (which on a large folder costs more than a FETCH
+        of hundreds of messages), so a large read is cut into about
+        :data:`TASKS_PER_WORKER` tasks a worker, no smaller than :data:`TASK_UIDS` UIDs and
+        no larger than what a task may bring back (``limits.batch_bytes`` of messages cut as
+        the first FETCH cuts them; :data:`DIGESTED_TASK_UIDS` with a digest). ``full``
+        (whole messages) keeps :data:`TASK_UIDS`."""
+        spec = self.spec
+        step = run_size(spec)
+        if spec.body_policy == "full":
+            return min(MAX_UIDS_PER_COMMAND, step * max(1, TASK_UIDS // step))
+        most = (
+            DIGESTED_TASK_UIDS
+            if digested
+            else max(TASK_UIDS, spec.limits.batch_bytes // first_bytes(spec.body_policy))
+        )
+        wanted = max(TASK_UIDS, min(most, uids // (workers * TASKS_PER_WORKER)))
+        return step * max(1, wanted // step)
 
     def _rescue(self, group: Group, reason: str) -> list[Run]:
         """A group a worker could not read: read here."""

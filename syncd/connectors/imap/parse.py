@@ -22,28 +22,32 @@ from syncd.connectors.ical import UnreadableCalendar, read_calendar
 from syncd.connectors.mime import read_message
 from syncd.connectors.reasons import describe, quarantined
 from syncd.connectors.taskevents import is_task_uid
-from syncd.items import MailItem, MeetingItem, Quarantined, TaskState
+from syncd.items import EARLIEST, MailItem, MeetingItem, Quarantined, TaskState
 
 SENT_NAMES = ("Sent", "Sent Items", "Sent Messages", "INBOX.Sent", "INBOX/Sent", "Sent Mail")
 SNIPPET_BYTES = 16384
+HEADER_BYTES = 32 * 1024  # of a header, asked with the first FETCH; a longer one after it
+# the time a message is first read with: one whose date comes out as this has no usable Date
+# or Received header of its own, and is read again with its INTERNALDATE, asked for it then
+UNDATED = EARLIEST
 
 # --- IMAP ---------------------------------------------------------------------------------------
 
 
 def fetch_attributes(policy: str) -> list[bytes]:
     """The FETCH items a body policy needs, always ``BODY.PEEK`` (a message stays unread):
-    the whole message (``full``), its header and the start of its text (``snippet``), or its
-    header (``metadata``). No BODYSTRUCTURE: it is asked in a second FETCH, only for the
-    messages whose first answer cannot rule out an invitation (:func:`needs_structure`)."""
+    the whole message (``full``, asked once its RFC822.SIZE is known to be within the
+    limit), or the size with at most :data:`HEADER_BYTES` of the header (``metadata``) and
+    the start of the text (``snippet``), bounded before anything is known of the message.
+    No BODYSTRUCTURE: it is asked after, only for the messages whose answer cannot rule out
+    an invitation (:func:`needs_structure`); no INTERNALDATE: it is asked after, only for the
+    messages without a date of their own (:data:`UNDATED`)."""
     if policy == "full":
-        return [b"BODY.PEEK[]", b"INTERNALDATE"]
+        return [b"BODY.PEEK[]"]
+    header = [b"RFC822.SIZE", f"BODY.PEEK[HEADER]<0.{HEADER_BYTES}>".encode()]
     if policy == "snippet":
-        return [
-            b"BODY.PEEK[HEADER]",
-            f"BODY.PEEK[TEXT]<0.{SNIPPET_BYTES}>".encode(),
-            b"INTERNALDATE",
-        ]
-    return [b"BODY.PEEK[HEADER]", b"INTERNALDATE"]
+        return [*header, f"BODY.PEEK[TEXT]<0.{SNIPPET_BYTES}>".encode()]
+    return header
 
 
 # a header's Content-Type fields, with their folded lines (RFC 5322 2.2.3)
@@ -107,11 +111,19 @@ def _message_bytes(data: Mapping[bytes, Any]) -> bytes | bytearray:
 
 def _internal_date(data: Mapping[bytes, Any]) -> datetime:
     """The INTERNALDATE (the day it arrived), in UTC where the server gave no zone; now where
-    it gave none at all."""
-    when = data.get(b"INTERNALDATE")
+    the server gave none at all; :data:`UNDATED` where it was not asked yet."""
+    if b"INTERNALDATE" not in data:
+        return UNDATED
+    when = data[b"INTERNALDATE"]
     if not isinstance(when, datetime):
         return datetime.now(UTC)
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def undated(item: MailItem | Quarantined, data: Mapping[bytes, Any]) -> bool:
+    """Whether a message was read without its INTERNALDATE and needs it (no date of its
+    own): it is read again once the server gave it."""
+    return isinstance(item, MailItem) and item.sent_at == UNDATED and b"INTERNALDATE" not in data
 
 
 def mail_item(pid: str, data: Mapping[bytes, Any], limits: LimitSettings) -> MailItem | Quarantined:

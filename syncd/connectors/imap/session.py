@@ -54,6 +54,30 @@ MAX_WAIT = 10.0  # seconds: the longest wait between two tries
 ATTEMPTS = 5  # tries of one command, where the mailbox sets no ``retries``
 
 
+class Client(IMAPClient):
+    """imapclient's client, knowing which folder it has selected, readonly or not, and its
+    UIDVALIDITY (:attr:`selected`), so that a command on the folder selected already is not
+    preceded by another SELECT (on a large folder a SELECT costs more than a FETCH of
+    hundreds of messages: the server checks the folder against its index)."""
+
+    selected: tuple[str, bool, int | None] | None = None
+
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]:
+        self.selected = None  # whatever happens: a failed SELECT leaves none selected
+        answer: dict[bytes, Any] = super().select_folder(folder, readonly=readonly)
+        uidvalidity = answer.get(b"UIDVALIDITY")
+        self.selected = (folder, readonly, uidvalidity if isinstance(uidvalidity, int) else None)
+        return answer
+
+    def unselect_folder(self) -> Any:
+        self.selected = None
+        return super().unselect_folder()
+
+    def close_folder(self) -> Any:
+        self.selected = None
+        return super().close_folder()
+
+
 class _CannotCarry(LoginError):
     """A login that no command the server offers can carry."""
 
@@ -170,7 +194,7 @@ class ImapSession:
         """A connection, TLS as the settings say (STARTTLS: RFC 3501 §6.2.1)."""
         context = ssl.create_default_context() if self.tls != "none" else None
         try:
-            client = IMAPClient(
+            client = Client(
                 self.host,
                 port=self.port,
                 ssl=self.tls == "implicit",
