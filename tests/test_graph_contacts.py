@@ -104,6 +104,18 @@ def test_contacts_read_whole_by_delta_then_incrementally(microsoft):
     assert list(contacts.changes(delta[-1].cursor)) == []  # a quiet poll stores nothing
 
 
+def test_a_pass_stopped_before_a_last_page_of_no_cards_stores_the_delta_link_once(microsoft):
+    for name in ("Ann One", "Bo Two"):
+        microsoft.add_contact(ANA, **contact(name, f"{name.split()[0].lower()}@hooli.test"))
+    microsoft.add_contact(ANA, **contact("No Address"))  # no card: the last page holds none
+    contacts = book(microsoft)  # two a page
+    first = next(iter(contacts.changes(None)))  # the pass stopped after the first page
+    assert len(first.cards) == 2 and "skiptoken=" in json.loads(first.cursor.value)["link"]
+    (last,) = list(contacts.changes(first.cursor))
+    assert not last.cards and "deltatoken=" in json.loads(last.cursor.value)["link"]
+    assert list(contacts.changes(last.cursor)) == []  # from there on, a quiet poll
+
+
 def test_a_forgotten_delta_token_is_cursor_expired_and_the_book_is_read_again(microsoft):
     microsoft.add_contact(ANA, **contact("Zoe Park", "zoe@initech.test"))
     contacts = book(microsoft, page_size=10)

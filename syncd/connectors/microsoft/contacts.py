@@ -35,7 +35,8 @@ SELECT = "displayName,givenName,surname,emailAddresses,companyName"
 
 
 class GraphContacts:
-    """The default Contacts folder by contact delta; the cursor is the next or delta link."""
+    """The default Contacts folder by contact delta; the cursor is the next or delta link
+    (``delta``: which of the two)."""
 
     name = "graph:contacts"
 
@@ -69,11 +70,12 @@ class GraphContacts:
             after = following or page.get("@odata.deltaLink")
             if not after:
                 raise ConnectorError(f"{self.client.where()}: a contacts delta page without a link")
-            # a quiet poll (an empty last page of a stored delta) stores nothing
-            if cards or removed or following or not stored:
-                yield CardBatch(
-                    cards, Cursor(json.dumps({"link": after, "select": SELECT})), removed
-                )
+            # a quiet poll (an empty last page of a stored delta link) stores nothing; an
+            # empty last page reached from a stored next link stores its delta link, or the
+            # same page would be asked again at every pass
+            if cards or removed or following or not stored or not state.get("delta"):
+                kept = {"link": after, "select": SELECT, "delta": following is None}
+                yield CardBatch(cards, Cursor(json.dumps(kept)), removed)
             link = following
 
 
