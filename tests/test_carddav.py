@@ -106,3 +106,101 @@ def test_vcards_vobject_reads_and_those_it_cannot():
         ("/book/two.vcf#1", ("bo@x.test",)),
     ]
     assert cards_from_vcard("BEGIN:VCARD\r\nthis is not a card", "/x") == []
+
+
+class Truncating:
+    """An HTTP proxy in front of Radicale that cuts a first sync-collection answer short as
+    RFC 6578 §3.6 allows: ``keep`` of its responses, a 507 response for the collection
+    itself, and a token of its own for the rest; a sync-collection with that token gets
+    the rest and Radicale's token (Radicale itself never cuts an answer short)."""
+
+    def __init__(self, target: str, keep: int) -> None:
+        import http.server
+        import threading
+        import xml.etree.ElementTree as ET
+
+        proxy = self
+        self.rest: dict[str, tuple[list[bytes], str]] = {}
+        self.continued = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path
+                if self.command == "REPORT" and b"sync-collection" in body:
+                    token = ET.fromstring(body).findtext("{DAV:}sync-token") or ""
+                    if token in proxy.rest:
+                        proxy.continued += 1
+                        rest, real = proxy.rest.pop(token)
+                        return self._answer(path, rest, real, cut=False)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                got = requests.request(self.command, target + path, data=body, headers=headers)
+                if (
+                    self.command == "REPORT"
+                    and b"sync-collection" in body
+                    and got.status_code == 207
+                ):
+                    tree = ET.fromstring(got.content)
+                    responses = [ET.tostring(r) for r in tree.findall("{DAV:}response")]
+                    real = tree.findtext("{DAV:}sync-token") or ""
+                    if len(responses) > keep:
+                        partial = f"urn:partial:{len(proxy.rest)}"
+                        proxy.rest[partial] = (responses[keep:], real)
+                        return self._answer(path, responses[:keep], partial, cut=True)
+                self.send_response(got.status_code)
+                for k, v in got.headers.items():
+                    dropped = ("content-length", "content-encoding", "transfer-encoding")
+                    if k.lower() not in (*dropped, "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(got.content)))
+                self.end_headers()
+                self.wfile.write(got.content)
+
+            def _answer(self, path: str, responses: list[bytes], token: str, cut: bool) -> None:
+                own = (
+                    f"<D:response><D:href>{path}</D:href>"
+                    "<D:status>HTTP/1.1 507 Insufficient Storage</D:status></D:response>"
+                ).encode()
+                body = (
+                    b'<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:">'
+                    + b"".join(responses)
+                    + (own if cut else b"")
+                    + f"<D:sync-token>{token}</D:sync-token></D:multistatus>".encode()
+                )
+                self.send_response(207)
+                self.send_header("Content-Type", "application/xml; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_PROPFIND = do_REPORT = do_GET = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_answer_cut_short_is_followed_by_the_rest(book):
+    server, user, put, _remove = book
+    for name in ("ann", "bo", "cy"):
+        put(name, vcard(name, name.title(), [f"{name}@hooli.test"]))
+    proxy = Truncating(server.url.rstrip("/"), keep=1)
+    try:
+        dav = CardDav("ana", proxy.url, user, "pw", 10, batch_size=10)
+        (found,) = dav.books()
+        batches = list(found.changes(None))
+        dav.close()
+    finally:
+        proxy.close()
+    assert proxy.continued == 1
+    assert sorted(c.name for b in batches for c in b.cards) == ["Ann", "Bo", "Cy"]
+    # the first answer's batch holds its own token: a pass stopped after it goes on from it
+    assert batches[0].cursor.value.startswith("urn:partial:")
+    assert not batches[-1].cursor.value.startswith("urn:partial:")

@@ -4,7 +4,8 @@ Found from the server's root as every client finds them: ``current-user-principa
 (RFC 5397), then ``addressbook-home-set``, then the collections under it whose resource type
 is ``addressbook``. Each book is read incrementally with sync-collection (RFC 6578): the
 changed resources' hrefs and the removed ones, then their vCards with
-``addressbook-multiget`` in chunks. A sync token the server refuses (RFC 6578 3.2, the
+``addressbook-multiget`` in chunks; an answer the server cut short (507, RFC 6578 §3.6) is
+followed by the rest. A sync token the server refuses (RFC 6578 3.2, the
 ``DAV:valid-sync-token`` precondition: 403 or 409) is :class:`CursorExpired` and the book is
 read again whole. vCards are read by ``vobject`` (:mod:`syncd.connectors.contacts`).
 
@@ -43,6 +44,9 @@ _BOOKS = (
     '<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:">'
     "<d:prop><d:resourcetype/><d:displayname/></d:prop></d:propfind>"
 )
+
+
+MAX_CONTINUATIONS = 1000  # answers cut short followed in one pass; the next pass goes on
 
 
 def _sync_body(token: str | None) -> str:
@@ -143,8 +147,31 @@ class CardDavBook:
         self.name = f"carddav:{unquote(urlparse(url).path).rstrip('/')}"
 
     def changes(self, cursor: Cursor | None) -> Iterator[CardBatch]:
-        before = cursor.value if cursor is not None else None
-        response = self.dav.request("REPORT", self.url, _sync_body(before), "1")
+        """The changes since ``cursor``. A server may cut its answer short (RFC 6578 §3.6:
+        a 507 for the collection itself, and a token for what it did send): the rest is
+        asked with that token, and each answer's batches carry their own token, so a pass
+        stopped between two answers goes on from the second."""
+        token = cursor.value if cursor is not None else None
+        hold = cursor or Cursor("")
+        for _ in range(MAX_CONTINUATIONS):
+            new_token, changed, removed, truncated = self._sync(token)
+            after = Cursor(new_token) if new_token else hold
+            chunks = list(chunked(changed, self.dav.batch_size)) or [[]]
+            for n, hrefs in enumerate(chunks):
+                last = n == len(chunks) - 1
+                yield CardBatch(
+                    tuple(self._cards(hrefs)),
+                    after if last else hold,
+                    tuple(unquote(h) for h in removed) if last else (),
+                )
+            if not truncated or not new_token or new_token == token:
+                return  # all of it; or no new token to go on from: the next pass will
+            token, hold = new_token, after
+
+    def _sync(self, token: str | None) -> tuple[str | None, list[str], list[str], bool]:
+        """One sync-collection: the new token, the changed and the removed hrefs, and
+        whether the server cut the answer short."""
+        response = self.dav.request("REPORT", self.url, _sync_body(token), "1")
         if response.status_code in (403, 409) and b"valid-sync-token" in response.content:
             raise CursorExpired(f"{self.dav.where()}: the address book's sync token expired")
         if response.status_code != 207:
@@ -153,25 +180,20 @@ class CardDavBook:
                 f"{response.reason}"
             )
         tree = self.dav.xml(response)
-        token = tree.findtext("d:sync-token", "", NS).strip() or None
+        new_token = tree.findtext("d:sync-token", "", NS).strip() or None
         changed: list[str] = []
         removed: list[str] = []
+        truncated = False
+        own = urlparse(self.url).path.rstrip("/")
         for r in tree.findall("d:response", NS):
             href = r.findtext("d:href", "", NS).strip()
-            status = r.findtext("d:status", "", NS)
-            if not href or href.rstrip("/") == urlparse(self.url).path.rstrip("/"):
+            status = f" {r.findtext('d:status', '', NS)} "
+            if href and urlparse(urljoin(self.url, href)).path.rstrip("/") == own:
+                truncated = truncated or " 507 " in status  # the collection: cut short
                 continue
-            (removed if " 404 " in f" {status} " else changed).append(href)
-        after = Cursor(token) if token else (cursor or Cursor(""))
-        hold = cursor or Cursor("")
-        chunks = list(chunked(changed, self.dav.batch_size)) or [[]]
-        for n, hrefs in enumerate(chunks):
-            last = n == len(chunks) - 1
-            yield CardBatch(
-                tuple(self._cards(hrefs)),
-                after if last else hold,
-                tuple(unquote(h) for h in removed) if last else (),
-            )
+            if href:
+                (removed if " 404 " in status else changed).append(href)
+        return new_token, changed, removed, truncated
 
     def _cards(self, hrefs: list[str]) -> list[Card]:
         if not hrefs:
