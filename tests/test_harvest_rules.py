@@ -230,3 +230,28 @@ def test_a_person_s_address_does_not_depend_on_the_order_the_mail_was_read():
             people.see(seen, address, "John", when, "ana")  # type: ignore[arg-type]
         chosen.add(next(iter(people)).address)
     assert chosen == {"john.smith@gmail.com"}  # a tie: the smallest spelling, read either way
+
+
+def test_cards_chained_by_shared_addresses_are_one_person_in_any_order():
+    from itertools import permutations
+
+    from syncd.connectors.contacts import card
+    from syncd.harvest.collect import see_card
+
+    chain = [
+        card("a", "Vic Lang", ["vic@umbrella.test", "v.lang@gmail.com"]),
+        card("b", "Victoria Lang", ["v.lang@gmail.com", "victoria@lang.test"]),
+        card("c", "V. Lang", ["victoria@lang.test", "vl@hooli.test"]),
+    ]
+    found = set()
+    for order in permutations(chain):
+        people = People()
+        people.see("received", "vl@hooli.test", "Vic", T0, "ana")
+        for c in order:
+            assert c is not None
+            see_card(people, c, "ana", set())
+        people.join_linked()
+        (vic,) = list(people)  # three cards, two steps apart: one person
+        assert vic.saved == 3 and vic.received == 1
+        found.add((vic.key, tuple(sorted(vic.spellings.items()))))
+    assert len(found) == 1

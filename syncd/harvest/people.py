@@ -232,17 +232,31 @@ class People:
         return person
 
     def join_linked(self) -> None:
-        """One person for the keys a card put together: a person whose spellings hold
-        another person's key takes that person in (their counts and spellings add up)."""
+        """One person for the keys cards put together, however long the chain (card one
+        holds a and b, card two b and c: one person): a person whose spellings hold another
+        person's key is joined with them, and the people so joined become the one of the
+        smallest key (their counts and spellings add up), whatever order they were read in."""
+        parent = {key: key for key in self.by_key}
+
+        def root(key: str) -> str:
+            while parent[key] != key:
+                parent[key] = parent[parent[key]]
+                key = parent[key]
+            return key
+
+        for key, person in self.by_key.items():
+            for spelling in person.spellings:
+                other = merge_key(spelling)
+                if other in parent:
+                    a, b = root(key), root(other)
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+        groups: dict[str, list[str]] = {}
         for key in sorted(self.by_key):
-            person = self.by_key.get(key)
-            if person is None:
-                continue
-            for spelling in list(person.spellings):
-                other_key = merge_key(spelling)
-                other = self.by_key.get(other_key)
-                if other is not None and other is not person:
-                    person.merge(self.by_key.pop(other_key))
+            groups.setdefault(root(key), []).append(key)
+        for first, *others in groups.values():
+            for key in others:
+                self.by_key[first].merge(self.by_key.pop(key))
 
     def merge(self, other: People) -> None:
         for key, person in other.by_key.items():
