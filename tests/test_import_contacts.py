@@ -506,3 +506,27 @@ def test_an_import_whose_sync_token_expired_is_given_up_and_started_anew(
     third = run()
     assert third.import_id != first.import_id and not third.failed
     assert {v.person.key for v in third.verdicts} >= {"vic@umbrella.test"}
+
+
+def test_the_crm_read_for_some_people_decides_as_the_whole_crm_does(sessions, settings, company):
+    """The daemon's card batches and the import read only the contacts of the people's
+    addresses and the accounts of their domains: the verdicts are the same."""
+    from syncd.harvest.decide import decide
+    from syncd.harvest.known import known_crm
+    from syncd.harvest.people import People
+
+    with sessions() as session:
+        contact_addresses = list(session.scalars(select(ContactAddress.address)))
+    people = People()
+    for n, address in enumerate(contact_addresses[:3]):
+        people.see("sent", address.upper(), f"Known {n}", T0, "ana")
+    domain = contact_addresses[0].rpartition("@")[2]
+    people.see("sent", f"newcomer@{domain}", "New Comer", T0, "ana")  # an account's domain
+    people.see("sent", "pat@gmail.com", "Pat", T0, "ana")
+    people.see("sent", "lee@nowhere.test", "Lee", T0, "ana")
+    people.see("received", "noreply@nowhere.test", "", T0, "ana")
+    with sessions() as session:
+        whole = decide(people, Policy(), known_crm(session, settings))
+        some = decide(people, Policy(), known_crm(session, settings, people=people))
+    assert some == whole
+    assert {v.action for v in whole} == {"update", "import", "skip"}

@@ -90,7 +90,8 @@ class _Reader:
             people.join_linked()
             with self.sessions.begin() as session:
                 if batch.cards:  # a quiet poll's empty page only moves the cursor
-                    verdicts = decide(people, Policy(), known_crm(session, self.settings))
+                    crm = known_crm(session, self.settings, people=people)
+                    verdicts = decide(people, Policy(), crm)
                     done = apply(
                         session, None, verdicts, {self.mailbox: people}, update_names=False
                     )

@@ -177,10 +177,11 @@ class ContactImport:
                 or 0
             )
             by_mailbox = store.people_by_mailbox(session, outcome.import_id)
+            everyone = _merged(by_mailbox)
             outcome.verdicts = decide(
-                _merged(by_mailbox),
+                everyone,
                 self.policy,
-                known_crm(session, self.settings, outcome.import_id),
+                known_crm(session, self.settings, outcome.import_id, people=everyone),
             )
         if report is not None:
             write_report(report, outcome.verdicts)
