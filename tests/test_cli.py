@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import signal
@@ -227,11 +229,44 @@ def test_csv_errors_name_line_and_column_and_load_nothing(env, loaded, tmp_path)
     assert "line 4, column 'account' (value 'nowhere.test')" in proc.stderr
     assert "nothing was loaded" in proc.stderr
     run(env, "sync", "ana")
-    assert as_json(env, "activities", "--contact", "zoe@acme.test") == []
+    proc = run(env, "activities", "--contact", "zoe@acme.test", "--json", check=False)
+    assert proc.returncode == 2 and "no contact has the address 'zoe@acme.test'" in proc.stderr
     unknown = tmp_path / "users.csv"
     unknown.write_text("email,name,shoe_size\nx@northwind.test,X,42\n")
     proc = run(env, "crm", "load", "users", str(unknown), check=False)
     assert proc.returncode == 1 and "unknown column(s) 'shoe_size'" in proc.stderr
+
+
+def test_unknown_filters_are_errors_naming_them_and_filters_narrow_the_timeline(env, loaded):
+    run(env, "sync")
+    for args, named in (
+        (("activities", "--opportunity", "OPP-999"), "no opportunity 'OPP-999'"),
+        (("activities", "--contact", "No@Acme.test"), "no contact has the address 'no@acme.test'"),
+        (("activities", "--account", "nowhere.test"), "no account 'nowhere.test'"),
+        (("activities", "--user", "zed@northwind.test"), "no user 'zed@northwind.test'"),
+        (("activities", "--mailbox", "zed"), "no mailbox 'zed'"),
+        (("activities", "--id", "999999"), "no activity 999999"),
+        (("activities", "--until", "31/12/2026"), "--until '31/12/2026' is not a date"),
+        (("tasks", "--user", "zed@northwind.test"), "no user 'zed@northwind.test'"),
+    ):
+        proc = run(env, *args, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert named in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    everything = as_json(env, "activities")
+    ana = as_json(env, "activities", "--mailbox", "ana")
+    ben = as_json(env, "activities", "--user", "ben@northwind.test")
+    assert ana and ben and len(ben) < len(everything)
+    assert all("ana" in a["mailboxes"] for a in ana) and all("ben" in a["mailboxes"] for a in ben)
+    assert {a["id"] for a in ana} | {a["id"] for a in ben} == {a["id"] for a in everything}
+    first = everything[0]
+    day = first["occurred_at"][:10]
+    on_day = as_json(env, "activities", "--since", day, "--until", day)
+    assert first["id"] in {a["id"] for a in on_day}
+    assert {a["occurred_at"][:10] for a in on_day} == {day}
+    assert [a["id"] for a in as_json(env, "activities", "--id", str(first["id"]))] == [first["id"]]
+    rows = list(csv.DictReader(io.StringIO(run(env, "activities", "--csv").stdout)))
+    assert [int(r["id"]) for r in rows] == [a["id"] for a in everything]
+    assert rows[0]["subject"] == first["subject"] and rows[0]["occurred_at"] == first["occurred_at"]
 
 
 def test_a_bad_config_is_reported_before_anything_runs(env, tmp_path):

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.crm.loader import LoadError, load_csv
-from syncd.crm.models import Account, Contact, Opportunity, User
+from syncd.crm.models import Account, AccountDomain, Contact, Opportunity, User
 
 HEADER = "external_id,name,account,owner,amount\n"
 GOOD_ROW = "OPP-900,Good deal,acme.test,ana@northwind.test,100\n"
@@ -180,3 +180,50 @@ def test_a_value_the_database_refuses_is_a_row_error_without_the_sql(sessions, c
         load(sessions, tmp_path, "contacts", "emails,name,account\nzed@acme.test,Zed,Ac\x00me\n")
     message = str(info.value)
     assert "line 2" in message and "SELECT" not in message and "[parameters" not in message
+
+
+def test_an_address_of_another_contact_is_an_error_naming_both_and_nothing_is_written(
+    sessions, company, tmp_path
+):
+    before = counts(sessions)
+    text = (
+        "emails,name\n"
+        "carla@acme.test,Carla Diaz-Ruiz\n"  # her first address: her row (renamed)
+        "zoe@acme.test;eva@globex.test,Zoe Park\n"  # Eva's address on a new contact's row
+    )
+    with pytest.raises(LoadError) as refused:
+        load(sessions, tmp_path, "contacts", text)
+    message = str(refused.value)
+    assert "contacts.csv line 3, column 'emails'" in message
+    assert "'eva@globex.test' belongs to contact 'Eva Novak'" in message
+    assert "not to contact 'Zoe Park' (a new one)" in message and "nothing was loaded" in message
+    assert counts(sessions) == before
+    with sessions() as session:
+        names = set(session.scalars(select(Contact.name)))
+    assert {"Carla Díaz", "Eva Novak"} <= names and "Zoe Park" not in names
+
+    load(sessions, tmp_path, "contacts", "emails,name\ncarla@acme.test,Carla Diaz-Ruiz\n")
+    with sessions() as session:  # a row found by its first address updates that contact
+        assert "Carla Diaz-Ruiz" in set(session.scalars(select(Contact.name)))
+
+
+def test_a_free_mail_domain_on_an_account_is_left_out_with_a_warning_or_refused_if_strict(
+    sessions, company, tmp_path
+):
+    path = tmp_path / "accounts.csv"
+    path.write_text("name,domains\nPat's Bakery,gmail.com;patsbakery.test\n", encoding="utf-8")
+    with pytest.raises(LoadError) as refused, sessions.begin() as session:
+        load_csv(session, "accounts", path, strict=True)
+    assert "line 2: column 'domains': 'gmail.com' is a free-mail domain" in str(refused.value)
+    with sessions() as session:
+        assert session.scalar(select(Account).where(Account.name == "Pat's Bakery")) is None
+    with sessions.begin() as session:
+        report = load_csv(session, "accounts", path)
+    assert report.created == 1 and len(report.warnings) == 1
+    assert "accounts.csv line 2: column 'domains': 'gmail.com'" in report.warnings[0]
+    with sessions() as session:
+        domains = set(session.scalars(select(AccountDomain.domain)))
+    assert "patsbakery.test" in domains and "gmail.com" not in domains
+    path.write_text("name,domains\nPat,gmail.com\n", encoding="utf-8")
+    with pytest.raises(LoadError, match="no domain but free-mail ones"), sessions.begin() as s:
+        load_csv(s, "accounts", path)

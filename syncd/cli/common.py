@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TextIO
@@ -82,6 +83,18 @@ def say(message: str, stream: TextIO | None = None) -> None:
 def fail(message: str, code: int = 1) -> NoReturn:
     say(f"syncd: error: {message}", sys.stderr)
     raise typer.Exit(code)
+
+
+def parse_day(option: str, value: str | None) -> datetime | None:
+    """A YYYY-MM-DD option as the start of that day in UTC; anything else fails (exit 2)
+    naming the option, the value and the form wanted."""
+    if value is None:
+        return None
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        fail(f"{option} {value!r} is not a date; give it as YYYY-MM-DD, e.g. 2024-01-01", 2)
+    return day.replace(tzinfo=UTC)
 
 
 def chosen_mailboxes(name: str | None) -> list[str]:

@@ -4,7 +4,7 @@ import of the people every mailbox already knows (``syncd.harvest``)."""
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy import select
 
-from syncd.cli.common import _json, app, fail, out, say, state
+from syncd.cli.common import _json, app, fail, out, parse_day, say, state
 from syncd.connectors.transport import mask_urls
 from syncd.crm.models import Import, Mailbox
 from syncd.harvest.apply import Applied
@@ -65,13 +65,7 @@ class _Live:
 
 
 def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        day = datetime.strptime(value, "%Y-%m-%d")
-    except ValueError:
-        fail(f"--since {value!r} is not a date; give it as YYYY-MM-DD, e.g. 2024-01-01", 2)
-    return day.replace(tzinfo=UTC)
+    return parse_day("--since", value)
 
 
 def _targets(

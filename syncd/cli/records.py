@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +16,9 @@ from syncd.cli.common import (
     app,
     crm_app,
     db_app,
+    fail,
     out,
+    parse_day,
     say,
     state,
 )
@@ -47,6 +52,9 @@ def db_upgrade() -> None:
 def crm_load(
     kind: Annotated[RecordKind, typer.Argument(help="What the file holds.")],
     file: Annotated[Path, typer.Argument(help="UTF-8 CSV with a header row.")],
+    strict: Annotated[
+        bool, typer.Option("--strict", help="A warning is an error: nothing is loaded.")
+    ] = False,
 ) -> None:
     """Load CRM records from CSV; upserts by email, domain, name or external id.
 
@@ -58,10 +66,14 @@ def crm_load(
                    [, stage, amount, currency, close_date, status, contacts]
     Several values in one cell are separated by ';'. An opportunity's contacts may carry a
     role: 'carla@acme.test=Decision maker'. A bad row is reported with its line and column,
-    and nothing of that file is written.
+    and nothing of that file is written. A contact's row is found by its first address; an
+    address that belongs to another contact is an error naming both. A free-mail domain on
+    an account is left out with a warning (--strict: an error).
     """
     with state.sessions().begin() as session:
-        report = load_csv(session, kind, file)
+        report = load_csv(session, kind, file, strict=strict)
+    for warning in report.warnings:
+        say(f"syncd: warning: {warning}", sys.stderr)
     say(f"{kind.value}: {report.created} created, {report.updated} updated from {file}")
 
 
@@ -72,29 +84,91 @@ def activities_cmd(
     opportunity: Annotated[
         str | None, typer.Option(help="Only an opportunity's (external id).")
     ] = None,
+    user: Annotated[
+        str | None, typer.Option(help="Only those seen by a mailbox of this user (email).")
+    ] = None,
+    mailbox: Annotated[
+        str | None, typer.Option(help="Only those seen by this mailbox (name).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only those from DATE (YYYY-MM-DD, UTC) on.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only those up to DATE (YYYY-MM-DD, UTC), that day included.")
+    ] = None,
+    ids: Annotated[
+        list[int] | None, typer.Option("--id", help="Only this activity (repeat for more).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (one row an activity).")] = False,
 ) -> None:
-    """The timeline: each activity with its links and the reason for each link."""
-    with state.sessions()() as session:
-        rows = reports.activity_report(session, contact, account, opportunity)
+    """The timeline: each activity with its links and the reason for each link. A filter
+    that names nothing stored (an unknown contact, account, opportunity, user, mailbox or
+    id) is an error naming it (exit 2), never an empty table."""
+    if as_json and as_csv:
+        fail("--json and --csv: give one of them", 2)
+    start = parse_day("--since", since)
+    end = parse_day("--until", until)
+    try:
+        with state.sessions()() as session:
+            rows = reports.activity_report(
+                session,
+                contact,
+                account,
+                opportunity,
+                user=user,
+                mailbox=mailbox,
+                since=start,
+                until=end + timedelta(days=1) if end else None,
+                ids=tuple(ids or ()),
+            )
+    except reports.UnknownRecord as exc:
+        fail(str(exc), 2)
     if as_json:
         _json(rows)
         return
-    table = Table("when", "kind", "dir", "subject", "links (reason)", "mailboxes")
+    if as_csv:
+        _activities_csv(rows)
+        return
+    table = Table("id", "when", "kind", "dir", "subject", "links (reason)", "mailboxes")
     for r in rows:
-        links = "\n".join(f"{lk['type']}: {lk['name']} ({lk['reason']})" for lk in r["links"])
-        if r["note"]:
-            links += f"\n[dim]{r['note']}[/]"
-        subject = r["subject"] + (" [cancelled]" if r["status"] == "cancelled" else "")
         table.add_row(
+            str(r["id"]),
             r["occurred_at"][:16].replace("T", " "),
             r["kind"],
             r["direction"],
-            subject,
-            links,
+            r["subject"] + (" [cancelled]" if r["status"] == "cancelled" else ""),
+            _links(r, "\n") + (f"\n[dim]{r['note']}[/]" if r["note"] else ""),
             ", ".join(r["mailboxes"]),
         )
     out.print(table)
+
+
+def _links(row: reports.ActivityRow, sep: str) -> str:
+    return sep.join(f"{lk['type']}: {lk['name']} ({lk['reason']})" for lk in row["links"])
+
+
+def _activities_csv(rows: list[reports.ActivityRow]) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(
+        ["id", "occurred_at", "kind", "direction", "status", "subject", "participants",
+         "links", "note", "mailboxes"]
+    )  # fmt: skip
+    for r in rows:
+        writer.writerow(
+            [
+                r["id"],
+                r["occurred_at"],
+                r["kind"],
+                r["direction"],
+                r["status"],
+                r["subject"],
+                "; ".join(f"{p['role']}: {p['address']}" for p in r["participants"]),
+                _links(r, "; "),
+                r["note"] or "",
+                " ".join(r["mailboxes"]),
+            ]
+        )
 
 
 @app.command("tasks")
@@ -103,8 +177,11 @@ def tasks_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Follow-up tasks and their state."""
-    with state.sessions()() as session:
-        rows = reports.task_report(session, user)
+    try:
+        with state.sessions()() as session:
+            rows = reports.task_report(session, user)
+    except reports.UnknownRecord as exc:
+        fail(str(exc), 2)
     if as_json:
         _json(rows)
         return

@@ -241,9 +241,9 @@ def demo_cmd(
             f"{r.quarantined} quarantined, {r.tasks_written} tasks written"
         )
     out.rule("Timeline")
-    activities_cmd(None, None, None, False)
+    activities_cmd()
     out.rule("Follow-up tasks")
-    tasks_cmd(None, False)
+    tasks_cmd()
     say(
         f"\nThe sample company is in {directory}; its database is {safe_url(url)}.\n"
         f"Tasks were written as VTODO files into {company.calendar}.\n"

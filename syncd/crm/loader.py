@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -67,6 +67,12 @@ class LoadReport:
     kind: RecordKind
     created: int = 0
     updated: int = 0
+    # what was loaded all the same, each with its line ("... line 4: ..."); --strict: errors
+    warnings: list[str] = field(default_factory=list)
+    where: str = ""  # the row being loaded ("FILE line N"), for a warning's prefix
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(f"{self.where}: {message}")
 
 
 def _account(session: Session, column: str, value: str) -> Account:
@@ -123,7 +129,7 @@ def _load_user(session: Session, row: Row, report: LoadReport) -> None:
 
 def _load_account(session: Session, row: Row, report: LoadReport) -> None:
     name = values.required(row, "name", Account.name)
-    domains = _domains(row)
+    domains = _domains(row, report)
     external_id = values.optional(row, "external_id", Account.external_id)
     found = _find_account(session, external_id, domains, name)
     account = _upsert(session, report, found, lambda: Account(name=name))
@@ -138,21 +144,27 @@ def _load_account(session: Session, row: Row, report: LoadReport) -> None:
             raise RowError("domains", f"domain {d!r} already belongs to another account")
 
 
-def _domains(row: Row) -> list[str]:
-    """The account's domains, normalised; never a free-mail domain."""
+def _domains(row: Row, report: LoadReport) -> list[str]:
+    """The account's domains, normalised. A free-mail domain (gmail.com: everyone's) cannot
+    tell an account: it is left out with a warning, and the rest of the row loads."""
     domains = [
         values.fit("domains", normalize_domain(d), AccountDomain.domain)
         for d in values.split(values.required(row, "domains"))
     ]
+    kept = []
     for d in domains:
         if "." not in d:
             raise RowError("domains", f"{d!r} is not a domain such as 'acme.com'")
         if is_free_mail(d):
-            raise RowError(
-                "domains",
-                f"{d!r} is a free-mail domain and cannot identify an account; remove it",
+            report.warn(
+                f"column 'domains': {d!r} is a free-mail domain, which cannot tell an account: "
+                "left out of the account's domains (remove it from the file)"
             )
-    return domains
+        else:
+            kept.append(d)
+    if not kept:
+        raise RowError("domains", "no domain but free-mail ones; give the company's own domain")
+    return kept
 
 
 def _find_account(
@@ -177,7 +189,9 @@ def _load_contact(session: Session, row: Row, report: LoadReport) -> None:
     name = values.required(row, "name", Contact.name)
     account_value = values.given(row, "account")
     account = _account(session, "account", account_value) if account_value else None
-    contact = _upsert(session, report, _contact_of(session, emails), lambda: Contact(name=name))
+    contact = _upsert(
+        session, report, _contact_of(session, emails, name), lambda: Contact(name=name)
+    )
     contact.name = name
     contact.account_id = account.id if account else contact.account_id
     contact.title = values.optional(row, "title", Contact.title) or contact.title
@@ -189,14 +203,28 @@ def _load_contact(session: Session, row: Row, report: LoadReport) -> None:
             session.add(ContactAddress(address=e, contact_id=contact.id))
 
 
-def _contact_of(session: Session, emails: list[str]) -> Contact | None:
-    """The contact these addresses belong to, if any (never two)."""
-    owners = set(
-        session.scalars(select(ContactAddress.contact_id).where(ContactAddress.address.in_(emails)))
+def _contact_of(session: Session, emails: list[str], name: str) -> Contact | None:
+    """The contact a row updates: the one of its first address (the row's key), or none
+    (a new contact). Another of its addresses already on another contact is an error that
+    names both: loading it would take the address from that contact."""
+    found = select(ContactAddress.address, ContactAddress.contact_id).where(
+        ContactAddress.address.in_(emails)
     )
-    if len(owners) > 1:
-        raise RowError("emails", "these addresses belong to different contacts; split the row")
-    return session.get(Contact, owners.pop()) if owners else None
+    owners: dict[str, int] = {address: owner for address, owner in session.execute(found)}
+    mine = owners.get(emails[0])
+    for address in emails[1:]:
+        other = owners.get(address)
+        if other is not None and other != mine:
+            owner = session.get(Contact, other)
+            this = f"contact {name!r}" + (" (a new one)" if mine is None else "")
+            raise RowError(
+                "emails",
+                f"{address!r} belongs to contact {owner.name if owner else other!r} "
+                f"(id {other}), not to {this}, whose first address is {emails[0]!r}; "
+                "an address is one contact's: remove it from this row, or give that "
+                "contact's row instead",
+            )
+    return session.get(Contact, mine) if mine is not None else None
 
 
 def _load_opportunity(session: Session, row: Row, report: LoadReport) -> None:
@@ -255,8 +283,12 @@ LOADERS: dict[RecordKind, Callable[[Session, Row, LoadReport], None]] = {
 }
 
 
-def load_csv(session: Session, kind: RecordKind | str, path: Path) -> LoadReport:
-    """Load one file into the caller's transaction; raise LoadError listing every bad row."""
+def load_csv(
+    session: Session, kind: RecordKind | str, path: Path, *, strict: bool = False
+) -> LoadReport:
+    """Load one file into the caller's transaction; raise LoadError listing every bad row.
+    What loads with a warning (a free-mail domain left out) is in the report's
+    ``warnings``; ``strict``: a warning is an error like any other."""
     if kind not in COLUMNS:
         raise LoadError(f"unknown record kind {kind!r}; use one of {', '.join(COLUMNS)}")
     kind = RecordKind(kind)
@@ -264,9 +296,13 @@ def load_csv(session: Session, kind: RecordKind | str, path: Path) -> LoadReport
     report = LoadReport(kind)
     errors: list[str] = []
     for row in reader:
-        error = _load_row(session, kind, row, report, f"{path} line {reader.line_num}")
+        report.where = f"{path} line {reader.line_num}"
+        warned = len(report.warnings)
+        error = _load_row(session, kind, row, report, report.where)
         if error:
             errors.append(error)
+        if strict:
+            errors.extend(report.warnings[warned:])
         if len(errors) >= MAX_REPORTED:
             errors.append("... (stopped after 50 errors)")
             break

@@ -216,46 +216,99 @@ def mailbox_report(session: Session) -> list[MailboxRow]:
     ]
 
 
-def _activity_filter(
-    session: Session, contact: str | None, account: str | None, opportunity: str | None
-) -> Select[Any]:
+class UnknownRecord(LookupError):
+    """A report's filter names nothing stored: the message names the filter, the value and
+    where to look (``syncd activities``, ``syncd tasks``: exit 2)."""
+
+
+@dataclass(frozen=True)
+class ActivityFilter:
+    """What ``syncd activities`` keeps: each given filter narrows the timeline."""
+
+    contact: str | None = None  # a contact's address
+    account: str | None = None  # an account's domain or name
+    opportunity: str | None = None  # a deal's external id
+    user: str | None = None  # seen by a mailbox of this user (email)
+    mailbox: str | None = None  # seen by this mailbox (name)
+    since: datetime | None = None  # occurred at or after
+    until: datetime | None = None  # occurred before
+    ids: tuple[int, ...] = ()  # these activities only
+
+
+def _found(value: int | None, what: str, given: str, fix: str) -> int:
+    if value is None:
+        raise UnknownRecord(f"no {what} {given!r}; {fix}")
+    return value
+
+
+def _activity_filter(session: Session, wanted: ActivityFilter) -> Select[Any]:
+    """The activities the filter keeps; a filter that names nothing stored is an
+    :class:`UnknownRecord` (an empty answer would read as "nothing was logged")."""
     query = select(Activity).order_by(Activity.occurred_at, Activity.id)
-    targets: list[tuple[LinkType, int | None]] = []
-    if contact:
-        targets.append(
-            (
-                "contact",
-                session.scalar(
-                    select(ContactAddress.contact_id).where(
-                        ContactAddress.address == normalize_address(contact)
-                    )
-                ),
-            )
+    targets: list[tuple[LinkType, int]] = []
+    if wanted.contact:
+        address = normalize_address(wanted.contact)
+        contact_id = session.scalar(
+            select(ContactAddress.contact_id).where(ContactAddress.address == address)
         )
-    if account:
+        fix = "the address is on no CRM contact (load it: 'syncd crm load contacts FILE')"
+        targets.append(("contact", _found(contact_id, "contact has the address", address, fix)))
+    if wanted.account:
         account_id = session.scalar(
             select(AccountDomain.account_id).where(
-                AccountDomain.domain == normalize_domain(account)
+                AccountDomain.domain == normalize_domain(wanted.account)
             )
-        ) or session.scalar(select(Account.id).where(Account.name == account))
-        targets.append(("account", account_id))
-    if opportunity:
-        targets.append(
-            (
-                "opportunity",
-                session.scalar(
-                    select(Opportunity.id).where(Opportunity.external_id == opportunity)
-                ),
-            )
+        ) or session.scalar(select(Account.id).where(Account.name == wanted.account))
+        fix = "give one of its domains or its exact name (load it: 'syncd crm load accounts FILE')"
+        targets.append(("account", _found(account_id, "account", wanted.account, fix)))
+    if wanted.opportunity:
+        deal_id = session.scalar(
+            select(Opportunity.id).where(Opportunity.external_id == wanted.opportunity)
         )
+        fix = "give its external id as loaded (load it: 'syncd crm load opportunities FILE')"
+        targets.append(("opportunity", _found(deal_id, "opportunity", wanted.opportunity, fix)))
     for type_, target in targets:
         query = query.where(
             exists().where(
-                Link.activity_id == Activity.id,
-                Link.type == type_,
-                Link.target_id == (target or -1),
+                Link.activity_id == Activity.id, Link.type == type_, Link.target_id == target
             )
         )
+    mailbox_ids: list[int] | None = None
+    if wanted.user:
+        email = normalize_address(wanted.user)
+        user_id = _found(
+            session.scalar(select(User.id).where(User.email == email)),
+            "user",
+            email,
+            "give a CRM user's email (see 'syncd mailbox list')",
+        )
+        mailbox_ids = list(session.scalars(select(Mailbox.id).where(Mailbox.user_id == user_id)))
+    if wanted.mailbox:
+        mailbox_id = _found(
+            session.scalar(select(Mailbox.id).where(Mailbox.name == wanted.mailbox)),
+            "mailbox",
+            wanted.mailbox,
+            "see 'syncd mailbox list'",
+        )
+        mailbox_ids = [m for m in (mailbox_ids or [mailbox_id]) if m == mailbox_id]
+    if mailbox_ids is not None:
+        query = query.where(
+            exists().where(
+                Sighting.activity_id == Activity.id, Sighting.mailbox_id.in_(mailbox_ids or [-1])
+            )
+        )
+    if wanted.since is not None:
+        query = query.where(Activity.occurred_at >= wanted.since)
+    if wanted.until is not None:
+        query = query.where(Activity.occurred_at < wanted.until)
+    if wanted.ids:
+        known = set(session.scalars(select(Activity.id).where(Activity.id.in_(wanted.ids))))
+        missing = sorted(set(wanted.ids) - known)
+        if missing:
+            raise UnknownRecord(
+                f"no activity {', '.join(map(str, missing))}; see 'syncd activities' for the ids"
+            )
+        query = query.where(Activity.id.in_(wanted.ids))
     return query
 
 
@@ -296,11 +349,14 @@ def activity_report(
     contact: str | None = None,
     account: str | None = None,
     opportunity: str | None = None,
+    **more: Any,
 ) -> list[ActivityRow]:
-    """The activities, oldest first: all, or those linked to each of the given contact (by
-    address), account (by domain or name) and deal (by external id); a name of nothing
-    stored matches nothing."""
-    activities = session.scalars(_activity_filter(session, contact, account, opportunity)).all()
+    """The activities, oldest first: all, or those the :class:`ActivityFilter` of these
+    arguments keeps (linked to the contact, account and deal given, seen by the user's or
+    the mailbox's, in the time given, of the ids given). A filter that names nothing
+    stored is an :class:`UnknownRecord`."""
+    wanted = ActivityFilter(contact, account, opportunity, **more)
+    activities = session.scalars(_activity_filter(session, wanted)).all()
     names = _link_names(session)
     sightings = _sighted_by(session, [a.id for a in activities])
     return [
@@ -383,7 +439,10 @@ def task_report(session: Session, user: str | None = None) -> list[TaskRow]:
         .order_by(Task.due, Task.id)
     )
     if user:
-        query = query.where(User.email == normalize_address(user))
+        email = normalize_address(user)
+        if session.scalar(select(User.id).where(User.email == email)) is None:
+            raise UnknownRecord(f"no user {email!r}; give a CRM user's email")
+        query = query.where(User.email == email)
     return [
         {
             "uid": t.uid,
