@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import ExclusionSettings, Settings
 from syncd.crm import lookups, recorder
+from syncd.crm.skips import Skip
 from syncd.items import (
     ADDRESS_LENGTH,
     EARLIEST,
@@ -100,13 +101,13 @@ def decide(
     settings: Settings,
     excluded: Counter[ExclusionReason],
     quarantined: list[Quarantined] | None = None,
-    skipped: list[tuple[str, str]] | None = None,
+    skipped: list[Skip] | None = None,
     floor: datetime | None = None,
 ) -> list[recorder.Decision]:
     """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
     An item whose matching fails goes to ``quarantined`` (when given) with its reason; it
     never stops the batch. The result does not depend on how items are cut into batches.
-    ``skipped`` (when given) gets (provider id, reason) of each item an exclusion skips.
+    ``skipped`` (when given) gets (provider id, reason, key) of each item an exclusion skips.
     ``floor``: mail sent before it is outside the mailbox's window (``--since``)."""
     decisions = []
     skips = skipped if skipped is not None else []
@@ -124,7 +125,7 @@ def decide(
             continue
         if excluded_by:
             excluded[excluded_by.reason] += 1
-            skips.append((raw_item.provider_id, excluded_by.reason))
+            skips.append((raw_item.provider_id, excluded_by.reason, raw_item.key))
             continue
         decisions.append(recorder.Decision(item, m))
     return decisions
@@ -211,7 +212,7 @@ def _expand(
     items: Iterable[Item],
     rules: ExclusionSettings,
     excluded: Counter[ExclusionReason],
-    skips: list[tuple[str, str]],
+    skips: list[Skip],
     floor: datetime | None = None,
 ) -> Iterator[tuple[Item, bool]]:
     """Items that pass the checks needing no CRM, each with whether a label forces it in."""
@@ -220,25 +221,25 @@ def _expand(
         if isinstance(item, MeetingItem):
             if label_hit(item, rules.labels):
                 excluded["excluded label"] += 1
-                skips.append((item.provider_id, "excluded label"))
+                skips.append((item.provider_id, "excluded label", item.key))
             else:
                 yield item, forced
             continue
         if floor is not None and item.sent_at < floor:
             excluded["outside the window"] += 1
-            skips.append((item.provider_id, "outside the window"))
+            skips.append((item.provider_id, "outside the window", item.key))
             continue
         excluded_by = mail_exclusion(item, rules.labels, forced)
         if excluded_by:
             excluded[excluded_by.reason] += 1
-            skips.append((item.provider_id, excluded_by.reason))
+            skips.append((item.provider_id, excluded_by.reason, item.key))
             continue
         for one in _invitations_or_itself(item, excluded, skips):
             yield one, forced
 
 
 def _invitations_or_itself(
-    item: MailItem, excluded: Counter[ExclusionReason], skips: list[tuple[str, str]]
+    item: MailItem, excluded: Counter[ExclusionReason], skips: list[Skip]
 ) -> Iterator[MailItem | MeetingItem]:
     """A mail's invitations stand in for it (an attendee's REPLY is no meeting)."""
     if not item.invitations:
@@ -252,4 +253,4 @@ def _invitations_or_itself(
         else:
             yield invite
     if answers == len(item.invitations):  # nothing of the mail is logged
-        skips.append((item.provider_id, "invitation-reply"))
+        skips.append((item.provider_id, "invitation-reply", item.key))

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.crm import recorder
 from syncd.crm.leases import Lease
+from syncd.crm.skips import Skip
 from syncd.decide import PassIndex, describe
 from syncd.items import Batch, MailItem, MeetingItem, Quarantined
 from syncd.settle import settle_touched
@@ -55,7 +56,7 @@ def record(
     decisions: list[recorder.Decision],
     quarantined: list[Quarantined],
     index: PassIndex,
-    skipped: Sequence[tuple[str, str]] = (),
+    skipped: Sequence[Skip] = (),
 ) -> recorder.BatchResult:
     """Store a batch, settle the conversations it touched, and move the cursor: one
     transaction. Refused, the batch is stored item by item instead (the refused ones are
@@ -95,7 +96,7 @@ def store(
     decisions: Sequence[recorder.Decision],
     quarantined: Sequence[Quarantined],
     batch: AnyBatch | None,
-    skipped: Sequence[tuple[str, str]] = (),
+    skipped: Sequence[Skip] = (),
 ) -> recorder.BatchResult:
     """recorder.record_batch for this source; with ``batch``, also its removals, task
     states and cursor."""
@@ -120,7 +121,7 @@ def store_one_by_one(
     batch: AnyBatch,
     decisions: list[recorder.Decision],
     quarantined: list[Quarantined],
-    skipped: Sequence[tuple[str, str]] = (),
+    skipped: Sequence[Skip] = (),
 ) -> tuple[recorder.BatchResult, list[recorder.Decision]]:
     """Store each decision in a savepoint, quarantine those refused (appended to
     ``quarantined``), then the batch's quarantined items, removals, task states and

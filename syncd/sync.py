@@ -52,6 +52,7 @@ from syncd.crm.database import DatabaseError
 from syncd.crm.leases import Lease, LeaseLost, new_owner
 from syncd.crm.mailboxes import mark_followups, mark_mailbox
 from syncd.crm.models import Mailbox, MailboxState, User
+from syncd.crm.skips import Skip
 from syncd.crm.tasks import apply_task_plans
 from syncd.decide import PassIndex, decide, describe
 from syncd.followups import RULES, WorkingTime, plan, task_uid
@@ -310,7 +311,7 @@ class SyncJob:
             for batch in batches:
                 skipped = dict(self.report.excluded)
                 quarantined = list(batch.quarantined)
-                not_logged: list[tuple[str, str]] = []  # (provider id, why): syncd audit
+                not_logged: list[Skip] = []  # (provider id, why, key): syncd audit, explain
                 decisions = (
                     decide(
                         batch.items,

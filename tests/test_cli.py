@@ -522,7 +522,7 @@ def test_status_exit_code_is_for_nagios_and_json_adds_lag_and_who_syncs(env, loa
 
 def test_quarantine_commands_exit_codes_as_an_admin_sees_them(env, loaded):
     run(env, "sync")
-    (entry,) = as_json(env, "quarantine", "list")
+    (entry,) = [q for q in as_json(env, "quarantine", "list") if "planted" in q["provider_id"]]
     assert entry["mailbox"] == "ana" and entry["reason"]
     shown = run(env, "quarantine", "show", str(entry["id"]))
     assert entry["reason"] in shown.stdout and "--raw FILE" in shown.stdout
@@ -641,3 +641,44 @@ def test_a_damaged_secret_key_is_one_line_naming_the_fix_not_a_traceback(env, lo
     assert "Traceback" not in added.stderr and "hunter2" not in added.stderr + added.stdout
     assert str(key) in added.stderr
     assert [m["mailbox"] for m in as_json(env, "mailbox", "list")] == ["ana", "ben"]
+
+
+def test_explain_says_why_an_item_was_logged_skipped_quarantined_or_not_seen(env, loaded):
+    from email import message_from_bytes
+
+    inbox = Path(loaded["demo"].maildirs["ana"])
+    (inbox / "cur" / "planted:2,S").symlink_to("/etc/hostname")  # quarantined: a link
+    run(env, "sync")
+    ids = {}
+    for path in inbox.glob("**/cur/*"):  # the inbox and its subfolders (.Sent)
+        if not path.is_symlink():
+            parsed = message_from_bytes(path.read_bytes())
+            ids[str(parsed["Subject"])] = str(parsed["Message-ID"])
+
+    logged = as_json(env, "explain", ids["Renewal proposal [OPP-101]"])
+    assert logged["verdict"] == "logged" and logged["activity"]["subject"].startswith("Renewal")
+    deal = next(lk for lk in logged["activity"]["links"] if lk["type"] == "opportunity")
+    assert deal["reason"] == "tag" and "names the deal" in deal["rule"]
+    assert {s["mailbox"] for s in logged["activity"]["sightings"]} == {"ana", "ben"}  # Cc: Ben
+    by_id = as_json(env, "explain", str(logged["activity"]["id"]))
+    assert by_id["activity"] == logged["activity"]
+    text = run(env, "explain", ids["Renewal proposal [OPP-101]"]).stdout
+    assert ": logged" in text and "linked to opportunity OPP-101" in text
+
+    bulk = as_json(env, "explain", ids["Our November newsletter"].strip("<>").upper())
+    assert bulk["verdict"] == "skipped" and bulk["activity"] is None
+    (skip,) = bulk["skipped"]
+    assert (skip["mailbox"], skip["reason"]) == ("ana", "bulk") and "List-Id" in skip["why"]
+    stranger = as_json(env, "explain", ids["Hello"])
+    assert stranger["skipped"][0]["reason"] == "no CRM participant"
+
+    (entry,) = [q for q in as_json(env, "quarantine", "list") if "planted" in q["provider_id"]]
+    quarantined = as_json(env, "explain", "--mailbox", "ana", "--provider-id", entry["provider_id"])
+    assert quarantined["verdict"] == "quarantined"
+    assert "symbolic link" in quarantined["quarantined"][0]["reason"]
+
+    unseen = run(env, "explain", "<never-sent@nowhere.test>", check=False)
+    assert unseen.returncode == 1 and "not seen" in unseen.stdout and "syncd sync" in unseen.stdout
+    for args in (("999999",), ("--mailbox", "zed", "--provider-id", "x"), ("--mailbox", "ana")):
+        proc = run(env, "explain", *args, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

@@ -1,11 +1,11 @@
 """The ``syncd`` command: one module a command group (:mod:`.mailbox`, :mod:`.records`,
-:mod:`.run`, :mod:`.quarantine`), their shared parts in :mod:`.common`."""
+:mod:`.steer`, :mod:`.run`, :mod:`.quarantine`), their shared parts in :mod:`.common`."""
 
 from __future__ import annotations
 
 import sys
 
-from syncd.cli import imports, mailbox, ops, quarantine, records, run, worker  # noqa: F401
+from syncd.cli import imports, mailbox, ops, quarantine, records, run, steer, worker  # noqa: F401
 from syncd.cli.common import app, say
 from syncd.config import ConfigError
 from syncd.crm.database import DatabaseError

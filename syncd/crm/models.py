@@ -364,6 +364,9 @@ class SkippedItem(Base):
     provider_id: Mapped[str] = mapped_column(String(512))
     reason: Mapped[str] = mapped_column(String(200))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the item's key (mid:<Message-ID>, ical:<UID>): what syncd explain finds it by (None:
+    # skipped before syncd kept it)
+    key: Mapped[str | None] = mapped_column(String(512), index=True)
 
 
 class AuditResult(Base):

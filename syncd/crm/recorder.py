@@ -38,6 +38,7 @@ from syncd.crm.models import (
     ThreadKey,
 )
 from syncd.crm.rows import IN_LIMIT, clean, insert_rows, one_of
+from syncd.crm.skips import Skip
 from syncd.crm.tasks import apply_calendar_task_states
 from syncd.items import (
     SNIPPET_CHARS,
@@ -86,16 +87,16 @@ def record_batch(
     now: datetime,
     removed_uids: Sequence[str] = (),
     task_states: Sequence[TaskState] = (),
-    skipped: Sequence[tuple[str, str]] = (),
+    skipped: Sequence[Skip] = (),
 ) -> BatchResult:
     """Store one batch and the cursor after it, in the caller's transaction. ``skipped``:
     (provider id, reason) of the items read and not logged (``syncd audit`` counts them)."""
     result = BatchResult()
     unique: dict[str, Decision] = {}
-    copies: list[tuple[str, str]] = []
+    copies: list[Skip] = []
     for d in decisions:
         if unique.setdefault(d.item.key, d) is not d:  # the same item twice in this batch
-            copies.append((d.item.provider_id, skips.COPY))
+            copies.append((d.item.provider_id, skips.COPY, d.item.key))
     existing = _existing(session, list(unique))
     new = [d for key, d in unique.items() if key not in existing]
     _add_new(session, new, body_policy, now, result)
@@ -306,7 +307,7 @@ def _add_sightings(
     existing: dict[str, int],
     result: BatchResult,
     now: datetime,
-) -> list[tuple[str, str]]:
+) -> list[Skip]:
     """This mailbox saw these activities (once each, however often it reads them).
     Returns the copies not sighted (another copy, in another folder, has the sighting).
     Only activities stored before this batch can have one already."""
@@ -332,7 +333,7 @@ def _add_sightings(
     insert_rows(session, Sighting, rows)
     result.new_sightings = len(rows)
     return [
-        (d.item.provider_id, skips.COPY)
+        (d.item.provider_id, skips.COPY, d.item.key)
         for key, d in unique.items()
         if have.get(result.activity_ids[key], fit(d.item.provider_id)) != fit(d.item.provider_id)
     ]

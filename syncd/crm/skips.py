@@ -18,19 +18,22 @@ from syncd.items import fit
 
 COPY = "a copy of an item this mailbox logged"
 
+Skip = tuple[str, str, str]  # an item not logged: its provider id, why, and its key
+
 
 def add(
     session: Session,
     mailbox_id: int,
     source: str,
-    skipped: Sequence[tuple[str, str]],
+    skipped: Sequence[Skip],
     now: datetime,
 ) -> None:
-    """(provider id, reason) of the items of this source read and not logged: once each
-    (the first reason stays)."""
-    wanted: dict[str, str] = {}
-    for provider_id, reason in skipped:
-        wanted.setdefault(fit(provider_id), reason[:200])
+    """(provider id, reason, key) of the items of this source read and not logged: once
+    each (the first reason stays). The key (``mid:`` and the Message-ID, ``ical:`` and the
+    UID) is what ``syncd explain`` finds a message by."""
+    wanted: dict[str, tuple[str, str]] = {}
+    for provider_id, reason, key in skipped:
+        wanted.setdefault(fit(provider_id), (reason[:200], fit(key)))
     if not wanted:
         return
     for chunk in chunked(list(wanted), IN_LIMIT):
@@ -52,8 +55,9 @@ def add(
                     "source": source,
                     "provider_id": pid,
                     "reason": reason,
+                    "key": key,
                     "seen_at": now,
                 }
-                for pid, reason in wanted.items()
+                for pid, (reason, key) in wanted.items()
             ],
         )

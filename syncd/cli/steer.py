@@ -1,0 +1,96 @@
+"""``syncd explain``: what syncd did with one message or meeting, and why."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from syncd.cli.common import _json, app, fail, printable, say, state
+from syncd.crm import explain as explaining
+
+
+@app.command("explain")
+def explain_cmd(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="A Message-ID (with or without <>), a meeting's ical:UID, or an activity id."
+        ),
+    ] = None,
+    mailbox: Annotated[
+        str | None, typer.Option(help="With --provider-id: the mailbox that holds the item.")
+    ] = None,
+    provider_id: Annotated[
+        str | None,
+        typer.Option(
+            "--provider-id",
+            help="The item's id in the mailbox (as 'syncd quarantine list' and audits show).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Why a message or meeting was logged (each link and the rule that made it), skipped
+    (which exclusion), quarantined (why), or not seen at all. Exit 0 when syncd has a trace
+    of it, 1 when it has none, 2 when the activity or mailbox named does not exist."""
+    if (mailbox is None) != (provider_id is None):
+        fail("--mailbox and --provider-id go together: give both", 2)
+    if mailbox is not None and target is not None:
+        fail("give a Message-ID or activity id, or --mailbox and --provider-id, not both", 2)
+    if mailbox is None and target is None:
+        fail("name the item: a Message-ID, an activity id, or --mailbox and --provider-id", 2)
+    try:
+        with state.sessions()() as session:
+            found = explaining.explain(session, target, mailbox=mailbox, provider_id=provider_id)
+    except explaining.NotFound as exc:
+        fail(str(exc), 2)
+    if as_json:
+        _json(found.as_dict())
+    else:
+        _show(found)
+    if found.verdict == "not seen":
+        raise typer.Exit(1)
+
+
+def _show(found: explaining.Explanation) -> None:
+    say(f"{printable(found.asked)}: {found.verdict}")
+    if found.activity is not None:
+        _show_activity(found.activity)
+    for s in found.skipped:
+        say(
+            f"  skipped by mailbox {s['mailbox']!r} ({printable(s['source'])}, "
+            f"{printable(s['provider_id'])}) on {s['seen_at'][:16]}: {s['reason']}: {s['why']}"
+        )
+    for q in found.quarantined:
+        say(
+            f"  quarantined by mailbox {q['mailbox']!r} ({printable(q['source'])}, "
+            f"{printable(q['provider_id'])}) since {q['since'][:16]}, {q['attempts']} "
+            f"attempt(s): {printable(q['reason'])}; see 'syncd quarantine show'"
+        )
+    if found.verdict == "not seen":
+        say(
+            "  no mailbox has logged, skipped or quarantined it: it may not have arrived yet "
+            "(run 'syncd sync'), be in a folder syncd does not read (Trash, Junk, Spam, "
+            "Drafts, exclusions.folders), be older than the mailbox's first date (--since), "
+            "or be in no mailbox of syncd's ('syncd mailbox list')"
+        )
+
+
+def _show_activity(a: dict[str, Any]) -> None:
+    say(
+        f"  activity {a['id']}: {a['kind']} {a['direction']} {a['occurred_at'][:16]} "
+        f"{printable(a['subject'])!r}" + (" [cancelled]" if a["status"] == "cancelled" else "")
+    )
+    if not a["links"]:
+        say("  no links")
+    for lk in a["links"]:
+        say(f"  linked to {lk['type']} {printable(lk['name'])}: {lk['reason']}: {lk['rule']}")
+    if a["note"]:
+        say(f"  note: {printable(a['note'])}")
+    for s in a["sightings"]:
+        say(
+            f"  seen by mailbox {s['mailbox']!r} ({printable(s['source'])}, "
+            f"{printable(s['provider_id'])}) on {s['seen_at'][:16]}"
+        )
+    for t in a["tasks"]:
+        say(f"  follow-up task ({t['rule']}, {t['status']}, due {t['due'][:16]}): {t['title']}")
