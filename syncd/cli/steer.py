@@ -52,6 +52,11 @@ def explain_cmd(
         raise typer.Exit(1)
 
 
+def _when(iso: str) -> str:
+    """An ISO time as the other tables show it: to the minute, UTC."""
+    return iso[:16].replace("T", " ")
+
+
 def _show(found: explaining.Explanation) -> None:
     say(f"{printable(found.asked)}: {found.verdict}")
     if found.activity is not None:
@@ -59,12 +64,12 @@ def _show(found: explaining.Explanation) -> None:
     for s in found.skipped:
         say(
             f"  skipped by mailbox {s['mailbox']!r} ({printable(s['source'])}, "
-            f"{printable(s['provider_id'])}) on {s['seen_at'][:16]}: {s['reason']}: {s['why']}"
+            f"{printable(s['provider_id'])}) on {_when(s['seen_at'])}: {s['reason']}: {s['why']}"
         )
     for q in found.quarantined:
         say(
             f"  quarantined by mailbox {q['mailbox']!r} ({printable(q['source'])}, "
-            f"{printable(q['provider_id'])}) since {q['since'][:16]}, {q['attempts']} "
+            f"{printable(q['provider_id'])}) since {_when(q['since'])}, {q['attempts']} "
             f"attempt(s): {printable(q['reason'])}; see 'syncd quarantine show'"
         )
     if found.verdict == "not seen":
@@ -78,7 +83,7 @@ def _show(found: explaining.Explanation) -> None:
 
 def _show_activity(a: dict[str, Any]) -> None:
     say(
-        f"  activity {a['id']}: {a['kind']} {a['direction']} {a['occurred_at'][:16]} "
+        f"  activity {a['id']}: {a['kind']} {a['direction']} {_when(a['occurred_at'])} "
         f"{printable(a['subject'])!r}" + (" [cancelled]" if a["status"] == "cancelled" else "")
     )
     if not a["links"]:
@@ -90,7 +95,8 @@ def _show_activity(a: dict[str, Any]) -> None:
     for s in a["sightings"]:
         say(
             f"  seen by mailbox {s['mailbox']!r} ({printable(s['source'])}, "
-            f"{printable(s['provider_id'])}) on {s['seen_at'][:16]}"
+            f"{printable(s['provider_id'])}) on {_when(s['seen_at'])}"
         )
     for t in a["tasks"]:
-        say(f"  follow-up task ({t['rule']}, {t['status']}, due {t['due'][:16]}): {t['title']}")
+        title = printable(t["title"])
+        say(f"  follow-up task ({t['rule']}, {t['status']}, due {_when(t['due'])}): {title}")
