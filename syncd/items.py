@@ -36,7 +36,9 @@ Direction = Literal["inbound", "outbound", "internal"]
 OpportunityStatus = Literal["open", "won", "lost"]
 LinkType = Literal["contact", "account", "opportunity"]
 # why a link was made, strongest first (see syncd.matching.matcher)
-LinkReason = Literal["address", "contact", "domain", "tag", "thread", "contact-role", "account"]
+LinkReason = Literal[
+    "address", "contact", "domain", "tag", "thread", "contact-role", "account", "manual"
+]  # manual: an admin's (syncd link), kept by every settling and re-match
 # why an item was not logged, as ``syncd sync`` counts it (see syncd.matching.exclusions)
 ExclusionReason = Literal[
     "excluded label",

@@ -682,3 +682,22 @@ def test_explain_says_why_an_item_was_logged_skipped_quarantined_or_not_seen(env
     for args in (("999999",), ("--mailbox", "zed", "--provider-id", "x"), ("--mailbox", "ana")):
         proc = run(env, "explain", *args, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_link_and_unlink_from_the_command_line(env, loaded):
+    run(env, "sync")
+    (scope,) = [a for a in as_json(env, "activities") if a["subject"] == "Pilot scope"]
+    done = run(env, "link", str(scope["id"]), "--opportunity", "OPP-101").stdout
+    assert f"activity {scope['id']} linked to opportunity OPP-101" in done
+    (after,) = as_json(env, "activities", "--id", str(scope["id"]))
+    deals = {(lk["name"], lk["reason"]) for lk in after["links"] if lk["type"] == "opportunity"}
+    assert deals == {("OPP-101 Acme platform renewal", "manual")}
+    done = run(env, "unlink", str(scope["id"]), "--account", "globex.test").stdout
+    assert "unlinked from account Globex" in done and "not be linked to it again" in done
+    for args, named in (
+        (("link", "424242", "--opportunity", "OPP-101"), "no activity 424242"),
+        (("link", str(scope["id"]), "--opportunity", "OPP-999"), "no opportunity 'OPP-999'"),
+        (("unlink", str(scope["id"])), "name one of --opportunity, --contact or --account"),
+    ):
+        proc = run(env, *args, check=False)
+        assert proc.returncode == 2 and named in proc.stderr, proc.stderr

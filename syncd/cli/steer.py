@@ -1,12 +1,15 @@
-"""``syncd explain``: what syncd did with one message or meeting, and why."""
+"""``syncd explain``, ``link`` and ``unlink``: why an item was (not) logged, and an admin's
+corrections of its links."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 
 from syncd.cli.common import _json, app, fail, printable, say, state
+from syncd.crm import corrections
 from syncd.crm import explain as explaining
 
 
@@ -100,3 +103,43 @@ def _show_activity(a: dict[str, Any]) -> None:
     for t in a["tasks"]:
         title = printable(t["title"])
         say(f"  follow-up task ({t['rule']}, {t['status']}, due {_when(t['due'])}): {title}")
+
+
+Activity = Annotated[int, typer.Argument(help="The activity's id ('syncd activities').")]
+Deal = Annotated[str | None, typer.Option(help="An opportunity, by external id.")]
+Person = Annotated[str | None, typer.Option(help="A contact, by one of its addresses.")]
+Company = Annotated[str | None, typer.Option(help="An account, by domain or name.")]
+
+
+@app.command("link")
+def link_cmd(
+    activity: Activity, opportunity: Deal = None, contact: Person = None, account: Company = None
+) -> None:
+    """Link an activity to a deal, a contact or an account by hand (reason 'manual'). A
+    manual link is kept by every later sync, settling and re-match; a deal linked by hand
+    replaces the activity's weaker deal links, and its conversation follows it."""
+    _correct(corrections.link, activity, opportunity, contact, account)
+
+
+@app.command("unlink")
+def unlink_cmd(
+    activity: Activity, opportunity: Deal = None, contact: Person = None, account: Company = None
+) -> None:
+    """Remove an activity's link to a deal, a contact or an account, whatever made it, and
+    remember it: the same link is never made again for this activity ('syncd link' lifts
+    that)."""
+    _correct(corrections.unlink, activity, opportunity, contact, account)
+
+
+def _correct(
+    fix: Any, activity: int, opportunity: str | None, contact: str | None, account: str | None
+) -> None:
+    try:
+        with state.sessions().begin() as session:
+            target = corrections.target_of(
+                session, opportunity=opportunity, contact=contact, account=account
+            )
+            done = fix(session, state.settings(), activity, target, datetime.now(UTC))
+    except corrections.CorrectionError as exc:
+        fail(str(exc), 2)
+    say(printable(done))

@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
-from syncd.crm.models import Activity, Link, Mailbox, Task, ThreadKey
+from syncd.crm.models import Activity, Link, LinkVeto, Mailbox, Task, ThreadKey
 from syncd.crm.rows import IN_LIMIT, LOOKUP_CHUNK, one_of
 from syncd.items import LinkReason, LinkType
 from syncd.matching.matcher import CrmIndex, Relink, ThreadNode
@@ -179,7 +179,7 @@ def _thread_node(
             contacts.append(target)
         elif type_ == "account":
             accounts.append(target)
-        elif reason == "tag":
+        elif reason in ("tag", "manual"):  # named by the item itself, or by an admin
             tags.append(target)
         elif deal is None:
             deal = (target, reason)
@@ -214,12 +214,17 @@ def relink(session: Session, changes: Sequence[Relink]) -> int:
 
 
 def _replace_deal_links(session: Session, moved: list[Relink]) -> None:
+    """Each moved activity's deal link replaced (its tags and an admin's links stay); a
+    deal an admin unlinked from it is never linked again."""
     for chunk in chunked([c.activity_id for c in moved], IN_LIMIT):
         session.execute(
             delete(Link).where(
-                Link.activity_id.in_(chunk), Link.type == "opportunity", Link.reason != "tag"
+                Link.activity_id.in_(chunk),
+                Link.type == "opportunity",
+                Link.reason.not_in(("tag", "manual")),
             )
         )
+    vetoed = vetoes(session, [c.activity_id for c in moved])
     rows = [
         {
             "activity_id": c.activity_id,
@@ -229,9 +234,30 @@ def _replace_deal_links(session: Session, moved: list[Relink]) -> None:
         }
         for c in moved
         if c.opportunity is not None
+        and (c.activity_id, "opportunity", c.opportunity[0]) not in vetoed
     ]
     if rows:
         session.execute(insert(Link), rows)
+
+
+def vetoes(session: Session, activity_ids: list[int]) -> set[tuple[int, str, int]]:
+    """(activity id, type, target id) of the links an admin removed from these activities
+    (``syncd unlink``): never made again."""
+    found: set[tuple[int, str, int]] = set()
+    for chunk in chunked(activity_ids, LOOKUP_CHUNK):
+        found.update(
+            session.execute(
+                select(LinkVeto.activity_id, LinkVeto.type, LinkVeto.target_id).where(
+                    one_of(session, LinkVeto.activity_id, chunk)
+                )
+            ).tuples()
+        )
+    return found
+
+
+def rerun_followups(session: Session, moved: list[int]) -> None:
+    """:func:`_rerun_followups`, for a correction made by hand."""
+    _rerun_followups(session, moved)
 
 
 def _rerun_followups(session: Session, moved: list[int]) -> None:

@@ -310,6 +310,19 @@ class Link(Base):
     reason: Mapped[LinkReason] = mapped_column(String(40))
 
 
+class LinkVeto(Base):
+    """A link an admin removed (``syncd unlink``): never made again for that activity, by
+    a later copy of it, a conversation's settling or a re-match."""
+
+    __tablename__ = "link_vetoes"
+    __table_args__ = (UniqueConstraint("activity_id", "type", "target_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    type: Mapped[LinkType] = mapped_column(String(12))
+    target_id: Mapped[int] = mapped_column(ID)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Task(Base):
     __tablename__ = "tasks"
     id: Mapped[int] = mapped_column(ID, primary_key=True)

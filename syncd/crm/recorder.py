@@ -25,7 +25,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
-from syncd.crm import quarantine, skips
+from syncd.crm import conversations, quarantine, skips
 from syncd.crm.models import (
     Activity,
     ActivityKind,
@@ -243,17 +243,21 @@ def _merge_links(session: Session, stored: list[tuple[int, Decision]]) -> None:
     """The links of these copies that their activities lack. Every tag any copy carries is
     kept (one copy's body may be cut short, another's not); other deal links are left to
     the conversation's settling (matcher.settle)."""
-    have = _stored_links(session, [activity_id for activity_id, _ in stored])
+    ids = [activity_id for activity_id, _ in stored]
+    have = _stored_links(session, ids)
+    vetoed = conversations.vetoes(session, ids)  # removed by an admin: never again
     rows = []
     for activity_id, d in stored:
         for lk in d.match.links:
             if lk.type == "opportunity" and lk.reason != "tag":
                 continue  # settled for the whole conversation, after this batch
+            if (activity_id, lk.type, lk.target_id) in vetoed:
+                continue
             known = have.get((activity_id, lk.type, lk.target_id))
             if known is None:
                 have[(activity_id, lk.type, lk.target_id)] = lk.reason
                 rows.append(_link_row(activity_id, lk))
-            elif lk.reason == "tag" and known != "tag":  # this copy names the deal itself
+            elif lk.reason == "tag" and known not in ("tag", "manual"):  # names the deal itself
                 have[(activity_id, lk.type, lk.target_id)] = "tag"
                 session.execute(
                     update(Link)

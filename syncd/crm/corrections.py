@@ -1,0 +1,183 @@
+"""Corrections an admin makes by hand: ``syncd link`` and ``syncd unlink``.
+
+- **link** gives an activity a link of reason ``manual`` to a deal, a contact or an
+  account. A manual link is never replaced: not by a later copy of the activity, nor by its
+  conversation's settling (a manual deal link counts there as the activity's own tag: the
+  other messages of the conversation follow it), nor by a re-match. Linking a deal replaces
+  the activity's weaker deal links (account, contact role, thread); its tags stay.
+- **unlink** removes a link, whatever made it, and remembers that it was removed
+  (``link_vetoes``): the same link is never made again for that activity. Linking it by
+  hand later lifts the veto.
+
+Both settle the activity's conversation again and have its owner's follow-up rules run
+again at the next pass (an open task names the deal). One transaction each, the caller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from syncd.config import Settings
+from syncd.crm import conversations, lookups
+from syncd.crm.models import (
+    Account,
+    AccountDomain,
+    Activity,
+    Contact,
+    ContactAddress,
+    Link,
+    LinkVeto,
+    Opportunity,
+)
+from syncd.items import LinkType
+from syncd.matching.addresses import normalize_address, normalize_domain
+from syncd.settle import settle_activities
+
+
+class CorrectionError(LookupError):
+    """An activity or a record that does not exist, or a correction that cannot be made:
+    the message names it and the fix (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a link points to."""
+
+    type: LinkType
+    id: int
+    name: str
+
+
+def target_of(
+    session: Session,
+    *,
+    opportunity: str | None = None,
+    contact: str | None = None,
+    account: str | None = None,
+) -> Target:
+    """The one record named (a deal by external id, a contact by address, an account by
+    domain or name)."""
+    given = [v for v in (opportunity, contact, account) if v]
+    if len(given) != 1:
+        raise CorrectionError("name one of --opportunity, --contact or --account")
+    if opportunity:
+        deal = session.scalar(select(Opportunity).where(Opportunity.external_id == opportunity))
+        if deal is None:
+            raise CorrectionError(
+                f"no opportunity {opportunity!r}; give its external id as loaded "
+                "('syncd crm load opportunities FILE')"
+            )
+        return Target("opportunity", deal.id, f"{deal.external_id} {deal.name}")
+    if contact:
+        address = normalize_address(contact)
+        person = session.scalar(
+            select(Contact).join(ContactAddress).where(ContactAddress.address == address)
+        )
+        if person is None:
+            raise CorrectionError(
+                f"no contact has the address {address!r} ('syncd crm load contacts FILE')"
+            )
+        return Target("contact", person.id, person.name)
+    assert account is not None
+    found = session.scalar(
+        select(Account).join(AccountDomain).where(AccountDomain.domain == normalize_domain(account))
+    ) or session.scalar(select(Account).where(Account.name == account))
+    if found is None:
+        raise CorrectionError(f"no account {account!r}; give one of its domains or its exact name")
+    return Target("account", found.id, found.name)
+
+
+def _activity(session: Session, activity_id: int) -> Activity:
+    activity = session.get(Activity, activity_id)
+    if activity is None:
+        raise CorrectionError(
+            f"no activity {activity_id}; see 'syncd activities' (or 'syncd explain "
+            "MESSAGE-ID') for the ids"
+        )
+    return activity
+
+
+def link(
+    session: Session, settings: Settings, activity_id: int, target: Target, now: datetime
+) -> str:
+    """Link the activity to ``target`` by hand; what was done, in a sentence."""
+    activity = _activity(session, activity_id)
+    session.execute(
+        delete(LinkVeto).where(
+            LinkVeto.activity_id == activity.id,
+            LinkVeto.type == target.type,
+            LinkVeto.target_id == target.id,
+        )
+    )
+    if target.type == "opportunity":  # the weaker deal links give way; tags stay
+        session.execute(
+            delete(Link).where(
+                Link.activity_id == activity.id,
+                Link.type == "opportunity",
+                Link.target_id != target.id,
+                Link.reason.not_in(("tag", "manual")),
+            )
+        )
+    existing = session.scalar(
+        select(Link).where(
+            Link.activity_id == activity.id,
+            Link.type == target.type,
+            Link.target_id == target.id,
+        )
+    )
+    if existing is None:
+        session.add(
+            Link(activity_id=activity.id, type=target.type, target_id=target.id, reason="manual")
+        )
+        done = "linked"
+    else:
+        done = "already linked" if existing.reason == "manual" else f"kept (was {existing.reason})"
+        existing.reason = "manual"
+    session.flush()
+    _follow(session, settings, activity.id)
+    return f"activity {activity.id} {done} to {target.type} {target.name} (manual)"
+
+
+def unlink(
+    session: Session, settings: Settings, activity_id: int, target: Target, now: datetime
+) -> str:
+    """Remove the activity's link to ``target`` and remember it; what was done."""
+    activity = _activity(session, activity_id)
+    linked = session.scalar(
+        select(Link).where(
+            Link.activity_id == activity.id,
+            Link.type == target.type,
+            Link.target_id == target.id,
+        )
+    )
+    if linked is not None:
+        session.delete(linked)
+    vetoed = session.scalar(
+        select(LinkVeto.id).where(
+            LinkVeto.activity_id == activity.id,
+            LinkVeto.type == target.type,
+            LinkVeto.target_id == target.id,
+        )
+    )
+    if vetoed is None:
+        session.add(
+            LinkVeto(activity_id=activity.id, type=target.type, target_id=target.id, created_at=now)
+        )
+    session.flush()
+    _follow(session, settings, activity.id)
+    was = "unlinked from" if linked is not None else "was not linked to"
+    return (
+        f"activity {activity.id} {was} {target.type} {target.name}; "
+        "it will not be linked to it again (syncd link lifts that)"
+    )
+
+
+def _follow(session: Session, settings: Settings, activity_id: int) -> None:
+    """The conversation settled again around the correction; the follow-up rules of the
+    owners of its open tasks run again at their next pass."""
+    settle_activities(session, lookups.base_index(session, settings), [activity_id])
+    conversations.rerun_followups(session, [activity_id])

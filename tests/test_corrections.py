@@ -1,0 +1,102 @@
+"""An admin's corrections (issue 15), on SQLite and PostgreSQL: a deal linked by hand is
+kept, replaces the weaker deal links, and its conversation follows it, later messages too;
+a link removed by hand is never made again, by a copy from another mailbox either, until
+it is linked by hand."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from syncd.config import Settings
+from syncd.crm import corrections
+from syncd.demo import DemoCompany, deliver, email_bytes
+
+from .test_pipeline import S, by_subject, demo_mailboxes, links, sync, timeline
+
+ACME_DEAL = "OPP-101 Acme platform renewal"
+GLOBEX_DEAL = "OPP-202 Globex pilot"
+
+
+def correct(sessions: S, settings: Settings, fix: str, activity: int, **target: str) -> str:
+    with sessions.begin() as session:
+        chosen = corrections.target_of(session, **target)
+        made = getattr(corrections, fix)
+        done: str = made(session, settings, activity, chosen, datetime.now(UTC))
+    return done
+
+
+def test_a_deal_linked_by_hand_is_kept_and_its_conversation_follows_it(
+    sessions, settings, company: DemoCompany, now
+):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    scope = by_subject(timeline(sessions))["Pilot scope"]
+    assert ("opportunity", GLOBEX_DEAL, "contact-role") in links(scope)
+    done = correct(sessions, settings, "link", scope["id"], opportunity="OPP-101")
+    assert done == f"activity {scope['id']} linked to opportunity {ACME_DEAL} (manual)"
+    rows = by_subject(timeline(sessions))
+    deals = {(n, r) for t, n, r in links(rows["Pilot scope"]) if t == "opportunity"}
+    assert deals == {(ACME_DEAL, "manual")}  # the weaker link gave way
+    assert ("opportunity", ACME_DEAL, "thread") in links(rows["Re: Pilot scope"])
+
+    # a later message of the conversation follows the deal linked by hand
+    later = email_bytes(
+        sender="Eva Novak <eva@globex.test>",
+        to=["ana@northwind.test"],
+        subject="Re: Pilot scope",
+        when=now - timedelta(hours=1),
+        message_id="q-8@globex.test",
+        in_reply_to="q-7@globex.test",
+        references=["q-7@globex.test"],
+    )
+    deliver(company.maildirs["ana"], later, now - timedelta(hours=1), "later.host")
+    sync(sessions, settings, "ana", now)
+    replies = [r for r in timeline(sessions) if r["key"] == "mid:q-8@globex.test"]
+    assert ("opportunity", ACME_DEAL, "thread") in links(replies[0])
+    scope = by_subject(timeline(sessions))["Pilot scope"]
+    assert ("opportunity", ACME_DEAL, "manual") in links(scope)
+
+
+def test_a_link_removed_by_hand_is_not_made_again_until_linked_by_hand(
+    sessions, settings, company: DemoCompany, now
+):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)  # Ben, on Cc, has a copy: synced after
+    proposal = by_subject(timeline(sessions))["Renewal proposal [OPP-101]"]
+    correct(sessions, settings, "unlink", proposal["id"], contact="CARLA@acme.test")
+    done = correct(sessions, settings, "unlink", proposal["id"], opportunity="OPP-101")
+    assert done.startswith(f"activity {proposal['id']} unlinked from opportunity {ACME_DEAL}")
+    sync(sessions, settings, "ben", now)  # a copy that names the deal and Carla again
+    after = by_subject(timeline(sessions))["Renewal proposal [OPP-101]"]
+    assert after["mailboxes"] == ["ana", "ben"]
+    assert links(after) == {("account", "Acme Corp", "contact")}
+    again = correct(sessions, settings, "unlink", proposal["id"], contact="carla@acme.test")
+    assert "was not linked to contact Carla Díaz" in again
+
+    correct(sessions, settings, "link", proposal["id"], contact="carla@acme.test")
+    relinked = by_subject(timeline(sessions))["Renewal proposal [OPP-101]"]
+    assert ("contact", "Carla Díaz", "manual") in links(relinked)
+
+
+@pytest.mark.parametrize(
+    ("target", "named"),
+    [
+        ({"opportunity": "OPP-999"}, "no opportunity 'OPP-999'"),
+        ({"contact": "nobody@acme.test"}, "no contact has the address 'nobody@acme.test'"),
+        ({"account": "nowhere.test"}, "no account 'nowhere.test'"),
+        ({}, "name one of --opportunity, --contact or --account"),
+        ({"opportunity": "OPP-101", "account": "acme.test"}, "name one of"),
+    ],
+)
+def test_a_correction_naming_nothing_stored_is_refused(sessions, company, target, named):
+    with sessions() as session, pytest.raises(corrections.CorrectionError, match=named):
+        corrections.target_of(session, **target)
+
+
+def test_a_correction_of_an_unknown_activity_is_refused(sessions, settings, company):
+    with sessions.begin() as session:
+        deal = corrections.target_of(session, opportunity="OPP-101")
+        with pytest.raises(corrections.CorrectionError, match="no activity 424242"):
+            corrections.link(session, settings, 424242, deal, datetime.now(UTC))
