@@ -245,13 +245,12 @@ def vetoes(session: Session, activity_ids: list[int]) -> set[tuple[int, str, int
     (``syncd unlink``): never made again."""
     found: set[tuple[int, str, int]] = set()
     for chunk in chunked(activity_ids, LOOKUP_CHUNK):
-        found.update(
-            session.execute(
-                select(LinkVeto.activity_id, LinkVeto.type, LinkVeto.target_id).where(
-                    one_of(session, LinkVeto.activity_id, chunk)
-                )
-            ).tuples()
-        )
+        for activity_id, type_, target_id in session.execute(
+            select(LinkVeto.activity_id, LinkVeto.type, LinkVeto.target_id).where(
+                one_of(session, LinkVeto.activity_id, chunk)
+            )
+        ):
+            found.add((activity_id, type_, target_id))
     return found
 
 

@@ -133,7 +133,7 @@ def explain(
 ) -> Explanation:
     """Explain ``target`` (an activity id, a Message-ID or a key), or the item
     ``provider_id`` of ``mailbox``."""
-    mailboxes = dict(session.execute(select(Mailbox.id, Mailbox.name)).tuples().all())
+    mailboxes = {i: name for i, name in session.execute(select(Mailbox.id, Mailbox.name))}
     if mailbox is not None:
         box = next((i for i, n in mailboxes.items() if n == mailbox), None)
         if box is None:

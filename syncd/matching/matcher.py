@@ -12,6 +12,8 @@ CRM. Every link carries its reason; for the opportunity they rank, strongest fir
 ``thread``      opportunity: the deal of the item's conversation (see :func:`settle`)
 ``contact-role`` opportunity: the open opportunity a matched contact has a role in
 ``account``     opportunity: the open opportunity of a matched account
+``manual``      any: an admin's link (``syncd link``); kept by every settling, and a
+                manual deal link counts in its conversation as the item's own tag
 ==============  ================================================================
 
 Results never depend on the order items arrive in. :func:`match` decides what an item
