@@ -50,6 +50,7 @@ ExclusionReason = Literal[
     "no CRM participant",
     "invitation-reply",
     "outside the window",  # older than the mailbox's --since (local, imap: kept per pass)
+    "deleted",  # an admin deleted it from the CRM (syncd activity delete): never again
 ]
 
 

@@ -33,17 +33,18 @@ def settle_touched(
     reordered = learn_tags(session, index, decisions)
     if reordered:
         keys.update(conversations.conversation_keys_of_candidates(session, index, reordered))
-    return _settle_keys(session, index, keys)
+    return settle_keys(session, index, keys)
 
 
 def settle_activities(session: Session, index: CrmIndex, activity_ids: Sequence[int]) -> int:
     """Decide again the deal of the conversations of these stored activities (a link made
     or removed by hand: the conversation follows it); how many activities were relinked."""
     keys = {key for _, key in conversations.thread_keys_of(session, activity_ids)}
-    return _settle_keys(session, index, keys)
+    return settle_keys(session, index, keys)
 
 
-def _settle_keys(session: Session, index: CrmIndex, keys: set[str]) -> int:
+def settle_keys(session: Session, index: CrmIndex, keys: set[str]) -> int:
+    """Decide again the deal of the stored conversations that hold these thread keys."""
     components = conversations.thread_components(session, keys)
     lookups.fill_deals(
         session,

@@ -694,7 +694,14 @@ def test_link_and_unlink_from_the_command_line(env, loaded):
     assert deals == {("OPP-101 Acme platform renewal", "manual")}
     done = run(env, "unlink", str(scope["id"]), "--account", "globex.test").stdout
     assert "unlinked from account Globex" in done and "not be linked to it again" in done
+    gone = run(env, "activity", "delete", str(scope["id"])).stdout
+    assert f"activity {scope['id']} deleted ('Pilot scope')" in gone and "not be logged" in gone
+    proc = run(env, "activities", "--id", str(scope["id"]), check=False)
+    assert proc.returncode == 2 and f"no activity {scope['id']}" in proc.stderr
+    explained = run(env, "explain", scope["key"].removeprefix("mid:")).stdout
+    assert ": deleted" in explained and "never logged again" in explained
     for args, named in (
+        (("activity", "delete", "424242"), "no activity 424242"),
         (("link", "424242", "--opportunity", "OPP-101"), "no activity 424242"),
         (("link", str(scope["id"]), "--opportunity", "OPP-999"), "no opportunity 'OPP-999'"),
         (("unlink", str(scope["id"])), "name one of --opportunity, --contact or --account"),

@@ -11,9 +11,10 @@ import pytest
 
 from syncd.config import Settings
 from syncd.crm import corrections
+from syncd.crm.explain import explain
 from syncd.demo import DemoCompany, deliver, email_bytes
 
-from .test_pipeline import S, by_subject, demo_mailboxes, links, sync, timeline
+from .test_pipeline import S, by_subject, demo_mailboxes, links, sync, tasks, timeline
 
 ACME_DEAL = "OPP-101 Acme platform renewal"
 GLOBEX_DEAL = "OPP-202 Globex pilot"
@@ -100,3 +101,40 @@ def test_a_correction_of_an_unknown_activity_is_refused(sessions, settings, comp
         deal = corrections.target_of(session, opportunity="OPP-101")
         with pytest.raises(corrections.CorrectionError, match="no activity 424242"):
             corrections.link(session, settings, 424242, deal, datetime.now(UTC))
+
+
+def test_a_deleted_activity_is_gone_its_task_cancelled_in_the_calendar_and_never_logged_again(
+    sessions, settings, company: DemoCompany, now
+):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    reply = by_subject(timeline(sessions))["Re: Pilot scope"]
+    (task,) = [t for t in tasks(sessions) if t["activity_id"] == reply["id"]]
+    (written,) = [p for p in company.calendar.glob("syncd-*.ics") if task["uid"] in p.read_text()]
+    assert "STATUS:NEEDS-ACTION" in written.read_text()
+    with sessions.begin() as session:
+        done = corrections.delete_activity(session, settings, reply["id"], datetime.now(UTC))
+    assert (done.subject, done.tasks_cancelled, done.sightings) == ("Re: Pilot scope", 1, 1)
+    assert "Re: Pilot scope" not in by_subject(timeline(sessions))
+    (after,) = [t for t in tasks(sessions) if t["uid"] == task["uid"]]
+    assert (after["status"], after["resolution"], after["activity_id"]) == (
+        "cancelled",
+        "activity deleted",
+        None,
+    )
+    sync(sessions, settings, "ana", now)  # the cancellation reaches the calendar
+    assert "STATUS:CANCELLED" in written.read_text()
+
+    # a copy of it in another mailbox is never logged again, and explain says why
+    message_id = reply["key"].removeprefix("mid:")
+    (original,) = [
+        p for p in company.maildirs["ana"].glob("**/cur/*") if message_id in p.read_text()
+    ]
+    deliver(company.maildirs["ben"], original.read_bytes(), now, "copy-of-reply.host")
+    report = sync(sessions, settings, "ben", now)
+    assert report.excluded["deleted"] == 1
+    assert "Re: Pilot scope" not in by_subject(timeline(sessions))
+    with sessions() as session:
+        why = explain(session, f"<{message_id}>")
+    assert why.verdict == "deleted" and why.deleted is not None
+    assert ("ben", "deleted") in [(s["mailbox"], s["reason"]) for s in why.skipped]

@@ -259,7 +259,7 @@ def snapshot(sessions: sessionmaker[Session]) -> dict[str, Any]:
             result[a.key] = (a.kind, a.direction, a.match_note, tuple(links), tuple(seen))
         tasks = {
             t.uid: (
-                keys[t.activity_id],
+                keys[t.activity_id] if t.activity_id is not None else None,
                 t.title,
                 re.sub(r"Activity #\d+", "Activity #", t.description),
                 names["opportunity"].get(t.opportunity_id) if t.opportunity_id else None,

@@ -64,6 +64,11 @@ def _show(found: explaining.Explanation) -> None:
     say(f"{printable(found.asked)}: {found.verdict}")
     if found.activity is not None:
         _show_activity(found.activity)
+    if found.deleted is not None:
+        say(
+            f"  deleted by an admin on {_when(found.deleted['at'])} "
+            f"({printable(found.deleted['subject'])!r}): never logged again"
+        )
     for s in found.skipped:
         say(
             f"  skipped by mailbox {s['mailbox']!r} ({printable(s['source'])}, "
@@ -143,3 +148,33 @@ def _correct(
     except corrections.CorrectionError as exc:
         fail(str(exc), 2)
     say(printable(done))
+
+
+activity_app = typer.Typer(help="One activity: delete it.", no_args_is_help=True)
+app.add_typer(activity_app, name="activity")
+
+
+@activity_app.command("delete")
+def activity_delete_cmd(
+    activity: Activity,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Delete an activity: its participants, links, sightings and conversation keys. Its
+    follow-up tasks are cancelled, in the calendars too (at their owners' next pass); no
+    mailbox logs it again ('syncd explain' says it was deleted)."""
+    try:
+        with state.sessions().begin() as session:
+            done = corrections.delete_activity(
+                session, state.settings(), activity, datetime.now(UTC)
+            )
+    except corrections.CorrectionError as exc:
+        fail(str(exc), 2)
+    if as_json:
+        _json(vars(done))
+        return
+    say(
+        f"activity {done.activity_id} deleted ({printable(done.subject)!r}): {done.links} "
+        f"link(s), seen by {done.sightings} mailbox(es); {done.tasks_cancelled} follow-up "
+        f"task(s) cancelled, in the calendar at the next pass; {done.relinked} other "
+        "activit(ies) of its conversation relinked; it will not be logged again"
+    )

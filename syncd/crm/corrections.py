@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from syncd.config import Settings
@@ -29,13 +29,17 @@ from syncd.crm.models import (
     Activity,
     Contact,
     ContactAddress,
+    DroppedItem,
     Link,
     LinkVeto,
+    Mailbox,
     Opportunity,
+    Sighting,
+    Task,
 )
 from syncd.items import LinkType
 from syncd.matching.addresses import normalize_address, normalize_domain
-from syncd.settle import settle_activities
+from syncd.settle import settle_activities, settle_keys
 
 
 class CorrectionError(LookupError):
@@ -174,6 +178,54 @@ def unlink(
         f"activity {activity.id} {was} {target.type} {target.name}; "
         "it will not be linked to it again (syncd link lifts that)"
     )
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What ``syncd activity delete`` removed."""
+
+    activity_id: int
+    subject: str
+    links: int
+    sightings: int
+    tasks_cancelled: int  # cancelled in the calendars at their owners' next pass
+    relinked: int  # other activities of its conversation whose deal was decided again
+
+
+def delete_activity(
+    session: Session, settings: Settings, activity_id: int, now: datetime
+) -> Deleted:
+    """Delete an activity with its participants, links, sightings and conversation keys;
+    its follow-up tasks are cancelled (kept, without it, until the calendar has the
+    cancellation); its key is kept (``dropped_items``), so no mailbox logs it again. The
+    deals it tagged are restated and its conversation settled again without it."""
+    activity = _activity(session, activity_id)
+    keys = [key for _, key in conversations.thread_keys_of(session, [activity.id])]
+    tagged = sorted(
+        {lk.target_id for lk in activity.links if lk.type == "opportunity" and lk.reason == "tag"}
+    )
+    links = len(activity.links)
+    seen_by = list(
+        session.scalars(select(Sighting.mailbox_id).where(Sighting.activity_id == activity.id))
+    )
+    tasks = list(session.scalars(select(Task).where(Task.activity_id == activity.id)))
+    for task in tasks:
+        if task.status != "cancelled":
+            task.status, task.resolution = "cancelled", "activity deleted"
+            task.version += 1
+            task.updated_at = now
+        task.activity_id = None
+    if session.get(DroppedItem, activity.key) is None:
+        session.add(DroppedItem(key=activity.key, dropped_at=now, subject=activity.subject))
+    subject = activity.subject
+    session.delete(activity)
+    session.flush()
+    if tagged:
+        lookups.restate_tagged(session, tagged)
+    relinked = settle_keys(session, lookups.base_index(session, settings), set(keys))
+    if seen_by:  # their follow-up rules run again without it (an answer may be gone)
+        session.execute(update(Mailbox).where(Mailbox.id.in_(seen_by)).values(followups_at=None))
+    return Deleted(activity_id, subject, links, len(seen_by), len(tasks), relinked)
 
 
 def _follow(session: Session, settings: Settings, activity_id: int) -> None:

@@ -27,6 +27,7 @@ from syncd.crm.models import (
     Account,
     Activity,
     Contact,
+    DroppedItem,
     Link,
     Mailbox,
     Opportunity,
@@ -39,7 +40,7 @@ from syncd.crm.skips import COPY
 from syncd.items import fit
 from syncd.matching.addresses import normalize_message_id
 
-Verdict = Literal["logged", "skipped", "quarantined", "not seen"]
+Verdict = Literal["logged", "deleted", "skipped", "quarantined", "not seen"]
 
 # the rule behind each link reason (syncd.matching.matcher; "manual": an admin's)
 RULES: dict[tuple[str, str], str] = {
@@ -77,6 +78,9 @@ SKIPS: dict[str, str] = {
         "DATE' logs older mail"
     ),
     COPY: "the same message was logged from another folder of this mailbox",
+    "deleted": (
+        "an admin deleted it from the CRM ('syncd activity delete'); it is never logged again"
+    ),
 }
 
 
@@ -88,6 +92,7 @@ class Explanation:
     asked: str
     key: str | None = None
     activity: dict[str, Any] | None = None
+    deleted: dict[str, Any] | None = None  # deleted by an admin: never logged again
     skipped: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
 
@@ -95,6 +100,8 @@ class Explanation:
     def verdict(self) -> Verdict:
         if self.activity is not None:
             return "logged"
+        if self.deleted is not None:
+            return "deleted"
         if self.skipped:
             return "skipped"
         if self.quarantined:
@@ -107,6 +114,7 @@ class Explanation:
             "verdict": self.verdict,
             "key": self.key,
             "activity": self.activity,
+            "deleted": self.deleted,
             "skipped": self.skipped,
             "quarantined": self.quarantined,
         }
@@ -151,6 +159,9 @@ def explain(
         activity = session.scalar(select(Activity).where(Activity.key == found.key))
     if activity is not None:
         found.activity = _activity(session, mailboxes, activity)
+    dropped = session.get(DroppedItem, found.key)
+    if dropped is not None:
+        found.deleted = {"at": dropped.dropped_at.isoformat(), "subject": dropped.subject}
     for skip in session.scalars(select(SkippedItem).where(SkippedItem.key == found.key)):
         found.skipped.append(_skip(mailboxes, skip))
     return found

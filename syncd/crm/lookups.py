@@ -38,6 +38,7 @@ from syncd.crm.models import (
     Activity,
     Contact,
     ContactAddress,
+    DroppedItem,
     Link,
     Opportunity,
     OpportunityContact,
@@ -83,11 +84,23 @@ def fill(session: Session, index: CrmIndex, items: Iterable[Item]) -> None:
         if not is_free_mail(domain := domain_of(a))
         for parent in parents(domain)
     } - index.looked_up_domains
+    index.dropped.update(_dropped(session, {i.key for i in _with_invitations(items)}))
     contacts = _fill_contacts(session, index, addresses)
     accounts = _fill_domains(session, index, domains)
     _fill_tagged(session, index, tags - index.looked_up_tags)
     accounts.update(c.account_id for c in contacts if c.account_id is not None)
     fill_deals(session, index, {c.id for c in contacts}, accounts)
+
+
+def _dropped(session: Session, keys: set[str]) -> set[str]:
+    """Which of these item keys an admin deleted (one query a chunk, every batch: only the
+    keys found are kept, so memory does not grow with the mail read)."""
+    found: set[str] = set()
+    for chunk in chunked(sorted(keys), LOOKUP_CHUNK):
+        found.update(
+            session.scalars(select(DroppedItem.key).where(one_of(session, DroppedItem.key, chunk)))
+        )
+    return found
 
 
 def _with_invitations(items: Iterable[Item]) -> Iterator[Item]:

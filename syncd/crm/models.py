@@ -71,7 +71,7 @@ ActivityStatus = Literal["confirmed", "cancelled"]  # a meeting may be cancelled
 TaskRule = Literal["no-reply", "meeting-notes"]  # see syncd.followups
 # why a task is no longer open: a reply came, its meeting was cancelled, or the user closed
 # it in their calendar
-TaskResolution = Literal["replied", "meeting cancelled", "calendar"]
+TaskResolution = Literal["replied", "meeting cancelled", "calendar", "activity deleted"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -310,6 +310,16 @@ class Link(Base):
     reason: Mapped[LinkReason] = mapped_column(String(40))
 
 
+class DroppedItem(Base):
+    """An item an admin deleted from the CRM (``syncd activity delete``), by its key: never
+    logged again, from any mailbox (skipped as "deleted")."""
+
+    __tablename__ = "dropped_items"
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    dropped_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    subject: Mapped[str] = mapped_column(Text)  # what it was, for syncd explain
+
+
 class LinkVeto(Base):
     """A link an admin removed (``syncd unlink``): never made again for that activity, by
     a later copy of it, a conversation's settling or a re-match."""
@@ -330,7 +340,11 @@ class Task(Base):
     rule: Mapped[TaskRule] = mapped_column(String(40))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     mailbox_id: Mapped[int | None] = mapped_column(ForeignKey("mailboxes.id", ondelete="SET NULL"))
-    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    # None: its activity was deleted by an admin (the task stays, cancelled, until the
+    # calendar has the cancellation)
+    activity_id: Mapped[int | None] = mapped_column(
+        ForeignKey("activities.id", ondelete="SET NULL")
+    )
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
     opportunity_id: Mapped[int | None] = mapped_column(
         ForeignKey("opportunities.id", ondelete="SET NULL")

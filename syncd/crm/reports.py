@@ -424,7 +424,7 @@ class TaskRow(TypedDict):
     status: TaskStatus
     resolution: TaskResolution | None
     rule: TaskRule
-    activity_id: int
+    activity_id: int | None  # None: the activity was deleted (the task is cancelled)
     opportunity_id: int | None
     opportunity: str | None  # its external id
     in_calendar: bool

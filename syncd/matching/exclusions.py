@@ -58,7 +58,9 @@ def mail_exclusion(
 def exclusion(item: Item, match: Match, index: CrmIndex, forced: bool = False) -> Excluded | None:
     """Reasons that need the CRM (checked after matching). Private and blocklisted items
     are never logged, forced or not; a forced item is logged even when internal-only or
-    without a CRM participant."""
+    without a CRM participant. An item an admin deleted is never logged again."""
+    if item.key in index.dropped:
+        return Excluded("deleted", "deleted by an admin (syncd activity delete)")
     if item.private:
         return Excluded("private")
     blocked = next((p.address for p in item.participants if index.is_blocked(p.address)), None)

@@ -89,6 +89,8 @@ class CrmIndex:
     blocked_addresses: set[str] = field(default_factory=set)
     blocked_domains: set[str] = field(default_factory=set)
     tag_prefix: str = "OPP-"
+    # the keys of this batch's items that an admin deleted (syncd activity delete)
+    dropped: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._by_external: dict[str, OpportunityRef] = {}
