@@ -708,3 +708,18 @@ def test_link_and_unlink_from_the_command_line(env, loaded):
     ):
         proc = run(env, *args, check=False)
         assert proc.returncode == 2 and named in proc.stderr, proc.stderr
+
+
+def test_forget_from_the_command_line_shows_first_then_forgets(env, loaded):
+    run(env, "sync")
+    before = as_json(env, "activities")
+    shown = run(env, "forget", "--address", "eva@globex.test", "--dry-run").stdout
+    assert "would forget address eva@globex.test" in shown and "nothing was changed" in shown
+    assert "contacts removed: 1" in shown
+    assert as_json(env, "activities") == before
+    done = as_json(env, "forget", "--address", "eva@globex.test")
+    assert done["dry_run"] is False and done["contacts_removed"] == ["Eva Novak"]
+    assert len(as_json(env, "activities")) == len(before) - len(done["activities_removed"])
+    for args in ((), ("--address", "a@b.test", "--domain", "b.test"), ("--domain", "nodot")):
+        proc = run(env, "forget", *args, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

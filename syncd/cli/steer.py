@@ -178,3 +178,61 @@ def activity_delete_cmd(
         f"task(s) cancelled, in the calendar at the next pass; {done.relinked} other "
         "activit(ies) of its conversation relinked; it will not be logged again"
     )
+
+
+@app.command("forget")
+def forget_cmd(
+    address: Annotated[str | None, typer.Option(help="A person, by email address.")] = None,
+    domain: Annotated[str | None, typer.Option(help="A company, by domain.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be removed; change nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Forget a person or a company everywhere, and never log them again: every activity
+    whose only CRM reason they were (participants, bodies, sightings, tasks: cancelled in
+    the calendars too), them out of every other activity and its texts, their contact
+    addresses (and contacts left with none), account domains, quarantined messages,
+    skipped items and import records. Only a digest of the address or domain is kept, to
+    exclude it from then on. --dry-run shows the same without changing anything."""
+    from syncd.crm import forget as forgetting
+
+    if (address is None) == (domain is None):
+        fail("name one of --address or --domain", 2)
+    with state.sessions()() as session:
+        try:
+            done = forgetting.forget(
+                session, state.settings(), address=address, domain=domain, now=datetime.now(UTC)
+            )
+        except ValueError as exc:
+            session.rollback()
+            fail(f"--{'address' if address else 'domain'}: {exc}", 2)
+        if dry_run:
+            session.rollback()  # all of it was done, and none of it is kept
+        else:
+            session.commit()
+    if as_json:
+        _json({"dry_run": dry_run, **vars(done)})
+        return
+    lead = "would forget" if dry_run else "forgot"
+    say(f"{lead} {done.kind} {done.value}" + (" (forgotten before)" if done.already else ""))
+    rows = [
+        ("activities removed", len(done.activities_removed)),
+        ("activities it was taken out of", len(done.activities_cleaned)),
+        ("follow-up tasks cancelled", done.tasks_cancelled),
+        ("contacts removed", len(done.contacts_removed)),
+        ("contact addresses removed", done.addresses_removed),
+        ("account domains removed", done.domains_removed),
+        ("accounts removed", len(done.accounts_removed)),
+        ("texts cleaned", done.texts_cleaned),
+        ("quarantined messages removed", done.quarantine_removed),
+        ("skipped items removed", done.skips_removed),
+        ("import records removed or cleaned", done.import_records_removed),
+        ("keys replaced by a hash", done.keys_hashed),
+    ]
+    for label, n in rows:
+        say(f"  {label}: {n}")
+    for name in done.accounts_kept:
+        say(f"  account {printable(name)!r} kept: it has other domains, contacts or deals")
+    if dry_run:
+        say("nothing was changed (--dry-run)")

@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from syncd.batching import chunked
 from syncd.config import Settings
 from syncd.crm import conversations, lookups
 from syncd.crm.models import (
@@ -37,6 +38,7 @@ from syncd.crm.models import (
     Sighting,
     Task,
 )
+from syncd.crm.rows import LOOKUP_CHUNK
 from syncd.items import LinkType
 from syncd.matching.addresses import normalize_address, normalize_domain
 from syncd.settle import settle_activities, settle_keys
@@ -200,32 +202,63 @@ def delete_activity(
     cancellation); its key is kept (``dropped_items``), so no mailbox logs it again. The
     deals it tagged are restated and its conversation settled again without it."""
     activity = _activity(session, activity_id)
-    keys = [key for _, key in conversations.thread_keys_of(session, [activity.id])]
+    links, subject = len(activity.links), activity.subject
+    if session.get(DroppedItem, activity.key) is None:
+        session.add(DroppedItem(key=activity.key, dropped_at=now, subject=activity.subject))
+    removed = remove_activities(session, settings, [activity], now)
+    return Deleted(activity_id, subject, links, removed.sightings, removed.tasks, removed.relinked)
+
+
+@dataclass(frozen=True)
+class Removed:
+    sightings: int  # of the mailboxes that had seen them
+    tasks: int  # cancelled, in the calendars at their owners' next pass
+    relinked: int  # other activities of their conversations whose deal was decided again
+
+
+def remove_activities(
+    session: Session, settings: Settings, activities: list[Activity], now: datetime
+) -> Removed:
+    """Remove these activities (``syncd activity delete``, ``syncd forget``): their tasks
+    cancelled and kept without them until the calendar has the cancellation, the deals they
+    tagged restated, their conversations settled again, and the follow-up rules of the
+    mailboxes that saw them run again at their next pass (an answer may be gone)."""
+    ids = [a.id for a in activities]
+    if not ids:
+        return Removed(0, 0, 0)
+    keys = {key for _, key in conversations.thread_keys_of(session, ids)}
     tagged = sorted(
-        {lk.target_id for lk in activity.links if lk.type == "opportunity" and lk.reason == "tag"}
+        {
+            lk.target_id
+            for a in activities
+            for lk in a.links
+            if lk.type == "opportunity" and lk.reason == "tag"
+        }
     )
-    links = len(activity.links)
-    seen_by = list(
-        session.scalars(select(Sighting.mailbox_id).where(Sighting.activity_id == activity.id))
-    )
-    tasks = list(session.scalars(select(Task).where(Task.activity_id == activity.id)))
+    seen: list[int] = []
+    tasks: list[Task] = []
+    for chunk in chunked(ids, LOOKUP_CHUNK):
+        seen.extend(
+            session.scalars(select(Sighting.mailbox_id).where(Sighting.activity_id.in_(chunk)))
+        )
+        tasks.extend(session.scalars(select(Task).where(Task.activity_id.in_(chunk))))
     for task in tasks:
         if task.status != "cancelled":
             task.status, task.resolution = "cancelled", "activity deleted"
             task.version += 1
             task.updated_at = now
         task.activity_id = None
-    if session.get(DroppedItem, activity.key) is None:
-        session.add(DroppedItem(key=activity.key, dropped_at=now, subject=activity.subject))
-    subject = activity.subject
-    session.delete(activity)
+    for activity in activities:
+        session.delete(activity)
     session.flush()
     if tagged:
         lookups.restate_tagged(session, tagged)
-    relinked = settle_keys(session, lookups.base_index(session, settings), set(keys))
-    if seen_by:  # their follow-up rules run again without it (an answer may be gone)
-        session.execute(update(Mailbox).where(Mailbox.id.in_(seen_by)).values(followups_at=None))
-    return Deleted(activity_id, subject, links, len(seen_by), len(tasks), relinked)
+    relinked = settle_keys(session, lookups.base_index(session, settings), keys)
+    if seen:
+        session.execute(
+            update(Mailbox).where(Mailbox.id.in_(sorted(set(seen)))).values(followups_at=None)
+        )
+    return Removed(len(seen), len(tasks), relinked)
 
 
 def _follow(session: Session, settings: Settings, activity_id: int) -> None:

@@ -39,6 +39,7 @@ from syncd.crm.models import (
     Contact,
     ContactAddress,
     DroppedItem,
+    ForgottenDigest,
     Link,
     Opportunity,
     OpportunityContact,
@@ -65,6 +66,7 @@ def base_index(session: Session, settings: Settings) -> CrmIndex:
         blocked_addresses=set(settings.exclusions.addresses),
         blocked_domains=set(settings.exclusions.domains),
         tag_prefix=settings.matching.opportunity_tag_prefix,
+        forgotten=frozenset(session.scalars(select(ForgottenDigest.digest))),
     )
 
 

@@ -310,6 +310,17 @@ class Link(Base):
     reason: Mapped[LinkReason] = mapped_column(String(40))
 
 
+class ForgottenDigest(Base):
+    """An address or domain an admin had forgotten (``syncd forget``), kept only as the
+    SHA-256 digest of ``kind:value``: whoever has it is never logged or imported again,
+    and the value itself is nowhere in the database."""
+
+    __tablename__ = "forgotten"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # address, domain
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class DroppedItem(Base):
     """An item an admin deleted from the CRM (``syncd activity delete``), by its key: never
     logged again, from any mailbox (skipped as "deleted")."""

@@ -18,9 +18,10 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
-from syncd.crm.models import Mailbox, QuarantineEntry
+from syncd.crm.models import ForgottenDigest, Mailbox, QuarantineEntry
 from syncd.crm.rows import IN_LIMIT, clean
 from syncd.items import RAW_KEPT, Quarantined, fit
+from syncd.matching.forgotten import forgotten_in
 
 
 class QuarantineRow(TypedDict):
@@ -94,23 +95,36 @@ def add_entries(
             )
         )
     }
+    new = [(provider_id, q) for provider_id, q in ids.items() if provider_id not in have]
+    digests = set(session.scalars(select(ForgottenDigest.digest))) if new else set()
     rows = [
         {
             "mailbox_id": mailbox_id,
             "source": source,
             "provider_id": provider_id,
-            "reason": clean(q.reason),
             "created_at": now,
-            "raw": q.raw if q.raw is not None and len(q.raw) <= RAW_KEPT else None,
             "format": q.format,
             "attempts": 1,
             "updated_at": now,
+            **_kept(q, digests),
         }
-        for provider_id, q in ids.items()
-        if provider_id not in have
+        for provider_id, q in new
     ]
     if rows:
         session.execute(insert(QuarantineEntry), rows)
+
+
+def _kept(q: Quarantined, digests: set[str]) -> dict[str, Any]:
+    """The reason and bytes kept of an item: none of the bytes of one that holds a
+    forgotten address or domain (``syncd forget``), which its reason never names."""
+    raw = q.raw if q.raw is not None and len(q.raw) <= RAW_KEPT else None
+    reason = clean(q.reason) or ""
+    if digests:
+        for word in forgotten_in(reason, digests):
+            reason = reason.replace(word, "[forgotten]")
+        if raw is not None and forgotten_in(raw.decode("utf-8", "replace"), digests):
+            raw = None
+    return {"reason": reason, "raw": raw}
 
 
 def _query() -> Any:

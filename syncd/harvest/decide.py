@@ -30,6 +30,7 @@ from typing import Literal
 from syncd.harvest.names import best_name, split_name
 from syncd.harvest.people import Person, is_role_address
 from syncd.matching.addresses import domain_of, is_free_mail
+from syncd.matching.forgotten import is_forgotten
 
 AccountPolicy = Literal["create", "existing", "never"]
 Action = Literal["import", "update", "skip"]
@@ -62,6 +63,8 @@ class Crm:
     excluded_domains: frozenset[str]
     contact_by_address: Mapping[str, int]  # normalised address -> contact id
     account_by_domain: Mapping[str, int]  # domain -> account id
+    # digests of the addresses and domains an admin had forgotten (syncd forget)
+    forgotten: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ def skip_reason(person: Person, policy: Policy, crm: Crm) -> SkipReason | None:
         return "role address"
     if spellings & crm.excluded_addresses or _under(domain, crm.excluded_domains):
         return "excluded"
+    if any(is_forgotten(a, crm.forgotten) for a in spellings):
+        return "excluded"  # forgotten (syncd forget): as if on the exclusion lists
     if person.messages == 0 and not person.known:
         return "bulk only" if person.bulk >= person.auto else "auto-reply only"
     if policy.two_way_only and not (person.two_way or person.saved):

@@ -10,7 +10,14 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from syncd.batching import chunked
 from syncd.config import Settings
-from syncd.crm.models import Account, AccountDomain, Contact, ContactAddress, User
+from syncd.crm.models import (
+    Account,
+    AccountDomain,
+    Contact,
+    ContactAddress,
+    ForgottenDigest,
+    User,
+)
 from syncd.crm.rows import LOOKUP_CHUNK, one_of
 from syncd.harvest.decide import Crm
 from syncd.harvest.people import Person, merge_key
@@ -48,6 +55,7 @@ def known_crm(
         excluded_domains=frozenset(settings.exclusions.domains),
         contact_by_address=_pairs(session, contacts, ContactAddress.address, addresses),
         account_by_domain=_pairs(session, accounts, AccountDomain.domain, domains),
+        forgotten=frozenset(session.scalars(select(ForgottenDigest.digest))),
     )
 
 

@@ -46,6 +46,7 @@ from syncd.items import (
     ParticipantRole,
 )
 from syncd.matching.addresses import domain_of, is_free_mail
+from syncd.matching.forgotten import is_forgotten
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class CrmIndex:
     tag_prefix: str = "OPP-"
     # the keys of this batch's items that an admin deleted (syncd activity delete)
     dropped: set[str] = field(default_factory=set)
+    # digests of the addresses and domains an admin had forgotten (syncd.crm.forget)
+    forgotten: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self._by_external: dict[str, OpportunityRef] = {}
@@ -117,6 +120,7 @@ class CrmIndex:
             blocked_addresses=self.blocked_addresses,
             blocked_domains=self.blocked_domains,
             tag_prefix=self.tag_prefix,
+            forgotten=self.forgotten,
         )
 
     def add_opportunity(self, opp: OpportunityRef, last_tagged: datetime | None) -> None:
@@ -184,8 +188,11 @@ class CrmIndex:
         return None
 
     def is_blocked(self, address: str) -> bool:
-        return address in self.blocked_addresses or _in_domains_memo(
-            domain_of(address), self.blocked_domains, self._blocked
+        """On the exclusion lists, or forgotten (``syncd forget``)."""
+        return (
+            address in self.blocked_addresses
+            or _in_domains_memo(domain_of(address), self.blocked_domains, self._blocked)
+            or (bool(self.forgotten) and is_forgotten(address, self.forgotten))
         )
 
 
