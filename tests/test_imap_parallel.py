@@ -342,6 +342,18 @@ def test_a_header_past_the_first_cut_and_a_message_without_a_date_are_read_as_in
     assert sent.count(b"BODY.PEEK[HEADER])") == 1  # the long header, whole
 
 
+@pytest.mark.parametrize("policy", ["metadata", "snippet"])
+def test_an_invitation_whose_content_type_lies_past_the_cut_is_read(imap_server, policy):
+    trace = b"".join(
+        b"Received: from relay%d.acme.test by mx.northwind.test; Mon, 2 Mar 2026 10:00:00 +0000\r\n"
+        % n
+        for n in range(500)
+    )
+    login = new_folder(imap_server, "Deals", trace + invite(7))
+    (item,) = [i for b in read(spec(imap_server, login, body_policy=policy)) for i in b.items]
+    assert [m.uid for m in item.invitations] == ["review-7@acme.test"]
+
+
 def test_metadata_batches_are_cut_by_what_is_fetched_not_by_the_messages_size(imap_server):
     login = new_folder(imap_server, "Deals", *(msg(i, body="b" * 300 * 1024) for i in range(7)))
     limits = LimitSettings(batch_bytes=1024 * 1024)

@@ -173,14 +173,16 @@ def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
         weights = [_weight(first.get(u), limits.message_bytes, policy) for u in piece]
         for start, end in by_size(weights, step, limits.batch_bytes):
             run = piece[start:end]
-            data = {u: first[u] for u in run if u in first}
+            # taken out of the slice's answers: what a run fetches more is let go with it
+            data = {u: first.pop(u) for u in run if u in first}
             cut = [u for u in run if u in data and _is_cut(data[u], limits.message_bytes)]
+            # a cut header may hold its Content-Type past the cut: its structure is asked
             unsure = [
                 u
                 for u in run
                 if u in data
                 and not _over(data[u], limits.message_bytes)
-                and needs_structure(data[u], policy)
+                and (u in cut or needs_structure(data[u], policy))
             ]
             if cut or unsure:
                 more: dict[int, Any] = session.call(
@@ -245,8 +247,11 @@ def _weight(d: Mapping[bytes, Any] | None, limit: int, policy: str) -> int:
         return 0
     held = sum(len(v) for v in d.values() if isinstance(v, (bytes, bytearray)))
     size = d.get(b"RFC822.SIZE")
-    if isinstance(size, int) and (_is_cut(d, limit) or needs_structure(d, policy)):
-        held += size
+    if isinstance(size, int):
+        if _is_cut(d, limit):  # its whole header, and it may be an invitation
+            held += 2 * size
+        elif needs_structure(d, policy):  # it may be an invitation, fetched whole
+            held += size
     return held
 
 
@@ -298,15 +303,25 @@ def _complete(
     those that hold an invitation (asked by BODYSTRUCTURE of the ``unsure`` ones)."""
     _select(client, folder, uidvalidity)
     more: dict[int, dict[bytes, Any]] = {}
+    # only the messages asked, and only bytes: a FETCH answer the server sends unasked (a
+    # flag changed by another client) never replaces what was fetched
     if cut:
         for uid, d in client.fetch(cut, [b"BODY.PEEK[HEADER]"]).items():
-            more.setdefault(uid, {})[b"BODY[HEADER]"] = d.get(b"BODY[HEADER]")
+            header = d.get(b"BODY[HEADER]")
+            if uid in cut and isinstance(header, (bytes, bytearray)):
+                more.setdefault(uid, {})[b"BODY[HEADER]"] = header
     if unsure:
         structures = client.fetch(unsure, [b"BODYSTRUCTURE"])
-        whole = [u for u, d in structures.items() if has_calendar_part(d.get(b"BODYSTRUCTURE"))]
+        whole = [
+            u
+            for u, d in structures.items()
+            if u in unsure and has_calendar_part(d.get(b"BODYSTRUCTURE"))
+        ]
         if whole:
             for uid, d in client.fetch(whole, [b"BODY.PEEK[]"]).items():
-                more.setdefault(uid, {})[b"BODY[]"] = d.get(b"BODY[]")
+                body = d.get(b"BODY[]")
+                if uid in whole and isinstance(body, (bytes, bytearray)):
+                    more.setdefault(uid, {})[b"BODY[]"] = body
     return more
 
 
