@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from syncd.crm import conversations, lookups, recorder
 from syncd.items import conversation_keys
-from syncd.matching.matcher import CrmIndex, settle
+from syncd.matching.matcher import CrmIndex, Relink, ThreadNode, settle
 
 
 def settle_touched(
@@ -53,7 +53,29 @@ def settle_keys(session: Session, index: CrmIndex, keys: set[str]) -> int:
         {a for component in components for n in component for a in n.account_ids},
     )
     changes = [change for component in components for change in settle(component, index)]
-    return conversations.relink(session, changes)
+    return conversations.relink(session, _without_vetoed(session, components, changes))
+
+
+def _without_vetoed(
+    session: Session, components: list[list[ThreadNode]], changes: list[Relink]
+) -> list[Relink]:
+    """A deal an admin removed from an activity (``syncd unlink``) is never its deal again:
+    the activity gets none instead, and a change to what it has already is no change."""
+    vetoed = conversations.vetoes(
+        session, [c.activity_id for c in changes if c.opportunity is not None]
+    )
+    if not vetoed:
+        return changes
+    current = {n.id: n.opportunity for component in components for n in component}
+    kept = []
+    for c in changes:
+        if c.opportunity is not None and (c.activity_id, "opportunity", c.opportunity[0]) in vetoed:
+            moved = current.get(c.activity_id) is not None
+            if not moved and not c.note_changed:
+                continue
+            c = Relink(c.activity_id, None, c.note, moved, c.note_changed)
+        kept.append(c)
+    return kept
 
 
 def learn_tags(

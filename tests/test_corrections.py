@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from syncd.config import Settings
-from syncd.crm import corrections
+from syncd.crm import corrections, lookups
 from syncd.crm.explain import explain
 from syncd.demo import DemoCompany, deliver, email_bytes
+from syncd.settle import settle_activities
 
 from .test_pipeline import S, by_subject, demo_mailboxes, links, sync, tasks, timeline
 
@@ -138,3 +139,47 @@ def test_a_deleted_activity_is_gone_its_task_cancelled_in_the_calendar_and_never
         why = explain(session, f"<{message_id}>")
     assert why.verdict == "deleted" and why.deleted is not None
     assert ("ben", "deleted") in [(s["mailbox"], s["reason"]) for s in why.skipped]
+
+
+def test_a_done_task_of_a_deleted_activity_stays_done(sessions, settings, company, now):
+    from sqlalchemy import update
+
+    from syncd.crm.models import Task
+
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    reply = by_subject(timeline(sessions))["Re: Pilot scope"]
+    with sessions.begin() as session:
+        session.execute(update(Task).where(Task.activity_id == reply["id"]).values(status="done"))
+    with sessions.begin() as session:
+        corrections.delete_activity(session, settings, reply["id"], datetime.now(UTC))
+    (task,) = [t for t in tasks(sessions) if t["title"].endswith("Re: Pilot scope")]
+    assert (task["status"], task["resolution"], task["activity_id"]) == ("done", None, None)
+
+
+def test_a_deal_removed_by_hand_from_a_reply_stays_removed_when_its_conversation_moves(
+    sessions, settings, company, now
+):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    reply = by_subject(timeline(sessions))["Re: Pilot scope"]
+    assert ("opportunity", GLOBEX_DEAL, "thread") in links(reply)
+    correct(sessions, settings, "unlink", reply["id"], opportunity="OPP-202")
+    with sessions.begin() as session:  # settled again: nothing to change, nothing churns
+        index = lookups.base_index(session, settings)
+        assert settle_activities(session, index, [reply["id"]]) == 0
+    later = email_bytes(
+        sender="Eva Novak <eva@globex.test>",
+        to=["ana@northwind.test"],
+        subject="Re: Pilot scope [OPP-202]",
+        when=now - timedelta(hours=1),
+        message_id="q-8@globex.test",
+        in_reply_to="q-7@globex.test",
+        references=["q-7@globex.test"],
+    )
+    deliver(company.maildirs["ana"], later, now - timedelta(hours=1), "later.host")
+    sync(sessions, settings, "ana", now)  # a tagged message settles the conversation again
+    rows = by_subject(timeline(sessions))
+    assert not [lk for lk in links(rows["Re: Pilot scope"]) if lk[0] == "opportunity"]
+    assert ("opportunity", GLOBEX_DEAL, "tag") in links(rows["Re: Pilot scope [OPP-202]"])
+    assert ("opportunity", GLOBEX_DEAL, "thread") in links(rows["Pilot scope"])  # follows the tag

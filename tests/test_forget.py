@@ -56,9 +56,10 @@ def run_forget(sessions: S, settings: Settings, dry_run: bool, **what: str) -> d
     return vars(done)
 
 
-def harvest(sessions: S, settings: Settings) -> dict[str, str]:
+def harvest(sessions: S, settings: Settings, since: datetime | None = None) -> dict[str, str]:
+    """A contacts import's verdicts (``since``: another import than the first, read anew)."""
     job = ContactImport(
-        sessions, settings, [Target("ana", "ana@northwind.test")], since=None, policy=Policy()
+        sessions, settings, [Target("ana", "ana@northwind.test")], since=since, policy=Policy()
     )
     outcome = job.run(dry_run=True)
     return {v.person.key: v.reason or v.action for v in outcome.verdicts}
@@ -106,19 +107,62 @@ def test_a_forgotten_person_leaves_no_trace_and_is_never_logged_again(
         why = explain(session, "<q-9@example.org>")
     assert why.verdict == "skipped" and why.skipped[0]["reason"] == "blocklisted"
     assert "eva@globex.test" not in harvest(sessions, settings)
+    fresh = harvest(sessions, settings, since=datetime(2000, 1, 1, tzinfo=UTC))  # read anew
+    assert "eva@globex.test" not in fresh and fresh["carla@acme.test"] == "update"
     assert traces(sessions, "eva@globex.test") == []
     # forgetting her again finds nothing more
     assert run_forget(sessions, settings, False, address="eva@globex.test")["already"]
 
 
 def test_a_forgotten_domain_leaves_no_trace_and_its_account_with_deals_is_kept(
-    sessions, settings, synced: DemoCompany
+    sessions, settings, synced: DemoCompany, now
 ):
     done = run_forget(sessions, settings, False, domain="GLOBEX.test")
     assert done["domains_removed"] == 1 and done["accounts_kept"] == ["Globex"]
     assert done["activities_removed"] and done["contacts_removed"] == ["Eva Novak"]
     assert traces(sessions, "globex.test") == []
     assert not any(r["subject"] == "Pilot scope" for r in timeline(sessions))
+    # someone else there writes, with a Message-ID at the domain: skipped, and no trace
+    new = email_bytes(
+        sender="Ivo <ivo@eu.globex.test>",
+        to=["ana@northwind.test"],
+        subject="Hello from Globex",
+        when=now - timedelta(hours=1),
+        message_id="new-1@globex.test",
+    )
+    deliver(synced.maildirs["ana"], new, now - timedelta(hours=1), "globex-new.host")
+    assert sync(sessions, settings, "ana", now).excluded["blocklisted"] >= 1
+    assert traces(sessions, "globex.test") == []
+    with sessions() as session:
+        why = explain(session, "<new-1@globex.test>")
+    assert why.verdict == "skipped" and why.skipped[0]["reason"] == "blocklisted"
+
+
+def test_only_whole_addresses_and_domains_are_forgotten():
+    from syncd.crm.forget import _Needle
+
+    bob = _Needle("address", "bob@globex.test")
+    assert bob.clean("to <Bob@Globex.test>, jimbob@globex.test, bob@globex.test.au") == (
+        "to <[forgotten]>, jimbob@globex.test, bob@globex.test.au"
+    )
+    acme = _Needle("domain", "acme.com")
+    assert acme.clean("x@eu.acme.com; www.acme.com; notacme.com; acme.community") == (
+        "[forgotten]; [forgotten]; notacme.com; acme.community"
+    )
+
+
+@pytest.mark.parametrize(
+    ("what", "why"),
+    [
+        ({"address": "ana@northwind.test"}, "a CRM user's address"),
+        ({"domain": "northwind.test"}, "the company's own domain"),
+        ({"domain": "eu.northwind.test"}, "the company's own domain"),
+        ({"domain": "gmail.com"}, "a free-mail domain"),
+    ],
+)
+def test_what_must_never_be_forgotten_is_refused(sessions, settings, company, what, why):
+    with sessions() as session, pytest.raises(ValueError, match=why):
+        forget(session, settings, now=datetime.now(UTC), **what)
 
 
 def test_forget_needs_an_address_or_a_domain(sessions, settings, company):

@@ -116,6 +116,18 @@ def test_a_pass_stopped_before_a_last_page_of_no_cards_stores_the_delta_link_onc
     assert list(contacts.changes(last.cursor)) == []  # from there on, a quiet poll
 
 
+def test_a_delta_read_over_pages_ending_in_no_cards_stores_its_new_delta_link(microsoft):
+    microsoft.add_contact(ANA, **contact("Ann One", "ann@hooli.test"))
+    contacts = book(microsoft)
+    (whole,) = list(contacts.changes(None))
+    for name in ("Bo Two", "Cy Three"):
+        microsoft.add_contact(ANA, **contact(name, f"{name.split()[0].lower()}@hooli.test"))
+    microsoft.add_contact(ANA, **contact("No Address"))  # the last page: no card
+    delta = list(contacts.changes(whole.cursor))
+    assert sorted(c.name for b in delta for c in b.cards) == ["Bo Two", "Cy Three"]
+    assert "deltatoken=" in json.loads(delta[-1].cursor.value)["link"]
+
+
 def test_a_forgotten_delta_token_is_cursor_expired_and_the_book_is_read_again(microsoft):
     microsoft.add_contact(ANA, **contact("Zoe Park", "zoe@initech.test"))
     contacts = book(microsoft, page_size=10)

@@ -228,10 +228,14 @@ def forget_cmd(
         ("quarantined messages removed", done.quarantine_removed),
         ("skipped items removed", done.skips_removed),
         ("import records removed or cleaned", done.import_records_removed),
-        ("keys replaced by a hash", done.keys_hashed),
     ]
     for label, n in rows:
         say(f"  {label}: {n}")
+    if done.keys_kept:
+        say(
+            f"  {done.keys_kept} Message-ID(s) or thread key(s) of activities kept hold it: "
+            "left as they are (they identify those messages; syncd never shows them)"
+        )
     for name in done.accounts_kept:
         say(f"  account {printable(name)!r} kept: it has other domains, contacts or deals")
     if dry_run:

@@ -140,8 +140,10 @@ def link(
             Link(activity_id=activity.id, type=target.type, target_id=target.id, reason="manual")
         )
         done = "linked"
+    elif existing.reason in ("manual", "tag"):  # a tag is the item's own word: it stays one
+        done = f"already linked ({existing.reason})"
     else:
-        done = "already linked" if existing.reason == "manual" else f"kept (was {existing.reason})"
+        done = f"kept (was {existing.reason})"
         existing.reason = "manual"
     session.flush()
     _follow(session, settings, activity.id)
@@ -160,6 +162,7 @@ def unlink(
             Link.target_id == target.id,
         )
     )
+    was_tag = linked is not None and linked.reason == "tag"
     if linked is not None:
         session.delete(linked)
     vetoed = session.scalar(
@@ -174,6 +177,8 @@ def unlink(
             LinkVeto(activity_id=activity.id, type=target.type, target_id=target.id, created_at=now)
         )
     session.flush()
+    if was_tag:  # the deal's "latest tagged activity" evidence, without this one
+        lookups.restate_tagged(session, [target.id])
     _follow(session, settings, activity.id)
     was = "unlinked from" if linked is not None else "was not linked to"
     return (
@@ -212,7 +217,7 @@ def delete_activity(
 @dataclass(frozen=True)
 class Removed:
     sightings: int  # of the mailboxes that had seen them
-    tasks: int  # cancelled, in the calendars at their owners' next pass
+    tasks: int  # their tasks: the open ones cancelled, in the calendars at the next pass
     relinked: int  # other activities of their conversations whose deal was decided again
 
 
@@ -243,7 +248,7 @@ def remove_activities(
         )
         tasks.extend(session.scalars(select(Task).where(Task.activity_id.in_(chunk))))
     for task in tasks:
-        if task.status != "cancelled":
+        if task.status == "open":  # a done one stays done, in the calendar too
             task.status, task.resolution = "cancelled", "activity deleted"
             task.version += 1
             task.updated_at = now

@@ -36,7 +36,7 @@ from syncd.crm.models import (
     SkippedItem,
     Task,
 )
-from syncd.crm.skips import COPY
+from syncd.crm.skips import COPY, stored_key
 from syncd.items import fit
 from syncd.matching.addresses import normalize_message_id
 
@@ -162,7 +162,8 @@ def explain(
     dropped = session.get(DroppedItem, found.key)
     if dropped is not None:
         found.deleted = {"at": dropped.dropped_at.isoformat(), "subject": dropped.subject}
-    for skip in session.scalars(select(SkippedItem).where(SkippedItem.key == found.key)):
+    kept = [found.key, stored_key(found.key or "", "blocklisted")]
+    for skip in session.scalars(select(SkippedItem).where(SkippedItem.key.in_(kept))):
         found.skipped.append(_skip(mailboxes, skip))
     return found
 

@@ -5,20 +5,24 @@ What goes:
 
 - every activity whose only CRM reason was the forgotten address or domain (no other
   participant is a CRM contact or at a CRM account's domain): with its participants, body,
-  links and sightings; its follow-up tasks cancelled, in the calendars too;
-- from every other activity: the forgotten participants, their links, and the address (or
-  any address at the domain, and the domain itself) wherever it is written: subject, body,
-  snippet, note;
+  links and sightings; its open follow-up tasks cancelled, in the calendars too;
+- from every other activity: the forgotten participants and their contact links;
+- the address (or any address at the domain, and the domain itself) wherever a text
+  writes it: activities, tasks, contacts' names and titles, deleted items' subjects;
 - the contact addresses, the contacts left with none, the account domains, and the
   accounts left with no domain, contact or deal;
-- every other trace: tasks' texts, quarantined messages that hold it, skipped items, the
-  historical imports' people, and keys (Message-IDs, thread keys) that hold it, which are
-  replaced by a hash of themselves (such an item is never read again: its forgotten
-  participant makes it excluded).
+- quarantined messages and skipped items that hold it, and the historical imports'
+  records of the person.
 
-What stays is its SHA-256 digest, in ``forgotten``: the matcher and the historical import
-exclude anyone whose address or domain has that digest (as ``blocklisted`` and
-``excluded``), so the person is never logged again and their address is nowhere in clear.
+Only whole addresses and domains match (``jimbob@`` is not ``bob@``). Message-IDs and
+thread keys of activities kept are left as they are: they identify those messages (a
+follow-up task's uid, a conversation), and are counted.
+
+What stays is a SHA-256 digest, in ``forgotten``: the matcher (``blocklisted``, the skip's
+key kept as a hash), the historical import (left out of what it stores, ``excluded``) and
+the quarantine (no bytes kept) exclude anyone whose address or domain has it, so the person
+is never logged again and their address is nowhere in clear. A CRM user's address, the
+company's domains and free-mail domains are refused.
 
 One transaction: ``--dry-run`` runs all of it and rolls back, so it shows exactly what the
 real run removes.
@@ -26,7 +30,6 @@ real run removes.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +40,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from syncd.batching import chunked
 from syncd.config import Settings
+from syncd.crm import quarantine as quarantine_store
 from syncd.crm.corrections import remove_activities
 from syncd.crm.models import (
     Account,
@@ -51,13 +55,19 @@ from syncd.crm.models import (
     Link,
     Opportunity,
     QuarantineEntry,
-    Sighting,
     SkippedItem,
     Task,
     ThreadKey,
+    User,
 )
 from syncd.crm.rows import LOOKUP_CHUNK
-from syncd.matching.addresses import domain_of, normalize_address, normalize_domain
+from syncd.harvest.people import merge_key
+from syncd.matching.addresses import (
+    domain_of,
+    is_free_mail,
+    normalize_address,
+    normalize_domain,
+)
 from syncd.matching.forgotten import Kind, digest, parents
 
 FORGOTTEN = "[forgotten]"
@@ -81,7 +91,7 @@ class Forgotten:
     quarantine_removed: int = 0
     skips_removed: int = 0
     import_records_removed: int = 0
-    keys_hashed: int = 0
+    keys_kept: int = 0  # Message-IDs and thread keys of kept activities that hold it
     already: bool = False  # forgotten before: only what came since was removed
 
 
@@ -91,13 +101,18 @@ class _Needle:
     def __init__(self, kind: Kind, value: str) -> None:
         self.kind, self.value = kind, value
         at = re.escape(value)
-        pattern = at if kind == "address" else rf"(?:[\w.+'=-]+@)?(?:[\w-]+\.)*{at}"
+        # a whole word: jimbob@ is not bob@, notacme.com and acme.community not acme.com
+        before, after = r"(?<![\w.+'=@-])", r"(?![\w-]|\.[\w-])"
+        if kind == "address":
+            pattern = f"{before}{at}{after}"
+        else:
+            pattern = rf"{before}(?:[\w.+'=-]+@)?(?:[\w-]+\.)*(?<![\w-]){at}{after}"
         self.text = re.compile(pattern, re.IGNORECASE)
 
     def address(self, address: str) -> bool:
         norm = normalize_address(address)
-        if self.kind == "address":
-            return norm == self.value
+        if self.kind == "address":  # Gmail's dots and +tags are the same person
+            return norm == self.value or merge_key(norm) == merge_key(self.value)
         d = domain_of(norm)
         return d == self.value or d.endswith("." + self.value)
 
@@ -128,6 +143,7 @@ def forget(
     value = normalize_address(address) if address else normalize_domain(domain or "")
     if not value or (kind == "domain" and "." not in value):
         raise ValueError(f"{value!r} is not an {kind}")
+    _refuse_ours(session, settings, kind, value)
     needle = _Needle(kind, value)
     done = Forgotten(kind, value)
     key = digest(kind, value)
@@ -141,6 +157,27 @@ def forget(
     _traces(session, needle, done)
     session.flush()
     return done
+
+
+def _refuse_ours(session: Session, settings: Settings, kind: Kind, value: str) -> None:
+    """What must never be forgotten: a CRM user's address, the company's own domains (and
+    their subdomains), and a free-mail domain (everyone's): forgetting one would exclude
+    every message of a salesperson, of the company, or of everyone on it, for good."""
+    users = set(session.scalars(select(User.email)))
+    if kind == "address":
+        if value in users:
+            raise ValueError(f"{value!r} is a CRM user's address; syncd never forgets its users")
+        return
+    own = set(settings.company.domains) or {domain_of(u) for u in users}
+    if any(value == d or d.endswith("." + value) or value.endswith("." + d) for d in own):
+        raise ValueError(
+            f"{value!r} is the company's own domain (company.domains); forget a person's "
+            "address instead"
+        )
+    if is_free_mail(value):
+        raise ValueError(
+            f"{value!r} is a free-mail domain, everyone's; forget a person's address instead"
+        )
 
 
 def _activities(
@@ -250,37 +287,52 @@ def _domains(session: Session, needle: _Needle, done: Forgotten) -> None:
 
 
 def _traces(session: Session, needle: _Needle, done: Forgotten) -> None:
-    """The address in what is left: texts cleaned, keys hashed, rows that are about it
-    removed."""
+    """The address in what is left: texts cleaned, rows about it removed. Keys that hold it
+    (a Message-ID at a forgotten domain) are left as they are, and counted: they identify
+    the messages kept (a follow-up task's uid, a conversation), and none is shown."""
+    done.texts_cleaned += _clean_column(
+        session,
+        needle,
+        Activity,
+        [Activity.subject, Activity.snippet, Activity.body, Activity.match_note],
+    )
     done.texts_cleaned += _clean_column(session, needle, Task, [Task.title, Task.description])
     done.texts_cleaned += _clean_column(session, needle, DroppedItem, [DroppedItem.subject])
     done.texts_cleaned += _clean_column(session, needle, Contact, [Contact.name, Contact.title])
-    for entry in session.scalars(select(QuarantineEntry)):
-        raw = (entry.raw or b"").lower()
-        if needle.text.search(entry.reason) or needle.text.search(raw.decode("utf-8", "replace")):
-            session.delete(entry)
+    # quarantined messages one at a time: each may hold megabytes
+    entries = session.execute(select(QuarantineEntry.id, QuarantineEntry.reason)).all()
+    for entry_id, reason in entries:
+        raw = quarantine_store.raw(session, entry_id) or b""
+        if needle.text.search(reason) or needle.text.search(raw.decode("utf-8", "replace")):
+            session.execute(delete(QuarantineEntry).where(QuarantineEntry.id == entry_id))
             done.quarantine_removed += 1
     for skip in session.scalars(
         select(SkippedItem).where(
             or_(needle.like(SkippedItem.provider_id), needle.like(SkippedItem.key))
         )
     ):
-        session.delete(skip)
-        done.skips_removed += 1
-    for person in session.scalars(select(ImportPerson).where(needle.like(ImportPerson.data))):
+        if needle.text.search(skip.provider_id) or needle.text.search(skip.key or ""):
+            session.delete(skip)
+            done.skips_removed += 1
+    for person in session.scalars(
+        select(ImportPerson).where(
+            or_(needle.like(ImportPerson.data), needle.like(ImportPerson.key))
+        )
+    ):
         if needle.address(person.key):
             session.delete(person)
-        else:
-            person.data = _clean_json(person.data, needle)
-        done.import_records_removed += 1
-    for person in session.scalars(select(ImportPerson).where(needle.like(ImportPerson.key))):
-        session.delete(person)
-        done.import_records_removed += 1
-    done.keys_hashed += _hash_keys(session, needle, Activity.key, Activity)
-    done.keys_hashed += _hash_keys(session, needle, Activity.thread_key, Activity)
-    done.keys_hashed += _hash_keys(session, needle, ThreadKey.key, ThreadKey)
-    done.keys_hashed += _hash_keys(session, needle, Sighting.provider_id, Sighting)
-    done.keys_hashed += _hash_keys(session, needle, DroppedItem.key, DroppedItem)
+            done.import_records_removed += 1
+            continue
+        cleaned = _clean_json(person.data, needle)
+        if cleaned != person.data:
+            person.data = cleaned
+            done.import_records_removed += 1
+    for column in (Activity.key, Activity.thread_key, ThreadKey.key):
+        done.keys_kept += sum(
+            1
+            for value in session.scalars(select(column).where(needle.like(column)))
+            if needle.text.search(value)
+        )
 
 
 def _clean_column(
@@ -312,21 +364,3 @@ def _clean_json(value: Any, needle: _Needle) -> Any:
             k: _clean_json(v, needle) for k, v in value.items() if not needle.text.search(str(k))
         }
     return value
-
-
-def _hash_keys(
-    session: Session, needle: _Needle, column: InstrumentedAttribute[str], model: Any
-) -> int:
-    """Keys and ids that hold it replaced by a hash of themselves (what stays unique stays
-    unique; such an item is never read again: its forgotten participant excludes it)."""
-    hashed = 0
-    for row in session.scalars(select(model).where(needle.like(column))):
-        value = getattr(row, column.key)
-        if value and needle.text.search(value):
-            setattr(row, column.key, _hashed(value))
-            hashed += 1
-    return hashed
-
-
-def _hashed(value: str) -> str:
-    return "hash:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:40]

@@ -290,7 +290,9 @@ def _activity_filter(session: Session, wanted: ActivityFilter) -> Select[Any]:
             wanted.mailbox,
             "see 'syncd mailbox list'",
         )
-        mailbox_ids = [m for m in (mailbox_ids or [mailbox_id]) if m == mailbox_id]
+        mailbox_ids = (
+            [mailbox_id] if mailbox_ids is None else [m for m in mailbox_ids if m == mailbox_id]
+        )
     if mailbox_ids is not None:
         query = query.where(
             exists().where(

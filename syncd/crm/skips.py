@@ -5,6 +5,7 @@ batch's transaction."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -21,6 +22,14 @@ COPY = "a copy of an item this mailbox logged"
 Skip = tuple[str, str, str]  # an item not logged: its provider id, why, and its key
 
 
+def stored_key(key: str, reason: str) -> str:
+    """The key a skip keeps: a blocklisted item's only as a hash (its Message-ID may name a
+    domain that was forgotten, ``syncd forget``; ``syncd explain`` hashes to find it)."""
+    if reason == "blocklisted":
+        return "hash:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return fit(key)
+
+
 def add(
     session: Session,
     mailbox_id: int,
@@ -33,7 +42,7 @@ def add(
     UID) is what ``syncd explain`` finds a message by."""
     wanted: dict[str, tuple[str, str]] = {}
     for provider_id, reason, key in skipped:
-        wanted.setdefault(fit(provider_id), (reason[:200], fit(key)))
+        wanted.setdefault(fit(provider_id), (reason[:200], stored_key(key, reason)))
     if not wanted:
         return
     for chunk in chunked(list(wanted), IN_LIMIT):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 from syncd.matching.addresses import domain_of, is_free_mail, normalize_address
+from syncd.matching.forgotten import is_forgotten
 
 Seen = Literal["sent", "received", "copied", "meeting", "saved"]
 # sent: the mailbox's user wrote to them; received: they wrote to the user; copied: on a
@@ -257,6 +258,18 @@ class People:
         for first, *others in groups.values():
             for key in others:
                 self.by_key[first].merge(self.by_key.pop(key))
+
+    def drop_forgotten(self, digests: Set[str]) -> None:
+        """Leave out everyone an admin had forgotten (``syncd forget``): under any of their
+        spellings, they are never stored, counted or imported."""
+        if not digests:
+            return
+        for key in [
+            k
+            for k, p in self.by_key.items()
+            if any(is_forgotten(a, digests) for a in (k, *p.spellings))
+        ]:
+            del self.by_key[key]
 
     def merge(self, other: People) -> None:
         for key, person in other.by_key.items():

@@ -47,6 +47,7 @@ from syncd.connectors.registry import open_connector
 from syncd.crm.models import (
     Account,
     Contact,
+    ForgottenDigest,
     Import,
     ImportCursor,
     Mailbox,
@@ -286,6 +287,7 @@ class ContactImport:
             if batch.cursor.value != value:  # a point to go on from: commit up to it
                 value = batch.cursor.value
                 with self.sessions.begin() as session:
+                    learnt.drop_forgotten(forgotten(session))
                     store.save(
                         session, import_id, target.name, source.name, learnt,
                         value=value, items=pending, done=False,
@@ -293,6 +295,7 @@ class ContactImport:
                 learnt, pending = People(), 0
             self.progress.read(target.name, source.name, before + total, len(learnt))
         with self.sessions.begin() as session:
+            learnt.drop_forgotten(forgotten(session))
             store.save(
                 session, import_id, target.name, source.name, learnt,
                 value=value, items=pending, done=True,
@@ -345,6 +348,12 @@ class ContactImport:
             row.state, row.finished_at = "done", self.now()
             row.summary = {**outcome.summary(), "applied": vars(total)}
         return total
+
+
+def forgotten(session: Session) -> frozenset[str]:
+    """The digests of the addresses and domains forgotten (``syncd forget``), as of now: a
+    forget run while the import harvests is honoured from its next commit on."""
+    return frozenset(session.scalars(select(ForgottenDigest.digest)))
 
 
 def _created(session: Session, model: type[Contact] | type[Account], import_id: str) -> int:

@@ -70,10 +70,11 @@ class GraphContacts:
             after = following or page.get("@odata.deltaLink")
             if not after:
                 raise ConnectorError(f"{self.client.where()}: a contacts delta page without a link")
-            # a quiet poll (an empty last page of a stored delta link) stores nothing; an
-            # empty last page reached from a stored next link stores its delta link, or the
-            # same page would be asked again at every pass
-            if cards or removed or following or not stored or not state.get("delta"):
+            # a quiet poll (the stored delta link's own page, empty and last) stores
+            # nothing; any other last page stores its delta link, or the page before it
+            # would be asked again at every pass
+            quiet = link == stored and bool(state.get("delta"))
+            if cards or removed or following or not quiet:
                 kept = {"link": after, "select": SELECT, "delta": following is None}
                 yield CardBatch(cards, Cursor(json.dumps(kept)), removed)
             link = following

@@ -38,6 +38,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # tasks whose activity was deleted cannot be kept by a schema that needs one
+    op.execute("DELETE FROM tasks WHERE activity_id IS NULL")
     with op.batch_alter_table("tasks") as batch_op:
         batch_op.drop_constraint("fk_tasks_activity_id_activities", type_="foreignkey")
         batch_op.alter_column("activity_id", existing_type=ID, nullable=False)
