@@ -46,7 +46,7 @@ from syncd.crm.models import (
     User,
 )
 from syncd.crm.rows import LOOKUP_CHUNK, one_of
-from syncd.items import Item, MailItem
+from syncd.items import Item, MailItem, fit
 from syncd.matching.addresses import domain_of, is_free_mail
 from syncd.matching.matcher import ContactRef, CrmIndex, OpportunityRef, UserRef, parents, tag_text
 
@@ -86,7 +86,8 @@ def fill(session: Session, index: CrmIndex, items: Iterable[Item]) -> None:
         if not is_free_mail(domain := domain_of(a))
         for parent in parents(domain)
     } - index.looked_up_domains
-    index.dropped.update(_dropped(session, {i.key for i in _with_invitations(items)}))
+    # keys as the CRM stores them (a key with a NUL, or too long, is compared by its hash)
+    index.dropped.update(_dropped(session, {fit(i.key) for i in _with_invitations(items)}))
     contacts = _fill_contacts(session, index, addresses)
     accounts = _fill_domains(session, index, domains)
     _fill_tagged(session, index, tags - index.looked_up_tags)
