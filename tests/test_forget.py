@@ -131,7 +131,17 @@ def test_a_forgotten_domain_leaves_no_trace_and_its_account_with_deals_is_kept(
         message_id="new-1@globex.test",
     )
     deliver(synced.maildirs["ana"], new, now - timedelta(hours=1), "globex-new.host")
-    assert sync(sessions, settings, "ana", now).excluded["blocklisted"] >= 1
+    away = email_bytes(
+        sender="Ivo <ivo@eu.globex.test>",
+        to=["ana@northwind.test"],
+        subject="Out of office",
+        when=now - timedelta(hours=1),
+        message_id="away-1@globex.test",
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+    deliver(synced.maildirs["ana"], away, now - timedelta(hours=1), "globex-away.host")
+    report = sync(sessions, settings, "ana", now)
+    assert report.excluded["blocklisted"] >= 1 and report.excluded["auto-reply"] >= 1
     assert traces(sessions, "globex.test") == []
     with sessions() as session:
         why = explain(session, "<new-1@globex.test>")
@@ -145,9 +155,18 @@ def test_only_whole_addresses_and_domains_are_forgotten():
     assert bob.clean("to <Bob@Globex.test>, jimbob@globex.test, bob@globex.test.au") == (
         "to <[forgotten]>, jimbob@globex.test, bob@globex.test.au"
     )
+    assert bob.clean("'bob@globex.test' <bob@globex.test>; mailto:bob@globex.test?to=x") == (
+        "'[forgotten]' <[forgotten]>; mailto:[forgotten]?to=x"
+    )
+    assert bob.clean("email=bob@globex.test, x.bob@globex.test") == (
+        "email=[forgotten], x.bob@globex.test"
+    )
     acme = _Needle("domain", "acme.com")
     assert acme.clean("x@eu.acme.com; www.acme.com; notacme.com; acme.community") == (
         "[forgotten]; [forgotten]; notacme.com; acme.community"
+    )
+    assert acme.clean("all @acme.com senders, url=acme.com, 'acme.com'") == (
+        "all [forgotten] senders, url=[forgotten], '[forgotten]'"
     )
 
 
@@ -158,6 +177,7 @@ def test_only_whole_addresses_and_domains_are_forgotten():
         ({"domain": "northwind.test"}, "the company's own domain"),
         ({"domain": "eu.northwind.test"}, "the company's own domain"),
         ({"domain": "gmail.com"}, "a free-mail domain"),
+        ({"domain": "co.uk"}, "a free-mail domain"),  # above yahoo.co.uk
     ],
 )
 def test_what_must_never_be_forgotten_is_refused(sessions, settings, company, what, why):

@@ -234,7 +234,7 @@ def forget_cmd(
     if done.keys_kept:
         say(
             f"  {done.keys_kept} Message-ID(s) or thread key(s) of activities kept hold it: "
-            "left as they are (they identify those messages; syncd never shows them)"
+            "left as they are (they identify those messages and their conversations)"
         )
     for name in done.accounts_kept:
         say(f"  account {printable(name)!r} kept: it has other domains, contacts or deals")

@@ -61,9 +61,9 @@ from syncd.crm.models import (
     User,
 )
 from syncd.crm.rows import LOOKUP_CHUNK
-from syncd.harvest.people import merge_key
 from syncd.matching.addresses import (
     domain_of,
+    free_mail_domains,
     is_free_mail,
     normalize_address,
     normalize_domain,
@@ -102,17 +102,18 @@ class _Needle:
         self.kind, self.value = kind, value
         at = re.escape(value)
         # a whole word: jimbob@ is not bob@, notacme.com and acme.community not acme.com
-        before, after = r"(?<![\w.+'=@-])", r"(?![\w-]|\.[\w-])"
-        if kind == "address":
-            pattern = f"{before}{at}{after}"
-        else:
-            pattern = rf"{before}(?:[\w.+'=-]+@)?(?:[\w-]+\.)*(?<![\w-]){at}{after}"
+        after = r"(?![\w-]|\.[\w-])"
+        if kind == "address":  # quoted, after "mailto:" or "to=": still the address
+            pattern = rf"(?<![\w.+@-]){at}{after}"
+        else:  # an address at it or under it, "@acme.com", or the domain alone
+            local = r"(?:[\w.+'=-]+@|@)?"
+            pattern = rf"(?<![\w.+-]){local}(?:[\w-]+\.)*(?<![\w-]){at}{after}"
         self.text = re.compile(pattern, re.IGNORECASE)
 
     def address(self, address: str) -> bool:
         norm = normalize_address(address)
-        if self.kind == "address":  # Gmail's dots and +tags are the same person
-            return norm == self.value or merge_key(norm) == merge_key(self.value)
+        if self.kind == "address":
+            return norm == self.value
         d = domain_of(norm)
         return d == self.value or d.endswith("." + self.value)
 
@@ -168,15 +169,16 @@ def _refuse_ours(session: Session, settings: Settings, kind: Kind, value: str) -
         if value in users:
             raise ValueError(f"{value!r} is a CRM user's address; syncd never forgets its users")
         return
-    own = set(settings.company.domains) or {domain_of(u) for u in users}
+    own = {normalize_domain(d) for d in settings.company.domains} | {domain_of(u) for u in users}
     if any(value == d or d.endswith("." + value) or value.endswith("." + d) for d in own):
         raise ValueError(
             f"{value!r} is the company's own domain (company.domains); forget a person's "
             "address instead"
         )
-    if is_free_mail(value):
+    if is_free_mail(value) or any(d.endswith("." + value) for d in free_mail_domains()):
         raise ValueError(
-            f"{value!r} is a free-mail domain, everyone's; forget a person's address instead"
+            f"{value!r} is a free-mail domain (or holds one), everyone's; forget a person's "
+            "address instead"
         )
 
 
@@ -327,7 +329,7 @@ def _traces(session: Session, needle: _Needle, done: Forgotten) -> None:
         if cleaned != person.data:
             person.data = cleaned
             done.import_records_removed += 1
-    for column in (Activity.key, Activity.thread_key, ThreadKey.key):
+    for column in (Activity.key, Activity.thread_key, ThreadKey.key, DroppedItem.key):
         done.keys_kept += sum(
             1
             for value in session.scalars(select(column).where(needle.like(column)))

