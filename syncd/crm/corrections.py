@@ -217,7 +217,7 @@ def delete_activity(
 @dataclass(frozen=True)
 class Removed:
     sightings: int  # of the mailboxes that had seen them
-    tasks: int  # their tasks: the open ones cancelled, in the calendars at the next pass
+    tasks: int  # their open tasks, cancelled (in the calendars at the owners' next pass)
     relinked: int  # other activities of their conversations whose deal was decided again
 
 
@@ -247,11 +247,13 @@ def remove_activities(
             session.scalars(select(Sighting.mailbox_id).where(Sighting.activity_id.in_(chunk)))
         )
         tasks.extend(session.scalars(select(Task).where(Task.activity_id.in_(chunk))))
+    cancelled = 0
     for task in tasks:
         if task.status == "open":  # a done one stays done, in the calendar too
             task.status, task.resolution = "cancelled", "activity deleted"
             task.version += 1
             task.updated_at = now
+            cancelled += 1
         task.activity_id = None
     for activity in activities:
         session.delete(activity)
@@ -263,7 +265,7 @@ def remove_activities(
         session.execute(
             update(Mailbox).where(Mailbox.id.in_(sorted(set(seen)))).values(followups_at=None)
         )
-    return Removed(len(seen), len(tasks), relinked)
+    return Removed(len(seen), cancelled, relinked)
 
 
 def _follow(session: Session, settings: Settings, activity_id: int) -> None:
