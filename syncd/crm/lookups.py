@@ -67,6 +67,7 @@ def base_index(session: Session, settings: Settings) -> CrmIndex:
         blocked_domains=set(settings.exclusions.domains),
         tag_prefix=settings.matching.opportunity_tag_prefix,
         forgotten=frozenset(session.scalars(select(ForgottenDigest.digest))),
+        any_dropped=session.scalar(select(DroppedItem.key).limit(1)) is not None,
     )
 
 
@@ -87,7 +88,8 @@ def fill(session: Session, index: CrmIndex, items: Iterable[Item]) -> None:
         for parent in parents(domain)
     } - index.looked_up_domains
     # keys as the CRM stores them (a key with a NUL, or too long, is compared by its hash)
-    index.dropped.update(_dropped(session, {fit(i.key) for i in _with_invitations(items)}))
+    if index.any_dropped:  # one query a batch, only once an item was ever deleted
+        index.dropped.update(_dropped(session, {fit(i.key) for i in _with_invitations(items)}))
     contacts = _fill_contacts(session, index, addresses)
     accounts = _fill_domains(session, index, domains)
     _fill_tagged(session, index, tags - index.looked_up_tags)

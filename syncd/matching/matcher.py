@@ -92,6 +92,8 @@ class CrmIndex:
     tag_prefix: str = "OPP-"
     # the keys of this batch's items that an admin deleted (syncd activity delete)
     dropped: set[str] = field(default_factory=set)
+    # whether any item was deleted when the pass began (else no batch looks its keys up)
+    any_dropped: bool = False
     # digests of the addresses and domains an admin had forgotten (syncd.crm.forget)
     forgotten: frozenset[str] = frozenset()
 
@@ -121,6 +123,7 @@ class CrmIndex:
             blocked_domains=self.blocked_domains,
             tag_prefix=self.tag_prefix,
             forgotten=self.forgotten,
+            any_dropped=self.any_dropped,
         )
 
     def add_opportunity(self, opp: OpportunityRef, last_tagged: datetime | None) -> None:
