@@ -162,7 +162,7 @@ def explain(
     dropped = session.get(DroppedItem, found.key)
     if dropped is not None:
         found.deleted = {"at": dropped.dropped_at.isoformat(), "subject": dropped.subject}
-    kept = [found.key, stored_key(found.key or "")]  # skips written before 0.x kept it clear
+    kept = [found.key, stored_key(found.key or "")]  # and as skips once kept it, in clear
     for skip in session.scalars(select(SkippedItem).where(SkippedItem.key.in_(kept))):
         found.skipped.append(_skip(mailboxes, skip))
     return found
