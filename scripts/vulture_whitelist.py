@@ -30,7 +30,7 @@ imap_session.normalise_times  # imapclient reads it
 # SQLAlchemy: event listeners, a TypeDecorator's protocol, columns
 database._sqlite_pragmas, database._sqlite_begin, database._sqlite_busy, database.isolation_level
 models.impl, models.cache_ok, models.process_bind_param, models.process_result_value
-models.Sighting.seen_at
+models.Sighting.seen_at, models.RematchRequest.queued_at
 
 # TypedDict keys of the JSON reports
 reports.TaskRow.in_calendar

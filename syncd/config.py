@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import URL, make_url
 
 from syncd.matching.addresses import normalize_address, normalize_domain
+from syncd.matching.matcher import OpportunityPolicy
 
 BodyPolicy = Literal["metadata", "snippet", "full"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -249,6 +250,9 @@ class AuditSettings(_Section):
 
 class MatchingSettings(_Section):
     opportunity_tag_prefix: str = Field("OPP-", min_length=1, max_length=20)
+    # the deal of an item no tag names: most-recent, single-open-only or all-open
+    # (syncd.matching.matcher.weak_choice)
+    opportunity: OpportunityPolicy = "most-recent"
 
 
 class ExclusionSettings(_Section):

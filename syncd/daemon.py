@@ -44,6 +44,7 @@ from syncd.connectors.base import ConnectorError, WatcherFactory
 from syncd.connectors.parsepool import usable_cpus
 from syncd.connectors.registry import open_watcher
 from syncd.crm.models import Mailbox
+from syncd.decide import describe
 from syncd.notify import Notifier, watchdog_interval
 from syncd.report import SyncReport
 from syncd.sync import SyncJob, typed_settings
@@ -55,6 +56,7 @@ log = logging.getLogger("syncd.daemon")
 
 CHECK_EVERY = 5.0  # seconds: how soon a reauth, a resume or a new mailbox is noticed
 AUDIT_CHECK = 600.0  # seconds between two looks for gap audits that are due
+REMATCH_CHECK = 10.0  # seconds between two looks for re-matches a CRM load queued
 
 
 def pool_size(workers: int) -> int:
@@ -105,6 +107,8 @@ class Daemon:
         self.progress = time.monotonic()  # the last heartbeat of the loop or a batch
         self.audit_at = 0.0  # when the due gap audits are looked for next (monotonic)
         self.auditing: Future[object] | None = None
+        self.rematch_at = 0.0  # when the queued re-matches are looked for next (monotonic)
+        self.rematching: Future[object] | None = None
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info(
@@ -209,6 +213,7 @@ class Daemon:
             self._take_pushes()
             self._dispatch(pool)
             self._audit(pool)
+            self._rematch(pool)
             self._heartbeat()
             self._status()
             self.wake.wait(max(0.05, min(check_at - time.monotonic(), self.tick)))
@@ -224,6 +229,33 @@ class Daemon:
             return
         self.audit_at = clock + AUDIT_CHECK
         self.auditing = pool.submit(self._run_audits)
+
+    def _rematch(self, pool: ThreadPoolExecutor) -> None:
+        """Every REMATCH_CHECK, the activities that a ``syncd crm load`` changed (queued by
+        the load) are re-matched on the pool (``syncd.crm.rematch``), one at a time."""
+        clock = time.monotonic()
+        if clock < self.rematch_at:
+            return
+        if self.rematching is not None and not self.rematching.done():
+            return
+        self.rematch_at = clock + REMATCH_CHECK
+        self.rematching = pool.submit(self._run_rematch)
+
+    def _run_rematch(self) -> None:
+        from syncd.crm.rematch import run_queued
+
+        try:
+            done = run_queued(self.sessions, self.settings)
+        except Exception as exc:  # never stops the daemon; the queue stays for the next look
+            log.warning("re-matching after a CRM load failed (tried again): %s", describe(exc))
+            return
+        if done is not None:
+            log.info(
+                "re-matched %d activities after a CRM load: %d links of %d activities changed",
+                done.examined,
+                len(done.changes),
+                done.activities_changed,
+            )
 
     def _run_audits(self) -> None:
         from syncd.audit import run_due

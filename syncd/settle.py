@@ -61,19 +61,18 @@ def _without_vetoed(
 ) -> list[Relink]:
     """A deal an admin removed from an activity (``syncd unlink``) is never its deal again:
     the activity gets none instead, and a change to what it has already is no change."""
-    vetoed = conversations.vetoes(
-        session, [c.activity_id for c in changes if c.opportunity is not None]
-    )
+    vetoed = conversations.vetoes(session, [c.activity_id for c in changes if c.deals])
     if not vetoed:
         return changes
-    current = {n.id: n.opportunity for component in components for n in component}
+    current = {n.id: n.deals for component in components for n in component}
     kept = []
     for c in changes:
-        if c.opportunity is not None and (c.activity_id, "opportunity", c.opportunity[0]) in vetoed:
-            moved = current.get(c.activity_id) is not None
+        allowed = tuple(d for d in c.deals if (c.activity_id, "opportunity", d[0]) not in vetoed)
+        if allowed != c.deals:
+            moved = allowed != current.get(c.activity_id, ())
             if not moved and not c.note_changed:
                 continue
-            c = Relink(c.activity_id, None, c.note, moved, c.note_changed)
+            c = Relink(c.activity_id, allowed, c.note, moved, c.note_changed)
         kept.append(c)
     return kept
 

@@ -100,16 +100,17 @@ def node(id_: int, minutes: int, tags=(), contacts=(), accounts=(100,), opp=None
         tags=tuple(tags),
         contact_ids=tuple(contacts),
         account_ids=tuple(accounts),
-        opportunity=opp,
+        deals=(opp,) if opp else (),
         note=note,
     )
 
 
 def wanted(nodes, idx=None) -> dict[int, tuple[int, str] | None]:
-    """What each node ends with after settling."""
-    result = {n.id: n.opportunity for n in nodes}
-    result.update({c.activity_id: c.opportunity for c in settle(nodes, idx or index())})
-    return result
+    """What each node ends with after settling (its one deal, or None)."""
+    result = {n.id: n.deals for n in nodes}
+    result.update({c.activity_id: c.deals for c in settle(nodes, idx or index())})
+    assert all(len(deals) <= 1 for deals in result.values())
+    return {k: deals[0] if deals else None for k, deals in result.items()}
 
 
 def test_the_thread_links_a_reply_to_the_deal_of_its_conversation():

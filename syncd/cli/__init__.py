@@ -1,11 +1,22 @@
 """The ``syncd`` command: one module a command group (:mod:`.mailbox`, :mod:`.records`,
-:mod:`.steer`, :mod:`.run`, :mod:`.quarantine`), their shared parts in :mod:`.common`."""
+:mod:`.steer`, :mod:`.records_edit`, :mod:`.run`, :mod:`.quarantine`), their shared parts
+in :mod:`.common`."""
 
 from __future__ import annotations
 
 import sys
 
-from syncd.cli import imports, mailbox, ops, quarantine, records, run, steer, worker  # noqa: F401
+from syncd.cli import (  # noqa: F401
+    imports,
+    mailbox,
+    ops,
+    quarantine,
+    records,
+    records_edit,
+    run,
+    steer,
+    worker,
+)
 from syncd.cli.common import app, say
 from syncd.config import ConfigError
 from syncd.crm.database import DatabaseError

@@ -68,13 +68,19 @@ def crm_load(
     role: 'carla@acme.test=Decision maker'. A bad row is reported with its line and column,
     and nothing of that file is written. A contact's row is found by its first address; an
     address that belongs to another contact is an error naming both. A free-mail domain on
-    an account is left out with a warning (--strict: an error).
+    an account is left out with a warning (--strict: an error). The stored activities
+    that new addresses, domains and deals concern are re-matched by the daemon.
     """
     with state.sessions().begin() as session:
         report = load_csv(session, kind, file, strict=strict)
     for warning in report.warnings:
         say(f"syncd: warning: {warning}", sys.stderr)
     say(f"{kind.value}: {report.created} created, {report.updated} updated from {file}")
+    if report.queued:
+        say(
+            f"stored activities these changes may concern are re-matched by the running daemon "
+            f"({report.queued} change(s) queued); 'syncd rematch --queued' does it now"
+        )
 
 
 @app.command("activities")

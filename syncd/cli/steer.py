@@ -1,5 +1,5 @@
-"""``syncd explain``, ``link`` and ``unlink``: why an item was (not) logged, and an admin's
-corrections of its links."""
+"""``syncd explain``, ``link``, ``unlink``, ``activity delete``, ``forget`` and ``rematch``:
+why an item was (not) logged, and an admin's corrections of what is logged and linked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from syncd.cli.common import _json, app, fail, printable, say, state
+from syncd.cli.common import _json, app, fail, parse_day, printable, say, state
 from syncd.crm import corrections
 from syncd.crm import explain as explaining
 
@@ -238,5 +238,103 @@ def forget_cmd(
         )
     for name in done.accounts_kept:
         say(f"  account {printable(name)!r} kept: it has other domains, contacts or deals")
+    if dry_run:
+        say("nothing was changed (--dry-run)")
+
+
+@app.command("rematch")
+def rematch_cmd(
+    since: Annotated[
+        str | None, typer.Option(help="Only activities on or after this day (YYYY-MM-DD).")
+    ] = None,
+    opportunity: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the activities this deal (external id) may concern: linked to it, to "
+            "its account or its contacts, or naming it by tag."
+        ),
+    ] = None,
+    queued: Annotated[
+        bool,
+        typer.Option(
+            "--queued",
+            help="Re-match now what 'syncd crm load' queued for the daemon (the activities "
+            "its changed contacts, accounts and deals touch).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the changes; make none.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Decide the links of stored activities again under today's CRM and rules: a deal
+    created or closed since, a contact or account added or moved, a changed policy
+    (matching.opportunity). Manual links and unlinks are kept. Prints every change
+    (activity, link, old, new, with the reason of each); --dry-run prints the same and
+    changes nothing. An activity that would not be logged today is listed, not removed."""
+    from syncd.crm import rematch as rematching
+
+    day = parse_day("--since", since)
+    if queued and (since or opportunity):
+        fail("--queued re-matches what a CRM load queued: give it alone", 2)
+    with state.sessions()() as session:
+        try:
+            upto = None
+            if queued:
+                ids, upto = rematching.queued_activities(session, state.settings())
+            else:
+                ids = rematching.chosen(
+                    session, state.settings(), since=day, opportunity=opportunity
+                )
+            done = rematching.rematch(session, state.settings(), ids)
+            if upto is not None:
+                rematching.clear_queue(session, upto)
+        except LookupError as exc:
+            session.rollback()
+            fail(f"--opportunity: {exc}", 2)
+        if dry_run:
+            session.rollback()  # the same work as a real run, none of it kept
+        else:
+            session.commit()
+    if as_json:
+        _json(
+            {
+                "dry_run": dry_run,
+                "examined": done.examined,
+                "activities_changed": done.activities_changed,
+                "changes": [vars(c) for c in done.changes],
+                "excluded_now": [{"activity": a, "reason": r} for a, r in done.excluded_now],
+            }
+        )
+        return
+    _show_rematch(done, dry_run)
+
+
+def _show_rematch(done: Any, dry_run: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if done.changes:
+        table = Table("activity", "when (UTC)", "subject", "link", "old", "new")
+        for c in done.changes:
+            table.add_row(
+                str(c.activity_id),
+                c.when.strftime("%Y-%m-%d %H:%M"),
+                printable(c.subject)[:50],
+                c.type,
+                printable(c.old) if c.old else "-",
+                printable(c.new) if c.new else "-",
+            )
+        Console(width=200).print(table)
+    lead = "would change" if dry_run else "changed"
+    say(
+        f"{done.examined} activit(ies) decided again: {lead} {len(done.changes)} link(s) of "
+        f"{done.activities_changed} activit(ies)"
+    )
+    for activity_id, reason in done.excluded_now:
+        say(
+            f"  activity {activity_id} would not be logged today ({printable(reason)}): kept; "
+            f"'syncd activity delete {activity_id}' removes it"
+        )
     if dry_run:
         say("nothing was changed (--dry-run)")

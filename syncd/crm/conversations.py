@@ -168,12 +168,12 @@ def _thread_node(
     note: str | None,
     own: list[tuple[LinkType, int, LinkReason]],
 ) -> ThreadNode:
-    """An activity as the settling sees it: its tags, contacts, accounts, and its first deal
-    link made by another rule than a tag."""
+    """An activity as the settling sees it: its tags, contacts, accounts, and its deal links
+    made by other rules than a tag."""
     tags: list[int] = []
     contacts: list[int] = []
     accounts: list[int] = []
-    deal: tuple[int, LinkReason] | None = None
+    deals: list[tuple[int, LinkReason]] = []
     for type_, target, reason in own:
         if type_ == "contact":
             contacts.append(target)
@@ -181,8 +181,8 @@ def _thread_node(
             accounts.append(target)
         elif reason in ("tag", "manual"):  # named by the item itself, or by an admin
             tags.append(target)
-        elif deal is None:
-            deal = (target, reason)
+        else:
+            deals.append((target, reason))
     return ThreadNode(
         id=activity_id,
         key=key,
@@ -190,7 +190,7 @@ def _thread_node(
         tags=tuple(tags),
         contact_ids=tuple(contacts),
         account_ids=tuple(accounts),
-        opportunity=deal,
+        deals=tuple(sorted(deals)),
         note=note,
     )
 
@@ -226,15 +226,10 @@ def _replace_deal_links(session: Session, moved: list[Relink]) -> None:
         )
     vetoed = vetoes(session, [c.activity_id for c in moved])
     rows = [
-        {
-            "activity_id": c.activity_id,
-            "type": "opportunity",
-            "target_id": c.opportunity[0],
-            "reason": c.opportunity[1],
-        }
+        {"activity_id": c.activity_id, "type": "opportunity", "target_id": deal, "reason": why}
         for c in moved
-        if c.opportunity is not None
-        and (c.activity_id, "opportunity", c.opportunity[0]) not in vetoed
+        for deal, why in c.deals
+        if (c.activity_id, "opportunity", deal) not in vetoed
     ]
     if rows:
         session.execute(insert(Link), rows)

@@ -55,6 +55,7 @@ from syncd.crm.models import (
     Link,
     Opportunity,
     QuarantineEntry,
+    RematchRequest,
     SkippedItem,
     Task,
     ThreadKey,
@@ -329,6 +330,9 @@ def _traces(session: Session, needle: _Needle, done: Forgotten) -> None:
         if cleaned != person.data:
             person.data = cleaned
             done.import_records_removed += 1
+    for request in session.scalars(select(RematchRequest).where(needle.like(RematchRequest.value))):
+        if needle.text.search(request.value):
+            session.delete(request)  # its activities are removed or cleaned already
     for column in (Activity.key, Activity.thread_key, ThreadKey.key, DroppedItem.key):
         done.keys_kept += sum(
             1

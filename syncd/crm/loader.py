@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from syncd.config import check_timezone, parse_working_hours
 from syncd.crm import loader_values as values
+from syncd.crm import rematch
 from syncd.crm.loader_values import Row, RowError
 from syncd.crm.models import (
     Account,
@@ -70,6 +71,13 @@ class LoadReport:
     # what was loaded all the same, each with its line ("... line 4: ..."); --strict: errors
     warnings: list[str] = field(default_factory=list)
     where: str = ""  # the row being loaded ("FILE line N"), for a warning's prefix
+    # what changed in a way that may change how stored activities match (a new address or
+    # domain, a contact moved to another account, a new or changed deal): the daemon
+    # re-matches the activities they touch (syncd.crm.rematch)
+    addresses: set[str] = field(default_factory=set)
+    domains: set[str] = field(default_factory=set)
+    opportunities: set[int] = field(default_factory=set)
+    queued: int = 0  # re-match requests queued for the daemon
 
     def warn(self, message: str) -> None:
         self.warnings.append(f"{self.where}: {message}")
@@ -122,6 +130,7 @@ def _load_user(session: Session, row: Row, report: LoadReport) -> None:
     if user is None:
         session.add(User(email=email, name=name, timezone=tz, working_hours=hours))
         report.created += 1
+        report.addresses.add(email)  # a colleague now: internal, no longer a contact
     else:
         user.name, user.timezone, user.working_hours = name, tz, hours
         report.updated += 1
@@ -140,6 +149,7 @@ def _load_account(session: Session, row: Row, report: LoadReport) -> None:
         owner = session.scalar(select(AccountDomain).where(AccountDomain.domain == d))
         if owner is None:
             session.add(AccountDomain(domain=d, account_id=account.id))
+            report.domains.add(d)
         elif owner.account_id != account.id:
             raise RowError("domains", f"domain {d!r} already belongs to another account")
 
@@ -192,6 +202,7 @@ def _load_contact(session: Session, row: Row, report: LoadReport) -> None:
     contact = _upsert(
         session, report, _contact_of(session, emails, name), lambda: Contact(name=name)
     )
+    moved = account is not None and contact.account_id != account.id
     contact.name = name
     contact.account_id = account.id if account else contact.account_id
     contact.title = values.optional(row, "title", Contact.title) or contact.title
@@ -201,6 +212,9 @@ def _load_contact(session: Session, row: Row, report: LoadReport) -> None:
     for e in emails:
         if e not in have:
             session.add(ContactAddress(address=e, contact_id=contact.id))
+            report.addresses.add(e)
+    if moved:  # its mail now belongs to another account
+        report.addresses |= have | set(emails)
 
 
 def _contact_of(session: Session, emails: list[str], name: str) -> Contact | None:
@@ -240,6 +254,7 @@ def _load_opportunity(session: Session, row: Row, report: LoadReport) -> None:
     roles = _contact_roles(session, row)
     found = session.scalar(select(Opportunity).where(Opportunity.external_id == external_id))
     opp = _upsert(session, report, found, lambda: Opportunity(external_id=external_id))
+    before = None if found is None else (found.account_id, found.status)
     opp.name, opp.account_id, opp.owner_id, opp.status = name, account.id, owner.id, status
     opp.stage = stage
     opp.amount, opp.currency, opp.close_date = amount, currency, close_date
@@ -250,6 +265,8 @@ def _load_opportunity(session: Session, row: Row, report: LoadReport) -> None:
             current[contact_id].role = contact_role
         else:
             opp.contacts.append(OpportunityContact(contact_id=contact_id, role=contact_role))
+    if before != (account.id, status) or not roles.keys() <= current.keys():
+        report.opportunities.add(opp.id)  # new, moved, opened or closed, or with new roles
 
 
 def _owner(session: Session, row: Row) -> User:
@@ -308,6 +325,7 @@ def load_csv(
             break
     if errors:
         raise LoadError("nothing was loaded from this file:\n  " + "\n  ".join(errors))
+    report.queued = rematch.queue(session, report.addresses, report.domains, report.opportunities)
     return report
 
 

@@ -66,6 +66,7 @@ def base_index(session: Session, settings: Settings) -> CrmIndex:
         blocked_addresses=set(settings.exclusions.addresses),
         blocked_domains=set(settings.exclusions.domains),
         tag_prefix=settings.matching.opportunity_tag_prefix,
+        opportunity_policy=settings.matching.opportunity,
         forgotten=frozenset(session.scalars(select(ForgottenDigest.digest))),
         any_dropped=session.scalar(select(DroppedItem.key).limit(1)) is not None,
     )

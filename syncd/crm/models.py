@@ -331,6 +331,19 @@ class DroppedItem(Base):
     subject: Mapped[str] = mapped_column(Text)  # what it was, for syncd explain
 
 
+class RematchRequest(Base):
+    """What ``syncd crm load`` changed (a contact's or user's address, an account's domain,
+    a deal's id), waiting for the daemon to re-match the activities it touches
+    (``syncd.crm.rematch``); removed in the transaction that re-matches them."""
+
+    __tablename__ = "rematch_queue"
+    __table_args__ = (UniqueConstraint("kind", "value"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(12))  # address, domain, opportunity
+    value: Mapped[str] = mapped_column(String(320))
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class LinkVeto(Base):
     """A link an admin removed (``syncd unlink``): never made again for that activity, by
     a later copy of it, a conversation's settling or a re-match."""

@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from syncd.items import (
     Direction,
@@ -47,6 +47,9 @@ from syncd.items import (
 )
 from syncd.matching.addresses import domain_of, is_free_mail
 from syncd.matching.forgotten import is_forgotten
+
+# how a deal is chosen where no tag names one (config: matching.opportunity)
+OpportunityPolicy = Literal["most-recent", "single-open-only", "all-open"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class CrmIndex:
     any_dropped: bool = False
     # digests of the addresses and domains an admin had forgotten (syncd.crm.forget)
     forgotten: frozenset[str] = frozenset()
+    # how a deal is chosen where no tag names one (matching.opportunity): see weak_choice
+    opportunity_policy: OpportunityPolicy = "most-recent"
 
     def __post_init__(self) -> None:
         self._by_external: dict[str, OpportunityRef] = {}
@@ -124,6 +129,7 @@ class CrmIndex:
             tag_prefix=self.tag_prefix,
             forgotten=self.forgotten,
             any_dropped=self.any_dropped,
+            opportunity_policy=self.opportunity_policy,
         )
 
     def add_opportunity(self, opp: OpportunityRef, last_tagged: datetime | None) -> None:
@@ -239,9 +245,11 @@ class LinkDecision(NamedTuple):
     reason: LinkReason
 
 
-# a deal chosen by a weaker rule, or a note saying why none was (either may be None)
-Choice = tuple[LinkDecision | None, str | None]
+# the deals chosen by a weaker rule (one, or every open one under all-open; none), and a
+# note saying why none was (or None)
+Choice = tuple[tuple[LinkDecision, ...], str | None]
 DealLink = tuple[int, LinkReason]  # an activity's deal, and the reason it is linked to it
+Deals = tuple[DealLink, ...]  # an activity's deals chosen by weaker rules, by id
 
 
 @dataclass(frozen=True)
@@ -300,11 +308,18 @@ def tagged_opportunities(item: Item, index: CrmIndex) -> tuple[list[int], str | 
 
 
 def weak_choice(index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterable[int]) -> Choice:
-    """The deal the matched contacts and accounts point to (``contact-role``, else
-    ``account``), or a note saying why there is none (a tie, or only closed deals)."""
+    """The deals the matched contacts and accounts point to, or a note saying why there is
+    none (a tie, or only closed deals). The candidates are the open deals in which a matched
+    contact has a role (``contact-role``), else the open deals of the matched accounts
+    (``account``); of them, ``index.opportunity_policy`` takes:
+
+    - ``most-recent``: the one whose latest tagged activity is the most recent (a tie: none);
+    - ``single-open-only``: the only one (several: none);
+    - ``all-open``: every one.
+    """
     contacts, accounts = set(contact_ids), set(account_ids)
     if not contacts and not accounts:
-        return None, None
+        return (), None
     related = index.related(contacts, accounts)
     open_ = [o for o in related if o.status == "open"]
     with_role = [o for o in open_ if o.contact_ids & contacts]
@@ -313,21 +328,23 @@ def weak_choice(index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterab
         (open_, "account"),
     )
     for candidates, reason in ranked:
-        if candidates:
-            return _most_recent_one(candidates, reason, index)
+        if not candidates:
+            continue
+        if index.opportunity_policy == "all-open":
+            return tuple(LinkDecision("opportunity", o.id, reason) for o in candidates), None
+        if index.opportunity_policy == "single-open-only":
+            return _only_one(candidates, reason, " (matching.opportunity = single-open-only)")
+        return _only_one(_most_recent(candidates, index), reason, "")
     if related:
-        return None, f"only closed opportunities: {_names(related)}"
-    return None, None
+        return (), f"only closed opportunities: {_names(related)}"
+    return (), None
 
 
-def _most_recent_one(
-    candidates: list[OpportunityRef], reason: LinkReason, index: CrmIndex
-) -> Choice:
-    """The candidate with the most recent tagged activity, or a note naming the tie."""
-    best = _most_recent(candidates, index)
-    if len(best) == 1:
-        return LinkDecision("opportunity", best[0].id, reason), None
-    return None, f"ambiguous opportunity, linked to the account only: {_names(best)}"
+def _only_one(candidates: list[OpportunityRef], reason: LinkReason, why: str) -> Choice:
+    """The one candidate, or a note naming them all (a tie is never guessed)."""
+    if len(candidates) == 1:
+        return (LinkDecision("opportunity", candidates[0].id, reason),), None
+    return (), f"ambiguous opportunity, linked to the account only: {_names(candidates)}{why}"
 
 
 DERIVED_NOTES = ("ambiguous opportunity", "only closed opportunities")
@@ -343,16 +360,17 @@ class ThreadNode:
     tags: tuple[int, ...]  # opportunities it names by tag
     contact_ids: tuple[int, ...]
     account_ids: tuple[int, ...]
-    opportunity: tuple[int, LinkReason] | None  # its current (non-tag) deal link and reason
+    deals: Deals  # its current deal links made by weaker rules than a tag, by id
     note: str | None
 
 
 @dataclass(frozen=True)
 class Relink:
-    """What :func:`settle` wants for one activity: its deal link (None: none) and note."""
+    """What :func:`settle` wants for one activity: its deal links made by weaker rules than
+    a tag (none: empty) and its note."""
 
     activity_id: int
-    opportunity: tuple[int, LinkReason] | None
+    deals: Deals
     note: str | None
     deal_changed: bool = True
     note_changed: bool = True
@@ -379,36 +397,41 @@ def settle(nodes: Iterable[ThreadNode], index: CrmIndex) -> list[Relink]:
     changes: list[Relink] = []
     for n in ordered:
         want, note = _wanted(n, tagged, anchor, own[n.id])
-        if want != n.opportunity or note != n.note:
-            changes.append(Relink(n.id, want, note, want != n.opportunity, note != n.note))
+        if want != n.deals or note != n.note:
+            changes.append(Relink(n.id, want, note, want != n.deals, note != n.note))
     return changes
 
 
-def _anchor(ordered: list[ThreadNode], own: dict[int, Choice]) -> tuple[int, int] | None:
+def _anchor(
+    ordered: list[ThreadNode], own: dict[int, Choice]
+) -> tuple[int, tuple[int, ...]] | None:
     """In a conversation without tags: the first item that points to a deal by itself, and
-    that deal (activity id, opportunity id)."""
+    its deals (activity id, opportunity ids)."""
     for n in ordered:
-        decision = own[n.id][0]
-        if decision is not None:
-            return n.id, decision.target_id
+        decisions = own[n.id][0]
+        if decisions:
+            return n.id, tuple(sorted(d.target_id for d in decisions))
     return None
 
 
 def _wanted(
-    n: ThreadNode, tagged: list[ThreadNode], anchor: tuple[int, int] | None, own: Choice
-) -> tuple[DealLink | None, str | None]:
-    """The deal link and note one item of a conversation should have (see :func:`settle`)."""
+    n: ThreadNode,
+    tagged: list[ThreadNode],
+    anchor: tuple[int, tuple[int, ...]] | None,
+    own: Choice,
+) -> tuple[Deals, str | None]:
+    """The deal links and note one item of a conversation should have (see :func:`settle`)."""
     if n.tags:
-        return None, _keep(n.note)  # its tag links are its deal
+        return (), item_facts(n.note)  # its tag links are its deal
     if tagged:
         before = [t for t in tagged if _order(t) <= _order(n)]
         source = before[-1] if before else tagged[0]
-        return (min(source.tags), "thread"), _keep(n.note)
+        return ((min(source.tags), "thread"),), item_facts(n.note)
     if anchor is not None and n.id != anchor[0]:
-        return (anchor[1], "thread"), _keep(n.note)
-    decision, weak_note = own
-    want: DealLink | None = (decision.target_id, decision.reason) if decision else None
-    return want, join_notes(weak_note, _keep(n.note))
+        return tuple((deal, "thread") for deal in anchor[1]), item_facts(n.note)
+    decisions, weak_note = own
+    want = tuple(sorted((d.target_id, d.reason) for d in decisions))
+    return want, join_notes(weak_note, item_facts(n.note))
 
 
 NOTE_SEPARATOR = "; "
@@ -418,7 +441,7 @@ def join_notes(*parts: str | None) -> str | None:
     return NOTE_SEPARATOR.join(p for p in parts if p) or None
 
 
-def _keep(note: str | None) -> str | None:
+def item_facts(note: str | None) -> str | None:
     """The parts of a note that are facts of the item (an unknown tag), not of its deal."""
     if not note:
         return None
@@ -433,8 +456,8 @@ def match(item: Item, index: CrmIndex) -> Match:
     for opp_id in tagged:
         found.add("opportunity", opp_id, "tag")
     if not tagged:
-        decision, weak_note = weak_choice(index, found.contact_ids, found.account_ids)
-        if decision is not None:
+        decisions, weak_note = weak_choice(index, found.contact_ids, found.account_ids)
+        for decision in decisions:
             found.add(decision.type, decision.target_id, decision.reason)
         note = join_notes(weak_note, note)
     return Match(participants, tuple(found.links), _direction(item, index), note)

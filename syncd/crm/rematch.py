@@ -1,0 +1,477 @@
+"""Re-matching: the links of stored activities decided again under today's CRM and rules.
+
+A deal created after its emails were logged never got them; a contact added since was never
+linked; a deal closed since still holds the mail that chose it as the most recent open deal;
+an admin changed the deal policy. :func:`rematch` runs each chosen activity through the
+matcher again, as a pass would today, from what the CRM stored of it (participants, subject
+and body), then settles the deals of its whole conversation (``syncd.settle``):
+
+- contact and account links, and the deals an activity names by tag, are made or removed to
+  match what the matcher finds today (a contact's link moves to the contact that now has the
+  address; a tag that named no deal then names the deal created since);
+- the deal links chosen by weaker rules (thread, contact role, account) are settled for the
+  conversation, as after a sync;
+- a manual link (``syncd link``) is never removed, and a link an admin removed
+  (``syncd unlink``) is never made again;
+- an activity that would not be logged today (its participant is now blocklisted, it has no
+  CRM participant any more) keeps its record and is reported: removing logged mail is the
+  admin's decision (``syncd activity delete``, ``syncd forget``).
+
+What changed is returned as :class:`Change` rows (activity, link type, old and new link with
+their reasons), which ``syncd rematch --dry-run`` prints after rolling the transaction back:
+the dry run does the same work as the real one, so its diff is the real run's.
+
+``syncd crm load`` queues what it changed (:func:`queue`: the addresses of the contacts and
+users it loaded, the domains of the accounts, the deals); the daemon re-matches the
+activities they touch (:func:`run_queued`) in one transaction with the removal of the queue
+rows, so a crash re-matches them again rather than never.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.batching import chunked
+from syncd.config import Settings
+from syncd.crm import conversations, lookups
+from syncd.crm.models import (
+    Account,
+    Activity,
+    ActivityParticipant,
+    Contact,
+    Link,
+    Opportunity,
+    OpportunityContact,
+    RematchRequest,
+)
+from syncd.crm.rows import LOOKUP_CHUNK, insert_rows, one_of
+from syncd.items import Item, LinkReason, LinkType, MailItem, MeetingItem, Participant
+from syncd.matching.exclusions import exclusion
+from syncd.matching.matcher import CrmIndex, Match, item_facts, match
+from syncd.settle import settle_keys
+
+log = logging.getLogger("syncd.rematch")
+
+CHUNK = 500  # activities matched at a time (their CRM records looked up together)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One link of one activity that the re-match changed: ``old`` and ``new`` say what it
+    pointed to and why ("OPP-7 Acme rollout (account)"); None where there was, or is, none."""
+
+    activity_id: int
+    when: datetime
+    subject: str
+    type: LinkType
+    old: str | None
+    new: str | None
+
+
+@dataclass
+class Rematched:
+    """What a re-match did: the activities it decided again, the link changes, and the
+    activities that would not be logged today (id, reason)."""
+
+    examined: int = 0
+    changes: list[Change] = field(default_factory=list)
+    excluded_now: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def activities_changed(self) -> int:
+        return len({c.activity_id for c in self.changes})
+
+
+# --- which activities ---------------------------------------------------------------------
+
+
+def chosen(
+    session: Session,
+    settings: Settings,
+    *,
+    since: datetime | None = None,
+    opportunity: str | None = None,
+) -> list[int]:
+    """The activities ``syncd rematch`` decides again: every one (since a date), or those a
+    deal may concern: linked to it, to its account or to a contact with a role in it, or
+    naming it by tag in their subject. Raises LookupError for an unknown deal."""
+    query = select(Activity.id)
+    if since is not None:
+        query = query.where(Activity.occurred_at >= since)
+    if opportunity is None:
+        return list(session.scalars(query.order_by(Activity.id)))
+    opp = session.scalar(
+        select(Opportunity).where(func.lower(Opportunity.external_id) == opportunity.lower())
+    )
+    if opp is None:
+        raise LookupError(
+            f"no opportunity with external id {opportunity!r}; see the CRM's deals, or load "
+            "it with 'syncd crm load opportunities FILE'"
+        )
+    ids = set(_concerning(session, settings, [opp.id]))
+    return sorted(set(session.scalars(query.where(Activity.id.in_(ids)))) if ids else set())
+
+
+def _concerning(session: Session, settings: Settings, opportunity_ids: list[int]) -> set[int]:
+    """Activities linked to these deals, their accounts or their contacts with a role, or
+    whose subject names one of them by tag."""
+    found: set[int] = set()
+    for chunk in chunked(opportunity_ids, LOOKUP_CHUNK):
+        opps = session.execute(
+            select(Opportunity.id, Opportunity.external_id, Opportunity.account_id).where(
+                Opportunity.id.in_(chunk)
+            )
+        ).all()
+        contacts = set(
+            session.scalars(
+                select(OpportunityContact.contact_id).where(
+                    OpportunityContact.opportunity_id.in_(chunk)
+                )
+            )
+        )
+        targets: list[tuple[LinkType, set[int]]] = [
+            ("opportunity", {o.id for o in opps}),
+            ("account", {o.account_id for o in opps}),
+            ("contact", contacts),
+        ]
+        for type_, ids in targets:
+            for part in chunked(sorted(ids), LOOKUP_CHUNK):
+                found.update(
+                    session.scalars(
+                        select(Link.activity_id).where(Link.type == type_, Link.target_id.in_(part))
+                    )
+                )
+        prefix = settings.matching.opportunity_tag_prefix
+        for o in opps:
+            bare = o.external_id.removeprefix(prefix)
+            tags = {f"[{prefix}{bare}]", f"[{o.external_id}]"}
+            like = [Activity.subject.ilike(f"%{_literal(t)}%", escape="\\") for t in tags]
+            found.update(session.scalars(select(Activity.id).where(or_(*like))))
+    return found
+
+
+def _literal(value: str) -> str:
+    """A value inside a LIKE pattern, its ``%``, ``_`` and ``\\`` taken literally."""
+    return value.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%")
+
+
+def touched(session: Session, addresses: Iterable[str], domains: Iterable[str]) -> set[int]:
+    """The activities a CRM change may concern: with a participant at one of these
+    addresses, or at one of these domains or below them."""
+    found: set[int] = set()
+    for chunk in chunked(sorted(set(addresses)), LOOKUP_CHUNK):
+        found.update(
+            session.scalars(
+                select(ActivityParticipant.activity_id).where(
+                    one_of(session, ActivityParticipant.address, chunk)
+                )
+            )
+        )
+    for chunk in chunked(sorted(set(domains)), 50):  # a scan: few ORs at a time
+        clauses = [
+            ActivityParticipant.address.like(f"%{sep}{_literal(domain)}", escape="\\")
+            for domain in chunk
+            for sep in ("@", ".")
+        ]
+        found.update(session.scalars(select(ActivityParticipant.activity_id).where(or_(*clauses))))
+    return found
+
+
+# --- deciding again ------------------------------------------------------------------------
+
+
+def rematch(session: Session, settings: Settings, activity_ids: Sequence[int]) -> Rematched:
+    """Decide the links of these activities again (see the module's docstring), in the
+    caller's transaction; returns what changed, for these activities and for the other
+    activities of their conversations that the settling relinked."""
+    done = Rematched(examined=len(activity_ids))
+    if not activity_ids:
+        return done
+    index = lookups.base_index(session, settings)
+    keys = {key for _, key in conversations.thread_keys_of(session, activity_ids)}
+    members = sorted(
+        {n.id for component in conversations.thread_components(session, keys) for n in component}
+        | set(activity_ids)
+    )
+    before = _links_of(session, members)
+    for chunk in chunked(sorted(activity_ids), CHUNK):
+        _rematch_chunk(session, index, chunk, done)
+    session.flush()
+    settle_keys(session, index, keys)
+    session.flush()
+    after = _links_of(session, members)
+    done.changes = _diff(session, before, after)
+    return done
+
+
+def _rematch_chunk(session: Session, index: CrmIndex, ids: list[int], done: Rematched) -> None:
+    stored = _stored_items(session, ids)
+    lookups.fill(session, index, list(stored.values()))
+    vetoed = conversations.vetoes(session, ids)
+    have = _links_of(session, ids)
+    add: list[dict[str, object]] = []
+    for activity_id, item in stored.items():
+        m = match(item, index)
+        excluded = exclusion(item, m, index)
+        if excluded is not None:
+            done.excluded_now.append((activity_id, str(excluded)))
+        wanted = {
+            (lk.type, lk.target_id): lk.reason
+            for lk in m.links
+            if lk.type != "opportunity" or lk.reason == "tag"
+        }
+        current = have.get(activity_id, {})
+        for (type_, target), reason in current.items():
+            if reason == "manual" or (type_ == "opportunity" and reason != "tag"):
+                continue  # an admin's, or a deal the settling decides
+            if (type_, target) not in wanted:
+                session.execute(
+                    delete(Link).where(
+                        Link.activity_id == activity_id,
+                        Link.type == type_,
+                        Link.target_id == target,
+                    )
+                )
+        for (type_, target), reason in wanted.items():
+            known = current.get((type_, target))
+            if (activity_id, type_, target) in vetoed or known == "manual" or known == reason:
+                continue
+            if known is None:
+                row = {"activity_id": activity_id, "type": type_, "target_id": target}
+                add.append({**row, "reason": reason})
+            else:  # the same record, found another way (a tag for a deal chosen by thread)
+                session.execute(
+                    update(Link)
+                    .where(
+                        Link.activity_id == activity_id,
+                        Link.type == type_,
+                        Link.target_id == target,
+                    )
+                    .values(reason=reason)
+                )
+        _restate(session, activity_id, m)
+    insert_rows(session, Link, add)
+
+
+def _restate(session: Session, activity_id: int, m: Match) -> None:
+    """The activity's participants' contacts and users, its direction, and the parts of its
+    note that are facts of the item (a tag naming no deal), as matched today; the settling
+    adds the notes about its deal."""
+    session.execute(
+        update(Activity)
+        .where(Activity.id == activity_id)
+        .values(direction=m.direction, match_note=item_facts(m.note))
+    )
+    for p in m.participants:
+        session.execute(
+            update(ActivityParticipant)
+            .where(
+                ActivityParticipant.activity_id == activity_id,
+                ActivityParticipant.address == p.address,
+                ActivityParticipant.role == p.role,
+            )
+            .values(contact_id=p.contact_id, user_id=p.user_id)
+        )
+
+
+def _stored_items(session: Session, ids: list[int]) -> dict[int, Item]:
+    """The activities as the matcher reads items: participants, subject and body (or the
+    snippet, when the body policy kept no more), their time and conversation."""
+    people: dict[int, list[Participant]] = defaultdict(list)
+    for activity_id, address, name, role in session.execute(
+        select(
+            ActivityParticipant.activity_id,
+            ActivityParticipant.address,
+            ActivityParticipant.name,
+            ActivityParticipant.role,
+        )
+        .where(one_of(session, ActivityParticipant.activity_id, ids))
+        .order_by(ActivityParticipant.id)
+    ):
+        people[activity_id].append(Participant(address, name, role))
+    items: dict[int, Item] = {}
+    for a in session.scalars(select(Activity).where(one_of(session, Activity.id, ids))):
+        text = a.body or a.snippet or ""
+        who = tuple(people[a.id])
+        item: Item
+        if a.kind == "meeting":
+            item = MeetingItem(
+                key=a.key,
+                uid=a.key,
+                recurrence_id=None,
+                provider_id="",
+                subject=a.subject,
+                start=a.occurred_at,
+                end=a.ends_at or a.occurred_at,
+                participants=who,
+                cancelled=a.status == "cancelled",
+                description=text,
+            )
+        else:
+            item = MailItem(
+                key=a.key,
+                provider_id="",
+                message_id=None,
+                subject=a.subject,
+                sent_at=a.occurred_at,
+                participants=who,
+                thread_key=a.thread_key,
+                body=text,
+            )
+        items[a.id] = item
+    return items
+
+
+Links = dict[int, dict[tuple[LinkType, int], LinkReason]]  # activity -> (type, target) -> why
+
+
+def _links_of(session: Session, ids: Sequence[int]) -> Links:
+    found: Links = defaultdict(dict)
+    for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
+        for activity_id, type_, target, reason in session.execute(
+            select(Link.activity_id, Link.type, Link.target_id, Link.reason).where(
+                one_of(session, Link.activity_id, chunk)
+            )
+        ):
+            found[activity_id][(type_, target)] = reason
+    return found
+
+
+def _diff(
+    session: Session,
+    before: Links,
+    after: Links,
+) -> list[Change]:
+    """The link changes, one row a link: a link whose reason changed is one row (old and
+    new); a deal replaced by another is one row too (the old deal and the new)."""
+    names = _Names(session)
+    rows: list[tuple[int, LinkType, str | None, str | None]] = []
+    for activity_id in sorted(set(before) | set(after)):
+        old, new = before.get(activity_id, {}), after.get(activity_id, {})
+        if old == new:
+            continue
+        for type_ in ("contact", "account", "opportunity"):
+            gone = _only(old, new, type_)
+            came = _only(new, old, type_)
+            for i in range(max(len(gone), len(came))):
+                was = names.of(type_, *gone[i]) if i < len(gone) else None
+                now = names.of(type_, *came[i]) if i < len(came) else None
+                rows.append((activity_id, type_, was, now))
+    if not rows:
+        return []
+    shown = {
+        a.id: (a.occurred_at, a.subject)
+        for a in session.execute(
+            select(Activity.id, Activity.occurred_at, Activity.subject).where(
+                Activity.id.in_(sorted({r[0] for r in rows}))
+            )
+        )
+    }
+    return [Change(a, shown[a][0], shown[a][1], t, old, new) for a, t, old, new in rows]
+
+
+def _only(
+    these: dict[tuple[LinkType, int], LinkReason],
+    other: dict[tuple[LinkType, int], LinkReason],
+    type_: str,
+) -> list[tuple[int, LinkReason]]:
+    """The links of one type in ``these`` that ``other`` lacks or has for another reason."""
+    return sorted((t, r) for (y, t), r in these.items() if y == type_ and other.get((y, t)) != r)
+
+
+class _Names:
+    """Links as people read them: ``OPP-7 Acme rollout (tag)``, ``carla@acme.test``."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.known: dict[tuple[str, int], str] = {}
+
+    def of(self, type_: str, target: int, reason: str) -> str:
+        key = (type_, target)
+        if key not in self.known:
+            self.known[key] = self._name(type_, target)
+        return f"{self.known[key]} ({reason})"
+
+    def _name(self, type_: str, target: int) -> str:
+        if type_ == "opportunity":
+            opp = self.session.get(Opportunity, target)
+            return f"{opp.external_id} {opp.name}" if opp else f"opportunity {target} (removed)"
+        if type_ == "account":
+            account = self.session.get(Account, target)
+            return account.name if account else f"account {target} (removed)"
+        contact = self.session.get(Contact, target)
+        if contact is None:
+            return f"contact {target} (removed)"
+        first = contact.addresses[0].address if contact.addresses else ""
+        return f"{contact.name} <{first}>" if first else contact.name
+
+
+# --- after a CRM load ------------------------------------------------------------------------
+
+
+def queue(
+    session: Session,
+    addresses: Iterable[str] = (),
+    domains: Iterable[str] = (),
+    opportunity_ids: Iterable[int] = (),
+) -> int:
+    """Queue what a CRM load changed, for the daemon to re-match the activities it touches
+    (in the load's transaction); returns how many changes are queued (some may have been
+    waiting already)."""
+    wanted = {("address", a) for a in addresses}
+    wanted |= {("domain", d) for d in domains}
+    wanted |= {("opportunity", str(i)) for i in opportunity_ids}
+    have = {(k, v) for k, v in session.execute(select(RematchRequest.kind, RematchRequest.value))}
+    new = sorted(wanted - have)
+    now = datetime.now(UTC)
+    insert_rows(
+        session, RematchRequest, [{"kind": k, "value": v, "queued_at": now} for k, v in new]
+    )
+    return len(wanted)
+
+
+def pending(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(RematchRequest)) or 0)
+
+
+def queued_activities(session: Session, settings: Settings) -> tuple[list[int], int | None]:
+    """The activities that the queued CRM changes touch, and the last request's id (None:
+    nothing is queued)."""
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    upto = None
+    for request_id, kind, value in session.execute(
+        select(RematchRequest.id, RematchRequest.kind, RematchRequest.value)
+    ):
+        by_kind[kind].append(value)
+        upto = request_id if upto is None else max(upto, request_id)
+    ids = touched(session, by_kind["address"], by_kind["domain"])
+    deals = [int(v) for v in by_kind["opportunity"] if v.isdigit()]
+    return sorted(ids | _concerning(session, settings, deals)), upto
+
+
+def clear_queue(session: Session, upto: int | None = None) -> None:
+    """Take the requests off the queue (those up to id ``upto``: a load that queued more
+    meanwhile is re-matched next time)."""
+    query = delete(RematchRequest)
+    if upto is not None:
+        query = query.where(RematchRequest.id <= upto)
+    session.execute(query)
+
+
+def run_queued(sessions: sessionmaker[Session], settings: Settings) -> Rematched | None:
+    """Re-match the activities that the queued CRM changes touch, and take the requests off
+    the queue, in one transaction; None when nothing was queued."""
+    with sessions.begin() as session:
+        ids, upto = queued_activities(session, settings)
+        if upto is None:
+            return None
+        done = rematch(session, settings, ids)
+        clear_queue(session, upto)
+    return done
