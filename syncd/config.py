@@ -284,6 +284,27 @@ class ExclusionSettings(_Section):
         return [normalize_domain(d) for d in v]
 
 
+class DropboxSettings(_Section):
+    """The dropbox mailboxes (``syncd mailbox add ... --dropbox``): salespeople BCC or
+    forward mail to them to log it (``syncd.dropbox``)."""
+
+    # the dropboxes' own addresses: never a participant of what they log (a visible Cc)
+    addresses: list[str] = Field(default_factory=list)
+    # in a forward's note: the forwarded conversation is removed from the CRM instead
+    nocrm_word: str = Field("#nocrm", min_length=1, max_length=40)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        out = []
+        for a in v:
+            norm = normalize_address(a)
+            if not norm:
+                raise ValueError(f"{a!r} is not an email address")
+            out.append(norm)
+        return out
+
+
 class NoReplyRule(_Section):
     enabled: bool = True
     business_days: int = Field(3, ge=1, le=60)
@@ -319,6 +340,15 @@ class LimitSettings(_Section):
     parse_seconds: float = Field(5.0, ge=0.1, le=300)  # one item's parse, at most
 
 
+class ReadLimits(LimitSettings):
+    """The limits as a connector reads a mailbox with them, and how its messages are read:
+    ``keep_raw``, a dropbox's, keeps each message's bytes with its item (``syncd.dropbox``
+    unpacks the forwards in them). Never in the config: ``syncd.sync.mailbox_spec`` sets it.
+    The limits travel to every parser, the parse workers too, so the switch travels along."""
+
+    keep_raw: bool = False
+
+
 class Settings(_Section):
     home: Path = Field(default_factory=lambda: Path("~/.local/state/syncd").expanduser())
     database: DatabaseSettings = DatabaseSettings()
@@ -326,6 +356,7 @@ class Settings(_Section):
     sync: SyncSettings = SyncSettings()
     matching: MatchingSettings = MatchingSettings()
     exclusions: ExclusionSettings = ExclusionSettings()
+    dropbox: DropboxSettings = DropboxSettings()
     followups: FollowupSettings = FollowupSettings()
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -74,6 +74,13 @@ class PassIndex:
             lookups.fill(session, index, items)
         return index
 
+    def load_tags(self, names: set[str]) -> None:
+        """The deals these tag names (lower case) name, added to the index."""
+        if not names:
+            return
+        with self.sessions() as session:
+            lookups.fill_tags(session, self._current(session), names)
+
     def get(self) -> CrmIndex:
         """The index as it stands (what the settling of a stored batch adds to)."""
         if self._index is not None:
@@ -103,19 +110,22 @@ def decide(
     quarantined: list[Quarantined] | None = None,
     skipped: list[Skip] | None = None,
     floor: datetime | None = None,
+    forced: bool = False,
 ) -> list[recorder.Decision]:
     """Filter and match a batch. A mail that carries an invitation is logged as the meeting.
     An item whose matching fails goes to ``quarantined`` (when given) with its reason; it
     never stops the batch. The result does not depend on how items are cut into batches.
     ``skipped`` (when given) gets (provider id, reason, key) of each item an exclusion skips.
-    ``floor``: mail sent before it is outside the mailbox's window (``--since``)."""
+    ``floor``: mail sent before it is outside the mailbox's window (``--since``).
+    ``forced``: every item is logged as if a force label said so (a dropbox's: the
+    salesperson asked for it)."""
     decisions = []
     skips = skipped if skipped is not None else []
-    for raw_item, forced in _expand(items, settings.exclusions, excluded, skips, floor):
+    for raw_item, labelled in _expand(items, settings.exclusions, excluded, skips, floor, forced):
         try:
             item = fit_item(raw_item, datetime.now(UTC))
             m = match(item, index)
-            excluded_by = exclusion(item, m, index, forced)
+            excluded_by = exclusion(item, m, index, labelled)
         except Exception as exc:  # one item never stops its mailbox
             if quarantined is None:
                 raise
@@ -214,10 +224,12 @@ def _expand(
     excluded: Counter[ExclusionReason],
     skips: list[Skip],
     floor: datetime | None = None,
+    force_all: bool = False,
 ) -> Iterator[tuple[Item, bool]]:
-    """Items that pass the checks needing no CRM, each with whether a label forces it in."""
+    """Items that pass the checks needing no CRM, each with whether a label (or
+    ``force_all``) forces it in."""
     for item in items:
-        forced = label_hit(item, rules.force_labels) is not None
+        forced = force_all or label_hit(item, rules.force_labels) is not None
         if isinstance(item, MeetingItem):
             if label_hit(item, rules.labels):
                 excluded["excluded label"] += 1

@@ -51,6 +51,8 @@ ExclusionReason = Literal[
     "invitation-reply",
     "outside the window",  # older than the mailbox's --since (local, imap: kept per pass)
     "deleted",  # an admin deleted it from the CRM (syncd activity delete): never again
+    "nocrm",  # a salesperson removed its conversation (#nocrm to a dropbox): never again
+    "refused",  # a dropbox's message from someone who is not a CRM user
 ]
 
 
@@ -104,6 +106,8 @@ class MailItem:
     invitations: tuple[MeetingItem, ...] = ()
     # Reply-To, read by the historical import (syncd.harvest) only: never a participant
     reply_to: tuple[Participant, ...] = ()
+    # the message's bytes, kept only for a dropbox mailbox (syncd.dropbox unpacks forwards)
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def sender(self) -> Participant | None:
@@ -150,6 +154,12 @@ def conversation_keys(item: Item) -> list[str]:
     if item.provider_thread_id:
         keys.append(f"provider-thread:{item.provider_thread_id}")
     return list(dict.fromkeys(fit(k) for k in keys))
+
+
+def thread_mark(key: str) -> str:
+    """How a conversation key removed with ``#nocrm`` (``syncd.dropbox``) is kept among the
+    dropped items' keys: every item of that conversation is skipped from then on."""
+    return fit("thread:" + key)
 
 
 @dataclass(frozen=True)

@@ -57,15 +57,20 @@ def record(
     quarantined: list[Quarantined],
     index: PassIndex,
     skipped: Sequence[Skip] = (),
+    then: Callable[[Session], object] | None = None,
 ) -> recorder.BatchResult:
     """Store a batch, settle the conversations it touched, and move the cursor: one
     transaction. Refused, the batch is stored item by item instead (the refused ones are
-    added to ``quarantined``). ``skipped``: (provider id, reason) of the items not logged."""
+    added to ``quarantined``). ``skipped``: (provider id, reason) of the items not logged.
+    ``then``: more to do in the batch's transaction, after it is stored (a dropbox's
+    ``#nocrm``)."""
     try:
         with sessions.begin() as session:
             result = store(session, target, decisions, quarantined, batch, skipped)
             if decisions:
                 result.relinked = settle_touched(session, index.get(), decisions)
+            if then is not None:
+                then(session)
             _fence(session, target)
             return result
     except OperationalError:
@@ -79,6 +84,8 @@ def record(
         result, kept = store_one_by_one(session, target, batch, decisions, quarantined, skipped)
         if kept:
             result.relinked = settle_touched(session, index.get(), kept)
+        if then is not None:
+            then(session)
         _fence(session, target)
     return result
 

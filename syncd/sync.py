@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from syncd import logs, metrics, past
-from syncd.config import Settings
+from syncd import dropbox, logs, metrics, past
+from syncd.config import BodyPolicy, ReadLimits, Settings
 from syncd.connectors.base import (
     AuthError,
     CalendarSource,
@@ -57,7 +57,7 @@ from syncd.crm.tasks import apply_task_plans
 from syncd.decide import PassIndex, decide, describe
 from syncd.followups import RULES, WorkingTime, plan, task_uid
 from syncd.harvest.books import sync_address_books
-from syncd.items import Batch, Cursor, MailItem, MeetingItem, Quarantined
+from syncd.items import Batch, Cursor, Item, MailItem, MeetingItem, Quarantined
 from syncd.report import SyncReport
 from syncd.secrets import SecretBox, SecretsError
 from syncd.store import Target, record
@@ -91,14 +91,17 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
     (``sync.imap_connections``, used by the IMAP connector), its secret opened."""
     where = f"mailbox {mailbox.name!r}"
     typed = typed_settings(mailbox, settings)
+    limits = settings.limits
+    if typed.dropbox:  # whole messages, kept with their items: their forwards are unpacked
+        limits = ReadLimits(**settings.limits.model_dump(), keep_raw=True)
     return MailboxSpec(
         name=mailbox.name,
         kind=mailbox.kind,
         user_email=mailbox.user.email,
         settings=typed,
         batch_size=settings.sync.batch_size,
-        body_policy=typed.body or settings.sync.body,
-        limits=settings.limits,
+        body_policy="full" if typed.dropbox else stored_body(typed, settings),
+        limits=limits,
         home=settings.home,
         server_connections=settings.sync.imap_connections,
         parse_processes=settings.sync.parse_processes,
@@ -106,6 +109,12 @@ def mailbox_spec(mailbox: Mailbox, settings: Settings) -> MailboxSpec:
             SecretBox(settings.home).decrypt(mailbox.secret, where) if mailbox.secret else None
         ),
     )
+
+
+def stored_body(typed: KindSettings, settings: Settings) -> BodyPolicy:
+    """What the CRM keeps of a message's body: the mailbox's policy, else the config's (a
+    dropbox reads whole messages, and keeps no more than that either)."""
+    return typed.body or settings.sync.body
 
 
 class SyncJob:
@@ -143,6 +152,7 @@ class SyncJob:
         self.budget = budget
         self.floor: datetime | None = None  # mail before it is outside the window
         self.past = past  # syncd import mail --since: see syncd.past
+        self.dropbox = False  # a dropbox mailbox (syncd.dropbox): set with its spec
         self.owner = owner or new_owner()
         self.started = now()
         self.clock = time.monotonic()
@@ -221,6 +231,7 @@ class SyncJob:
             if mailbox is None:
                 raise ConnectorError(f"no mailbox named {self.name!r}; see 'syncd mailbox list'")
             self.mailbox_id, self.user_id = mailbox.id, mailbox.user_id
+            self.dropbox = bool((mailbox.settings or {}).get("dropbox"))
             try:
                 spec = mailbox_spec(mailbox, self.settings)
                 return spec if self.past is None else past.widen(spec, self.past, self.now())
@@ -237,6 +248,8 @@ class SyncJob:
         connector = self.connector_factory(spec)
         try:
             self._sync_sources(connector, spec)
+            if spec.settings.dropbox:
+                return  # no calendar, address books or follow-ups of its own: syncd.dropbox
             if not (self.report.stopped or self.report.yielded or self.past):
                 self.report.contacts_added = sync_address_books(
                     self.sessions,
@@ -273,15 +286,13 @@ class SyncJob:
             mark_mailbox(session, self.mailbox_id, state=state, now=self.now(), error=error)
 
     def _sync_sources(self, connector: Connector, spec: MailboxSpec) -> None:
-        sources: list[MailSource | CalendarSource] = [
-            *connector.mail_sources(),
-            *connector.calendar_sources(),
-        ]
+        sources: list[MailSource | CalendarSource] = [*connector.mail_sources()]
+        if not spec.settings.dropbox:  # a dropbox's calendar is nobody's meetings
+            sources.extend(connector.calendar_sources())
+        stored = stored_body(spec.settings, self.settings)
         for source in sources:
             name = source.name if self.past is None else past.PREFIX + source.name
-            target = Target(
-                self.name, self.mailbox_id, name, spec.body_policy, self.now, self.lease
-            )
+            target = Target(self.name, self.mailbox_id, name, stored, self.now, self.lease)
             with self.sessions() as session:
                 cursor = recorder.get_cursor(session, self.mailbox_id, name)
             try:
@@ -312,21 +323,41 @@ class SyncJob:
                 skipped = dict(self.report.excluded)
                 quarantined = list(batch.quarantined)
                 not_logged: list[Skip] = []  # (provider id, why, key): syncd audit, explain
+                items: Sequence[Item] = batch.items
+                sorted_ = None
+                if self.dropbox and batch.items:
+                    sorted_ = self._sort(batch.items)  # type: ignore[arg-type]
+                    items, not_logged = sorted_.items, sorted_.skipped
+                    quarantined.extend(sorted_.quarantined)
+                    for _ in sorted_.skipped:
+                        self.report.excluded["refused"] += 1
                 decisions = (
                     decide(
-                        batch.items,
-                        self.index.load(batch.items),
+                        items,
+                        self.index.load(items),
                         self.settings,
                         self.report.excluded,
                         quarantined,
                         not_logged,
                         self.floor,
+                        forced=sorted_ is not None,
                     )
-                    if batch.items
+                    if items
                     else []
                 )
+                muted: Callable[[Session], object] | None = None
+                if sorted_ is not None:
+                    decisions = dropbox.steer(decisions, sorted_, self.index.get())
+                    muted = self._muter(sorted_)
                 result = record(
-                    self.sessions, target, batch, decisions, quarantined, self.index, not_logged
+                    self.sessions,
+                    target,
+                    batch,
+                    decisions,
+                    quarantined,
+                    self.index,
+                    not_logged,
+                    then=muted,
                 )
                 self._count(result, batch, quarantined)
                 metrics.observe_batch(
@@ -347,6 +378,26 @@ class SyncJob:
                     self.report.yielded = True
                     return
                 started = time.monotonic()
+
+    def _sort(self, items: Sequence[MailItem]) -> dropbox.Sorted:
+        """A dropbox's batch sorted (``syncd.dropbox``): the deal names its forwards give
+        are looked up with the rest of the batch."""
+        index = self.index.get()
+        sorted_ = dropbox.sort_batch(items, index.users, self.settings, index, self.name)
+        self.index.load_tags(dropbox.deal_names(sorted_))
+        return sorted_
+
+    def _muter(self, sorted_: dropbox.Sorted) -> Callable[[Session], object] | None:
+        """What removes the conversations a batch's forwards said #nocrm of, in the batch's
+        transaction (and the rest of the pass checks every item against them)."""
+        if not sorted_.muted:
+            return None
+
+        def mute(session: Session) -> object:
+            self.index.get().any_dropped = True
+            return dropbox.mute(session, self.settings, sorted_.muted, self.now())
+
+        return mute
 
     def _count(
         self,

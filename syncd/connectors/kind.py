@@ -130,6 +130,14 @@ class KindSettings(BaseModel):
     retries: int | None = Field(
         None, ge=1, le=100, json_schema_extra=option(None, "tries of one call")
     )
+    dropbox: bool = Field(
+        False,
+        json_schema_extra=option(
+            "--dropbox",
+            "A dropbox: salespeople BCC or forward mail to it to log it; a message from "
+            "anyone else is refused, and its own mail and calendar are never logged.",
+        ),
+    )
 
 
 class SignInOptions(BaseModel):

@@ -21,12 +21,13 @@ fast path is tested against.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from datetime import datetime
 from email.message import EmailMessage
 
-from syncd.config import LimitSettings
+from syncd.config import LimitSettings, ReadLimits
 from syncd.connectors.base import Reread, RereadContext
 from syncd.connectors.ical import invitations_from_ical
 from syncd.connectors.mime_fast import PlainMessage, split_plain
@@ -81,9 +82,13 @@ def read_message(
 ) -> MailItem | Quarantined:
     """:func:`parse_message` that never raises: a message that cannot be read, or is over a
     limit, is a quarantine entry with its reason and (up to 10 MB) its bytes, format
-    ``rfc822``."""
+    ``rfc822``. Read with ``ReadLimits(keep_raw=True)`` (a dropbox's), the item keeps the
+    message's bytes: ``syncd.dropbox`` unpacks the forwards in them."""
     try:
-        return parse_message(data, provider_id, fallback_time, limits=limits)
+        item = parse_message(data, provider_id, fallback_time, limits=limits)
+        if isinstance(limits, ReadLimits) and limits.keep_raw:
+            return dataclasses.replace(item, raw=bytes(data))
+        return item
     except UnreadableMessage as exc:
         return quarantined(provider_id, str(exc), data, "rfc822")
     except Exception as exc:  # parse_message wraps everything; this is a last guard

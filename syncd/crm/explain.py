@@ -81,6 +81,14 @@ SKIPS: dict[str, str] = {
     "deleted": (
         "an admin deleted it from the CRM ('syncd activity delete'); it is never logged again"
     ),
+    "nocrm": (
+        "a salesperson removed its conversation from the CRM (a forward to a dropbox with "
+        "dropbox.nocrm_word in its note); none of it is logged again"
+    ),
+    "refused": (
+        "it came to a dropbox from someone who is not a CRM user: only users' mail is logged "
+        "from a dropbox (load them with 'syncd crm load users')"
+    ),
 }
 
 

@@ -46,7 +46,7 @@ from syncd.crm.models import (
     User,
 )
 from syncd.crm.rows import LOOKUP_CHUNK, one_of
-from syncd.items import Item, MailItem, fit
+from syncd.items import Item, MailItem, conversation_keys, fit, thread_mark
 from syncd.matching.addresses import domain_of, is_free_mail
 from syncd.matching.matcher import ContactRef, CrmIndex, OpportunityRef, UserRef, parents, tag_text
 
@@ -90,7 +90,7 @@ def fill(session: Session, index: CrmIndex, items: Iterable[Item]) -> None:
     } - index.looked_up_domains
     # keys as the CRM stores them (a key with a NUL, or too long, is compared by its hash)
     if index.any_dropped:  # one query a batch, only once an item was ever deleted
-        index.dropped.update(_dropped(session, {fit(i.key) for i in _with_invitations(items)}))
+        index.dropped.update(_dropped(session, list(_with_invitations(items))))
     contacts = _fill_contacts(session, index, addresses)
     accounts = _fill_domains(session, index, domains)
     _fill_tagged(session, index, tags - index.looked_up_tags)
@@ -98,14 +98,21 @@ def fill(session: Session, index: CrmIndex, items: Iterable[Item]) -> None:
     fill_deals(session, index, {c.id for c in contacts}, accounts)
 
 
-def _dropped(session: Session, keys: set[str]) -> set[str]:
-    """Which of these item keys an admin deleted (one query a chunk, every batch: only the
-    keys found are kept, so memory does not grow with the mail read)."""
+def _dropped(session: Session, items: list[Item]) -> set[str]:
+    """Which of these items' keys an admin deleted, and which of their conversation keys a
+    salesperson removed with #nocrm (as ``thread_mark`` gives them); one query a chunk,
+    every batch: only the keys found are kept, so memory does not grow with the mail read."""
+    keys = {fit(i.key) for i in items}
+    threads = {thread_mark(k) for i in items for k in conversation_keys(i)}
     found: set[str] = set()
-    for chunk in chunked(sorted(keys), LOOKUP_CHUNK):
-        found.update(
-            session.scalars(select(DroppedItem.key).where(one_of(session, DroppedItem.key, chunk)))
-        )
+    for chunk in chunked(sorted(keys | threads), LOOKUP_CHUNK):
+        for key, whole in session.execute(
+            select(DroppedItem.key, DroppedItem.whole_thread).where(
+                one_of(session, DroppedItem.key, chunk)
+            )
+        ):
+            if key in keys or (whole and key in threads):
+                found.add(key)
     return found
 
 
@@ -171,6 +178,11 @@ def _fill_tagged(session: Session, index: CrmIndex, names: set[str]) -> None:
                 ids.add(opp_id)
     load_opportunities(session, index, ids)
     index.looked_up_tags |= names
+
+
+def fill_tags(session: Session, index: CrmIndex, names: set[str]) -> None:
+    """The deals these tag names (lower case) name, those not looked up yet."""
+    _fill_tagged(session, index, names - index.looked_up_tags)
 
 
 def _like(c: str) -> str:

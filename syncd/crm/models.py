@@ -47,6 +47,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -295,6 +296,9 @@ class Sighting(Base):
     source: Mapped[str] = mapped_column(String(200))
     provider_id: Mapped[str] = mapped_column(String(512))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # a dropbox's sighting: the salesperson on whose behalf it logged the item (a dropbox's
+    # sightings are never its own user's; syncd.dropbox)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
 
 class Link(Base):
@@ -329,6 +333,9 @@ class DroppedItem(Base):
     key: Mapped[str] = mapped_column(String(512), primary_key=True)
     dropped_at: Mapped[datetime] = mapped_column(UTCDateTime)
     subject: Mapped[str] = mapped_column(Text)  # what it was, for syncd explain
+    # a conversation key a salesperson removed with #nocrm (syncd.dropbox): every item of
+    # that conversation is skipped ("nocrm"), not only the one of this key
+    whole_thread: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class RematchRequest(Base):

@@ -62,6 +62,7 @@ class Decision:
 
     item: Item
     match: Match
+    behalf: int | None = None  # a dropbox's item: the user it is logged for (its sighting)
 
 
 @dataclass
@@ -249,7 +250,7 @@ def _merge_links(session: Session, stored: list[tuple[int, Decision]]) -> None:
     rows = []
     for activity_id, d in stored:
         for lk in d.match.links:
-            if lk.type == "opportunity" and lk.reason != "tag":
+            if lk.type == "opportunity" and lk.reason not in ("tag", "manual"):
                 continue  # settled for the whole conversation, after this batch
             if (activity_id, lk.type, lk.target_id) in vetoed:
                 continue
@@ -257,8 +258,9 @@ def _merge_links(session: Session, stored: list[tuple[int, Decision]]) -> None:
             if known is None:
                 have[(activity_id, lk.type, lk.target_id)] = lk.reason
                 rows.append(_link_row(activity_id, lk))
-            elif lk.reason == "tag" and known not in ("tag", "manual"):  # names the deal itself
-                have[(activity_id, lk.type, lk.target_id)] = "tag"
+            elif lk.reason in ("tag", "manual") and known not in ("tag", "manual"):
+                # the item names the deal itself (a tag), or a dropbox's forward named it
+                have[(activity_id, lk.type, lk.target_id)] = lk.reason
                 session.execute(
                     update(Link)
                     .where(
@@ -266,7 +268,7 @@ def _merge_links(session: Session, stored: list[tuple[int, Decision]]) -> None:
                         Link.type == "opportunity",
                         Link.target_id == lk.target_id,
                     )
-                    .values(reason="tag")
+                    .values(reason=lk.reason)
                 )
     insert_rows(session, Link, rows)
 
@@ -330,6 +332,7 @@ def _add_sightings(
             "source": source,
             "provider_id": fit(d.item.provider_id),
             "seen_at": now,
+            "user_id": d.behalf,
         }
         for key, d in unique.items()
         if result.activity_ids[key] not in have

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import ColumnElement, Select, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
@@ -273,7 +273,7 @@ def _activity_filter(session: Session, wanted: ActivityFilter) -> Select[Any]:
                 Link.activity_id == Activity.id, Link.type == type_, Link.target_id == target
             )
         )
-    mailbox_ids: list[int] | None = None
+    seen: list[ColumnElement[bool]] = []  # what one sighting of the activity must be
     if wanted.user:
         email = normalize_address(wanted.user)
         user_id = _found(
@@ -282,7 +282,13 @@ def _activity_filter(session: Session, wanted: ActivityFilter) -> Select[Any]:
             email,
             "give a CRM user's email (see 'syncd mailbox list')",
         )
-        mailbox_ids = list(session.scalars(select(Mailbox.id).where(Mailbox.user_id == user_id)))
+        # the user's own mailboxes' (never a dropbox's), and what dropboxes logged for them
+        own = [
+            m.id
+            for m in session.scalars(select(Mailbox).where(Mailbox.user_id == user_id))
+            if not (m.settings or {}).get("dropbox")
+        ]
+        seen.append(or_(Sighting.mailbox_id.in_(own or [-1]), Sighting.user_id == user_id))
     if wanted.mailbox:
         mailbox_id = _found(
             session.scalar(select(Mailbox.id).where(Mailbox.name == wanted.mailbox)),
@@ -290,15 +296,9 @@ def _activity_filter(session: Session, wanted: ActivityFilter) -> Select[Any]:
             wanted.mailbox,
             "see 'syncd mailbox list'",
         )
-        mailbox_ids = (
-            [mailbox_id] if mailbox_ids is None else [m for m in mailbox_ids if m == mailbox_id]
-        )
-    if mailbox_ids is not None:
-        query = query.where(
-            exists().where(
-                Sighting.activity_id == Activity.id, Sighting.mailbox_id.in_(mailbox_ids or [-1])
-            )
-        )
+        seen.append(Sighting.mailbox_id == mailbox_id)
+    if seen:
+        query = query.where(exists().where(Sighting.activity_id == Activity.id, *seen))
     if wanted.since is not None:
         query = query.where(Activity.occurred_at >= wanted.since)
     if wanted.until is not None:

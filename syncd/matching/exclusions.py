@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from syncd.items import ExclusionReason, Item, MailItem
+from syncd.items import ExclusionReason, Item, MailItem, conversation_keys, thread_mark
 from syncd.matching.matcher import CrmIndex, Match
 
 _BULK_PRECEDENCE = {"bulk", "list", "junk"}
@@ -59,8 +59,11 @@ def exclusion(item: Item, match: Match, index: CrmIndex, forced: bool = False) -
     """Reasons that need the CRM (checked after matching). Private and blocklisted items
     are never logged, forced or not; a forced item is logged even when internal-only or
     without a CRM participant. An item an admin deleted is never logged again."""
-    if item.key in index.dropped:
-        return Excluded("deleted", "deleted by an admin (syncd activity delete)")
+    if index.dropped:
+        if item.key in index.dropped:
+            return Excluded("deleted", "deleted by an admin (syncd activity delete)")
+        if any(thread_mark(k) in index.dropped for k in conversation_keys(item)):
+            return Excluded("nocrm", "its conversation was removed with #nocrm (a dropbox)")
     if item.private:
         return Excluded("private")
     blocked = next((p.address for p in item.participants if index.is_blocked(p.address)), None)

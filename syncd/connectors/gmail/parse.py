@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from syncd.config import LimitSettings
+from syncd.config import LimitSettings, ReadLimits
 from syncd.connectors.meetings import (
     PRIVATE_VISIBILITY,
     meeting_key,
@@ -125,7 +125,8 @@ def read_message(
     except Exception as exc:
         why = str(exc) if isinstance(exc, UnreadableMessage) else reason(exc)
         return Quarantined(message_id, why, data, "rfc822" if data is not None else None), length
-    return dataclasses.replace(item, provider_thread_id=message.get("threadId")), length
+    raw = data if isinstance(limits, ReadLimits) and limits.keep_raw else None  # a dropbox's
+    return dataclasses.replace(item, provider_thread_id=message.get("threadId"), raw=raw), length
 
 
 # --- calendar ---------------------------------------------------------------------------------
