@@ -253,6 +253,9 @@ class MatchingSettings(_Section):
     # the deal of an item no tag names: most-recent, single-open-only or all-open
     # (syncd.matching.matcher.weak_choice)
     opportunity: OpportunityPolicy = "most-recent"
+    # contacts made from the mail: never, sent (a person at a known account a user wrote
+    # to) or two-way (who also wrote back) (syncd.crm.autocreate)
+    create_contacts: Literal["never", "sent", "two-way"] = "never"
 
 
 class ExclusionSettings(_Section):

@@ -48,6 +48,7 @@ from syncd.connectors.base import (
 from syncd.connectors.kind import BackfillSettings, KindSettings, SettingsError
 from syncd.connectors.registry import kind, open_connector
 from syncd.crm import queries, recorder
+from syncd.crm.autocreate import create_contacts
 from syncd.crm.database import DatabaseError
 from syncd.crm.leases import Lease, LeaseLost, new_owner
 from syncd.crm.mailboxes import mark_followups, mark_mailbox
@@ -349,6 +350,7 @@ class SyncJob:
                 if sorted_ is not None:
                     decisions = dropbox.steer(decisions, sorted_, self.index.get())
                     muted = self._muter(sorted_)
+                then = self._then(decisions, muted)
                 result = record(
                     self.sessions,
                     target,
@@ -357,7 +359,7 @@ class SyncJob:
                     quarantined,
                     self.index,
                     not_logged,
-                    then=muted,
+                    then=then,
                 )
                 self._count(result, batch, quarantined)
                 metrics.observe_batch(
@@ -398,6 +400,21 @@ class SyncJob:
             return dropbox.mute(session, self.settings, sorted_.muted, self.now())
 
         return mute
+
+    def _then(
+        self, decisions: list[recorder.Decision], muted: Callable[[Session], object] | None
+    ) -> Callable[[Session], object] | None:
+        """What a stored batch does next in its transaction: a dropbox's #nocrm, and the
+        contacts its mail completes the evidence of (``matching.create_contacts``)."""
+        if muted is None and (self.settings.matching.create_contacts == "never" or not decisions):
+            return None
+
+        def then(session: Session) -> object:
+            if muted is not None:
+                muted(session)
+            return create_contacts(session, self.settings, self.index.get(), decisions)
+
+        return then
 
     def _count(
         self,

@@ -24,15 +24,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from syncd.config import LimitSettings
-from syncd.connectors.forwards import (
-    MAX_ORIGINALS,
-    Unpacked,
-    UnreadableForward,
-    address_list,
-    forwarded_date,
-    html_text,
-    unpack,
-)
+from syncd.connectors.forward_fields import address_list, forwarded_date
+from syncd.connectors.forward_text import html_text
+from syncd.connectors.forwards import MAX_ORIGINALS, Unpacked, UnreadableForward, unpack
 from syncd.connectors.mime import MessageOverLimit, UnreadableMessage, parse_message
 from syncd.items import MailItem
 

@@ -204,6 +204,7 @@ def _load_contact(session: Session, row: Row, report: LoadReport) -> None:
     )
     moved = account is not None and contact.account_id != account.id
     contact.name = name
+    contact.auto_created = False  # the admin's now: its name no longer follows its mail
     contact.account_id = account.id if account else contact.account_id
     contact.title = values.optional(row, "title", Contact.title) or contact.title
     contact.phone = values.optional(row, "phone", Contact.phone) or contact.phone

@@ -152,6 +152,9 @@ class Contact(Base):
     import_id: Mapped[str | None] = mapped_column(
         ForeignKey("imports.id", ondelete="SET NULL"), index=True
     )
+    # created from the mail by matching.create_contacts (syncd.crm.autocreate): its name
+    # follows its mail until an admin loads it
+    auto_created: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     addresses: Mapped[list[ContactAddress]] = relationship(
         back_populates="contact", cascade="all, delete-orphan"
     )
