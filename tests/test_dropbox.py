@@ -217,3 +217,6 @@ def test_nocrm_removes_the_forwarded_conversation_and_none_of_it_is_logged_again
     assert "Re: Pilot scope" not in by_subject(timeline(sessions))
     with sessions() as session:
         assert explain(session, "<q-9@globex.test>").skipped[0]["reason"] == "nocrm"
+        removed = explain(session, "<q-7@globex.test>")
+    assert removed.verdict == "deleted"
+    assert removed.deleted is not None and removed.deleted["by"] == "a salesperson (#nocrm)"

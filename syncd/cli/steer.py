@@ -66,7 +66,7 @@ def _show(found: explaining.Explanation) -> None:
         _show_activity(found.activity)
     if found.deleted is not None:
         say(
-            f"  deleted by an admin on {_when(found.deleted['at'])} "
+            f"  deleted by {found.deleted['by']} on {_when(found.deleted['at'])} "
             f"({printable(found.deleted['subject'])!r}): never logged again"
         )
     for s in found.skipped:

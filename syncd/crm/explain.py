@@ -37,7 +37,7 @@ from syncd.crm.models import (
     Task,
 )
 from syncd.crm.skips import COPY, stored_key
-from syncd.items import fit
+from syncd.items import fit, thread_mark
 from syncd.matching.addresses import normalize_message_id
 
 Verdict = Literal["logged", "deleted", "skipped", "quarantined", "not seen"]
@@ -168,8 +168,16 @@ def explain(
     if activity is not None:
         found.activity = _activity(session, mailboxes, activity)
     dropped = session.get(DroppedItem, found.key)
+    by = "an admin"
+    if dropped is None and found.key:  # its conversation removed with #nocrm (a dropbox)
+        dropped = session.get(DroppedItem, thread_mark(found.key))
+        by = "a salesperson (#nocrm)"
     if dropped is not None:
-        found.deleted = {"at": dropped.dropped_at.isoformat(), "subject": dropped.subject}
+        found.deleted = {
+            "at": dropped.dropped_at.isoformat(),
+            "subject": dropped.subject,
+            "by": by,
+        }
     kept = [found.key, stored_key(found.key or "")]  # and as skips once kept it, in clear
     for skip in session.scalars(select(SkippedItem).where(SkippedItem.key.in_(kept))):
         found.skipped.append(_skip(mailboxes, skip))
