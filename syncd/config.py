@@ -16,7 +16,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 
 from syncd.matching.addresses import normalize_address, normalize_domain
@@ -128,6 +128,25 @@ def check_timezone(value: str) -> str:
     return value
 
 
+def check_holidays(value: str) -> str:
+    """``COUNTRY`` or ``COUNTRY-SUBDIVISION`` (ISO 3166 codes the holidays library knows:
+    ``DE``, ``DE-BY``, ``US-CA``), upper case; anything else is a ValueError naming the fix."""
+    import holidays
+
+    code = value.strip().upper()
+    country, _, subdivision = code.partition("-")
+    known = holidays.list_supported_countries()
+    if country not in known:
+        raise ValueError(
+            f"{value!r} names no country the holidays library knows; give an ISO 3166 code "
+            "such as 'DE', 'FR' or 'US', optionally with a subdivision: 'DE-BY', 'US-CA'"
+        )
+    if subdivision and subdivision not in known[country]:
+        shown = ", ".join(known[country][:12]) + (" ..." if len(known[country]) > 12 else "")
+        raise ValueError(f"{value!r}: {country} has no subdivision {subdivision!r} ({shown})")
+    return code
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -173,6 +192,14 @@ class CompanySettings(_Section):
     timezone: str = "UTC"
     working_hours: str = "09:00-17:30"
     working_days: list[Weekday] = ["mon", "tue", "wed", "thu", "fri"]
+    # public holidays are no working days: "DE", "DE-BY", "US-CA" (the holidays library's
+    # ISO 3166 country and subdivision codes); a user's own (users.csv) wins
+    holidays: str | None = None
+
+    @field_validator("holidays")
+    @classmethod
+    def _holidays(cls, v: str | None) -> str | None:
+        return check_holidays(v) if v else None
 
     @field_validator("domains")
     @classmethod
@@ -308,6 +335,35 @@ class DropboxSettings(_Section):
         return out
 
 
+class EngagementSettings(_Section):
+    """How hot a contact, account or open deal is (``syncd.engagement``): each email and
+    meeting of the last ``window_days`` scores its weight, halved every ``half_life_days``;
+    ``hot`` and ``warm`` are the points at or above which it is hot or warm (else cold)."""
+
+    inbound_email: float = Field(2.0, ge=0, le=100)  # their mail to us: a reply weighs most
+    outbound_email: float = Field(1.0, ge=0, le=100)
+    meeting: float = Field(3.0, ge=0, le=100)
+    half_life_days: float = Field(14.0, gt=0, le=365)
+    window_days: int = Field(90, ge=1, le=3650)
+    hot: float = Field(4.0, gt=0, le=10_000)
+    warm: float = Field(1.0, gt=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _order(self) -> EngagementSettings:
+        if self.warm >= self.hot:
+            raise ValueError(f"warm ({self.warm:g}) must be below hot ({self.hot:g})")
+        return self
+
+
+class CallListSettings(_Section):
+    """Today's call list, one calendar entry a salesperson each working morning
+    (``syncd.calllist``); a user may turn it off or on for themselves (users.csv)."""
+
+    enabled: bool = True
+    cooling_days: int = Field(14, ge=1, le=365)  # an open deal untouched this long cools
+    deals: int = Field(10, ge=1, le=100)  # cooling deals listed at most
+
+
 class NoReplyRule(_Section):
     enabled: bool = True
     business_days: int = Field(3, ge=1, le=60)
@@ -360,6 +416,8 @@ class Settings(_Section):
     matching: MatchingSettings = MatchingSettings()
     exclusions: ExclusionSettings = ExclusionSettings()
     dropbox: DropboxSettings = DropboxSettings()
+    engagement: EngagementSettings = EngagementSettings()
+    call_list: CallListSettings = CallListSettings()
     followups: FollowupSettings = FollowupSettings()
     limits: LimitSettings = LimitSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -17,10 +17,11 @@ Due times depend on the activity, never on when syncd runs, so re-runs agree.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -37,24 +38,38 @@ RULES: Final[tuple[TaskRule, ...]] = (RULE_NO_REPLY, RULE_MEETING_NOTES)
 
 @dataclass(frozen=True)
 class WorkingTime:
+    """A user's working time: their zone, hours and working days, less the public holidays
+    of their country and subdivision (``company.holidays``, or theirs from users.csv)."""
+
     tz: ZoneInfo
     start: time
     end: time
     days: frozenset[int]  # 0 = Monday
+    holidays: Holidays | None = None
 
     @classmethod
     def for_user(
-        cls, settings: Settings, timezone: str | None, working_hours: str | None
+        cls,
+        settings: Settings,
+        timezone: str | None,
+        working_hours: str | None,
+        holidays: str | None = None,
     ) -> WorkingTime:
         start, end = parse_working_hours(working_hours or settings.company.working_hours)
         days = frozenset(WEEKDAYS.index(d) for d in settings.company.working_days)
-        return cls(ZoneInfo(timezone or settings.company.timezone), start, end, days)
+        zone = ZoneInfo(timezone or settings.company.timezone)
+        return cls(zone, start, end, days, public_holidays(holidays or settings.company.holidays))
+
+    def working(self, day: date) -> bool:
+        """Whether ``day`` is a working day: a working weekday, and no public holiday."""
+        return day.weekday() in self.days and (self.holidays is None or day not in self.holidays)
 
     def _at(self, day: datetime, clock: time) -> datetime:
         return datetime.combine(day.date(), clock, tzinfo=self.tz)
 
     def add_business_days(self, when: datetime, days: int) -> datetime:
-        """The same clock time ``days`` working days later (weekends are skipped)."""
+        """The same clock time ``days`` working days later (weekends and public holidays
+        are skipped)."""
         local = when.astimezone(self.tz)
         counted = 0
         while counted < days:
@@ -63,7 +78,7 @@ class WorkingTime:
                 local.timetz().replace(tzinfo=None),
                 tzinfo=self.tz,
             )
-            if local.weekday() in self.days:
+            if self.working(local.date()):
                 counted += 1
         return local
 
@@ -71,23 +86,49 @@ class WorkingTime:
         """The first start of a working day after ``when``."""
         local = when.astimezone(self.tz)
         day = local
-        if day.weekday() in self.days and local < self._at(day, self.start):
+        if self.working(day.date()) and local < self._at(day, self.start):
             return self._at(day, self.start)
         while True:
             day = day + timedelta(days=1)
-            if day.weekday() in self.days:
+            if self.working(day.date()):
                 return self._at(day, self.start)
 
     def day_end(self, when: datetime) -> datetime:
         """The end of the working day ``when`` falls in, or of the next one after it."""
         local = when.astimezone(self.tz)
-        if local.weekday() in self.days and local <= self._at(local, self.end):
+        if self.working(local.date()) and local <= self._at(local, self.end):
             return self._at(local, self.end)
         day = local
         while True:
             day = day + timedelta(days=1)
-            if day.weekday() in self.days:
+            if self.working(day.date()):
                 return self._at(day, self.end)
+
+
+class Holidays:
+    """The public holidays of one country and subdivision (the holidays library, its years
+    filled in as they are asked for); one per code, shared by every user who has it."""
+
+    def __init__(self, code: str) -> None:
+        import holidays
+
+        self.code = code
+        country, _, subdivision = code.partition("-")
+        self._days = holidays.country_holidays(country, subdiv=subdivision or None)
+
+    def __contains__(self, day: date) -> bool:
+        return day in self._days
+
+    def name(self, day: date) -> str | None:
+        """The holiday's name (None: no holiday)."""
+        found = self._days.get(day)
+        return str(found) if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def public_holidays(code: str | None) -> Holidays | None:
+    """The holidays of ``DE``, ``DE-BY``, ``US-CA`` ... (None: no holidays are kept)."""
+    return Holidays(code) if code else None
 
 
 def task_uid(rule: TaskRule, activity_key: str) -> str:

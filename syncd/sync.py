@@ -455,7 +455,7 @@ class SyncJob:
         if not candidates:
             return 0
         working = {
-            u.id: WorkingTime.for_user(self.settings, u.timezone, u.working_hours)
+            u.id: WorkingTime.for_user(self.settings, u.timezone, u.working_hours, u.holidays)
             for u in session.scalars(select(User))
         }
         uids = [task_uid(rule, c.activity_key) for c in candidates for rule in RULES]

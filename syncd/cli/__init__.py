@@ -8,6 +8,7 @@ import sys
 
 from syncd.cli import (  # noqa: F401
     imports,
+    insight,
     mailbox,
     ops,
     quarantine,

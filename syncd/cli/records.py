@@ -59,7 +59,7 @@ def crm_load(
     """Load CRM records from CSV; upserts by email, domain, name or external id.
 
     \b
-    users:         email, name [, timezone, working_hours]
+    users:         email, name [, timezone, working_hours, holidays, call_list]
     accounts:      name, domains [, external_id]
     contacts:      emails, name [, account, title, phone]
     opportunities: external_id, name, account, owner

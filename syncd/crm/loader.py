@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
-from syncd.config import check_timezone, parse_working_hours
+from syncd.config import check_holidays, check_timezone, parse_working_hours
 from syncd.crm import loader_values as values
 from syncd.crm import rematch
 from syncd.crm.loader_values import Row, RowError
@@ -48,7 +48,10 @@ class RecordKind(StrEnum):
 
 COLUMNS: dict[RecordKind, tuple[set[str], set[str]]] = {
     # kind: (required, optional)
-    RecordKind.users: ({"email", "name"}, {"timezone", "working_hours"}),
+    RecordKind.users: (
+        {"email", "name"},
+        {"timezone", "working_hours", "holidays", "call_list"},
+    ),
     RecordKind.accounts: ({"name", "domains"}, {"external_id"}),
     RecordKind.contacts: ({"emails", "name"}, {"account", "title", "phone"}),
     RecordKind.opportunities: (
@@ -126,14 +129,23 @@ def _load_user(session: Session, row: Row, report: LoadReport) -> None:
             parse_working_hours(hours)
         except ValueError as exc:
             raise RowError("working_hours", str(exc)) from None
+    days_off = values.optional(row, "holidays", User.holidays)
+    if days_off:
+        try:
+            days_off = check_holidays(days_off)
+        except ValueError as exc:
+            raise RowError("holidays", str(exc)) from None
+    calls = values.yes_no(row, "call_list")
     user = session.scalar(select(User).where(User.email == email))
     if user is None:
-        session.add(User(email=email, name=name, timezone=tz, working_hours=hours))
+        user = User(email=email, name=name)
+        session.add(user)
         report.created += 1
         report.addresses.add(email)  # a colleague now: internal, no longer a contact
     else:
-        user.name, user.timezone, user.working_hours = name, tz, hours
         report.updated += 1
+    user.name, user.timezone, user.working_hours = name, tz, hours
+    user.holidays, user.call_list = days_off, calls
 
 
 def _load_account(session: Session, row: Row, report: LoadReport) -> None:

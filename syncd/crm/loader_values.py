@@ -128,6 +128,21 @@ def status(row: Row) -> OpportunityStatus:
     return found
 
 
+_YES = {"yes": True, "y": True, "true": True, "on": True, "1": True}
+_NO = {"no": False, "n": False, "false": False, "off": False, "0": False}
+
+
+def yes_no(row: Row, column: str) -> bool | None:
+    """yes/no (true/false, on/off, 1/0) as a bool; empty: None (the config decides)."""
+    value = given(row, column).lower()
+    if not value:
+        return None
+    found = {**_YES, **_NO}.get(value)
+    if found is None:
+        raise RowError(column, f"{value!r} is not yes or no (leave it empty for the default)")
+    return found
+
+
 def currency(row: Row) -> str | None:
     """An ISO 4217 code, upper case."""
     code = given(row, "currency").upper() or None

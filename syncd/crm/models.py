@@ -115,6 +115,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str | None] = mapped_column(String(64))
     working_hours: Mapped[str | None] = mapped_column(String(11))
+    holidays: Mapped[str | None] = mapped_column(String(20))  # "DE-BY": company.holidays
+    call_list: Mapped[bool | None] = mapped_column(Boolean)  # None: call_list.enabled
 
 
 class Account(Base):
