@@ -26,6 +26,7 @@ from syncd.cli.common import (
 )
 from syncd.crm import quarantine as quarantine_store
 from syncd.crm.models import Mailbox
+from syncd.display import shown, zone
 
 if TYPE_CHECKING:
     from syncd.quarantine import Status
@@ -66,6 +67,7 @@ def quarantine_list(
     if not rows:
         say("nothing is quarantined" + (f" in mailbox {mailbox!r}" if mailbox else ""))
         return
+    tz = zone(state.settings())
     table = Table("id", "mailbox", "source", "provider id", "since", "tries", "kept", "reason")
     for r in rows:
         table.add_row(
@@ -73,7 +75,7 @@ def quarantine_list(
             Text(r.mailbox),
             Text(printable(r.source)),
             Text(printable(r.provider_id)),
-            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            shown(r.created_at, tz),
             str(r.attempts),
             f"{r.format}, {_size(r.size)}" if r.retryable else "no copy",
             Text(printable(r.reason)),

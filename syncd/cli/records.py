@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
@@ -29,6 +30,7 @@ from syncd.crm.database import (
     upgrade,
 )
 from syncd.crm.loader import RecordKind, load_csv
+from syncd.display import shown, zone
 
 # --- db ---------------------------------------------------------------------------------
 
@@ -136,11 +138,12 @@ def activities_cmd(
     if as_csv:
         _activities_csv(rows)
         return
+    tz = _reader_zone(user)
     table = Table("id", "when", "kind", "dir", "subject", "links (reason)", "mailboxes")
     for r in rows:
         table.add_row(
             str(r["id"]),
-            r["occurred_at"][:16].replace("T", " "),
+            shown(datetime.fromisoformat(r["occurred_at"]), tz),
             r["kind"],
             r["direction"],
             r["subject"] + (" [cancelled]" if r["status"] == "cancelled" else ""),
@@ -177,6 +180,22 @@ def _activities_csv(rows: list[reports.ActivityRow]) -> None:
         )
 
 
+def _reader_zone(user: str | None) -> ZoneInfo:
+    """The zone times are shown in: the user's own (their tasks, their mail), else the
+    company's."""
+    settings = state.settings()
+    if user is None:
+        return zone(settings)
+    from sqlalchemy import select
+
+    from syncd.crm.models import User
+    from syncd.matching.addresses import normalize_address
+
+    with state.sessions()() as session:
+        tz = session.scalar(select(User.timezone).where(User.email == normalize_address(user)))
+    return zone(settings, tz)
+
+
 @app.command("tasks")
 def tasks_cmd(
     user: Annotated[str | None, typer.Option(help="Only a user's (by email).")] = None,
@@ -192,10 +211,12 @@ def tasks_cmd(
         _json(rows)
         return
     table = Table("due", "user", "status", "title", "rule", "in calendar")
+    zones: dict[str, ZoneInfo] = {}
     for r in rows:
         status = r["status"] + (f" ({r['resolution']})" if r["resolution"] else "")
+        tz = zones.get(r["user"]) or zones.setdefault(r["user"], _reader_zone(r["user"]))
         table.add_row(
-            r["due"][:16].replace("T", " "),
+            shown(datetime.fromisoformat(r["due"]), tz),
             r["user"],
             status,
             r["title"],

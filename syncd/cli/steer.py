@@ -11,6 +11,7 @@ import typer
 from syncd.cli.common import _json, app, fail, parse_day, printable, say, state
 from syncd.crm import corrections
 from syncd.crm import explain as explaining
+from syncd.display import shown, zone
 
 
 @app.command("explain")
@@ -56,8 +57,8 @@ def explain_cmd(
 
 
 def _when(iso: str) -> str:
-    """An ISO time as the other tables show it: to the minute, UTC."""
-    return iso[:16].replace("T", " ")
+    """An ISO time as people read it: to the minute, in the company's zone, named."""
+    return shown(datetime.fromisoformat(iso), zone(state.settings()))
 
 
 def _show(found: explaining.Explanation) -> None:
@@ -315,11 +316,12 @@ def _show_rematch(done: Any, dry_run: bool) -> None:
     from rich.table import Table
 
     if done.changes:
-        table = Table("activity", "when (UTC)", "subject", "link", "old", "new")
+        tz = zone(state.settings())
+        table = Table("activity", "when", "subject", "link", "old", "new")
         for c in done.changes:
             table.add_row(
                 str(c.activity_id),
-                c.when.strftime("%Y-%m-%d %H:%M"),
+                shown(c.when, tz),
                 printable(c.subject)[:50],
                 c.type,
                 printable(c.old) if c.old else "-",
