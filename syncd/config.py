@@ -357,9 +357,10 @@ class EngagementSettings(_Section):
 
 class CallListSettings(_Section):
     """Today's call list, one calendar entry a salesperson each working morning
-    (``syncd.calllist``); a user may turn it off or on for themselves (users.csv)."""
+    (``syncd.calllist``); a user may turn it off or on for themselves (users.csv). Off
+    unless turned on: it writes into every salesperson's calendar every working day."""
 
-    enabled: bool = True
+    enabled: bool = False
     cooling_days: int = Field(14, ge=1, le=365)  # an open deal untouched this long cools
     deals: int = Field(10, ge=1, le=100)  # cooling deals listed at most
 

@@ -9,6 +9,9 @@ Rules (``[followups]`` in the config), in the user's time zone and working days:
 ``meeting-notes``
     A meeting with a contact that has ended gets "Send notes and next steps: SUBJECT", due
     at the end of that working day. A meeting cancelled afterwards cancels it.
+``call-list``
+    Today's call list, one task a user and working day, of no activity: see
+    :mod:`syncd.calllist` (``[call_list]`` in the config).
 
 Only activities inside the look-back window (default 14 days) get new tasks, so a first
 sync of years of mail does not flood a calendar; a task already open is still resolved.
@@ -33,7 +36,10 @@ from syncd.items import EARLIEST, TASK_UID_PREFIX, TaskStatus, latest
 
 RULE_NO_REPLY: Final = "no-reply"
 RULE_MEETING_NOTES: Final = "meeting-notes"
-RULES: Final[tuple[TaskRule, ...]] = (RULE_NO_REPLY, RULE_MEETING_NOTES)
+RULE_CALL_LIST: Final = "call-list"
+# the rules that follow up one activity each (their task's uid is the activity's)
+ACTIVITY_RULES: Final[tuple[TaskRule, ...]] = (RULE_NO_REPLY, RULE_MEETING_NOTES)
+RULES: Final[tuple[TaskRule, ...]] = (*ACTIVITY_RULES, RULE_CALL_LIST)
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ def public_holidays(code: str | None) -> Holidays | None:
 
 
 def task_uid(rule: TaskRule, activity_key: str) -> str:
-    """Stable across runs and machines: a retry writes the same calendar entry."""
+    """Stable across runs and machines: a retry writes the same calendar entry. The key is
+    the activity's (a call list's: its user and day, ``syncd.calllist``)."""
     digest = hashlib.sha256(f"{rule}\x1f{activity_key}".encode()).hexdigest()[:24]
     return f"{TASK_UID_PREFIX}{rule}-{digest}"
 

@@ -34,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from syncd import dropbox, logs, metrics, past
+from syncd import calllist, dropbox, logs, metrics, past
 from syncd.config import BodyPolicy, ReadLimits, Settings
 from syncd.connectors.base import (
     AuthError,
@@ -56,7 +56,7 @@ from syncd.crm.models import Mailbox, MailboxState, User
 from syncd.crm.skips import Skip
 from syncd.crm.tasks import apply_task_plans
 from syncd.decide import PassIndex, decide, describe
-from syncd.followups import RULES, WorkingTime, plan, task_uid
+from syncd.followups import ACTIVITY_RULES, WorkingTime, plan, task_uid
 from syncd.harvest.books import sync_address_books
 from syncd.items import Batch, Cursor, Item, MailItem, MeetingItem, Quarantined
 from syncd.report import SyncReport
@@ -448,21 +448,34 @@ class SyncJob:
         return bool(changed) or last is None or not (timedelta(0) <= now - last < FOLLOWUPS_EVERY)
 
     def _apply_rules(self, session: Session, now: datetime) -> int:
-        """Plan the tasks of the user's recent activities and store them; returns how many
-        tasks changed."""
+        """Plan the tasks of the user's recent activities, then their call list of today
+        (``syncd.calllist``: it lists the follow-ups just planned), and store them; returns
+        how many tasks changed."""
         since = now - timedelta(days=self.settings.followups.lookback_days)
         candidates = queries.followup_candidates(session, self.user_id, since)
-        if not candidates:
-            return 0
+        users = {u.id: u for u in session.scalars(select(User))}
         working = {
             u.id: WorkingTime.for_user(self.settings, u.timezone, u.working_hours, u.holidays)
-            for u in session.scalars(select(User))
+            for u in users.values()
         }
-        uids = [task_uid(rule, c.activity_key) for c in candidates for rule in RULES]
-        existing = queries.task_status_by_uid(session, uids)
-        deals = queries.task_deal_by_uid(session, uids)
-        plans = plan(candidates, self.settings, working, existing, now, deals)
-        return apply_task_plans(session, plans, now)
+        changed = 0
+        if candidates:
+            uids = [task_uid(rule, c.activity_key) for c in candidates for rule in ACTIVITY_RULES]
+            existing = queries.task_status_by_uid(session, uids)
+            deals = queries.task_deal_by_uid(session, uids)
+            plans = plan(candidates, self.settings, working, existing, now, deals)
+            changed = apply_task_plans(session, plans, now)
+        user, wt = users[self.user_id], working[self.user_id]
+        day = calllist.today(user.email, wt, now)
+        on = calllist.enabled(self.settings.call_list, user.call_list)
+        facts = None
+        if on and calllist.due(day, wt, now):
+            facts = queries.call_list_facts(
+                session, self.settings, user.id, (day.start, day.end), now
+            )
+        lists = queries.call_lists(session, user.id, day.uid)
+        plans = calllist.plan(user.id, day, self.settings, facts, lists, on=on)
+        return changed + apply_task_plans(session, plans, now)
 
     def _write_tasks(self, connector: Connector) -> None:
         """Write pending tasks into the user's calendar (``syncd.writeback``)."""

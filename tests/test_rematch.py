@@ -262,3 +262,27 @@ def test_the_running_daemon_rematches_what_a_crm_load_changed(
     run_daemon(daemon, scenario)
     with sessions() as session:
         assert rematch.pending(session) == 0
+
+
+def test_the_conversation_size_bound_is_each_conversations_not_the_sum_of_those_settled(
+    sessions, settings, company: DemoCompany, now, monkeypatch
+):
+    from syncd.crm import conversations
+
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    load(
+        sessions,
+        company.root,
+        "opportunities",
+        OPPORTUNITIES + "OPP-202,Globex pilot,globex.test,ben@northwind.test,lost,\n",
+    )
+    # the renewal's conversation holds 3 activities, Globex's two of 2: past a bound of 2,
+    # only the renewal is left as it is, and everything else is settled all the same
+    monkeypatch.setattr(conversations, "THREAD_SIZE", 2)
+    with sessions.begin() as session:
+        rematch.rematch(session, settings, rematch.chosen(session, settings))
+    rows = by_subject(timeline(sessions))
+    assert deals(rows["Pilot scope"]) == set()
+    assert deals(rows["Re: Pilot scope"]) == set()
+    assert deals(rows["Renewal proposal [OPP-101]"]) == {("OPP-101 Acme platform renewal", "tag")}

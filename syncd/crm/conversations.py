@@ -43,27 +43,55 @@ def thread_components(session: Session, keys: Iterable[str]) -> list[list[Thread
 
 def _reachable(session: Session, keys: set[str]) -> dict[int, set[str]]:
     """Activity id -> its keys, for every activity reachable from ``keys`` through shared
-    keys; none at all past THREAD_SIZE activities."""
-    frontier = keys
+    keys, breadth first, one query a hop for all of them; a conversation past THREAD_SIZE
+    activities is not followed further and none of it is returned (the others are: the
+    limit is each conversation's, not the sum of those asked for)."""
+    frontier = set(keys)
     seen_keys: set[str] = set()
     edges: dict[int, set[str]] = defaultdict(set)
+    parent: dict[int, int] = {}
+    size: dict[int, int] = {}
+    owner: dict[str, int] = {}  # a key -> an activity that has it
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def join(a: int, b: int) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[rb] = ra
+            size[ra] += size.pop(rb)
+
     while frontier:
-        frontier -= seen_keys
+        # a conversation already past the limit is followed no further
+        frontier = {
+            k for k in frontier - seen_keys if k not in owner or size[root(owner[k])] <= THREAD_SIZE
+        }
         if not frontier:
             break
-        if len(edges) >= THREAD_SIZE:
-            log.warning(
-                "a conversation of over %d activities is left as it is (keys %s...)",
-                THREAD_SIZE,
-                sorted(frontier)[:3],
-            )
-            return {}
         seen_keys |= frontier
         new = _activities_with_keys(session, frontier) - set(edges)
         frontier = set()
         for activity_id, key in thread_keys_of(session, new):
+            if activity_id not in parent:
+                parent[activity_id], size[activity_id] = activity_id, 1
             edges[activity_id].add(key)
+            if key in owner:
+                join(owner[key], activity_id)
+            else:
+                owner[key] = activity_id
             frontier.add(key)
+    too_big = {r for r, n in size.items() if n > THREAD_SIZE}
+    if too_big:
+        log.warning(
+            "%d conversation(s) of over %d activities left as they are",
+            len(too_big),
+            THREAD_SIZE,
+        )
+        edges = defaultdict(set, {a: k for a, k in edges.items() if root(a) not in too_big})
     return edges
 
 

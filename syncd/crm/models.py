@@ -69,10 +69,14 @@ MailboxState = Literal["ok", "failing", "parked"]
 WriterState = Literal["ok", "failing"]
 ActivityKind = Literal["email", "meeting"]
 ActivityStatus = Literal["confirmed", "cancelled"]  # a meeting may be cancelled
-TaskRule = Literal["no-reply", "meeting-notes"]  # see syncd.followups
+# see syncd.followups; "call-list" is the day's call list (syncd.calllist)
+TaskRule = Literal["no-reply", "meeting-notes", "call-list"]
 # why a task is no longer open: a reply came, its meeting was cancelled, or the user closed
-# it in their calendar
-TaskResolution = Literal["replied", "meeting cancelled", "calendar", "activity deleted"]
+# it in their calendar; a call list: its day is over (expired), nothing is left on it
+# (empty), or the call list was turned off for its user
+TaskResolution = Literal[
+    "replied", "meeting cancelled", "calendar", "activity deleted", "expired", "empty", "turned off"
+]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",

@@ -1,5 +1,6 @@
 """Reads of the CRM database that the follow-up rules start from
-(:func:`followup_candidates`, :func:`task_status_by_uid`, :func:`task_deal_by_uid`).
+(:func:`followup_candidates`, :func:`task_status_by_uid`, :func:`task_deal_by_uid`), and
+what the day's call list shows (:func:`call_list_facts`, :func:`call_lists`).
 
 The matcher's index is filled per batch by :mod:`syncd.crm.lookups`;
 the stored conversations the matcher settles are read by :mod:`syncd.crm.conversations`;
@@ -12,14 +13,17 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
+from syncd.config import Settings
+from syncd.crm import insight
 from syncd.crm.conversations import thread_keys_of
 from syncd.crm.models import (
+    Account,
     Activity,
     ActivityKind,
     ActivityParticipant,
@@ -27,11 +31,14 @@ from syncd.crm.models import (
     Contact,
     Link,
     Opportunity,
+    OpportunityContact,
     Task,
     ThreadKey,
 )
 from syncd.crm.rows import IN_LIMIT
+from syncd.engagement import Engagement
 from syncd.items import Direction, ParticipantRole, TaskStatus
+from syncd.matching.addresses import domain_of
 
 # --- follow-up candidates ---------------------------------------------------------------
 
@@ -96,7 +103,11 @@ def _window(session: Session, since: datetime) -> set[int]:
     """The activities since ``since`` (by its index), plus the few older ones whose task is
     still open."""
     window = set(session.scalars(select(Activity.id).where(Activity.occurred_at >= since)))
-    window.update(session.scalars(select(Task.activity_id).where(Task.status == "open")))
+    window.update(
+        session.scalars(
+            select(Task.activity_id).where(Task.status == "open", Task.activity_id.is_not(None))
+        )
+    )
     return window
 
 
@@ -247,3 +258,232 @@ def task_deal_by_uid(session: Session, uids: list[str]) -> dict[str, int | None]
             session.execute(select(Task.uid, Task.opportunity_id).where(Task.uid.in_(chunk))).all()
         )
     return found
+
+
+# --- the day's call list ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueFollowUp:
+    """An open follow-up task of the user, due before the end of the day."""
+
+    title: str
+    due: datetime
+
+
+@dataclass(frozen=True)
+class CoolingDeal:
+    """An open deal the user owns with no touch for ``call_list.cooling_days``."""
+
+    external_id: str
+    name: str
+    account: str
+    stage: str | None
+    last_touch: datetime | None  # None: never touched
+    engagement: Engagement
+
+
+@dataclass(frozen=True)
+class MeetingPerson:
+    """An external participant of a meeting: their last touch before it, their open deals
+    (those they have a role in, and their account's)."""
+
+    name: str
+    address: str
+    account: str | None
+    known: bool  # a CRM contact
+    last_touch: datetime | None
+    deals: tuple[str, ...]  # "OPP-42 Acme renewal"
+
+
+@dataclass(frozen=True)
+class DayMeeting:
+    subject: str
+    starts_at: datetime
+    people: tuple[MeetingPerson, ...]
+
+
+@dataclass(frozen=True)
+class CallListFacts:
+    """What a user's call list of one day is made of (see syncd.calllist)."""
+
+    followups: tuple[DueFollowUp, ...]  # by due time
+    cooling: tuple[CoolingDeal, ...]  # in no order: the call list ranks them
+    meetings: tuple[DayMeeting, ...]  # by start
+
+
+def call_list_facts(
+    session: Session,
+    settings: Settings,
+    user_id: int,
+    day: tuple[datetime, datetime],
+    now: datetime,
+) -> CallListFacts:
+    """The user's open follow-ups due before the end of ``day`` (its start and end), their
+    cooling deals as of ``now``, and the meetings of ``day`` they take part in."""
+    followups = tuple(
+        DueFollowUp(title, due)
+        for title, due in session.execute(
+            select(Task.title, Task.due)
+            .where(
+                Task.user_id == user_id,
+                Task.rule != "call-list",
+                Task.status == "open",
+                Task.due < day[1],
+            )
+            .order_by(Task.due, Task.id)
+        )
+    )
+    return CallListFacts(
+        followups,
+        _cooling_deals(session, settings, user_id, now),
+        _day_meetings(session, settings, user_id, day, now),
+    )
+
+
+def _cooling_deals(
+    session: Session, settings: Settings, user_id: int, now: datetime
+) -> tuple[CoolingDeal, ...]:
+    """The open deals the user owns untouched since ``call_list.cooling_days`` before now."""
+    deals = session.execute(
+        select(Opportunity, Account.name)
+        .join(Account, Account.id == Opportunity.account_id)
+        .where(Opportunity.owner_id == user_id, Opportunity.status == "open")
+    ).all()
+    last = insight.last_activity(session, "opportunity", [o.id for o, _ in deals], now)
+    floor = now - timedelta(days=settings.call_list.cooling_days)
+    cooling = [(o, account) for o, account in deals if o.id not in last or last[o.id] < floor]
+    scores = insight.engagement(session, settings, "opportunity", [o.id for o, _ in cooling], now)
+    return tuple(
+        CoolingDeal(o.external_id, o.name, account, o.stage, last.get(o.id), scores[o.id])
+        for o, account in cooling
+    )
+
+
+def _day_meetings(
+    session: Session,
+    settings: Settings,
+    user_id: int,
+    day: tuple[datetime, datetime],
+    now: datetime,
+) -> tuple[DayMeeting, ...]:
+    """The confirmed meetings of ``day`` the user takes part in, with their external
+    participants (the company's own domains left out)."""
+    mine = select(ActivityParticipant.activity_id).where(ActivityParticipant.user_id == user_id)
+    meetings = session.scalars(
+        select(Activity)
+        .where(
+            Activity.kind == "meeting",
+            Activity.status == "confirmed",
+            Activity.occurred_at >= day[0],
+            Activity.occurred_at < day[1],
+            Activity.id.in_(mine),
+        )
+        .order_by(Activity.occurred_at, Activity.id)
+    ).all()
+    internal = set(settings.company.domains)
+    out = []
+    for m in meetings:
+        seen: dict[str, ActivityParticipant] = {}
+        for p in m.participants:
+            if p.user_id is None and domain_of(p.address) not in internal:
+                seen.setdefault(p.address, p)
+        out.append(DayMeeting(m.subject, m.occurred_at, _people(session, m, [*seen.values()], now)))
+    return tuple(out)
+
+
+def _people(
+    session: Session, meeting: Activity, people: list[ActivityParticipant], now: datetime
+) -> tuple[MeetingPerson, ...]:
+    """A meeting's external participants, each with their last touch before the meeting
+    (and before now: a touch since it began changes nothing) and their open deals."""
+    ids = sorted({p.contact_id for p in people if p.contact_id is not None})
+    contacts = {
+        c.id: (c, account)
+        for c, account in session.execute(
+            select(Contact, Account.name)
+            .outerjoin(Account, Account.id == Contact.account_id)
+            .where(Contact.id.in_(ids))
+        )
+    }
+    before = min(meeting.occurred_at, now)
+    last = dict(
+        session.execute(
+            select(Link.target_id, func.max(Activity.occurred_at))
+            .join(Activity, Activity.id == Link.activity_id)
+            .where(
+                Link.type == "contact",
+                Link.target_id.in_(ids),
+                Activity.occurred_at < before,
+                Activity.status == "confirmed",
+                Activity.id != meeting.id,
+            )
+            .group_by(Link.target_id)
+        ).all()
+    )
+    deals = _open_deals(session, [c for c, _ in contacts.values()])
+    out = []
+    for p in people:
+        found = contacts.get(p.contact_id) if p.contact_id is not None else None
+        if found is None:
+            out.append(MeetingPerson(p.name or p.address, p.address, None, False, None, ()))
+            continue
+        contact, account = found
+        out.append(
+            MeetingPerson(
+                contact.name,
+                p.address,
+                account,
+                True,
+                last.get(contact.id),
+                deals.get(contact.id, ()),
+            )
+        )
+    return tuple(out)
+
+
+def _open_deals(session: Session, contacts: list[Contact]) -> dict[int, tuple[str, ...]]:
+    """Contact id -> the open deals they have a role in, then their account's, by id."""
+    if not contacts:
+        return {}
+    accounts = {c.account_id for c in contacts if c.account_id is not None}
+    with_role = select(OpportunityContact.opportunity_id).where(
+        OpportunityContact.contact_id.in_([c.id for c in contacts])
+    )
+    deals = session.scalars(
+        select(Opportunity)
+        .where(
+            Opportunity.status == "open",
+            or_(Opportunity.id.in_(with_role), Opportunity.account_id.in_(accounts)),
+        )
+        .order_by(Opportunity.external_id)
+    ).all()
+    roles: dict[int, set[int]] = defaultdict(set)
+    for opp_id, contact_id in session.execute(
+        select(OpportunityContact.opportunity_id, OpportunityContact.contact_id).where(
+            OpportunityContact.contact_id.in_([c.id for c in contacts])
+        )
+    ):
+        roles[contact_id].add(opp_id)
+    return {
+        c.id: tuple(
+            f"{d.external_id} {d.name}"
+            for d in sorted(deals, key=lambda d: (d.id not in roles[c.id], d.external_id))
+            if d.id in roles[c.id] or d.account_id == c.account_id
+        )
+        for c in contacts
+    }
+
+
+def call_lists(session: Session, user_id: int, today: str) -> dict[str, TaskStatus]:
+    """The user's open call lists (of any day), and today's (uid ``today``) whatever its
+    status: uid -> status."""
+    return dict(
+        session.execute(
+            select(Task.uid, Task.status).where(
+                Task.user_id == user_id,
+                Task.rule == "call-list",
+                or_(Task.status == "open", Task.uid == today),
+            )
+        ).all()
+    )

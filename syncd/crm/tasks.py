@@ -26,12 +26,13 @@ from syncd.items import TaskState, TaskStatus
 
 @dataclass(frozen=True)
 class TaskPlan:
-    """What a follow-up rule decided about one task (see syncd.followups)."""
+    """What a follow-up rule decided about one task (see syncd.followups), or the call list
+    about a day's list (syncd.calllist: it has no activity)."""
 
     uid: str
     rule: TaskRule
     user_id: int
-    activity_id: int
+    activity_id: int | None
     contact_id: int | None
     opportunity_id: int | None
     title: str
@@ -85,23 +86,42 @@ def _new_task_row(plan: TaskPlan, now: datetime) -> dict[str, Any]:
     }
 
 
+# what closes a task for a while only: an open plan for it opens it again (syncd.calllist);
+# a task the user closed in their calendar, or whose activity went, stays closed
+REOPENED_BY: frozenset[TaskResolution | None] = frozenset({"empty", "turned off", "expired"})
+
+
 def _follow_plan(task: Task, plan: TaskPlan, now: datetime) -> bool:
-    """An open task closed by its rule, or moved with its activity to another deal; a task
-    already closed stays as it is. True when the task changed (a new version)."""
+    """An open task closed by its rule, or rewritten with what its rule says of it now (its
+    activity moved to another deal; a call list's content changed). A closed task stays as
+    it is, unless syncd closed it for a reason that passes (REOPENED_BY: a call list that
+    was empty, turned off or out of its day has something again). True when the task
+    changed (a new version)."""
     if task.status != plan.status and task.status == "open":
         task.status = plan.status
         task.resolution = plan.resolution
+    elif plan.status == "open" != task.status and task.resolution in REOPENED_BY:
+        task.status, task.resolution = "open", None
+        _rewrite(task, plan)
     elif task.status == plan.status == "open" and (
-        task.opportunity_id != plan.opportunity_id or task.description != plan.description
-    ):  # its activity moved to another deal: the calendar entry says so too
-        task.opportunity_id = plan.opportunity_id
-        task.title = clean(plan.title) or ""
-        task.description = clean(plan.description) or ""
+        task.opportunity_id != plan.opportunity_id
+        or task.title != (clean(plan.title) or "")
+        or task.description != (clean(plan.description) or "")
+        or task.due != plan.due
+    ):  # the calendar entry says what its rule says now
+        _rewrite(task, plan)
     else:
         return False
     task.updated_at = now
     task.version += 1
     return True
+
+
+def _rewrite(task: Task, plan: TaskPlan) -> None:
+    task.opportunity_id = plan.opportunity_id
+    task.title = clean(plan.title) or ""
+    task.description = clean(plan.description) or ""
+    task.due = plan.due
 
 
 def apply_calendar_task_states(

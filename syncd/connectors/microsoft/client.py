@@ -12,6 +12,8 @@ slots (:class:`_Slots`, Graph's per-mailbox concurrency limit; a ``$batch`` one 
 429 and 5xx are retried honouring Retry-After, and dropped connections too, by the shared
 policy (:mod:`syncd.connectors.retry`): a Retry-After over a minute ends the pass instead.
 A 410 raises :class:`CursorExpired`; refused credentials :class:`AuthError` with the fix.
+:meth:`GraphClient.download` reads a resource's raw content (a message's MIME, ``$value``)
+the same way, never more of it than its cap.
 
 Over 400 lines: the session is one object whose parts (tokens, slots, retries, ``$batch``)
 share its state; the small helpers beside it (``_Http``, :class:`EncryptedCache`, the O365
@@ -83,12 +85,55 @@ class _Retry(Exception):
         self.status, self.retry_after = status, retry_after
 
 
+class TooLarge(Exception):
+    """A download over its cap, left unread: ``size`` is its Content-Length (``whole``), or
+    the bytes read when the cap was passed (it is larger still)."""
+
+    def __init__(self, size: int, whole: bool) -> None:
+        super().__init__(f"{size} bytes{'' if whole else ' or more'}")
+        self.size, self.whole = size, whole
+
+
+class ItemRefused(ConnectorError):
+    """Graph refused a call about one item for good (its id unknown, 404 ErrorItemNotFound;
+    a 400): that item cannot be read, and the pass goes on without it."""
+
+
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, (_Retry, requests.ConnectionError, requests.Timeout))
+    # a body cut short (ChunkedEncodingError) is a dropped connection too
+    return isinstance(
+        exc,
+        (
+            _Retry,
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ),
+    )
 
 
 def _hint(exc: BaseException) -> float | None:
     return exc.retry_after if isinstance(exc, _Retry) else None
+
+
+def _json_or_empty(response: requests.Response) -> Any:
+    """The JSON body of an answer ({} without one, or when it is no JSON)."""
+    try:
+        return response.json() if response.content else {}
+    except ValueError:
+        return {}
+
+
+def _read_capped(response: requests.Response, cap: int) -> bytes:
+    """A streamed body, read in pieces until it passes ``cap`` (:class:`TooLarge`)."""
+    pieces: list[bytes] = []
+    read = 0
+    for piece in response.iter_content(chunk_size=64 * 1024):
+        read += len(piece)
+        if read > cap:
+            raise TooLarge(read, False)
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 class _Slots:
@@ -329,9 +374,18 @@ class GraphClient:
     def user_url(self, path: str) -> str:
         return f"{self.graph}{self.root}{path}"
 
-    def _send(
-        self, method: str, url: str, body: Any, headers: dict[str, str] | None, slots: int
-    ) -> requests.Response:
+    @contextmanager
+    def _opened(
+        self,
+        method: str,
+        url: str,
+        body: Any,
+        headers: dict[str, str] | None,
+        slots: int,
+        stream: bool = False,
+    ) -> Iterator[requests.Response]:
+        """One request's response, its slots held until it is closed (a ``stream``ed body is
+        read within them)."""
         if self._token is None or time.monotonic() >= self._renew_at:
             self.refresh()
         kwargs: dict[str, Any] = {"headers": dict(headers or {})}
@@ -339,12 +393,21 @@ class GraphClient:
             kwargs["data"] = body
         if self.ca_bundle:
             kwargs["verify"] = self.ca_bundle
+        if stream:
+            kwargs["stream"] = True
         with _Slots.hold(f"{self.graph}|{self.user}", slots):
             try:
                 response: requests.Response = self.con.oauth_request(url, method, **kwargs)
             except RuntimeError as exc:  # O365's own refresh failed
                 raise refused(self.spec.name, f"{self.where()}: {exc}") from None
-        return response
+            with response:
+                yield response
+
+    def _send(
+        self, method: str, url: str, body: Any, headers: dict[str, str] | None, slots: int
+    ) -> requests.Response:
+        with self._opened(method, url, body, headers, slots) as response:
+            return response  # its body is read: closing it lets the connection go
 
     def request(
         self,
@@ -384,8 +447,14 @@ class GraphClient:
     ) -> tuple[int, Any]:
         """One try of a call; :class:`_Retry` when the answer is worth another."""
         response = self._send(method, url, body, headers, slots)
-        status = response.status_code
         data = response.json() if response.content else {}
+        return self._judged(response, data, refreshed)
+
+    def _judged(
+        self, response: requests.Response, data: Any, refreshed: list[bool]
+    ) -> tuple[int, Any]:
+        """(status, JSON body) of an answer; :class:`_Retry` when it is worth another try."""
+        status = response.status_code
         if status == 401 and not refreshed:  # the token expired early: once more
             refreshed.append(True)
             self.refresh(force=True)
@@ -394,6 +463,43 @@ class GraphClient:
             code, text = error_text(data)
             raise _Retry(status, header_retry_after(response.headers), f"{code} {text}")
         return status, data
+
+    def download(self, url: str, cap: int) -> bytes:
+        """A resource's raw content (a message's MIME, ``GET …/messages/{id}/$value``), with
+        the retries of :meth:`request`. At most ``cap`` bytes are read: a longer one raises
+        :class:`TooLarge`, by its Content-Length before any of it is read, else as soon as
+        the bytes read pass ``cap`` (the rest is never read). Graph refusing the item
+        itself raises :class:`ItemRefused`; anything else as :meth:`request` does."""
+        refreshed: list[bool] = []
+        policy = retrying(
+            transient=_transient,
+            attempts=self.retries,
+            first=self.backoff,
+            cap=BACKOFF_CAP,
+            wait_hint=_hint,
+        )
+        try:
+            status, data = policy(self._download_once, url, cap, refreshed)
+        except (_Retry, requests.RequestException) as exc:
+            raise ConnectorError(f"{self.where()}: {exc}; the next poll resumes") from None
+        if status == 200:
+            return bytes(data)
+        if status in (401, 403, 410) or error_text(data)[0] == "ErrorInvalidUser":
+            raise self._refusal("GET", url, status, data)
+        code, text = error_text(data)
+        raise ItemRefused(f"Graph refused it ({status} {code}: {text})")
+
+    def _download_once(self, url: str, cap: int, refreshed: list[bool]) -> tuple[int, Any]:
+        """One try of :meth:`download`: (200, the bytes), else (status, the JSON error)."""
+        with self._opened("GET", url, None, None, 1, stream=True) as response:
+            if response.status_code != 200:
+                data = _json_or_empty(response)
+            else:
+                length = response.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) > cap:
+                    raise TooLarge(int(length), True)
+                return 200, _read_capped(response, cap)
+        return self._judged(response, data, refreshed)
 
     def _refusal(self, method: str, url: str, status: int, data: Any) -> ConnectorError:
         """The error of a call Graph refused for good."""

@@ -6,10 +6,20 @@ as text for ``full``) and a message's sensitivity as PidTagSensitivity, expanded
 delta itself (:func:`~syncd.connectors.microsoft.parse.delta_query`). The first sync reads
 the messages of the last ``since_days`` days; the next page is fetched while one is
 recorded.
+
+A dropbox (``syncd.dropbox``; its limits a ``ReadLimits`` with ``keep_raw``) needs each
+message's bytes, to unpack the forwards in them: each message a delta page gives is read
+whole, as MIME (``GET /users/{id}/messages/{id}/$value``, "Get MIME content of a message"),
+three at a time beside the prefetch (the mailbox's four slots), and parsed as every MIME
+connector parses mail (:func:`syncd.connectors.mime.read_message`), its item keeping the
+bytes, Graph's ``conversationId``, categories and sensitivity. One over
+``limits.message_bytes`` is quarantined unread (by its Content-Length, else once that much
+is read), one that cannot be read with its bytes (``rfc822``); none stops the batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
@@ -17,17 +27,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+from syncd.config import ReadLimits
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.kind import typed
 from syncd.connectors.microsoft import MicrosoftSettings
-from syncd.connectors.microsoft.client import GraphClient
-from syncd.connectors.microsoft.parse import delta_query, mail_item, quarantined
+from syncd.connectors.microsoft.client import MAX_IN_FLIGHT, GraphClient, ItemRefused, TooLarge
+from syncd.connectors.microsoft.parse import delta_query, is_private, mail_item, quarantined
+from syncd.connectors.mime import read_message
 from syncd.items import Batch, Cursor, MailItem, Quarantined
+from syncd.limits import OverLimit, size
 
 FOLDERS = ("inbox", "sentitems")
 TEXT_BODY = 'outlook.body-content-type="text"'
+MIME_READERS = MAX_IN_FLIGHT - 1  # $value downloads at once: every slot but the prefetch's
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,10 @@ class GraphMail:
         self.page = settings.page_size or max(10, min(spec.batch_size, 1000))
         self.since = timedelta(days=settings.since_days)
         self.policy = spec.body_policy
-        self.query = delta_query(self.policy)
+        # a dropbox's: each message read whole, as MIME, its item keeping the bytes (so the
+        # delta itself needs no body)
+        self.whole = isinstance(spec.limits, ReadLimits) and spec.limits.keep_raw
+        self.query = delta_query("metadata" if self.whole else self.policy)
         self.query_id = hashlib.sha256(urlencode(self.query).encode()).hexdigest()[:16]
 
     def _first_link(self) -> str:
@@ -75,7 +92,7 @@ class GraphMail:
         synced = bool(state.get("synced"))
         floor = None if synced else datetime.now(UTC) - self.since
         prefer = [f"odata.maxpagesize={self.page}"]
-        if self.policy == "full":
+        if self.policy == "full" and not self.whole:
             prefer.append(TEXT_BODY)  # a header: not carried in the links, sent every time
         headers = {"Prefer": ", ".join(prefer)}
         # the next page is fetched while this one is parsed and recorded (two of the
@@ -121,6 +138,8 @@ class GraphMail:
         """A page's messages: drafts, moves and deletions skipped (what was logged stays
         logged), those sent before ``floor`` (the first sync's window) left out, the
         unreadable quarantined."""
+        if self.whole:
+            return self._read_whole(messages, floor)
         items: list[MailItem] = []
         held: list[Quarantined] = []
         for message in messages:
@@ -137,3 +156,79 @@ class GraphMail:
                 if floor is None or item.sent_at >= floor:
                     items.append(item)
         return _Read(tuple(items), tuple(held))
+
+    # --- a dropbox: messages read whole, as MIME ----------------------------------------------
+
+    def _read_whole(self, messages: list[Any], floor: datetime | None) -> _Read:
+        """A dropbox's page: as :meth:`_read`, but each message read as MIME (``$value``),
+        those before ``floor`` left out by their Graph dates before anything is downloaded
+        (and by their own Date after)."""
+        wanted: list[dict[str, Any]] = []
+        held: list[Quarantined] = []
+        for message in messages:
+            if not isinstance(message, dict) or not message.get("id"):
+                held.append(quarantined(message, "not a Graph message", "graph-message"))
+            elif "@removed" in message or message.get("isDraft"):
+                continue
+            elif floor is None or (_graph_date(message) or floor) >= floor:
+                wanted.append(message)
+        items: list[MailItem] = []
+        with ThreadPoolExecutor(MIME_READERS, thread_name_prefix="graph-mime") as readers:
+            for message, data in zip(wanted, readers.map(self._download, wanted), strict=True):
+                read = self._mime_item(message, data)
+                if isinstance(read, Quarantined):
+                    held.append(read)
+                elif floor is None or read.sent_at >= floor:
+                    items.append(read)
+        return _Read(tuple(items), tuple(held))
+
+    def _download(self, message: dict[str, Any]) -> bytes | Quarantined:
+        """A message's MIME content (``GET /users/{id}/messages/{id}/$value``), or why it
+        cannot be read: over ``limits.message_bytes`` (unread), or refused by Graph."""
+        provider_id = str(message["id"])
+        url = self.client.user_url(f"/messages/{quote(provider_id, safe='')}/$value")
+        limit = self.spec.limits.message_bytes
+        try:
+            return self.client.download(url, limit)
+        except TooLarge as exc:
+            found = f"the message is {'' if exc.whole else 'over '}{size(exc.size)}"
+            return Quarantined(provider_id, str(OverLimit("message_bytes", found, size(limit))))
+        except ItemRefused as exc:
+            return Quarantined(provider_id, f"its MIME content cannot be read: {exc}")
+
+    def _mime_item(
+        self, message: dict[str, Any], data: bytes | Quarantined
+    ) -> MailItem | Quarantined:
+        """The item of a message's MIME, keeping its bytes (the limits' ``keep_raw``), with
+        what Graph knows beside it: ``conversationId`` (the thread key the JSON path keeps),
+        the categories (labels) and PidTagSensitivity (a private message stays private, and
+        if it cannot be read its content is not kept)."""
+        if isinstance(data, Quarantined):
+            return data
+        provider_id = str(message["id"])
+        private = is_private(message)
+        when = _graph_date(message) or datetime.now(UTC)
+        read = read_message(data, provider_id, when, limits=self.spec.limits)
+        if isinstance(read, Quarantined):
+            if private:
+                reason = f"{read.reason} (marked private: its content is not kept)"
+                return Quarantined(provider_id, reason)
+            return read
+        labels = tuple(str(c) for c in message.get("categories") or ())
+        return dataclasses.replace(
+            read,
+            provider_thread_id=message.get("conversationId") or read.provider_thread_id,
+            private=read.private or private,
+            labels=labels or read.labels,
+        )
+
+
+def _graph_date(message: dict[str, Any]) -> datetime | None:
+    """A Graph message's ``sentDateTime``, else its ``receivedDateTime`` (None: neither)."""
+    for key in ("sentDateTime", "receivedDateTime"):
+        try:
+            stamp = datetime.fromisoformat(str(message.get(key) or "").replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    return None

@@ -22,6 +22,9 @@ their sources), not from what syncd sends:
   not have, and a request body property the type does not have (also inside ``$batch``), are
   refused with 400 in Graph's error shape. A message has no ``sensitivity``: it is served only
   as the MAPI property PidTagSensitivity through ``$expand=singleValueExtendedProperties``.
+- A message's MIME content, ``GET …/messages/{id}/$value`` (``text/plain``): the bytes of a
+  message seeded from MIME (``deliver_mime``, its JSON properties read from its headers),
+  else a MIME rendering of the message's properties, as Exchange renders a stored item.
 - Bodies: ``body`` is HTML unless ``Prefer: outlook.body-content-type="text"`` (echoed in
   ``Preference-Applied``); ``bodyPreview`` is the first 255 characters of the text body.
 - Item ids: each message has a REST id that changes when it moves to another folder and an
@@ -41,7 +44,8 @@ mixin over ``state.GraphState``):
 - ``state``: app registrations, grants, users and their collections, Graph's error shape;
 - ``identity``: the identity platform (sign-in, tokens) and the bearer check of Graph;
 - ``schema`` and ``odata``: Graph's entity schema, query options, ``Prefer``, ``$expand``;
-- ``mail``, ``calendar``, ``todo``: each resource, seeded and served;
+- ``mail``, ``calendar``, ``todo``: each resource, seeded and served; ``mime``: a message's
+  MIME content (``$value``), and messages seeded from MIME;
 - ``delta``: message and calendar delta rounds; ``batch``: ``$batch``;
 - ``graph``: :class:`MicrosoftEmulator`, routing and per-mailbox throttling.
 
@@ -56,6 +60,7 @@ from .delta import DEFAULT_PAGE, DELTA_QUERY
 from .graph import MicrosoftEmulator
 from .identity import make_client_certificate
 from .mail import PREVIEW_CHARS, SENSITIVITIES, SENSITIVITY_TAG, WELL_KNOWN_FOLDERS
+from .mime import MIME_TYPE
 from .odata import OUTLOOK_TYPES
 from .state import (
     APP_PERMISSIONS,
@@ -76,6 +81,7 @@ __all__ = [
     "GRAPH_DEFAULT_SCOPE",
     "MAILBOX_CONCURRENCY",
     "MAX_BATCH",
+    "MIME_TYPE",
     "OUTLOOK_TYPES",
     "PREVIEW_CHARS",
     "SENSITIVITIES",

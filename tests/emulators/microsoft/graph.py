@@ -21,6 +21,7 @@ from .contacts import Contacts
 from .delta import Delta
 from .folders import Folders
 from .identity import Identity
+from .mime import MimeContent
 from .odata import preferences
 from .state import Grant, GraphCall, GraphError, User
 from .todo import Todo
@@ -28,7 +29,7 @@ from .todo import Todo
 _USER_PATH = re.compile(r"^/(users/(?P<user>[^/]+)|me)(?P<rest>/.*)?$")
 
 
-class MicrosoftEmulator(Identity, Delta, Folders, Contacts, Todo, Batch):
+class MicrosoftEmulator(Identity, Delta, MimeContent, Folders, Contacts, Todo, Batch):
     """State and behaviour; :meth:`start` serves it over TLS on 127.0.0.1 and a free port."""
 
     @property
@@ -70,6 +71,7 @@ class MicrosoftEmulator(Identity, Delta, Folders, Contacts, Todo, Batch):
                 routes = (
                     self._delta_route,
                     self._mail_route,
+                    self._mime_route,
                     self._folders_route,
                     self._calendar_route,
                     self._todo_route,

@@ -33,7 +33,7 @@ PREVIEW_CHARS = 255  # bodyPreview: "The first 255 characters of the message bod
 # text format." [MGD api-reference/v1.0/resources/message.md]
 
 
-def _body_fields(text: str) -> dict[str, Any]:
+def body_fields(text: str) -> dict[str, Any]:
     """A message body written as ``text``: served as HTML by default, as the text itself with
     ``Prefer: outlook.body-content-type="text"`` [MGD api-reference/v1.0/api/message-get.md],
     and its first 255 characters as ``bodyPreview`` [resources/message.md]."""
@@ -50,7 +50,7 @@ def _body_fields(text: str) -> dict[str, Any]:
     }
 
 
-def _sensitivity_property(level: str | int) -> dict[str, str]:
+def sensitivity_property(level: str | int) -> dict[str, str]:
     """PidTagSensitivity as a single-value extended property: the value is a string, as Graph
     sends every extended property's value [resources/singlevaluelegacyextendedproperty.md]."""
     number = SENSITIVITIES[level.lower()] if isinstance(level, str) else int(level)
@@ -111,7 +111,7 @@ class Mail(GraphState):
                 "hasAttachments": False,
                 "internetMessageId": mid,
                 "subject": subject,
-                **_body_fields(body),
+                **body_fields(body),
                 "importance": "normal",
                 "conversationId": conversation_id or "AAQk" + uuid.uuid4().hex,
                 "isRead": False,
@@ -131,7 +131,12 @@ class Mail(GraphState):
                     *({"name": n, "value": v} for n, v in headers),
                 ]
             if sensitivity is not None:
-                resource["_extended"] = [_sensitivity_property(sensitivity)]
+                resource["_extended"] = [sensitivity_property(sensitivity)]
+            return self._store(box, folder, resource)
+
+    def _store(self, box: User, folder: str, resource: dict[str, Any]) -> str:
+        """A new message in ``folder`` with a new immutable id and REST id; returns the first."""
+        with self.lock:
             immutable = "AAkAL" + secrets.token_urlsafe(24)
             rest = "AAMkA" + secrets.token_urlsafe(24)
             box.collection(folder)[immutable] = Record(immutable, rest, resource, self._next())
@@ -159,7 +164,7 @@ class Mail(GraphState):
         """Change a message's properties (``body`` as text, ``sensitivity`` as for
         :meth:`deliver`, None to unset it)."""
         if "body" in changes and isinstance(changes["body"], str):
-            changes.update(_body_fields(changes.pop("body")))
+            changes.update(body_fields(changes.pop("body")))
         with self.lock:
             for coll in self.users[user].collections.values():
                 record = coll.get(immutable_id)
@@ -172,7 +177,7 @@ class Mail(GraphState):
                             if property_key(p["id"]) != ("integer", str(SENSITIVITY_TAG))
                         ]
                         if level is not None:
-                            others.append(_sensitivity_property(level))
+                            others.append(sensitivity_property(level))
                         record.resource["_extended"] = others
                     record.resource.update(changes)
                     record.seq = self._next()
