@@ -245,7 +245,7 @@ class Daemon:
         from syncd.crm.rematch import run_queued
 
         try:
-            done = run_queued(self.sessions, self.settings)
+            done = run_queued(self.sessions, self.settings, self.stopping.is_set)
         except Exception as exc:  # never stops the daemon; the queue stays for the next look
             log.warning("re-matching after a CRM load failed (tried again): %s", describe(exc))
             return

@@ -2,7 +2,7 @@
 passes of every mailbox through a Procrastinate job queue kept in the CRM database.
 
 This module owns the queue: its tables (:func:`upgrade_queue`, run by ``syncd db
-upgrade``), its two tasks and the worker that runs them (:func:`run_worker`).
+upgrade``), its three tasks and the worker that runs them (:func:`run_worker`).
 
 - ``syncd.pass``: one pass of one mailbox (:class:`syncd.sync.SyncJob` with the
   ``sync.pass_budget``). Deferred with the mailbox as its ``queueing_lock`` (at most one
@@ -14,7 +14,10 @@ upgrade``), its two tasks and the worker that runs them (:func:`run_worker`).
   tick whatever the number of workers) that defers a pass of each mailbox that is due
   (the rule of ``syncd run``: ``Daemon.due``), leaving out those whose lease is held, and
   first puts back in the queue the passes of workers that stopped sending heartbeats
-  (killed, or their machine lost): another worker picks them up.
+  (killed, or their machine lost): another worker picks them up; and defers
+  ``syncd.rematch`` when ``syncd crm load`` queued activities to re-match.
+- ``syncd.rematch``: re-matches what a CRM load changed (``syncd.crm.rematch``; the
+  daemon's job under ``syncd run``), one at a time.
 
 SIGTERM or SIGINT: the passes in hand finish their batch, the worker exits 0.
 """
@@ -22,6 +25,7 @@ SIGTERM or SIGINT: the passes in hand finish their batch, the worker exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -46,7 +50,9 @@ from syncd.connectors.transport import mask_urls
 from syncd.crm.database import DatabaseError, describe_error, make_engine, safe_url
 from syncd.crm.leases import new_owner
 from syncd.crm.models import Mailbox
+from syncd.crm.rematch import pending, run_queued
 from syncd.daemon import Daemon, Notifier
+from syncd.decide import describe
 from syncd.notify import watchdog_interval
 from syncd.report import SyncReport
 from syncd.sync import SyncJob
@@ -56,6 +62,7 @@ log = logging.getLogger("syncd.worker")
 QUEUE = "syncd"
 PASS_TASK = "syncd.pass"
 SCHEDULE_TASK = "syncd.schedule"
+REMATCH_TASK = "syncd.rematch"
 SCHEDULE_EVERY = 5  # seconds between two looks at what is due
 STALLED_AFTER = 30.0  # seconds without a heartbeat after which a worker is taken for dead
 _UPGRADE_LOCK = 0x5359_4E43_5100  # pg_advisory_xact_lock key: one queue upgrade at a time
@@ -148,6 +155,11 @@ class Runtime:
     stalled_after: float = STALLED_AFTER
     stopping: Event = field(default_factory=Event)
     loop: asyncio.AbstractEventLoop | None = None  # the worker's, once it runs
+
+    def rematch_waiting(self) -> bool:
+        """Whether a CRM load queued activities to re-match."""
+        with self.sessions() as session:
+            return pending(session) > 0
 
     def due(self) -> list[str]:
         """The mailboxes due for a pass (the rule of ``syncd run``), less those whose lease
@@ -254,7 +266,32 @@ async def schedule(context: JobContext, timestamp: int) -> str:
     for name in await asyncio.to_thread(rt.due):
         if name not in queued:
             deferred += await defer_pass(context.app, name)
+    if await asyncio.to_thread(rt.rematch_waiting):
+        with contextlib.suppress(AlreadyEnqueued):  # at most one waits, and one runs
+            await context.app.configure_task(
+                REMATCH_TASK, queue=QUEUE, lock=REMATCH_TASK, queueing_lock=REMATCH_TASK
+            ).defer_async()
     return f"{deferred} passes deferred"
+
+
+def rematch_queued(context: JobContext) -> str:
+    """The ``syncd.rematch`` task: re-match what ``syncd crm load`` queued (the daemon's
+    job under ``syncd run``; ``syncd.crm.rematch``)."""
+    rt = _runtime(context)
+    try:
+        done = run_queued(rt.sessions, rt.settings, rt.stopping.is_set)
+    except SQLAlchemyError as exc:  # the queue stays: the next tick tries again
+        log.warning("re-matching after a CRM load failed (tried again): %s", describe(exc))
+        return "failed"
+    if done is None:
+        return "nothing queued"
+    log.info(
+        "re-matched %d activities after a CRM load: %d links of %d activities changed",
+        done.examined,
+        len(done.changes),
+        done.activities_changed,
+    )
+    return f"{done.examined} activities re-matched"
 
 
 def make_app(url: str, pool_size: int) -> App:
@@ -264,6 +301,7 @@ def make_app(url: str, pool_size: int) -> App:
         periodic_defaults={"max_delay": 60},
     )
     app.task(name=PASS_TASK, queue=QUEUE, pass_context=True)(sync_pass)
+    app.task(name=REMATCH_TASK, queue=QUEUE, pass_context=True)(rematch_queued)
     scheduler = app.task(
         name=SCHEDULE_TASK, queue=QUEUE, pass_context=True, queueing_lock=SCHEDULE_TASK
     )(schedule)

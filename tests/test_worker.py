@@ -369,3 +369,55 @@ def test_a_worker_refuses_sqlite_naming_the_fix(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1, done.stderr
     assert "syncd worker needs PostgreSQL" in done.stderr
     assert "syncd run" in done.stderr and "postgresql+psycopg://" in done.stderr
+
+
+def test_a_worker_rematches_what_a_crm_load_queued(pg_server: str, tmp_path: Path) -> None:
+    """Under 'syncd worker' (no daemon), the schedule hands what 'syncd crm load' queued to
+    the syncd.rematch task: a deal lost since is taken off its mail."""
+    from syncd.config import Settings
+    from syncd.crm import rematch
+    from syncd.crm.reports import activity_report
+    from syncd.sync import sync_mailbox
+
+    url = new_pg_database(pg_server)
+    upgrade(make_engine(url))
+    upgrade_queue(url)
+    sessions = session_factory(make_engine(url))
+    demo = build_demo(tmp_path / "demo", datetime.now(UTC))
+    load_company(sessions, demo.root / "crm")
+    add_local_mailbox(sessions, "ana", "ana@northwind.test", maildir=str(demo.maildirs["ana"]))
+    assert sync_mailbox(sessions, Settings(home=tmp_path / "home"), "ana").ok
+
+    def deals() -> set[str]:
+        with sessions() as session:
+            (scope,) = [r for r in activity_report(session) if r["subject"] == "Pilot scope"]
+        return {lk["name"] for lk in scope["links"] if lk["type"] == "opportunity"}
+
+    assert deals() == {"OPP-202 Globex pilot"}
+    lost = tmp_path / "lost.csv"
+    lost.write_text(
+        "external_id,name,account,owner,status\n"
+        "OPP-202,Globex pilot,globex.test,ben@northwind.test,lost\n"
+    )
+    with sessions.begin() as session:
+        assert load_csv(session, "opportunities", lost).queued == 1
+    env = {**os.environ, "SYNCD_DATABASE_URL": url, "SYNCD_HOME": str(tmp_path / "home")}
+    env.pop("SYNCD_CONFIG", None)
+    proc = subprocess.Popen(
+        [*SYNCD, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while deals():
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the worker did not re-match within 90 s"
+            time.sleep(0.5)
+        with sessions() as session:
+            assert rematch.pending(session) == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -280,16 +280,16 @@ def rematch_cmd(
         fail("--queued re-matches what a CRM load queued: give it alone", 2)
     with state.sessions()() as session:
         try:
-            upto = None
+            taken: list[int] = []
             if queued:
-                ids, upto = rematching.queued_activities(session, state.settings())
+                ids, taken = rematching.queued_activities(session, state.settings())
             else:
                 ids = rematching.chosen(
                     session, state.settings(), since=day, opportunity=opportunity
                 )
             done = rematching.rematch(session, state.settings(), ids)
-            if upto is not None:
-                rematching.clear_queue(session, upto)
+            if taken:
+                rematching.clear_queue(session, taken)
         except LookupError as exc:
             session.rollback()
             fail(f"--opportunity: {exc}", 2)

@@ -353,7 +353,6 @@ class RematchRequest(Base):
     (``syncd.crm.rematch``); removed in the transaction that re-matches them."""
 
     __tablename__ = "rematch_queue"
-    __table_args__ = (UniqueConstraint("kind", "value"),)
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     kind: Mapped[str] = mapped_column(String(12))  # address, domain, opportunity
     value: Mapped[str] = mapped_column(String(320))

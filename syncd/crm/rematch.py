@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -115,8 +115,10 @@ def chosen(
             f"no opportunity with external id {opportunity!r}; see the CRM's deals, or load "
             "it with 'syncd crm load opportunities FILE'"
         )
-    ids = set(_concerning(session, settings, [opp.id]))
-    return sorted(set(session.scalars(query.where(Activity.id.in_(ids)))) if ids else set())
+    found: set[int] = set()
+    for chunk in chunked(sorted(_concerning(session, settings, [opp.id])), LOOKUP_CHUNK):
+        found.update(session.scalars(query.where(one_of(session, Activity.id, chunk))))
+    return sorted(found)
 
 
 def _concerning(session: Session, settings: Settings, opportunity_ids: list[int]) -> set[int]:
@@ -201,9 +203,14 @@ def rematch(session: Session, settings: Settings, activity_ids: Sequence[int]) -
         | set(activity_ids)
     )
     before = _links_of(session, members)
+    tagged: set[int] = set()  # deals whose tag links changed
     for chunk in chunked(sorted(activity_ids), CHUNK):
-        _rematch_chunk(session, index, chunk, done)
+        tagged |= _rematch_chunk(session, index, chunk, done)
     session.flush()
+    if tagged:  # their latest tagged activity ranks them against other deals (settle)
+        lookups.load_opportunities(session, index, tagged)
+        for opp_id, when in lookups.restate_tagged(session, sorted(tagged)).items():
+            index.set_last_activity(opp_id, when)
     settle_keys(session, index, keys)
     session.flush()
     after = _links_of(session, members)
@@ -211,15 +218,20 @@ def rematch(session: Session, settings: Settings, activity_ids: Sequence[int]) -
     return done
 
 
-def _rematch_chunk(session: Session, index: CrmIndex, ids: list[int], done: Rematched) -> None:
-    stored = _stored_items(session, ids)
+def _rematch_chunk(
+    session: Session, index: CrmIndex, ids: list[int], done: Rematched
+) -> set[int]:
+    """Re-match these activities' contact, account and tag links; returns the deals whose
+    tag links changed."""
+    stored, whole = _stored_items(session, ids)
     lookups.fill(session, index, list(stored.values()))
+    tagged: set[int] = set()
     vetoed = conversations.vetoes(session, ids)
     have = _links_of(session, ids)
     add: list[dict[str, object]] = []
     for activity_id, item in stored.items():
         m = match(item, index)
-        excluded = exclusion(item, m, index)
+        excluded = exclusion(item, m, index, forced=True)  # what no label or dropbox lets in
         if excluded is not None:
             done.excluded_now.append((activity_id, str(excluded)))
         wanted = {
@@ -231,7 +243,11 @@ def _rematch_chunk(session: Session, index: CrmIndex, ids: list[int], done: Rema
         for (type_, target), reason in current.items():
             if reason == "manual" or (type_ == "opportunity" and reason != "tag"):
                 continue  # an admin's, or a deal the settling decides
+            if type_ == "opportunity" and activity_id not in whole:
+                continue  # the tag may be in the part of the body the CRM did not keep
             if (type_, target) not in wanted:
+                if type_ == "opportunity":
+                    tagged.add(target)
                 session.execute(
                     delete(Link).where(
                         Link.activity_id == activity_id,
@@ -243,6 +259,8 @@ def _rematch_chunk(session: Session, index: CrmIndex, ids: list[int], done: Rema
             known = current.get((type_, target))
             if (activity_id, type_, target) in vetoed or known == "manual" or known == reason:
                 continue
+            if type_ == "opportunity":
+                tagged.add(target)
             if known is None:
                 row = {"activity_id": activity_id, "type": type_, "target_id": target}
                 add.append({**row, "reason": reason})
@@ -258,6 +276,7 @@ def _rematch_chunk(session: Session, index: CrmIndex, ids: list[int], done: Rema
                 )
         _restate(session, activity_id, m)
     insert_rows(session, Link, add)
+    return tagged
 
 
 def _restate(session: Session, activity_id: int, m: Match) -> None:
@@ -281,9 +300,10 @@ def _restate(session: Session, activity_id: int, m: Match) -> None:
         )
 
 
-def _stored_items(session: Session, ids: list[int]) -> dict[int, Item]:
+def _stored_items(session: Session, ids: list[int]) -> tuple[dict[int, Item], set[int]]:
     """The activities as the matcher reads items: participants, subject and body (or the
-    snippet, when the body policy kept no more), their time and conversation."""
+    snippet, when the body policy kept no more), their time and conversation; and which of
+    them have their whole text (the body policy ``full``: a tag not found is not there)."""
     people: dict[int, list[Participant]] = defaultdict(list)
     for activity_id, address, name, role in session.execute(
         select(
@@ -297,7 +317,10 @@ def _stored_items(session: Session, ids: list[int]) -> dict[int, Item]:
     ):
         people[activity_id].append(Participant(address, name, role))
     items: dict[int, Item] = {}
+    whole: set[int] = set()
     for a in session.scalars(select(Activity).where(one_of(session, Activity.id, ids))):
+        if a.body is not None:
+            whole.add(a.id)
         text = a.body or a.snippet or ""
         who = tuple(people[a.id])
         item: Item
@@ -326,7 +349,7 @@ def _stored_items(session: Session, ids: list[int]) -> dict[int, Item]:
                 body=text,
             )
         items[a.id] = item
-    return items
+    return items, whole
 
 
 Links = dict[int, dict[tuple[LinkType, int], LinkReason]]  # activity -> (type, target) -> why
@@ -366,14 +389,14 @@ def _diff(
                 rows.append((activity_id, type_, was, now))
     if not rows:
         return []
-    shown = {
-        a.id: (a.occurred_at, a.subject)
+    shown: dict[int, tuple[datetime, str]] = {}
+    for chunk in chunked(sorted({r[0] for r in rows}), LOOKUP_CHUNK):
         for a in session.execute(
             select(Activity.id, Activity.occurred_at, Activity.subject).where(
-                Activity.id.in_(sorted({r[0] for r in rows}))
+                one_of(session, Activity.id, chunk)
             )
-        )
-    }
+        ):
+            shown[a.id] = (a.occurred_at, a.subject)
     return [Change(a, shown[a][0], shown[a][1], t, old, new) for a, t, old, new in rows]
 
 
@@ -423,55 +446,65 @@ def queue(
     opportunity_ids: Iterable[int] = (),
 ) -> int:
     """Queue what a CRM load changed, for the daemon to re-match the activities it touches
-    (in the load's transaction); returns how many changes are queued (some may have been
-    waiting already)."""
+    (in the load's transaction); returns how many changes are queued. Always a new row,
+    even for a value already waiting: a re-match running meanwhile read the CRM before this
+    change, and takes away only the rows it read."""
     wanted = {("address", a) for a in addresses}
     wanted |= {("domain", d) for d in domains}
     wanted |= {("opportunity", str(i)) for i in opportunity_ids}
-    have = {(k, v) for k, v in session.execute(select(RematchRequest.kind, RematchRequest.value))}
-    new = sorted(wanted - have)
     now = datetime.now(UTC)
-    insert_rows(
-        session, RematchRequest, [{"kind": k, "value": v, "queued_at": now} for k, v in new]
-    )
-    return len(wanted)
+    rows = [{"kind": k, "value": v, "queued_at": now} for k, v in sorted(wanted)]
+    insert_rows(session, RematchRequest, rows)
+    return len(rows)
 
 
 def pending(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(RematchRequest)) or 0)
 
 
-def queued_activities(session: Session, settings: Settings) -> tuple[list[int], int | None]:
-    """The activities that the queued CRM changes touch, and the last request's id (None:
-    nothing is queued)."""
-    by_kind: dict[str, list[str]] = defaultdict(list)
-    upto = None
+def queued_activities(session: Session, settings: Settings) -> tuple[list[int], list[int]]:
+    """The activities that the queued CRM changes touch, and the ids of the requests read
+    (those to take off the queue once they are re-matched)."""
+    by_kind: dict[str, set[str]] = defaultdict(set)
+    taken: list[int] = []
     for request_id, kind, value in session.execute(
         select(RematchRequest.id, RematchRequest.kind, RematchRequest.value)
     ):
-        by_kind[kind].append(value)
-        upto = request_id if upto is None else max(upto, request_id)
+        by_kind[kind].add(value)
+        taken.append(request_id)
     ids = touched(session, by_kind["address"], by_kind["domain"])
     deals = [int(v) for v in by_kind["opportunity"] if v.isdigit()]
-    return sorted(ids | _concerning(session, settings, deals)), upto
+    return sorted(ids | _concerning(session, settings, deals)), taken
 
 
-def clear_queue(session: Session, upto: int | None = None) -> None:
-    """Take the requests off the queue (those up to id ``upto``: a load that queued more
-    meanwhile is re-matched next time)."""
-    query = delete(RematchRequest)
-    if upto is not None:
-        query = query.where(RematchRequest.id <= upto)
-    session.execute(query)
+def clear_queue(session: Session, taken: list[int]) -> None:
+    """Take these requests off the queue (a load that queued more meanwhile is re-matched
+    next time)."""
+    for chunk in chunked(taken, LOOKUP_CHUNK):
+        session.execute(delete(RematchRequest).where(one_of(session, RematchRequest.id, chunk)))
 
 
-def run_queued(sessions: sessionmaker[Session], settings: Settings) -> Rematched | None:
-    """Re-match the activities that the queued CRM changes touch, and take the requests off
-    the queue, in one transaction; None when nothing was queued."""
+def run_queued(
+    sessions: sessionmaker[Session], settings: Settings, stop: Callable[[], bool] = lambda: False
+) -> Rematched | None:
+    """Re-match the activities that the queued CRM changes touch, CHUNK activities a
+    transaction (a long re-match never holds the database for long), then take the requests
+    read off the queue; None when nothing was queued. Stopped (``stop()``) or killed
+    between chunks, the requests stay and the next run re-matches them all again: a
+    re-match of what is already right changes nothing."""
+    with sessions() as session:
+        ids, taken = queued_activities(session, settings)
+    if not taken:
+        return None
+    done = Rematched()
+    for chunk in chunked(ids, CHUNK):
+        if stop():
+            return done
+        with sessions.begin() as session:
+            part = rematch(session, settings, chunk)
+        done.examined += part.examined
+        done.changes.extend(part.changes)
+        done.excluded_now.extend(part.excluded_now)
     with sessions.begin() as session:
-        ids, upto = queued_activities(session, settings)
-        if upto is None:
-            return None
-        done = rematch(session, settings, ids)
-        clear_queue(session, upto)
+        clear_queue(session, taken)
     return done

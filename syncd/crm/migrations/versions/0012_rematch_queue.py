@@ -24,7 +24,6 @@ def upgrade() -> None:
         sa.Column("value", sa.String(length=320), nullable=False),
         sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rematch_queue")),
-        sa.UniqueConstraint("kind", "value", name=op.f("uq_rematch_queue_kind")),
     )
 
 
