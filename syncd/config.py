@@ -277,9 +277,9 @@ class AuditSettings(_Section):
 
 class MatchingSettings(_Section):
     opportunity_tag_prefix: str = Field("OPP-", min_length=1, max_length=20)
-    # the deal of an item no tag names: most-recent, single-open-only or all-open
-    # (syncd.matching.matcher.weak_choice)
-    opportunity: OpportunityPolicy = "most-recent"
+    # the deal of an item no tag names: single-open-only (the default: no guess between two
+    # open deals), most-recent or all-open (syncd.matching.matcher.weak_choice)
+    opportunity: OpportunityPolicy = "single-open-only"
     # contacts made from the mail: never, sent (a person at a known account a user wrote
     # to) or two-way (who also wrote back) (syncd.crm.autocreate)
     create_contacts: Literal["never", "sent", "two-way"] = "never"
@@ -322,6 +322,9 @@ class DropboxSettings(_Section):
     addresses: list[str] = Field(default_factory=list)
     # in a forward's note: the forwarded conversation is removed from the CRM instead
     nocrm_word: str = Field("#nocrm", min_length=1, max_length=40)
+    # the receiving mail servers' authserv-ids (RFC 8601): when set, a message is taken
+    # only if one of them authenticated its From (DMARC, or aligned DKIM or SPF, pass)
+    authserv_ids: list[str] = Field(default_factory=list)
 
     @field_validator("addresses")
     @classmethod

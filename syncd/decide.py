@@ -91,6 +91,13 @@ class PassIndex:
     def forget(self) -> None:
         self._index = None
 
+    def mark_dropped(self) -> None:
+        """Items were dropped in this pass (``#nocrm``): from now on every batch of it looks
+        its keys up among the dropped, whatever index it starts from."""
+        for index in (self._base, self._index):
+            if index is not None:
+                index.any_dropped = True
+
     def _current(self, session: Session) -> CrmIndex:
         if self._index is None:
             self._index = self._base_of(session).for_batch()
@@ -121,9 +128,10 @@ def decide(
     salesperson asked for it)."""
     decisions = []
     skips = skipped if skipped is not None else []
+    dropboxes = set(settings.dropbox.addresses)
     for raw_item, labelled in _expand(items, settings.exclusions, excluded, skips, floor, forced):
         try:
-            item = fit_item(raw_item, datetime.now(UTC))
+            item = fit_item(_without(raw_item, dropboxes), datetime.now(UTC))
             m = match(item, index)
             excluded_by = exclusion(item, m, index, labelled)
         except Exception as exc:  # one item never stops its mailbox
@@ -139,6 +147,15 @@ def decide(
             continue
         decisions.append(recorder.Decision(item, m))
     return decisions
+
+
+def _without(item: Item, addresses: set[str]) -> Item:
+    """The item without these participants: the dropboxes' own addresses (a Cc: to the
+    dropbox is no participant, whichever mailbox's copy is stored first)."""
+    if not addresses or not any(p.address in addresses for p in item.participants):
+        return item
+    people = tuple(p for p in item.participants if p.address not in addresses)
+    return replace(item, participants=people)
 
 
 class OutOfRange(ValueError):

@@ -53,6 +53,7 @@ ExclusionReason = Literal[
     "deleted",  # an admin deleted it from the CRM (syncd activity delete): never again
     "nocrm",  # a salesperson removed its conversation (#nocrm to a dropbox): never again
     "refused",  # a dropbox's message from someone who is not a CRM user
+    "forwarded",  # a forward to a dropbox: its originals are logged, never the forward
 ]
 
 
@@ -158,8 +159,10 @@ def conversation_keys(item: Item) -> list[str]:
 
 def thread_mark(key: str) -> str:
     """How a conversation key removed with ``#nocrm`` (``syncd.dropbox``) is kept among the
-    dropped items' keys: every item of that conversation is skipped from then on."""
-    return fit("thread:" + key)
+    dropped items' keys: its digest (a Message-ID names its sender's domain, which
+    ``syncd forget`` may be asked to forget), and every item of that conversation is
+    skipped from then on."""
+    return "thread:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,16 @@ class Retrier:
         with self.sessions() as session:
             data = store.raw(session, entry.id)
             ctx = self._context(session, entry, now)
+            mailbox = session.get(Mailbox, entry.mailbox_id)
         if data is None:
             return Outcome(entry, "not retryable", why_not_retryable(entry))
+        if mailbox is not None and (mailbox.settings or {}).get("dropbox"):
+            return Outcome(
+                entry,
+                "not retryable",
+                "a dropbox's message is read by the dropbox's rules only as it arrives (its "
+                "sender, its forwards, #nocrm): send or forward it to the dropbox again",
+            )
         excluded: Counter[ExclusionReason] = Counter()
         try:
             reread = reparse(entry.format, data, ctx)

@@ -330,12 +330,20 @@ class SyncJob:
                     sorted_ = self._sort(batch.items)  # type: ignore[arg-type]
                     items, not_logged = sorted_.items, sorted_.skipped
                     quarantined.extend(sorted_.quarantined)
-                    for _ in sorted_.skipped:
-                        self.report.excluded["refused"] += 1
+                    for _, why, _key in sorted_.skipped:  # each word as it is counted
+                        if why == "refused":
+                            self.report.excluded["refused"] += 1
+                        elif why == "forwarded":
+                            self.report.excluded["forwarded"] += 1
+                        else:
+                            self.report.excluded["nocrm"] += 1
+                index = self.index.load(items) if items else None
+                if sorted_ is not None:  # the deals its forwards name, in the index decided by
+                    self.index.load_tags(dropbox.deal_names(sorted_))
                 decisions = (
                     decide(
                         items,
-                        self.index.load(items),
+                        self.index.get(),
                         self.settings,
                         self.report.excluded,
                         quarantined,
@@ -343,7 +351,7 @@ class SyncJob:
                         self.floor,
                         forced=sorted_ is not None,
                     )
-                    if items
+                    if index is not None
                     else []
                 )
                 muted: Callable[[Session], object] | None = None
@@ -382,11 +390,12 @@ class SyncJob:
                 started = time.monotonic()
 
     def _sort(self, items: Sequence[MailItem]) -> dropbox.Sorted:
-        """A dropbox's batch sorted (``syncd.dropbox``): the deal names its forwards give
-        are looked up with the rest of the batch."""
+        """A dropbox's batch sorted (``syncd.dropbox``), its inline forwards found among the
+        stored mail (they carry no Message-ID of their own)."""
         index = self.index.get()
         sorted_ = dropbox.sort_batch(items, index.users, self.settings, index, self.name)
-        self.index.load_tags(dropbox.deal_names(sorted_))
+        with self.sessions() as session:
+            dropbox.resolve_inline(session, sorted_)
         return sorted_
 
     def _muter(self, sorted_: dropbox.Sorted) -> Callable[[Session], object] | None:
@@ -396,7 +405,7 @@ class SyncJob:
             return None
 
         def mute(session: Session) -> object:
-            self.index.get().any_dropped = True
+            self.index.mark_dropped()
             return dropbox.mute(session, self.settings, sorted_.muted, self.now())
 
         return mute

@@ -77,19 +77,25 @@ def attached_forward(original: bytes, note: str, subject: str, when: datetime) -
 
 
 def sighted_for(sessions: S, key: str) -> dict[str, str | None]:
-    """mailbox name -> the user a dropbox logged it for (None: a user's own mailbox)."""
-    from syncd.crm.models import Activity, Mailbox
+    """mailbox name -> the users a dropbox logged it for (joined by ', '; None for a user's
+    own mailbox)."""
+    from syncd.crm.models import Activity, LoggedFor, Mailbox
 
     with sessions() as session:
-        rows = session.execute(
-            select(Mailbox.name, User.email)
-            .select_from(Sighting)
-            .join(Activity, Activity.id == Sighting.activity_id)
-            .join(Mailbox, Mailbox.id == Sighting.mailbox_id)
-            .outerjoin(User, User.id == Sighting.user_id)
-            .where(Activity.key == key)
+        activity_id = session.scalar(select(Activity.id).where(Activity.key == key))
+        boxes = session.execute(
+            select(Mailbox.name, Mailbox.settings)
+            .join(Sighting, Sighting.mailbox_id == Mailbox.id)
+            .where(Sighting.activity_id == activity_id)
         ).all()
-    return {name: email for name, email in rows}
+        users = sorted(
+            session.scalars(
+                select(User.email)
+                .join(LoggedFor, LoggedFor.user_id == User.id)
+                .where(LoggedFor.activity_id == activity_id)
+            )
+        )
+    return {name: ", ".join(users) if (box or {}).get("dropbox") else None for name, box in boxes}
 
 
 def test_a_message_bccd_to_the_dropbox_is_logged_as_the_senders_own_and_a_strangers_refused(
@@ -220,3 +226,97 @@ def test_nocrm_removes_the_forwarded_conversation_and_none_of_it_is_logged_again
         removed = explain(session, "<q-7@globex.test>")
     assert removed.verdict == "deleted"
     assert removed.deleted is not None and removed.deleted["by"] == "a salesperson (#nocrm)"
+
+
+def test_every_forwarder_is_credited_and_an_inline_forward_is_the_stored_message(
+    sessions, settings, company: DemoCompany, imap_server, now
+):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)  # the demo's Pilot scope is stored from Ana's mail
+    login = dropbox(sessions, settings, imap_server)
+    scope = email_bytes(
+        sender="Eva Novak <eva@globex.test>",
+        to=[ANA, "Ben Okafor <ben@northwind.test>"],
+        subject="Pilot scope",
+        when=now - timedelta(days=6),
+        message_id="q-7@globex.test",
+        body="Could the pilot include the reporting module?",
+    )
+    bens = attached_forward(scope, "fyi", "Fwd: Pilot scope", now).replace(
+        ANA.encode(), b"Ben Okafor <ben@northwind.test>", 1
+    )
+    sent = (now - timedelta(days=6)).replace(second=0, microsecond=0)
+    inline = inline_forward(
+        {
+            "sender": "Eva Novak <eva@globex.test>",
+            "to": ANA,
+            "subject": "Pilot scope",
+            "when": sent.astimezone(UTC),
+            "body": "Could the pilot include the reporting module?",
+        },
+        "for the file",
+        "Fwd: Pilot scope",
+        now,
+    )
+    append(imap_server, login, bens, inline)
+    sync(sessions, settings, "crm", now)
+    scopes = [r for r in timeline(sessions) if r["subject"] == "Pilot scope"]
+    assert [r["key"] for r in scopes] == ["mid:q-7@globex.test"]  # one activity, not three
+    assert sighted_for(sessions, "mid:q-7@globex.test") == {
+        "ana": None,
+        "crm": "ana@northwind.test, ben@northwind.test",
+    }
+    assert "Pilot scope" in by_subject(timeline(sessions, user="ben@northwind.test"))
+
+
+def authenticated_by(server: str, data: bytes, result: str = "dmarc=pass") -> bytes:
+    header = f"Authentication-Results: {server}; {result} header.from=northwind.test\r\n"
+    return header.encode() + data
+
+
+def test_with_authserv_ids_only_an_authenticated_from_is_taken_and_nocrm_needs_a_party(
+    sessions, settings, company: DemoCompany, imap_server, now
+):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    box = settings.dropbox.model_copy(update={"authserv_ids": ["mx.northwind.test"]})
+    settings = settings.model_copy(update={"dropbox": box})
+    login = dropbox(sessions, settings, imap_server)
+
+    def note(mid: str, subject: str) -> bytes:
+        return email_bytes(
+            sender=ANA,
+            to=["Carla Díaz <carla@acme.test>"],
+            subject=subject,
+            when=now - timedelta(hours=1),
+            message_id=mid,
+        )
+
+    scope = email_bytes(
+        sender="Eva Novak <eva@globex.test>",
+        to=["Ben Okafor <ben@northwind.test>"],
+        subject="Pilot scope",
+        when=now - timedelta(days=6),
+        message_id="q-7@globex.test",
+    )
+    forged = attached_forward(scope, "#nocrm", "Fwd", now).replace(
+        ANA.encode(), b"Dan Wu <ben@northwind.test>", 1
+    )
+    append(
+        imap_server,
+        login,
+        note("plain@northwind.test", "No header at all"),
+        authenticated_by("mx.evil.test", note("evil@northwind.test", "Another server says so")),
+        authenticated_by("mx.northwind.test", note("ok@northwind.test", "Ours says so")),
+        authenticated_by(
+            "mx.northwind.test", note("fail@northwind.test", "Ours says no"), "dmarc=fail"
+        ),
+        # Ben was not on the stored Pilot scope (Ana's copy): his #nocrm leaves it
+        authenticated_by("mx.northwind.test", forged),
+    )
+    report = sync(sessions, settings, "crm", now)
+    rows = by_subject(timeline(sessions))
+    assert "Ours says so" in rows
+    assert not {"No header at all", "Another server says so", "Ours says no"} & set(rows)
+    assert report.excluded["refused"] == 3
+    assert "Pilot scope" in rows

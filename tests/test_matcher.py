@@ -140,7 +140,8 @@ def test_most_recent_activity_decides_and_ties_are_ambiguous():
         opportunities={
             1: OpportunityRef(1, "OPP-1", "Renewal", 100, "open"),
             2: OpportunityRef(2, "OPP-2", "Upsell", 100, "open"),
-        }
+        },
+        opportunity_policy="most-recent",
     )
     tie = match(mail("dan@acme.test", "ana@northwind.test"), idx)
     assert links(tie) == {("account", 100, "domain")}

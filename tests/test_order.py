@@ -199,6 +199,12 @@ def fresh_database(kind: str, pg_base: str | None, tmp: Path) -> sessionmaker[Se
     return sessions
 
 
+def recent(home: Path) -> Settings:
+    """The world is written for the most-recent rule (every policy is a function of the
+    stored set, so the order cannot matter to any of them)."""
+    return Settings(home=home, matching={"opportunity": "most-recent"})
+
+
 def run(sessions: sessionmaker[Session], home: Path, how: Delivery) -> dict[str, Any]:
     import random
 
@@ -219,7 +225,7 @@ def run(sessions: sessionmaker[Session], home: Path, how: Delivery) -> dict[str,
         plan[user] = sources
         for name in sources:
             (box.calendar if name == "calendar" else box.mail)[name] = []
-    settings_ = Settings(home=home)
+    settings_ = recent(home)
     for p in range(1, how.passes + 1):
         for user in how.mailbox_order:
             box = world.mailbox(user)
@@ -300,7 +306,7 @@ def snapshot_sorted(sessions: sessionmaker[Session], home: Path, how: Delivery) 
             box.calendar["calendar"] = list(MEETINGS)
     for user in how.mailbox_order:
         report = sync_mailbox(
-            sessions, Settings(home=home), user, now=lambda: NOW, connector_factory=world.connector
+            sessions, recent(home), user, now=lambda: NOW, connector_factory=world.connector
         )
         assert report.ok, report.error
     return snapshot(sessions)
@@ -352,7 +358,7 @@ def _deliver(sessions: sessionmaker[Session], home: Path, sources: dict[str, lis
     box.batch_size = 1  # every item its own batch: the hardest cut
     box.mail.update(sources)
     report = sync_mailbox(
-        sessions, Settings(home=home), "ana", now=lambda: NOW, connector_factory=world.connector
+        sessions, recent(home), "ana", now=lambda: NOW, connector_factory=world.connector
     )
     assert report.ok, report.error
     return snapshot(sessions)["activities"]

@@ -173,9 +173,10 @@ def test_the_deal_policy_decides_among_the_open_deals_and_rematch_applies_a_chan
     assert rows["Licences"]["note"] == note
     assert deals(rows["Re: Licences"]) == {(name, "thread") for name, _ in wanted}
 
-    # the policy changed back: a re-match makes the links the default policy makes
+    # the policy changed to most-recent: a re-match makes the links it makes
+    recent = with_policy(settings, "most-recent")
     with sessions.begin() as session:
-        done = rematch.rematch(session, settings, rematch.chosen(session, settings))
+        done = rematch.rematch(session, recent, rematch.chosen(session, recent))
     rows = by_subject(timeline(sessions))
     assert deals(rows["Licences"]) == {("OPP-101 Acme platform renewal", "account")}
     assert deals(rows["Re: Licences"]) == {("OPP-101 Acme platform renewal", "thread")}

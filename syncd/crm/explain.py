@@ -85,6 +85,9 @@ SKIPS: dict[str, str] = {
         "a salesperson removed its conversation from the CRM (a forward to a dropbox with "
         "dropbox.nocrm_word in its note); none of it is logged again"
     ),
+    "forwarded": (
+        "it is a forward to a dropbox: the messages it forwards are logged, never the forward"
+    ),
     "refused": (
         "it came to a dropbox from someone who is not a CRM user: only users' mail is logged "
         "from a dropbox (load them with 'syncd crm load users')"

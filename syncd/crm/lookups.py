@@ -92,6 +92,7 @@ def fill(session: Session, index: CrmIndex, items: Iterable[Item]) -> None:
     if index.any_dropped:  # one query a batch, only once an item was ever deleted
         index.dropped.update(_dropped(session, list(_with_invitations(items))))
     contacts = _fill_contacts(session, index, addresses)
+    _fill_account_domains(session, index, {c.account_id for c in contacts if c.account_id})
     accounts = _fill_domains(session, index, domains)
     _fill_tagged(session, index, tags - index.looked_up_tags)
     accounts.update(c.account_id for c in contacts if c.account_id is not None)
@@ -138,6 +139,20 @@ def _fill_contacts(session: Session, index: CrmIndex, addresses: set[str]) -> li
             found.append(ref)
     index.looked_up_addresses |= addresses
     return found
+
+
+def _fill_account_domains(session: Session, index: CrmIndex, accounts: set[int]) -> None:
+    """The domains of these accounts (the matched contacts'), those not looked up yet."""
+    wanted = sorted(accounts - index.domains_of_accounts.keys())
+    found: dict[int, set[str]] = {a: set() for a in wanted}
+    for chunk in chunked(wanted, LOOKUP_CHUNK):
+        for domain, account_id in session.connection().execute(
+            select(AccountDomain.domain, AccountDomain.account_id).where(
+                one_of(session, AccountDomain.account_id, chunk)
+            )
+        ):
+            found[account_id].add(domain)
+    index.domains_of_accounts.update((a, frozenset(d)) for a, d in found.items())
 
 
 def _fill_domains(session: Session, index: CrmIndex, domains: set[str]) -> set[int]:

@@ -305,9 +305,18 @@ class Sighting(Base):
     source: Mapped[str] = mapped_column(String(200))
     provider_id: Mapped[str] = mapped_column(String(512))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # a dropbox's sighting: the salesperson on whose behalf it logged the item (a dropbox's
-    # sightings are never its own user's; syncd.dropbox)
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class LoggedFor(Base):
+    """A salesperson on whose behalf a dropbox logged an activity (they BCC'd or forwarded
+    it; ``syncd.dropbox``): it counts as theirs, never as the dropbox's own user's. Each
+    who sent it is one row, whoever's copy came first."""
+
+    __tablename__ = "logged_for"
+    __table_args__ = (UniqueConstraint("activity_id", "user_id"),)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
 
 
 class Link(Base):

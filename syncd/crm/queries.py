@@ -207,16 +207,27 @@ def _contacts_of(session: Session, ids: list[int]) -> dict[int, list[tuple[int, 
 
 
 def _deals_of(session: Session, ids: list[int]) -> dict[int, tuple[int, str]]:
-    """Activity id -> (id, "OPP-42 Acme renewal") of the deal it is linked to."""
-    return {
-        activity_id: (opp_id, f"{external_id} {name}")
-        for chunk in chunked(ids, IN_LIMIT)
-        for activity_id, opp_id, external_id, name in session.execute(
-            select(Link.activity_id, Opportunity.id, Opportunity.external_id, Opportunity.name)
+    """Activity id -> (id, "OPP-42 Acme renewal") of the deal it is linked to: with several
+    (tags, or matching.opportunity = all-open), the one a tag or an admin named, else the
+    lowest id, so a task names the same deal whatever order the rows come in."""
+    rank = {"tag": 0, "manual": 0}
+    found: dict[int, tuple[int, int, str]] = {}
+    for chunk in chunked(ids, IN_LIMIT):
+        for activity_id, reason, opp_id, external_id, name in session.execute(
+            select(
+                Link.activity_id,
+                Link.reason,
+                Opportunity.id,
+                Opportunity.external_id,
+                Opportunity.name,
+            )
             .join(Opportunity, and_(Link.type == "opportunity", Link.target_id == Opportunity.id))
             .where(Link.activity_id.in_(chunk))
-        )
-    }
+        ):
+            this = (rank.get(reason, 1), opp_id, f"{external_id} {name}")
+            if activity_id not in found or this < found[activity_id]:
+                found[activity_id] = this
+    return {activity_id: (opp_id, label) for activity_id, (_, opp_id, label) in found.items()}
 
 
 def _meeting_owners(session: Session, activity_ids: list[int]) -> dict[int, int]:

@@ -32,6 +32,7 @@ from syncd.crm.models import (
     ActivityParticipant,
     ActivityStatus,
     Link,
+    LoggedFor,
     Mailbox,
     Sighting,
     SourceCursor,
@@ -104,6 +105,7 @@ def record_batch(
     seen = [(existing[key], d) for key, d in unique.items() if key in existing]
     _merge_seen(session, seen, result)
     copies.extend(_add_sightings(session, mailbox_id, source, unique, existing, result, now))
+    _add_logged_for(session, decisions, result)
     skips.add(session, mailbox_id, source, [*skipped, *copies], now)
     quarantine.add_entries(session, mailbox_id, source, quarantined, now)
     _cancel_removed(session, mailbox_id, removed_uids, now)
@@ -332,7 +334,6 @@ def _add_sightings(
             "source": source,
             "provider_id": fit(d.item.provider_id),
             "seen_at": now,
-            "user_id": d.behalf,
         }
         for key, d in unique.items()
         if result.activity_ids[key] not in have
@@ -344,6 +345,27 @@ def _add_sightings(
         for key, d in unique.items()
         if have.get(result.activity_ids[key], fit(d.item.provider_id)) != fit(d.item.provider_id)
     ]
+
+
+def _add_logged_for(session: Session, decisions: Sequence[Decision], result: BatchResult) -> None:
+    """The salespeople a dropbox logged these items for (every copy's sender, each once)."""
+    wanted = {
+        (result.activity_ids[d.item.key], d.behalf)
+        for d in decisions
+        if d.behalf is not None and d.item.key in result.activity_ids
+    }
+    if not wanted:
+        return
+    have: set[tuple[int, int]] = set()
+    for chunk in chunked(sorted({a for a, _ in wanted}), IN_LIMIT):
+        found = session.execute(
+            select(LoggedFor.activity_id, LoggedFor.user_id).where(
+                one_of(session, LoggedFor.activity_id, chunk)
+            )
+        )
+        have.update((a, u) for a, u in found)
+    rows = [{"activity_id": a, "user_id": u} for a, u in sorted(wanted - have)]
+    insert_rows(session, LoggedFor, rows)
 
 
 def _cancel_removed(session: Session, mailbox_id: int, uids: Sequence[str], now: datetime) -> None:

@@ -218,9 +218,7 @@ def rematch(session: Session, settings: Settings, activity_ids: Sequence[int]) -
     return done
 
 
-def _rematch_chunk(
-    session: Session, index: CrmIndex, ids: list[int], done: Rematched
-) -> set[int]:
+def _rematch_chunk(session: Session, index: CrmIndex, ids: list[int], done: Rematched) -> set[int]:
     """Re-match these activities' contact, account and tag links; returns the deals whose
     tag links changed."""
     stored, whole = _stored_items(session, ids)

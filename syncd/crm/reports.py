@@ -31,6 +31,7 @@ from syncd.crm.models import (
     Contact,
     ContactAddress,
     Link,
+    LoggedFor,
     Mailbox,
     MailboxState,
     Opportunity,
@@ -288,7 +289,15 @@ def _activity_filter(session: Session, wanted: ActivityFilter) -> Select[Any]:
             for m in session.scalars(select(Mailbox).where(Mailbox.user_id == user_id))
             if not (m.settings or {}).get("dropbox")
         ]
-        seen.append(or_(Sighting.mailbox_id.in_(own or [-1]), Sighting.user_id == user_id))
+        by_them = exists().where(LoggedFor.activity_id == Activity.id, LoggedFor.user_id == user_id)
+        query = query.where(
+            or_(
+                exists().where(
+                    Sighting.activity_id == Activity.id, Sighting.mailbox_id.in_(own or [-1])
+                ),
+                by_them,
+            )
+        )
     if wanted.mailbox:
         mailbox_id = _found(
             session.scalar(select(Mailbox.id).where(Mailbox.name == wanted.mailbox)),

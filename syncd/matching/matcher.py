@@ -100,7 +100,7 @@ class CrmIndex:
     # digests of the addresses and domains an admin had forgotten (syncd.crm.forget)
     forgotten: frozenset[str] = frozenset()
     # how a deal is chosen where no tag names one (matching.opportunity): see weak_choice
-    opportunity_policy: OpportunityPolicy = "most-recent"
+    opportunity_policy: OpportunityPolicy = "single-open-only"
 
     def __post_init__(self) -> None:
         self._by_external: dict[str, OpportunityRef] = {}
@@ -113,6 +113,9 @@ class CrmIndex:
         self.looked_up_tags: set[str] = set()
         self.deals_of_accounts: set[int] = set()
         self.deals_of_contacts: set[int] = set()
+        # the domains of the matched contacts' accounts (an account with none shares its
+        # parent's: its people write from another account's domain)
+        self.domains_of_accounts: dict[int, frozenset[str]] = {}
         self._internal: dict[str, bool] = {}  # by domain
         self._blocked: dict[str, bool] = {}  # by domain
         self._tag_re = _tag_pattern(self.tag_prefix)
@@ -321,6 +324,8 @@ def weak_choice(index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterab
     if not contacts and not accounts:
         return (), None
     related = index.related(contacts, accounts)
+    if accounts:  # a role left in another company's deal (a person who moved) is no evidence
+        related = [o for o in related if o.account_id in accounts]
     open_ = [o for o in related if o.status == "open"]
     with_role = [o for o in open_ if o.contact_ids & contacts]
     ranked: tuple[tuple[list[OpportunityRef], LinkReason], ...] = (
@@ -480,7 +485,11 @@ class _Links:
 
     def participant(self, p: Participant, index: CrmIndex) -> ParticipantMatch:
         """Match one participant: a user (or another internal address), else a contact
-        (``address``) and its account (``contact``), else the account of its domain."""
+        (``address``) and its account (``contact``), else the account of its domain. An
+        address at another account's domain speaks for that account (``domain``): the mail a
+        person sent from a former employer's address, or from a second company's; not when
+        the contact's account has no domain of its own, or its domain is under the address's
+        (a subsidiary whose people write from the parent's domain)."""
         user = index.users.get(p.address)
         if user is not None or index.is_internal(p.address):
             return ParticipantMatch(p.address, p.name, p.role, user_id=user.id if user else None)
@@ -488,12 +497,22 @@ class _Links:
         if contact is not None:
             self.add("contact", contact.id, "address")
             self.contact_ids.append(contact.id)
+        domain = domain_of(p.address)
+        by_domain = index.account_for_domain(domain)
         if contact is not None and contact.account_id is not None:
-            self._account(contact.account_id, "contact")
-        else:
-            account_id = index.account_for_domain(domain_of(p.address))
-            if account_id is not None:
-                self._account(account_id, "domain")
+            own = index.domains_of_accounts.get(contact.account_id, frozenset())
+            if (
+                by_domain is not None
+                and by_domain != contact.account_id
+                and own
+                and not any(d in own for d in parents(domain))
+                and not any(d.endswith("." + domain) for d in own)  # a subsidiary's parent
+            ):
+                self._account(by_domain, "domain")
+            else:
+                self._account(contact.account_id, "contact")
+        elif by_domain is not None:
+            self._account(by_domain, "domain")
         return ParticipantMatch(
             p.address, p.name, p.role, contact_id=contact.id if contact else None
         )
