@@ -134,7 +134,9 @@ def _closed(user_id: int, uid: str, day: CallDay, why: TaskResolution) -> TaskPl
 
 
 def _hottest(deals: tuple[CoolingDeal, ...], most: int) -> list[CoolingDeal]:
-    return sorted(deals, key=lambda d: (-d.engagement.points, d.external_id))[:most]
+    return sorted(deals, key=lambda d: (-d.engagement.points, len(d.external_id), d.external_id))[
+        :most
+    ]
 
 
 def _count(n: int, word: str) -> str:

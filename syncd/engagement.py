@@ -74,7 +74,8 @@ def score(touches: Iterable[Touch], settings: EngagementSettings, now: datetime)
         level = "hot"
     elif points >= settings.warm:
         level = "warm"
-    return Engagement(level, round(points, 2), last, _reason(counted, now, settings))
+    # points unrounded: a ranking by them never meets a tie that rounding made
+    return Engagement(level, points, last, _reason(counted, now, settings))
 
 
 def _reason(touches: list[Touch], now: datetime, settings: EngagementSettings) -> str:

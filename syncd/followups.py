@@ -32,6 +32,7 @@ from syncd.config import WEEKDAYS, FollowupSettings, Settings, parse_working_hou
 from syncd.crm.models import TaskResolution, TaskRule
 from syncd.crm.queries import Candidate
 from syncd.crm.tasks import TaskPlan
+from syncd.display import shown
 from syncd.items import EARLIEST, TASK_UID_PREFIX, TaskStatus, latest
 
 RULE_NO_REPLY: Final = "no-reply"
@@ -257,11 +258,11 @@ def _task(
     names = _names(c.contacts)
     if rule == RULE_NO_REPLY:
         title = f"Follow up with {names}: {c.subject or '(no subject)'}"
-        what = f"No reply from {names} since your email of {c.occurred_at:%Y-%m-%d %H:%M} UTC."
+        what = f"No reply from {names} since your email of {shown(c.occurred_at, wt.tz)}."
         due = wt.next_start(anchor)
     else:
         title = f"Send notes and next steps: {c.subject or '(no subject)'}"
-        what = f"Meeting with {names} ended {c.ends_at or c.occurred_at:%Y-%m-%d %H:%M} UTC."
+        what = f"Meeting with {names} ended {shown(c.ends_at or c.occurred_at, wt.tz)}."
         due = wt.day_end(anchor)
     return TaskPlan(
         uid=uid,

@@ -185,3 +185,15 @@ def test_users_csv_sets_holidays_and_the_call_list_and_refuses_an_unknown_calend
     path.write_text("email,name,holidays\nzoe@northwind.test,Zoe,Narnia\n")
     with sessions.begin() as session, pytest.raises(LoadError, match="holidays"):
         load_csv(session, "users", path)
+
+
+def test_a_name_that_looks_like_markup_is_shown_as_it_is(sessions, settings, tmp_path, db_url):
+    from syncd.crm.loader import load_csv
+
+    path = tmp_path / "contacts.csv"
+    path.write_text("emails,name\nkim@acme.test,Kim [/Sales] [bold]Lee\n")
+    with sessions.begin() as session:
+        load_csv(session, "contacts", path)
+    shown_ = cli(settings, db_url, "contacts")
+    assert shown_.exit_code == 0, shown_.output
+    assert "Kim [/Sales] [bold]Lee" in shown_.stdout

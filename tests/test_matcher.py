@@ -173,3 +173,22 @@ def test_exclusions():
 def test_normalising_an_address_is_idempotent_and_case_blind(address):
     norm = normalize_address(address)
     assert norm == normalize_address(norm) == normalize_address(" " + address.upper() + " ")
+
+
+def test_a_role_counts_unless_its_contact_moved_to_another_account():
+    idx = index(
+        contacts={
+            "k@gmail.com": ContactRef(12, "Kim", None),  # no account: the role is evidence
+            "moved@globex.test": ContactRef(13, "Mo", 200),  # now at Globex
+        },
+        opportunities={
+            1: OpportunityRef(1, "OPP-1", "Renewal", 100, "open", frozenset({12, 13})),
+            4: OpportunityRef(4, "OPP-4", "Pilot", 200, "open"),
+        },
+    )
+    idx.contact_accounts.update({12: None, 13: 200})
+    kim = match(mail("k@gmail.com", "ana@northwind.test", "eve@globex.test"), idx)
+    assert ("opportunity", 1, "contact-role") in links(kim)
+    mo = match(mail("moved@globex.test", "ana@northwind.test"), idx)
+    assert ("opportunity", 4, "account") in links(mo)
+    assert ("opportunity", 1, "contact-role") not in links(mo)

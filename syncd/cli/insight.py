@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import csv
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from syncd.cli.common import _json, app, fail, parse_day, printable, state
@@ -24,6 +25,12 @@ report_app = typer.Typer(help="Reports for managers.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 
 LEVEL_STYLE = {"hot": "bold red", "warm": "yellow", "cold": "blue"}
+
+
+def _text(value: str) -> str:
+    """Text from outside (a contact's name: anyone's display name) as a table shows it:
+    control characters escaped, and no rich markup ('[/Sales]' is text, never a tag)."""
+    return escape(printable(value))
 
 
 class By(StrEnum):
@@ -43,7 +50,7 @@ def _level(e: Engagement) -> str:
 def _engagement_json(e: Engagement, tz: Any) -> dict[str, Any]:
     return {
         "level": e.level,
-        "points": e.points,
+        "points": round(e.points, 2),
         "last_touch": iso(e.last_touch, tz),
         "reason": e.reason,
     }
@@ -89,8 +96,8 @@ def contacts_cmd(
     table = Table("contact", "account", "engagement", "last touch", "why")
     for r in rows:
         table.add_row(
-            printable(f"{r.name} <{r.address}>"),
-            printable(r.account or "-"),
+            _text(f"{r.name} <{r.address}>"),
+            _text(r.account or "-"),
             _level(r.engagement),
             shown(r.engagement.last_touch, tz),
             r.engagement.reason,
@@ -114,9 +121,9 @@ def opportunities_cmd(
     for d in rows:
         tz = zone(settings, d.owner_timezone)
         table.add_row(
-            printable(f"{d.external_id} {d.name}"),
-            printable(d.account),
-            printable(d.stage or d.status),
+            _text(f"{d.external_id} {d.name}"),
+            _text(d.account),
+            _text(d.stage or d.status),
             d.owner,
             _level(d.engagement),
             shown(d.engagement.last_touch, tz),
@@ -158,18 +165,30 @@ def report_activity_cmd(
     cooling down (no touch for call_list.cooling_days). --by account or opportunity counts
     the same per account or deal."""
     now = datetime.now(UTC)
-    start = parse_day("--since", since) or (now - timedelta(days=7)).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
-    end_day = parse_day("--until", until)
+    tz = zone(state.settings())  # days are the company's: a team's day, not UTC's
+
+    def day_start(option: str, value: str | None) -> datetime | None:
+        found = parse_day(option, value)
+        return None if found is None else datetime.combine(found.date(), time(), tzinfo=tz)
+
+    today = datetime.combine(now.astimezone(tz).date(), time(), tzinfo=tz)
+    start = day_start("--since", since) or today - timedelta(days=7)
+    end_day = day_start("--until", until)
     end = end_day + timedelta(days=1) if end_day else now
     if end <= start:
-        fail(f"--until {until} is before --since {since or start.date()}", 2)
+        fail(f"the period is empty: it starts {start.date()} and ends before it", 2)
     with state.sessions()() as session:
         rows = insight.activity_report(session, state.settings(), start, end, now, by.value)
     data = [r.as_dict() for r in rows]
     if as_json:
-        _json({"since": start.isoformat(), "until": end.isoformat(), "by": by.value, "rows": data})
+        _json(
+            {
+                "since": start.isoformat(),
+                "until": end.astimezone(tz).isoformat(),
+                "by": by.value,
+                "rows": data,
+            }
+        )
         return
     columns = list(data[0]) if data else list(insight.ActivityCounts("", "").as_dict())
     if as_csv:
@@ -192,10 +211,11 @@ def report_activity_cmd(
     }
     table = Table(
         *(titles[c] for c in columns),
-        title=f"activity {start.date()} to {(end - timedelta(seconds=1)).date()} (UTC days)",
+        title=f"activity {start.date()} to {(end - timedelta(seconds=1)).astimezone(tz).date()} "
+        f"({tz.key} days)",
     )
     for row in data:
-        table.add_row(*(printable(str(row[c])) for c in columns))
+        table.add_row(*(_text(str(row[c])) for c in columns))
     _console().print(table)
 
 
@@ -220,9 +240,9 @@ def report_pipeline_cmd(
         for i, d in enumerate(deals):
             tz = zone(settings, d.owner_timezone)
             table.add_row(
-                printable(stage) if i == 0 else "",
-                printable(f"{d.external_id} {d.name}"),
-                printable(d.account),
+                _text(stage) if i == 0 else "",
+                _text(f"{d.external_id} {d.name}"),
+                _text(d.account),
                 d.owner,
                 d.amount or "-",
                 d.close_date or "-",

@@ -29,6 +29,7 @@ from syncd.crm.models import (
     Contact,
     ContactAddress,
     Link,
+    LoggedFor,
     Opportunity,
     Task,
     User,
@@ -252,7 +253,7 @@ def activity_report(
         for a in session.execute(
             select(Activity.id, Activity.kind, Activity.direction, Activity.occurred_at).where(
                 Activity.occurred_at >= since,
-                Activity.occurred_at < until,
+                Activity.occurred_at < min(until, now),  # what has happened (a wrong Date)
                 Activity.status == "confirmed",
             )
         )
@@ -278,6 +279,12 @@ def activity_report(
         ):
             if user_id is not None:
                 roles[activity_id][user_id].add(role)
+        for activity_id, user_id in session.execute(
+            select(LoggedFor.activity_id, LoggedFor.user_id).where(
+                one_of(session, LoggedFor.activity_id, chunk)
+            )
+        ):  # a dropbox logged it for them: theirs to have touched, if no mail of theirs
+            roles[activity_id].setdefault(user_id, set())
     rows = _rows(session, by)
     for activity_id, a in activities.items():
         for key in _groups(by, links[activity_id], roles[activity_id]):
@@ -286,7 +293,8 @@ def activity_report(
                 continue
             users = roles[activity_id]
             mine = users.get(key, set()) if by == "user" else set().union(*users.values())
-            _count(row, a.kind, a.direction, a.occurred_at, mine, now)
+            if mine or by != "user":  # a mail or meeting of theirs (not only forwarded)
+                _count(row, a.kind, a.direction, a.occurred_at, mine, now)
             row.contacts |= links[activity_id]["contact"]
             row.accounts |= links[activity_id]["account"]
             row.deals |= links[activity_id]["opportunity"]

@@ -136,6 +136,7 @@ def _fill_contacts(session: Session, index: CrmIndex, addresses: set[str]) -> li
             query.where(one_of(session, ContactAddress.address, chunk))
         ):
             index.contacts[address] = ref = ContactRef(contact_id, name, account_id)
+            index.contact_accounts[contact_id] = account_id
             found.append(ref)
     index.looked_up_addresses |= addresses
     return found
@@ -211,6 +212,7 @@ def fill_deals(
     role, to the index (those it already holds whole are not read again)."""
     accounts = set(account_ids) - index.deals_of_accounts
     contacts = set(contact_ids) - index.deals_of_contacts
+    _fill_contact_accounts(session, index, contacts)
     ids: set[int] = set()
     for chunk in chunked(sorted(accounts), LOOKUP_CHUNK):
         ids.update(
@@ -229,6 +231,17 @@ def fill_deals(
     load_opportunities(session, index, ids)
     index.deals_of_accounts |= accounts
     index.deals_of_contacts |= contacts
+
+
+def _fill_contact_accounts(session: Session, index: CrmIndex, contacts: set[int]) -> None:
+    """The accounts of these contacts (the settling's: its stored items name contacts by
+    id), those not known yet."""
+    wanted = sorted(contacts - index.contact_accounts.keys())
+    for chunk in chunked(wanted, LOOKUP_CHUNK):
+        for contact_id, account_id in session.connection().execute(
+            select(Contact.id, Contact.account_id).where(one_of(session, Contact.id, chunk))
+        ):
+            index.contact_accounts[contact_id] = account_id
 
 
 def load_opportunities(session: Session, index: CrmIndex, ids: set[int]) -> None:

@@ -15,13 +15,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
 from syncd.config import Settings
 from syncd.crm import insight
 from syncd.crm.conversations import thread_keys_of
+from syncd.crm.lookups import company_domains
 from syncd.crm.models import (
     Account,
     Activity,
@@ -39,6 +40,7 @@ from syncd.crm.rows import IN_LIMIT
 from syncd.engagement import Engagement
 from syncd.items import Direction, ParticipantRole, TaskStatus
 from syncd.matching.addresses import domain_of
+from syncd.matching.matcher import parents
 
 # --- follow-up candidates ---------------------------------------------------------------
 
@@ -380,24 +382,27 @@ def _day_meetings(
 ) -> tuple[DayMeeting, ...]:
     """The confirmed meetings of ``day`` the user takes part in, with their external
     participants (the company's own domains left out)."""
-    mine = select(ActivityParticipant.activity_id).where(ActivityParticipant.user_id == user_id)
-    meetings = session.scalars(
+    mine = exists().where(
+        ActivityParticipant.activity_id == Activity.id, ActivityParticipant.user_id == user_id
+    )
+    meetings = session.scalars(  # the day's meetings by time (an index), then whether hers
         select(Activity)
         .where(
-            Activity.kind == "meeting",
-            Activity.status == "confirmed",
             Activity.occurred_at >= day[0],
             Activity.occurred_at < day[1],
-            Activity.id.in_(mine),
+            Activity.kind == "meeting",
+            Activity.status == "confirmed",
+            mine,
         )
         .order_by(Activity.occurred_at, Activity.id)
     ).all()
-    internal = set(settings.company.domains)
+    internal = company_domains(session, settings)
     out = []
     for m in meetings:
         seen: dict[str, ActivityParticipant] = {}
         for p in m.participants:
-            if p.user_id is None and domain_of(p.address) not in internal:
+            ours = any(d in internal for d in parents(domain_of(p.address)))
+            if p.user_id is None and not ours:
                 seen.setdefault(p.address, p)
         out.append(DayMeeting(m.subject, m.occurred_at, _people(session, m, [*seen.values()], now)))
     return tuple(out)

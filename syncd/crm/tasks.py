@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -107,7 +107,7 @@ def _follow_plan(task: Task, plan: TaskPlan, now: datetime) -> bool:
         task.opportunity_id != plan.opportunity_id
         or task.title != (clean(plan.title) or "")
         or task.description != (clean(plan.description) or "")
-        or task.due != plan.due
+        or task.due.astimezone(UTC) != plan.due.astimezone(UTC)  # in a DST fold, zones differ
     ):  # the calendar entry says what its rule says now
         _rewrite(task, plan)
     else:

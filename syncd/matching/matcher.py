@@ -116,6 +116,8 @@ class CrmIndex:
         # the domains of the matched contacts' accounts (an account with none shares its
         # parent's: its people write from another account's domain)
         self.domains_of_accounts: dict[int, frozenset[str]] = {}
+        # contact id -> its account, for the contacts looked up (a role's evidence)
+        self.contact_accounts: dict[int, int | None] = {}
         self._internal: dict[str, bool] = {}  # by domain
         self._blocked: dict[str, bool] = {}  # by domain
         self._tag_re = _tag_pattern(self.tag_prefix)
@@ -324,8 +326,16 @@ def weak_choice(index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterab
     if not contacts and not accounts:
         return (), None
     related = index.related(contacts, accounts)
-    if accounts:  # a role left in another company's deal (a person who moved) is no evidence
-        related = [o for o in related if o.account_id in accounts]
+    # a role a person kept in another company's deal (they moved: their contact is at
+    # another account now) is no evidence; a role of a contact with no account, or at the
+    # deal's own account, is
+    known = index.contact_accounts
+    related = [
+        o
+        for o in related
+        if o.account_id in accounts
+        or any(known.get(c) in (None, o.account_id) for c in o.contact_ids & contacts)
+    ]
     open_ = [o for o in related if o.status == "open"]
     with_role = [o for o in open_ if o.contact_ids & contacts]
     ranked: tuple[tuple[list[OpportunityRef], LinkReason], ...] = (
@@ -501,12 +511,13 @@ class _Links:
         by_domain = index.account_for_domain(domain)
         if contact is not None and contact.account_id is not None:
             own = index.domains_of_accounts.get(contact.account_id, frozenset())
+            matched = next((d for d in parents(domain) if d in index.account_domains), domain)
             if (
                 by_domain is not None
                 and by_domain != contact.account_id
                 and own
                 and not any(d in own for d in parents(domain))
-                and not any(d.endswith("." + domain) for d in own)  # a subsidiary's parent
+                and not any(d.endswith("." + matched) for d in own)  # a subsidiary's parent
             ):
                 self._account(by_domain, "domain")
             else:
