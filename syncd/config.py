@@ -128,6 +128,17 @@ def check_timezone(value: str) -> str:
     return value
 
 
+def normalized_addresses(values: list[str]) -> list[str]:
+    """Addresses of the config, normalised; one that is none is a ValueError naming it."""
+    out = []
+    for a in values:
+        norm = normalize_address(a)
+        if not norm:
+            raise ValueError(f"{a!r} is not an email address")
+        out.append(norm)
+    return out
+
+
 def check_holidays(value: str) -> str:
     """``COUNTRY`` or ``COUNTRY-SUBDIVISION`` (ISO 3166 codes the holidays library knows:
     ``DE``, ``DE-BY``, ``US-CA``), upper case; anything else is a ValueError naming the fix."""
@@ -300,13 +311,7 @@ class ExclusionSettings(_Section):
     @field_validator("addresses")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        out = []
-        for a in v:
-            norm = normalize_address(a)
-            if not norm:
-                raise ValueError(f"{a!r} is not an email address")
-            out.append(norm)
-        return out
+        return normalized_addresses(v)
 
     @field_validator("domains")
     @classmethod
@@ -329,13 +334,7 @@ class DropboxSettings(_Section):
     @field_validator("addresses")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        out = []
-        for a in v:
-            norm = normalize_address(a)
-            if not norm:
-                raise ValueError(f"{a!r} is not an email address")
-            out.append(norm)
-        return out
+        return normalized_addresses(v)
 
 
 class EngagementSettings(_Section):

@@ -409,6 +409,17 @@ class GraphClient:
         with self._opened(method, url, body, headers, slots) as response:
             return response  # its body is read: closing it lets the connection go
 
+    def _retrying(self) -> Any:
+        """The retry policy of one call: transient failures (429, 5xx, a dropped
+        connection) retried with backoff, Retry-After honoured."""
+        return retrying(
+            transient=_transient,
+            attempts=self.retries,
+            first=self.backoff,
+            cap=BACKOFF_CAP,
+            wait_hint=_hint,
+        )
+
     def request(
         self,
         method: str,
@@ -421,13 +432,7 @@ class GraphClient:
         """One Graph call with retries; (status, JSON body). A status outside ``ok`` that is
         not retried raises: 401/403 :class:`AuthError`, 410 :class:`CursorExpired`."""
         refreshed: list[bool] = []  # the one fresh token a call may ask for after a 401
-        policy = retrying(
-            transient=_transient,
-            attempts=self.retries,
-            first=self.backoff,
-            cap=BACKOFF_CAP,
-            wait_hint=_hint,
-        )
+        policy = self._retrying()
         try:
             status, data = policy(self._try, method, url, body, headers, slots, refreshed)
         except (_Retry, requests.RequestException) as exc:
@@ -471,13 +476,7 @@ class GraphClient:
         the bytes read pass ``cap`` (the rest is never read). Graph refusing the item
         itself raises :class:`ItemRefused`; anything else as :meth:`request` does."""
         refreshed: list[bool] = []
-        policy = retrying(
-            transient=_transient,
-            attempts=self.retries,
-            first=self.backoff,
-            cap=BACKOFF_CAP,
-            wait_hint=_hint,
-        )
+        policy = self._retrying()
         try:
             status, data = policy(self._download_once, url, cap, refreshed)
         except (_Retry, requests.RequestException) as exc:
