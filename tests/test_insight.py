@@ -197,3 +197,17 @@ def test_a_name_that_looks_like_markup_is_shown_as_it_is(sessions, settings, tmp
     shown_ = cli(settings, db_url, "contacts")
     assert shown_.exit_code == 0, shown_.output
     assert "Kim [/Sales] [bold]Lee" in shown_.stdout
+
+
+def test_accounts_are_listed_hottest_first_with_their_domains(
+    sessions, settings, company: DemoCompany, now, db_url
+):
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    listed = json.loads(cli(settings, db_url, "accounts", "--json").stdout)
+    assert [a["name"] for a in listed][:2] in (["Globex", "Acme Corp"], ["Acme Corp", "Globex"])
+    acme = next(a for a in listed if a["name"] == "Acme Corp")
+    assert acme["domains"] == ["acme-corp.test", "acme.test"]
+    assert acme["level"] in ("hot", "warm") and acme["reason"]
+    points = [a["points"] for a in listed]
+    assert points == sorted(points, reverse=True)

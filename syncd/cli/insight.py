@@ -105,6 +105,48 @@ def contacts_cmd(
     _console().print(table)
 
 
+@app.command("accounts")
+def accounts_cmd(
+    level: Annotated[str | None, typer.Option(help="Only hot, warm or cold ones.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (0: all).", min=0)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The accounts, hottest first: hot, warm or cold from the emails and meetings with
+    their people of the last engagement.window_days, with the last touch and the reason."""
+    if level is not None and level not in LEVEL_STYLE:
+        fail(f"--level {level!r} is not hot, warm or cold", 2)
+    settings = state.settings()
+    tz = zone(settings)
+    with state.sessions()() as session:
+        rows = insight.accounts(session, settings, datetime.now(UTC))
+    if level is not None:
+        rows = [r for r in rows if r.engagement.level == level]
+    rows = rows[:limit] if limit else rows
+    if as_json:
+        _json(
+            [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "domains": list(r.domains),
+                    **_engagement_json(r.engagement, tz),
+                }
+                for r in rows
+            ]
+        )
+        return
+    table = Table("account", "domains", "engagement", "last touch", "why")
+    for r in rows:
+        table.add_row(
+            _text(r.name),
+            _text(", ".join(r.domains) or "-"),
+            _level(r.engagement),
+            shown(r.engagement.last_touch, tz),
+            r.engagement.reason,
+        )
+    _console().print(table)
+
+
 @app.command("opportunities")
 def opportunities_cmd(
     include_closed: Annotated[bool, typer.Option("--all", help="Won and lost deals too.")] = False,

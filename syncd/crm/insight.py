@@ -114,6 +114,32 @@ def contacts(
     return out
 
 
+@dataclass(frozen=True)
+class AccountEngagement:
+    id: int
+    name: str
+    domains: tuple[str, ...]
+    engagement: Engagement
+
+
+def accounts(session: Session, settings: Settings, now: datetime) -> list[AccountEngagement]:
+    """Every account, hottest first, with its domains."""
+    from syncd.crm.models import AccountDomain
+
+    domains: dict[int, list[str]] = defaultdict(list)
+    for account_id, domain in session.execute(
+        select(AccountDomain.account_id, AccountDomain.domain).order_by(AccountDomain.domain)
+    ):
+        domains[account_id].append(domain)
+    rows = session.execute(select(Account.id, Account.name)).all()
+    scores = engagement(session, settings, "account", [r[0] for r in rows], now)
+    out = [
+        AccountEngagement(aid, name, tuple(domains.get(aid, ())), scores[aid]) for aid, name in rows
+    ]
+    out.sort(key=lambda a: (-a.engagement.points, a.name, a.id))
+    return out
+
+
 def _account_id(session: Session, value: str) -> int:
     from syncd.crm.models import AccountDomain
     from syncd.matching.addresses import normalize_domain
