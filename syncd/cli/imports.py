@@ -26,6 +26,7 @@ from sqlalchemy import select
 from syncd.cli.common import _json, app, fail, out, parse_day, say, state
 from syncd.connectors.transport import mask_urls
 from syncd.crm.models import Import, Mailbox
+from syncd.display import shown, zone
 from syncd.harvest.apply import Applied
 from syncd.harvest.decide import Policy
 
@@ -280,7 +281,8 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")
     table = Table("import", "kind", "state", "started", "contacts created")
     for r in rows:
         created = ((r["summary"] or {}).get("applied") or {}).get("contacts_created", "")
-        table.add_row(r["import"], r["kind"], r["state"], r["started_at"], str(created))
+        started = shown(datetime.fromisoformat(r["started_at"]), zone(state.settings()))
+        table.add_row(r["import"], r["kind"], r["state"], started, str(created))
     out.print(table)
 
 

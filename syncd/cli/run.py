@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -36,6 +37,7 @@ from syncd.crm.database import (
     upgrade,
 )
 from syncd.crm.models import Mailbox
+from syncd.display import shown, zone
 from syncd.report import SyncReport
 
 # --- sync, run, status ------------------------------------------------------------------
@@ -137,6 +139,10 @@ def _lag(seconds: float | None) -> str:
     return f"{int(seconds)}s"
 
 
+def _parsed(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
 @app.command("status")
 def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -192,7 +198,7 @@ def status_cmd(
             r["kind"],
             r["user"],
             Text(r["state"], style=colour.get(r["state"], "white")),
-            r["last_success"] or "never",
+            shown(_parsed(r["last_success"]), zone(state.settings()), "never"),
             str(r["items"]),
             _lag(r["lag_seconds"]),
             Text(printable(r["error"] or "")),
