@@ -1297,6 +1297,8 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    from syncd.config import MatchingSettings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, help=f"conversations (default {THREADS:,} x scale)")
     parser.add_argument("--seed", type=int, default=1, help="the company and its mail")
@@ -1310,8 +1312,8 @@ def main() -> None:
     parser.add_argument(
         "--opportunity",
         choices=["most-recent", "single-open-only", "all-open"],
-        default="most-recent",
-        help="matching.opportunity, the policy under test",
+        default=MatchingSettings().opportunity,
+        help="matching.opportunity, the policy under test (default: the config's default)",
     )
     parser.add_argument(
         "--csv",
