@@ -37,6 +37,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
@@ -49,6 +50,7 @@ from syncd.crm.models import Activity, ActivityParticipant, DroppedItem
 from syncd.crm.recorder import Decision
 from syncd.crm.rows import LOOKUP_CHUNK
 from syncd.crm.skips import Skip
+from syncd.decide import describe
 from syncd.items import MailItem, Quarantined, conversation_keys, thread_mark
 from syncd.matching.matcher import CrmIndex, LinkDecision, UserRef
 
@@ -280,45 +282,60 @@ def mute(
     delete``'s way: tasks cancelled, deals restated, the rest settled), and their
     conversation keys are kept as dropped whole threads (by digest), so none of their
     messages is logged again. Only a conversation the forwarding user is part of (a
-    participant of one of its stored messages, or of the original itself when none is
-    stored yet) is removed; any other is left, with a warning. Returns how many activities
-    were removed."""
+    participant of one of its stored messages) is removed; any other is left, with a
+    warning, and so is one that cannot be removed (each in a savepoint of its own).
+    Returns how many activities were removed."""
     removed = 0
     for original, user_id in muted:
-        keys = set(conversation_keys(original))
-        components = conversations.thread_components(session, keys)
-        found = sorted({n.id for c in components for n in c})
-        if not _party_to(session, original, user_id, found):
+        try:  # one conversation that cannot be removed never stops the mailbox
+            with session.begin_nested():
+                removed += _mute_one(session, settings, original, user_id, now)
+        except OperationalError:
+            raise  # the database itself, not this conversation
+        except Exception as exc:
             log.warning(
-                "%s: %r names a conversation its sender is not part of: left as it is",
+                "%s: the conversation of %r was not removed: %s",
                 settings.dropbox.nocrm_word,
                 original.subject[:80],
+                describe(exc),
             )
-            continue
-        activities: list[Activity] = []
-        for chunk in chunked(found, LOOKUP_CHUNK):
-            activities.extend(session.scalars(select(Activity).where(Activity.id.in_(chunk))))
-        keys.update(key for _, key in conversations.thread_keys_of(session, found))
-        subject = MUTE_SUBJECT.format(word=settings.dropbox.nocrm_word)
-        for key in sorted(keys):
-            mark = thread_mark(key)
-            if session.get(DroppedItem, mark) is None:
-                session.add(
-                    DroppedItem(key=mark, dropped_at=now, subject=subject, whole_thread=True)
-                )
-        session.flush()
-        done = remove_activities(session, settings, activities, now)
-        removed += len(activities)
-        log.info(
-            "%d activit(ies) of a conversation removed with %s (%d sighting(s))",
-            len(activities),
-            settings.dropbox.nocrm_word,
-            done.sightings,
-        )
     return removed
 
 
-def _party_to(session: Session, original: MailItem, user_id: int, stored: list[int]) -> bool:
+def _mute_one(
+    session: Session, settings: Settings, original: MailItem, user_id: int, now: datetime
+) -> int:
+    keys = set(conversation_keys(original))
+    components = conversations.thread_components(session, keys)
+    found = sorted({n.id for c in components for n in c})
+    if not _party_to(session, user_id, found):
+        log.warning(
+            "%s: %r names a conversation its sender is not part of: left as it is",
+            settings.dropbox.nocrm_word,
+            original.subject[:80],
+        )
+        return 0
+    activities: list[Activity] = []
+    for chunk in chunked(found, LOOKUP_CHUNK):
+        activities.extend(session.scalars(select(Activity).where(Activity.id.in_(chunk))))
+    keys.update(key for _, key in conversations.thread_keys_of(session, found))
+    subject = MUTE_SUBJECT.format(word=settings.dropbox.nocrm_word)
+    for key in sorted(keys):
+        mark = thread_mark(key)
+        if session.get(DroppedItem, mark) is None:
+            session.add(DroppedItem(key=mark, dropped_at=now, subject=subject, whole_thread=True))
+    session.flush()
+    done = remove_activities(session, settings, activities, now)
+    log.info(
+        "%d activit(ies) of a conversation removed with %s (%d sighting(s))",
+        len(activities),
+        settings.dropbox.nocrm_word,
+        done.sightings,
+    )
+    return len(activities)
+
+
+def _party_to(session: Session, user_id: int, stored: list[int]) -> bool:
     """Whether the user is part of the conversation: a participant of one of its stored
     activities (none stored: nothing is removed, its keys are only kept out from now on)."""
     if not stored:

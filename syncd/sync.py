@@ -421,7 +421,16 @@ class SyncJob:
         def then(session: Session) -> object:
             if muted is not None:
                 muted(session)
-            return create_contacts(session, self.settings, self.index.get(), decisions)
+            if self.settings.matching.create_contacts == "never":
+                return None
+            try:  # contacts not made this time are made by the next evidence: never a stop
+                with session.begin_nested():
+                    return create_contacts(session, self.settings, self.index.get(), decisions)
+            except OperationalError:
+                raise
+            except Exception as exc:
+                log.warning("mailbox %r: no contact made now: %s", self.name, describe(exc))
+                return None
 
         return then
 

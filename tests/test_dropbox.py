@@ -320,3 +320,38 @@ def test_with_authserv_ids_only_an_authenticated_from_is_taken_and_nocrm_needs_a
     assert not {"No header at all", "Another server says so", "Ours says no"} & set(rows)
     assert report.excluded["refused"] == 3
     assert "Pilot scope" in rows
+
+
+def test_a_nocrm_that_cannot_be_carried_out_never_stops_the_dropbox(
+    sessions, settings, company: DemoCompany, imap_server, now, monkeypatch
+):
+    from syncd import dropbox as dropbox_module
+
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    login = dropbox(sessions, settings, imap_server)
+    scope = email_bytes(
+        sender="Eva Novak <eva@globex.test>",
+        to=[ANA],
+        subject="Pilot scope",
+        when=now - timedelta(days=6),
+        message_id="q-7@globex.test",
+    )
+    later = email_bytes(
+        sender=ANA,
+        to=["Carla Díaz <carla@acme.test>"],
+        subject="Logged all the same",
+        when=now - timedelta(hours=1),
+        message_id="after-1@northwind.test",
+    )
+
+    def broken(*_: object) -> int:
+        raise RuntimeError("the removal broke")
+
+    monkeypatch.setattr(dropbox_module, "_mute_one", broken)
+    append(imap_server, login, attached_forward(scope, "#nocrm", "Fwd", now), later)
+    report = sync(sessions, settings, "crm", now)
+    assert report.ok
+    rows = by_subject(timeline(sessions))
+    assert "Logged all the same" in rows  # the batch was stored, the mailbox goes on
+    assert "Pilot scope" in rows  # what could not be removed stays, with a warning

@@ -9,7 +9,7 @@ import csv
 import sys
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -43,6 +43,21 @@ def _console() -> Console:
     return Console(width=max(120, Console().width))
 
 
+def _check_level(level: str | None) -> None:
+    if level is not None and level not in LEVEL_STYLE:
+        fail(f"--level {level!r} is not hot, warm or cold", 2)
+
+
+R = TypeVar("R", insight.ContactEngagement, insight.AccountEngagement)
+
+
+def _chosen(rows: list[R], level: str | None, limit: int) -> list[R]:
+    """The rows of one level (all: None), at most ``limit`` of them (all: 0)."""
+    if level is not None:
+        rows = [r for r in rows if r.engagement.level == level]
+    return rows[:limit] if limit else rows
+
+
 def _level(e: Engagement) -> str:
     return f"[{LEVEL_STYLE[e.level]}]{e.level}[/]"
 
@@ -67,8 +82,7 @@ def contacts_cmd(
 ) -> None:
     """The contacts, hottest first: hot, warm or cold from their emails and meetings of
     the last engagement.window_days, with the last touch and the reason."""
-    if level is not None and level not in LEVEL_STYLE:
-        fail(f"--level {level!r} is not hot, warm or cold", 2)
+    _check_level(level)
     settings = state.settings()
     tz = zone(settings)
     with state.sessions()() as session:
@@ -76,9 +90,7 @@ def contacts_cmd(
             rows = insight.contacts(session, settings, datetime.now(UTC), account)
         except LookupError as exc:
             fail(f"--account: {exc}", 2)
-    if level is not None:
-        rows = [r for r in rows if r.engagement.level == level]
-    rows = rows[:limit] if limit else rows
+    rows = _chosen(rows, level, limit)
     if as_json:
         _json(
             [
@@ -113,15 +125,12 @@ def accounts_cmd(
 ) -> None:
     """The accounts, hottest first: hot, warm or cold from the emails and meetings with
     their people of the last engagement.window_days, with the last touch and the reason."""
-    if level is not None and level not in LEVEL_STYLE:
-        fail(f"--level {level!r} is not hot, warm or cold", 2)
+    _check_level(level)
     settings = state.settings()
     tz = zone(settings)
     with state.sessions()() as session:
         rows = insight.accounts(session, settings, datetime.now(UTC))
-    if level is not None:
-        rows = [r for r in rows if r.engagement.level == level]
-    rows = rows[:limit] if limit else rows
+    rows = _chosen(rows, level, limit)
     if as_json:
         _json(
             [
