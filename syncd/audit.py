@@ -8,9 +8,21 @@ The provider's side is the kind's ``holdings`` (:func:`syncd.connectors.registry
 IMAP ``UID SEARCH`` up to the cursor's UID, a Maildir's files up to the cursor's file. Items
 after the cursor are the next poll's, never gaps. Gmail's and Graph's cursors (a history id,
 a delta link) hold no position a listing can be bounded by, so those kinds list by time, in
-the window :func:`window` passes them among the cursors under :data:`WINDOW`. syncd's side
-is read before the provider is asked, cursors first: a pass that commits meanwhile only adds
-to what syncd saw.
+the window :func:`window` passes them among the cursors under :data:`WINDOW`.
+
+Memory stays flat in the mailbox's size: the provider lists in chunks (IMAP a window of
+UIDs, a Maildir its listing as it is read, Gmail and Graph their pages), and syncd's records
+are looked up :data:`CHUNK` held ids at a time, one query a table (the id as
+:func:`syncd.items.fit` stores it, among the chunk's), in a short read of its own.
+
+The cursors are read first, the records after the provider has listed what they bound: every
+item up to a cursor was recorded in the transaction that moved the cursor there, so it is
+found. A pass that commits meanwhile moves cursors past the listing's bounds and adds
+records; it never takes one away, so a later look-up only finds more, and an item is never
+reported missing wrongly. A retry of a quarantined item moves it to the logged or skipped
+(its entry dropped in the same transaction): the tables are read quarantine first, then
+skips, then sightings, so whichever side of that commit each query falls on, the item is
+found in one of them.
 
 Each audit's result is kept per source (``audits``, with the first :data:`LIMIT` missing
 ids) and exported as the gauge ``syncd_audit_missing_items{mailbox,folder}``.
@@ -18,19 +30,21 @@ ids) and exported as the gauge ``syncd_audit_missing_items{mailbox,folder}``.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from prometheus_client import Gauge
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.connectors.base import ConnectorError, MailboxSpec
 from syncd.connectors.kind import AUDIT_WINDOW as WINDOW
-from syncd.connectors.registry import holdings
+from syncd.connectors.registry import Held, holdings
 from syncd.crm.models import (
     AuditResult,
     Mailbox,
@@ -39,6 +53,7 @@ from syncd.crm.models import (
     SkippedItem,
     SourceCursor,
 )
+from syncd.crm.rows import one_of
 from syncd.decide import describe
 from syncd.items import fit
 from syncd.sync import mailbox_spec
@@ -46,6 +61,7 @@ from syncd.sync import mailbox_spec
 log = logging.getLogger("syncd.audit")
 
 LIMIT = 20  # missing ids listed (and kept) per folder
+CHUNK = 5000  # held ids looked up in syncd's records at once (one query a table)
 # a backfill's floor is "now - since_days" when its last pass ran, a little after that
 # pass's start: the window starts this much later, so it never reaches mail never meant to
 # be read
@@ -82,45 +98,80 @@ class MailboxAudit:
 
 @dataclass(frozen=True)
 class _Seen:
-    """What syncd recorded of one mailbox: provider ids logged, skipped and quarantined."""
+    """What syncd recorded of a chunk of held ids: those logged, skipped and quarantined."""
 
     logged: frozenset[str]
     skipped: frozenset[str]
     quarantined: frozenset[str]
 
 
-def _seen(session: Session, mailbox_id: int) -> _Seen:
-    """Provider ids are unique within a mailbox (they name their folder), so an item
-    logged from another source of the mailbox counts too."""
+def _seen(session: Session, mailbox_id: int, ids: list[str]) -> _Seen:
+    """Of ``ids`` (as stored), those the mailbox's records hold. Provider ids are unique
+    within a mailbox (they name their folder), so an item logged from another source of the
+    mailbox counts too. Quarantine first, sightings last: see the module's docstring."""
 
-    def ids(column: object, table: type) -> frozenset[str]:
+    def found(
+        mailbox: InstrumentedAttribute[int], pid: InstrumentedAttribute[str]
+    ) -> frozenset[str]:
         return frozenset(
-            session.scalars(select(column).where(table.mailbox_id == mailbox_id))  # type: ignore[attr-defined, call-overload]
+            session.scalars(select(pid).where(mailbox == mailbox_id, one_of(session, pid, ids)))
         )
 
-    return _Seen(
-        logged=ids(Sighting.provider_id, Sighting),
-        skipped=ids(SkippedItem.provider_id, SkippedItem),
-        quarantined=ids(QuarantineEntry.provider_id, QuarantineEntry),
-    )
+    quarantined = found(QuarantineEntry.mailbox_id, QuarantineEntry.provider_id)
+    skipped = found(SkippedItem.mailbox_id, SkippedItem.provider_id)
+    logged = found(Sighting.mailbox_id, Sighting.provider_id)
+    return _Seen(logged=logged, skipped=skipped, quarantined=quarantined)
 
 
-def _compare(folder: str, held: list[str], seen: _Seen, limit: int) -> FolderAudit:
-    logged = skipped = quarantined = 0
-    missing: list[str] = []
-    for raw in held:
-        pid = fit(raw)
-        if pid in seen.logged:
-            logged += 1
-        elif pid in seen.skipped:
-            skipped += 1
-        elif pid in seen.quarantined:
-            quarantined += 1
-        else:
-            missing.append(raw)
-    return FolderAudit(
-        folder, len(held), logged, skipped, quarantined, len(missing), tuple(missing[:limit])
-    )
+class _Tally:
+    """One folder's audit as its chunks are compared: the counts, and the first ``limit``
+    missing ids (in the order the provider lists them; smallest first for a listing in no
+    order, whatever order it came in)."""
+
+    def __init__(self, folder: str, ordered: bool, limit: int) -> None:
+        self.folder, self.ordered, self.limit = folder, ordered, limit
+        self.pending: list[str] = []  # held ids not looked up yet
+        self.held = self.logged = self.skipped = self.quarantined = self.missing = 0
+        self.missing_ids: list[str] = []
+
+    def compare(self, sessions: sessionmaker[Session], mailbox_id: int, size: int) -> None:
+        """Look up the pending ids ``size`` at a time (all of them when ``size`` is 0)."""
+        while self.pending and len(self.pending) >= size:
+            raw = self.pending[: size or len(self.pending)]
+            del self.pending[: len(raw)]
+            pids = [fit(r) for r in raw]
+            with sessions() as session:
+                seen = _seen(session, mailbox_id, sorted(set(pids)))
+            self._count(raw, pids, seen)
+
+    def _count(self, raw: list[str], pids: list[str], seen: _Seen) -> None:
+        missing: list[str] = []
+        for one, pid in zip(raw, pids, strict=True):
+            if pid in seen.logged:
+                self.logged += 1
+            elif pid in seen.skipped:
+                self.skipped += 1
+            elif pid in seen.quarantined:
+                self.quarantined += 1
+            else:
+                missing.append(one)
+        self.held += len(raw)
+        self.missing += len(missing)
+        if self.ordered:
+            self.missing_ids.extend(missing[: self.limit - len(self.missing_ids)])
+        elif missing:
+            self.missing_ids = heapq.nsmallest(self.limit, [*self.missing_ids, *missing])
+
+    def result(self) -> FolderAudit:
+        return FolderAudit(
+            self.folder,
+            self.held,
+            self.logged,
+            self.skipped,
+            self.quarantined,
+            self.missing,
+            tuple(self.missing_ids),
+        )
 
 
 def window(spec: MailboxSpec, caught_up_at: datetime | None) -> str | None:
@@ -153,7 +204,7 @@ def audit_mailbox(
                 select(SourceCursor).where(SourceCursor.mailbox_id == mailbox.id)
             )
         }
-        seen = _seen(session, mailbox.id)
+        mailbox_id = mailbox.id
         try:
             spec = mailbox_spec(mailbox, settings)
         except Exception as exc:  # a secret or settings that do not open: the pass says so too
@@ -164,13 +215,30 @@ def audit_mailbox(
             cursors[WINDOW] = bounds
     try:
         held = holdings(spec, cursors)
-    except Exception as exc:  # the provider failed: said, and the next audit asks again
+    except Exception as exc:  # the kind failed to start: said, and the next audit asks again
         result.error = str(exc) if isinstance(exc, ConnectorError) else describe(exc)
         return result
     if held is None:
         result.audited = False
         return result
-    result.folders = [_compare(f, ids, seen, limit) for f, ids in sorted(held.items())]
+    tallies: dict[str, _Tally] = {}
+    with closing(held):
+        while True:
+            try:
+                chunk: Held | None = next(held, None)
+            except Exception as exc:  # the provider failed: said, and the next audit asks again
+                result.error = str(exc) if isinstance(exc, ConnectorError) else describe(exc)
+                return result
+            if chunk is None:
+                break
+            tally = tallies.get(chunk.source)
+            if tally is None:
+                tally = tallies[chunk.source] = _Tally(chunk.source, chunk.ordered, limit)
+            tally.pending.extend(chunk.ids)
+            tally.compare(sessions, mailbox_id, CHUNK)
+    for tally in tallies.values():
+        tally.compare(sessions, mailbox_id, 0)
+    result.folders = [tallies[f].result() for f in sorted(tallies)]
     return result
 
 

@@ -341,3 +341,59 @@ def test_the_daemon_runs_the_due_audits_and_logs_a_gap(
     assert proc.returncode == 0, err
     assert found == 1
     assert "mailbox 'ana' folder 'maildir:INBOX': 1 item(s) the provider holds were never" in err
+
+
+# --- folders larger than a chunk: the same result, a chunk at a time -----------------------------
+
+
+def test_a_folder_larger_than_a_chunk_gives_the_same_result(
+    sessions, settings, company, imap_server, db_url, tmp_path, monkeypatch
+):
+    """IMAP listed in UID windows and a Maildir listed in chunks, syncd's records looked up
+    a few ids at a time: the counts and the first missing ids (UIDs ascending, numerically;
+    a Maildir's smallest names, whatever order the chunks came in) are those of one
+    chunk."""
+    login = new_login(imap_server, "ana")
+    append(imap_server, login, "INBOX", *(mail(i) for i in range(12)))
+    add_imap_mailbox(sessions, settings, "ana", "ana@northwind.test", imap_server, login)
+    box = stdlib_mailbox.Maildir(tmp_path / "Maildir", create=True)
+    keys = [box.add(mail(20 + i)) for i in range(7)]
+    time.sleep(1.1)  # a pass's cursor stops short of files changed in its last second
+    add_local_mailbox(sessions, "bob", "ana@northwind.test", maildir=str(tmp_path / "Maildir"))
+    sync(sessions, settings, "ana")
+    sync(sessions, settings, "bob")
+    uids = inbox_ids(imap_server, login)
+    for gone in [uids[1], *uids[8:]]:  # UIDs 2, 9, 10, 11, 12
+        forget_sighting(sessions, gone)
+    with sessions.begin() as session:  # the last one skipped: seen
+        mailbox_id = session.scalar(select(Mailbox.id).where(Mailbox.name == "ana"))
+        session.add(
+            SkippedItem(
+                mailbox_id=mailbox_id,
+                source="imap:INBOX",
+                provider_id=uids[-1],
+                reason="bulk mail",
+                seen_at=NOW,
+            )
+        )
+    files = sorted(f"maildir:INBOX/{k}" for k in keys)
+    for gone in files[1:4] + files[5:6]:
+        forget_sighting(sessions, gone)
+
+    whole, whole_report = audit(settings, db_url, "--limit", "3")
+    monkeypatch.setattr("syncd.audit.CHUNK", 2)
+    monkeypatch.setattr("syncd.connectors.imap.probe.UID_WINDOW", 5)
+    monkeypatch.setattr("syncd.connectors.local.probe.CHUNK", 2)
+    chunked, chunked_report = audit(settings, db_url, "--limit", "3")
+
+    assert whole.exit_code == chunked.exit_code == 1, chunked.output
+    assert chunked_report == whole_report
+    inbox = folders(chunked_report, "ana")["imap:INBOX"]
+    assert (inbox["held"], inbox["logged"], inbox["skipped"], inbox["missing"]) == (12, 7, 1, 4)
+    assert inbox["missing_ids"] == [uids[1], uids[8], uids[9]]
+    maildir = folders(chunked_report, "bob")["maildir:INBOX"]
+    assert (maildir["held"], maildir["logged"], maildir["missing"]) == (7, 3, 4)
+    assert maildir["missing_ids"] == files[1:4]
+    with sessions() as session:
+        kept = session.scalars(select(AuditResult).where(AuditResult.source == "imap:INBOX")).one()
+        assert (kept.held, kept.missing, kept.missing_ids) == (12, 4, inbox["missing_ids"])

@@ -25,7 +25,8 @@ formats
 probe, holdings
     ``probe(spec) -> list[Check]``: ``syncd doctor``'s checks of one mailbox (reachable,
     login, scopes, calendar writable, clock), changing nothing; ``holdings(spec, cursors)
-    -> dict[source, list[provider id]]``: what the provider holds that each source's stored
+    -> Generator[Held]`` (:class:`syncd.connectors.registry.Held`): what the provider holds,
+    in chunks listed as they are consumed, that each source's stored
     cursor says syncd has read (``syncd audit``); a backfill kind (Gmail, Graph) also finds
     its time window among the cursors, under :data:`AUDIT_WINDOW`. Both live in the kind's
     ``probe`` module.

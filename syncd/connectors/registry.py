@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from typing import NamedTuple
 
 from syncd.connectors.base import (
     Connector,
@@ -95,13 +96,29 @@ def probe(spec: MailboxSpec) -> list[Check]:
     return checks
 
 
-def holdings(spec: MailboxSpec, cursors: dict[str, str]) -> dict[str, list[str]] | None:
+class Held(NamedTuple):
+    """A chunk of what one source holds (``syncd audit``): provider ids, as many as one
+    listing call gives (an IMAP ``UID SEARCH`` window, a page), never a whole folder.
+    ``ordered``: the ids come in an order of their own (UIDs ascending, the provider's
+    pages), in which the audit names the first missing ones; False for a listing in no
+    order (a Maildir's directories), whose missing ids are named smallest first."""
+
+    source: str
+    ids: list[str]
+    ordered: bool = True
+
+
+def holdings(spec: MailboxSpec, cursors: dict[str, str]) -> Generator[Held, None, None] | None:
     """What the provider holds, per source, up to where each source's stored cursor
-    (source -> its value) says syncd has read; None when the kind cannot say."""
+    (source -> its value) says syncd has read, in chunks (:class:`Held`), listed as they are
+    consumed: each source audited comes at least once (an empty chunk when it holds
+    nothing), its chunks one after another. None when the kind cannot say. The provider is
+    asked as the chunks are taken: an error (ConnectorError or another) comes from the
+    iteration, and closing the generator closes the kind's connection."""
     found = kind(spec.kind).load("holdings")
     if found is None:
         return None
-    held: dict[str, list[str]] = found(spec, cursors)
+    held: Generator[Held, None, None] = found(spec, cursors)
     return held
 
 

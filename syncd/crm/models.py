@@ -298,12 +298,14 @@ class ActivityParticipant(Base):
 
 class Sighting(Base):
     __tablename__ = "sightings"
-    __table_args__ = (UniqueConstraint("activity_id", "mailbox_id"),)
+    __table_args__ = (
+        UniqueConstraint("activity_id", "mailbox_id"),
+        # a mailbox's sightings, and those of some of its provider ids (syncd audit, explain)
+        Index("ix_sightings_mailbox_provider", "mailbox_id", "provider_id"),
+    )
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     activity_id: Mapped[int] = mapped_column(ForeignKey("activities.id", ondelete="CASCADE"))
-    mailbox_id: Mapped[int] = mapped_column(
-        ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True
-    )
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(200))
     provider_id: Mapped[str] = mapped_column(String(512))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -414,7 +416,10 @@ class Task(Base):
 
 class QuarantineEntry(Base):
     __tablename__ = "quarantine"
-    __table_args__ = (UniqueConstraint("mailbox_id", "source", "provider_id"),)
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "source", "provider_id"),
+        Index("ix_quarantine_mailbox_provider", "mailbox_id", "provider_id"),  # syncd audit
+    )
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(200))
@@ -434,7 +439,10 @@ class SkippedItem(Base):
     quarantine, what ``syncd audit`` counts as seen."""
 
     __tablename__ = "skips"
-    __table_args__ = (UniqueConstraint("mailbox_id", "source", "provider_id"),)
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "source", "provider_id"),
+        Index("ix_skips_mailbox_provider", "mailbox_id", "provider_id"),  # syncd audit
+    )
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(200))

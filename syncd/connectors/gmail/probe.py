@@ -15,14 +15,15 @@ window (up to the start of the mailbox's last complete pass, see ``syncd.audit.w
 interpreted as midnight PST unless specified in seconds", developers.google.com/workspace/
 gmail/api/guides/filtering), every page of ids (``resultSizeEstimate`` is an estimate),
 Spam and Trash left out as ``messages.list`` does by default (``includeSpamTrash``), drafts
-and chats (never read) by listing them too, with ``labelIds``, and leaving them out. The
-ids are Gmail's message ids, which syncd records as they are.
+and chats (never read) by listing them too, with ``labelIds``, and leaving them out (their
+ids are the only ones held whole: a mailbox's drafts and chats). The ids are Gmail's message
+ids, which syncd records as they are, handed on a page at a time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from syncd.connectors.gmail.client import UNITS, GmailClient
 from syncd.connectors.gmail.signin import SCOPES
 from syncd.connectors.kind import AUDIT_WINDOW as WINDOW
 from syncd.connectors.kind import Check, clock_check
+from syncd.connectors.registry import Held
 
 CALENDAR_SCOPE = "https://www.googleapis.com/auth/calendar.events"
 NEVER_LISTED = ("DRAFT", "CHAT")  # listed, never read (parse.NEVER_READ, less Spam and Trash)
@@ -92,30 +94,31 @@ def probe(spec: MailboxSpec) -> list[Check]:
     return checks
 
 
-def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> dict[str, list[str]]:
+def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> Generator[Held, None, None]:
     stored, bounds = cursors.get("gmail:mail"), cursors.get(WINDOW)
     if stored is None or bounds is None or json.loads(stored).get("backfill"):
-        return {}  # no complete pass, or the first sync still under way: nothing to compare
+        return  # no complete pass, or the first sync still under way: nothing to compare
     start, _, end = bounds.partition("/")
     lower = int(datetime.fromisoformat(start).timestamp())
     upper = int(datetime.fromisoformat(end).timestamp())  # before: excludes it
+    yield Held("gmail:mail", [])  # listed, if empty
     if lower >= upper:
-        return {"gmail:mail": []}
+        return
     client = GmailClient(spec)
     query = f"after:{lower} before:{upper}"
     never: set[str] = set()
     for label in NEVER_LISTED:
-        never.update(_ids(client, query, labelIds=[label]))
-    return {"gmail:mail": [i for i in _ids(client, query) if i not in never]}
+        for page in _pages(client, query, labelIds=[label]):
+            never.update(page)
+    for page in _pages(client, query):
+        yield Held("gmail:mail", [i for i in page if i not in never])
 
 
-def _ids(client: GmailClient, query: str, **labels: Any) -> list[str]:
-    """Every id ``messages.list`` gives for ``query`` (and ``labelIds``), page by page."""
+def _pages(client: GmailClient, query: str, **labels: Any) -> Iterator[list[str]]:
+    """The ids ``messages.list`` gives for ``query`` (and ``labelIds``), a page at a time."""
     users = client.gmail.users()
-    found: list[str] = []
     pages = client.pages(
         UNITS["list"], users.messages().list, userId="me", q=query, maxResults=PAGE, **labels
     )
     for _, page in pages:
-        found.extend(str(m["id"]) for m in page.get("messages", []))
-    return found
+        yield [str(m["id"]) for m in page.get("messages", [])]

@@ -9,14 +9,16 @@ compare (INTERNALDATE is the message's, not the server's clock), so an IMAP mail
 CalDAV has no clock check.
 
 :func:`holdings` lists, per folder, the UIDs from 1 to the last one its stored cursor says
-syncd read (``UID SEARCH``), under the same UIDVALIDITY: a message in that range that syncd
-has no record of is a gap. Messages after the cursor are the next poll's, not gaps.
+syncd read, under the same UIDVALIDITY: a message in that range that syncd has no record of
+is a gap. Messages after the cursor are the next poll's, not gaps. It lists them a window of
+:data:`UID_WINDOW` UIDs at a time (``UID SEARCH UID a:b``), ascending, each window one chunk:
+what it holds never grows with the folder.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from datetime import date, datetime
 from functools import partial
 from typing import Any
@@ -29,7 +31,9 @@ from syncd.connectors.imap.connector import ImapConnector
 from syncd.connectors.imap.parse import provider_id
 from syncd.connectors.kind import AUDIT_WINDOW as WINDOW
 from syncd.connectors.kind import Check, clock_check, typed
+from syncd.connectors.registry import Held
 
+UID_WINDOW = 20_000  # UIDs one SEARCH of syncd audit covers (the ids of one chunk at most)
 WRITE_PRIVILEGES = {"write", "write-content", "bind", "all"}  # RFC 3744 §3.1-3.5
 PRIVILEGES_BODY = (
     '<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:"><d:prop>'
@@ -159,21 +163,29 @@ def _writable(where: str, url: str, privileges: set[str]) -> Check:
     )
 
 
-def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> dict[str, list[str]]:
+def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> Generator[Held, None, None]:
     connector = ImapConnector(spec)
     try:
-        held: dict[str, list[str]] = {}
+        since = _lower(cursors.get(WINDOW))
         for folder in connector.folders():
             stored = cursors.get(f"imap:{folder}")
             if stored is None:
                 continue  # never read yet: nothing to compare
             position = json.loads(stored)
-            since = _lower(cursors.get(WINDOW))
-            read = partial(_read_uids, folder=folder, position=position, since=since)
-            ids: list[str] | None = connector.session.call(f"SEARCH {folder}", read)
-            if ids is not None:
-                held[f"imap:{folder}"] = ids
-        return held
+            select = partial(_uidvalidity, folder=folder)
+            uidvalidity: int = connector.session.call(f"SELECT {folder}", select)
+            if uidvalidity != position.get("uv"):
+                continue  # the next pass reads it all again
+            source, last = f"imap:{folder}", int(position.get("uid", 0))
+            yield Held(source, [])  # listed, if empty
+            for low in range(1, last + 1, UID_WINDOW):
+                high = min(low + UID_WINDOW - 1, last)
+                search = partial(
+                    _search, folder=folder, uidvalidity=uidvalidity, uids=(low, high), since=since
+                )
+                found: list[int] = connector.session.call(f"SEARCH {folder}", search)
+                if found:
+                    yield Held(source, [provider_id(folder, uidvalidity, u) for u in found])
     finally:
         connector.close()
 
@@ -183,18 +195,28 @@ def _lower(window: str | None) -> date | None:
     return datetime.fromisoformat(window.partition("/")[0]).date() if window else None
 
 
-def _read_uids(
-    client: IMAPClient, folder: str, position: dict[str, Any], since: date | None = None
-) -> list[str] | None:
-    """The provider ids of the folder's messages up to the cursor's UID (from ``since``
-    on, by internal date, as a first read with ``--since`` searched); None when the
-    folder's UIDVALIDITY changed (the next pass reads it all again)."""
-    selected = client.select_folder(folder, readonly=True)
-    uidvalidity = int(selected[b"UIDVALIDITY"])
-    if uidvalidity != position.get("uv"):
-        return None
-    last = int(position.get("uid", 0))
-    if last < 1:
-        return []
-    uids = client.search(["UID", f"1:{last}", *(["SINCE", since] if since else [])])
-    return [provider_id(folder, uidvalidity, u) for u in sorted(uids) if u <= last]
+def _uidvalidity(client: IMAPClient, folder: str) -> int:
+    return int(client.select_folder(folder, readonly=True)[b"UIDVALIDITY"])
+
+
+def _search(
+    client: IMAPClient,
+    folder: str,
+    uidvalidity: int,
+    uids: tuple[int, int],
+    since: date | None = None,
+) -> list[int]:
+    """The folder's UIDs in ``uids`` (both ends in), ascending (from ``since`` on, by
+    internal date, as a first read with ``--since`` searched). The folder is selected again
+    when the connection has it no more (a new one after a drop; a session's
+    :class:`~.session.Client` knows); a UIDVALIDITY changed meanwhile ends the audit of the
+    mailbox with a ConnectorError (the next pass reads the folder again)."""
+    selected = getattr(client, "selected", None) == (folder, True, uidvalidity)
+    if not selected and _uidvalidity(client, folder) != uidvalidity:
+        raise ConnectorError(
+            f"UIDVALIDITY of {folder!r} changed during the audit: the next pass reads the "
+            "folder again, then audit it again"
+        )
+    low, high = uids
+    found = client.search(["UID", f"{low}:{high}", *(["SINCE", since] if since else [])])
+    return sorted(u for u in found if low <= u <= high)

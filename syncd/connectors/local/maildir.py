@@ -288,11 +288,6 @@ class MaildirFolder:
         """File descriptors of new/ and cur/ (the caller closes them)."""
         return open_folder(self.path, self.SUBS, self.follow, self.OPTION)
 
-    @staticmethod
-    def _listing(fds: dict[str, int]) -> list[Entry]:
-        """Every message, as listed (``syncd audit`` compares them all with the CRM)."""
-        return list(listing(fds))
-
     def estimate(self) -> int | None:
         """The files in the folder (a listing of names only)."""
         try:

@@ -7,14 +7,16 @@ compare with.
 
 :func:`holdings` lists, per Maildir folder, the messages up to the (ctime, unique name) its
 stored cursor holds: one syncd has no record of is a gap; later ones are the next poll's.
-mbox archives are read once, by position, and are not audited.
+The listing is handed on as it is read, :data:`CHUNK` names at a time (a chunk in no order:
+the audit names the missing smallest first), never held whole. mbox archives are read once,
+by position, and are not audited.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from pathlib import Path
 
 from syncd.connectors.base import ConnectorError, MailboxSpec
@@ -22,8 +24,11 @@ from syncd.connectors.kind import Check, typed
 from syncd.connectors.local import LocalSettings
 from syncd.connectors.local.connector import LocalConnector
 from syncd.connectors.local.files import Odd
-from syncd.connectors.local.maildir import MaildirFolder
+from syncd.connectors.local.maildir import MaildirFolder, listing
 from syncd.connectors.mime import clean
+from syncd.connectors.registry import Held
+
+CHUNK = 5000  # names of a Maildir listing handed to syncd audit at once
 
 
 def _readable(path: Path, folder: bool) -> str | None:
@@ -102,8 +107,7 @@ def _user() -> str:
         return "the user syncd runs as"
 
 
-def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> dict[str, list[str]]:
-    held: dict[str, list[str]] = {}
+def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> Generator[Held, None, None]:
     for source in LocalConnector(spec).mail_sources():
         stored = cursors.get(source.name)
         if not isinstance(source, MaildirFolder) or stored is None:
@@ -115,11 +119,16 @@ def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> dict[str, list[st
         except (Odd, ConnectorError):
             continue  # quarantined or gone: the pass says so
         try:
-            entries = source._listing(fds)
+            yield Held(source.name, [], ordered=False)  # listed, if empty
+            chunk: set[str] = set()  # a name listed twice (new/ and cur/) counts once in it
+            for e in listing(fds):
+                if (e.ctime_ns, e.unique) <= last:
+                    chunk.add(f"{source.name}/{clean(e.unique)}")
+                    if len(chunk) >= CHUNK:
+                        yield Held(source.name, sorted(chunk), ordered=False)
+                        chunk = set()
+            if chunk:
+                yield Held(source.name, sorted(chunk), ordered=False)
         finally:
             for fd in fds.values():
                 os.close(fd)
-        held[source.name] = sorted(
-            {f"{source.name}/{clean(e.unique)}" for e in entries if (e.ctime_ns, e.unique) <= last}
-        )
-    return held

@@ -13,13 +13,13 @@ To Do, the To Do lists (Tasks.ReadWrite.All). The clock is compared with Graph's
 the messages Graph lists in the audit's window (up to the start of the mailbox's last
 complete pass, see ``syncd.audit.window``): ``$filter`` on ``receivedDateTime``,
 ``$select=id``, with immutable ids as syncd stores them (the session's
-``Prefer: IdType="ImmutableId"``).
+``Prefer: IdType="ImmutableId"``), handed on a page at a time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,6 +34,7 @@ from syncd.connectors.microsoft import MicrosoftSettings
 from syncd.connectors.microsoft.client import AUTHORITY, GraphClient
 from syncd.connectors.microsoft.mail import FOLDERS
 from syncd.connectors.microsoft.parse import error_text
+from syncd.connectors.registry import Held
 
 PAGE = 1000  # ids a page of messages lists ($top, Graph's most)
 
@@ -187,27 +188,31 @@ def _clock(where: str, client: GraphClient) -> Check:
     return clock_check(what, response.headers.get("Date"))
 
 
-def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> dict[str, list[str]]:
+def holdings(spec: MailboxSpec, cursors: Mapping[str, str]) -> Generator[Held, None, None]:
     bounds = window(cursors)
     if bounds is None:
-        return {}  # no complete pass yet: nothing to compare
+        return  # no complete pass yet: nothing to compare
     lower, upper = bounds
     client = GraphClient(spec)
     try:
-        held: dict[str, list[str]] = {}
         for folder in FOLDERS:
             stored = cursors.get(f"graph:{folder}")
             if stored is None or not json.loads(stored).get("synced"):
                 continue  # never read to its end yet
-            held[f"graph:{folder}"] = _ids(client, folder, lower, upper) if lower < upper else []
-        return held
+            yield Held(f"graph:{folder}", [])  # listed, if empty
+            if lower < upper:
+                for page in _pages(client, folder, lower, upper):
+                    yield Held(f"graph:{folder}", page)
     finally:
         client.con.session.close()
 
 
-def _ids(client: GraphClient, folder: str, lower: datetime, upper: datetime) -> list[str]:
+def _pages(
+    client: GraphClient, folder: str, lower: datetime, upper: datetime
+) -> Iterator[list[str]]:
     """The messages received in [lower, upper) and sent (as syncd dates them: sent, else
-    received) from ``lower`` on, drafts left out, as syncd's delta reads them."""
+    received) from ``lower`` on, drafts left out, as syncd's delta reads them: a page at a
+    time."""
     stamp = "%Y-%m-%dT%H:%M:%SZ"
     query = {
         "$select": "id,sentDateTime,receivedDateTime,isDraft",
@@ -216,14 +221,14 @@ def _ids(client: GraphClient, folder: str, lower: datetime, upper: datetime) -> 
         "$top": str(PAGE),
     }
     link: str | None = client.user_url(f"/mailFolders/{folder}/messages?{urlencode(query)}")
-    ids: list[str] = []
     while link:
         _, page = client.request("GET", link)
+        ids: list[str] = []
         for message in page.get("value", []):
             dated = message.get("sentDateTime") or message.get("receivedDateTime")
             if message.get("isDraft") or not dated:
                 continue
             if datetime.fromisoformat(dated.replace("Z", "+00:00")) >= lower:
                 ids.append(str(message["id"]))
+        yield ids
         link = page.get("@odata.nextLink")
-    return ids
