@@ -25,6 +25,8 @@ from syncd.connectors.imap.connector import ImapConnector
 from syncd.connectors.imap.folder import ImapFolder
 from syncd.crm.models import Activity
 from syncd.demo import email_bytes, event_ics
+from syncd.harvest.collect import MailDigest
+from syncd.harvest.people import People
 from syncd.items import Batch, MailItem
 from syncd.secrets import Secret
 
@@ -235,9 +237,13 @@ class RecordingProxy(TcpProxy):
 
     def structure_uids(self) -> set[int]:
         """The UIDs whose BODYSTRUCTURE was asked."""
+        return self.asked(b"BODYSTRUCTURE")
+
+    def asked(self, item: bytes) -> set[int]:
+        """The UIDs a FETCH asked ``item`` of."""
         uids: set[int] = set()
         for line in bytes(self.sent).split(b"\r\n"):
-            if b"BODYSTRUCTURE" in line:
+            if b" FETCH " in line and item in line:
                 for part in line.split(b" FETCH ")[1].split(b" ")[0].split(b","):
                     first, _, last = part.partition(b":")
                     uids.update(range(int(first), int(last or first) + 1))
@@ -387,3 +393,72 @@ def test_a_digested_read_gives_the_digest_of_each_batch_with_the_same_cursors(
     assert [b.quarantined for b in digested] == [b.quarantined for b in plain]
     assert all(not b.items for b in digested)
     assert [b.digest for b in digested] == [subjects_of(list(b.items)) for b in plain]
+
+
+def envelope_mail() -> list[bytes]:
+    """What the import's digest must read as from the whole header: plain mail, a sent one,
+    bulk mail, an auto-reply, a To past the cut, one dated by its Received field only, and
+    one with no date at all (its INTERNALDATE)."""
+    many = ", ".join(f"Person {n} <p{n}@acme.test>" for n in range(1500)).encode()
+    assert len(many) > fetch.HEADER_BYTES
+    received = (
+        b"Received: from mx.acme.test by mx.northwind.test; Tue, 3 Mar 2026 09:00:00 +0000\r\n"
+    )
+    return [
+        *(msg(i) for i in range(6)),
+        msg(7, sender="ana@northwind.test", to="Eva <eva@globex.test>"),
+        b"From: News <news@acme.test>\r\nTo: ana@northwind.test\r\nList-Id: <news.acme.test>\r\n"
+        b"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\nSubject: news\r\n\r\nhello\r\n",
+        b"From: Dan <dan@acme.test>\r\nTo: ana@northwind.test\r\nAuto-Submitted: auto-replied\r\n"
+        b"Date: Mon, 2 Mar 2026 11:00:00 +0000\r\nSubject: away\r\n\r\naway\r\n",
+        b"From: Carla <carla@acme.test>\r\nTo: " + many + b"\r\nCc: Zoe <zoe@acme.test>\r\n"
+        b"Date: Mon, 2 Mar 2026 12:00:00 +0000\r\nSubject: many\r\n\r\nhello\r\n",
+        received + b"From: Fay <fay@acme.test>\r\nTo: ana@northwind.test\r\nSubject: x\r\n\r\nhi\r\n",
+        UNDATED,
+    ]
+
+
+@pytest.mark.usefixtures("small_tasks")
+@pytest.mark.parametrize("processes", [1, WORKERS])
+def test_the_import_digest_fetches_its_fields_only_and_learns_what_the_whole_header_teaches(
+    imap_server, processes
+):
+    login = new_folder(imap_server, "Deals", *envelope_mail())
+    client = imap(imap_server, login)
+    arrived = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
+    client.append("Deals", UNDATED, flags=(b"\\Seen",), msg_time=arrived)
+    client.logout()
+    digest = MailDigest("ana", frozenset({"ana@northwind.test"}))
+    plain = read(spec(imap_server, login, body_policy="metadata", parse_processes=processes))
+    proxy = RecordingProxy(imap_server.port)
+    box = spec(
+        imap_server, login, port=proxy.port, body_policy="metadata", parse_processes=processes
+    )
+    connector = ImapConnector(box)
+    try:
+        digested = list(ImapFolder(connector.session, "Deals", box).digested(None, digest))
+    finally:
+        connector.close()
+        proxy.close()
+    assert [b.cursor for b in digested] == [b.cursor for b in plain]
+    assert [b.quarantined for b in digested] == [b.quarantined for b in plain] == [()] * len(plain)
+
+    def learnt(digests: list[tuple[People, int]]) -> dict[str, object]:
+        everyone = People()
+        for people, _count in digests:
+            everyone.merge(people)
+        return {p.key: vars(p) for p in everyone}
+
+    expected = learnt([digest(list(b.items)) for b in plain])
+    assert learnt([b.digest for b in digested]) == expected
+    assert {"p1499@acme.test", "zoe@acme.test", "news@acme.test", "dan@acme.test"} <= set(
+        expected
+    )
+    assert expected["fay@acme.test"]["first_seen"] == datetime(2026, 3, 3, 9, tzinfo=UTC)
+    lines = [line for line in bytes(proxy.sent).split(b"\r\n") if b" FETCH " in line]
+    first = [line for line in lines if b"HEADER.FIELDS" in line]
+    assert first and all(b"RFC822.SIZE" not in line for line in first)
+    assert b"HEADER.FIELDS (FROM TO CC BCC REPLY-TO DATE" in first[0]
+    assert not proxy.structure_uids()
+    # the whole header only for the To past the cut and the three messages without a Date
+    assert proxy.asked(b"BODY.PEEK[HEADER]") == {10, 11, 12, 13}

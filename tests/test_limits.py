@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd import limits
 from syncd.config import LimitSettings, Settings
 from syncd.connectors.base import MailboxSpec
 from syncd.connectors.gmail.client import GmailClient
@@ -671,6 +672,55 @@ def test_the_bound_stops_a_slow_parse_and_restores_what_was_there():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert seen == []
+
+
+def test_a_ticking_run_bounds_each_parse_and_restores_what_was_there():
+    seen: list[int] = []
+
+    def mine(signum: int, _frame: Any) -> None:
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGALRM, mine)
+    signal.setitimer(signal.ITIMER_REAL, 30)
+    try:
+        with limits.ticking():
+            assert [run_bounded(5, busy, 0.001) for _ in range(50)] == ["done"] * 50
+            with pytest.raises(OverLimit, match=r"^over limits.parse_seconds: parse took over"):
+                run_bounded(0.2, busy, 10)
+            assert busy(0.2) == "done"  # no bound: the ticks raise nothing
+            with pytest.raises(OverLimit):  # nested bounds as without it
+                run_bounded(0.2, run_bounded, 30, busy, 10)
+
+            def outer() -> str:
+                with pytest.raises(OverLimit):
+                    run_bounded(0.1, busy, 10)
+                return busy(0.2)
+
+            assert run_bounded(2, outer) == "done"
+            with limits.ticking(), pytest.raises(OverLimit):  # within a run: changes nothing
+                run_bounded(0.1, busy, 10)
+            assert signal.getsignal(signal.SIGALRM) is not mine
+        assert signal.getsignal(signal.SIGALRM) is mine
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25 < remaining <= 30  # someone else's timer goes on
+        assert run_bounded(5, busy, 0.01) == "done"
+        assert signal.getsignal(signal.SIGALRM) is mine
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert seen == []
+    assert in_thread(lambda: [run_bounded(5, busy, 0.01)]) == [["done"]]
+
+
+def test_a_ticking_run_in_another_thread_leaves_the_bounds_as_they_are():
+    def run() -> str:
+        with limits.ticking():
+            with pytest.raises(OverLimit):
+                run_bounded(0.1, busy, 10)
+            return run_bounded(5, busy, 0.01)
+
+    assert in_thread(run) == ["done"]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_a_parser_that_swallows_exceptions_is_still_stopped():

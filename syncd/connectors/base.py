@@ -84,7 +84,9 @@ class Digests(Protocol):
     (the quarantined items, the cursors and the order are as :meth:`MailSource.changes`
     gives them). A reader that wants a little of many items (the historical import's
     people) is then spared their trip between processes. ``digest``: a top-level function,
-    or an object of a top-level class, that a worker can be sent (picklable)."""
+    or an object of a top-level class, that a worker can be sent (picklable). A digest that
+    reads only some header fields names them in ``header_fields`` (lower-case): a source
+    may then fetch only those (IMAP does), and its items hold nothing else."""
 
     name: str
 

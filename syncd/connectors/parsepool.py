@@ -48,6 +48,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from syncd.connectors.reasons import describe
+from syncd.limits import ticking
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -118,9 +119,11 @@ def _start_worker(level: int) -> None:
 
 
 def _call(fn: Callable[[T], R], task: T) -> tuple[R, list[tuple[str, int, str]], int]:
-    """``fn(task)`` in a worker, with the log lines it wrote."""
+    """``fn(task)`` in a worker, with the log lines it wrote; its parses bounded by a
+    ticking timer (:func:`syncd.limits.ticking`: no system call a parse)."""
     _collect.lines, _collect.dropped = [], 0
-    value = fn(task)
+    with ticking():
+        value = fn(task)
     return value, _collect.lines, _collect.dropped
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ClassVar
 
 from syncd.connectors.contacts import Card
+from syncd.connectors.mime_headers import ENVELOPE_FIELDS
 from syncd.harvest.people import People, merge_key
 from syncd.items import MailItem, MeetingItem
 
@@ -63,6 +65,8 @@ class MailDigest:
     mailbox: str
     own: frozenset[str]  # the merge keys of the user's addresses
     since: datetime | None = None
+    # all it reads of a message: IMAP fetches only these (syncd.connectors.imap.fetch)
+    header_fields: ClassVar[tuple[str, ...]] = ENVELOPE_FIELDS
 
     def __call__(self, items: list[MailItem]) -> tuple[People, int]:
         people = People()

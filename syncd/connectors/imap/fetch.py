@@ -18,6 +18,12 @@ process found. Reading it
   ``limits.message_bytes`` is quarantined without its body ever being fetched, then the whole
   message of the others.
 
+A digest that names the header fields it reads (``header_fields``: the historical import's,
+:class:`syncd.harvest.collect.MailDigest`) is sent only those: one FETCH asks at most
+:data:`HEADER_BYTES` of those fields of each message and nothing else (no size: nothing more
+is fetched but the whole header of a message whose fields filled the cut, or that has no
+date in them), and no invitation is looked for.
+
 An invitation needs its whole message: BODYSTRUCTURE is asked only for the messages whose
 answer cannot rule one out (:func:`~.parse.needs_structure`), and the whole message of those
 that hold one after that. INTERNALDATE (the time a message without a usable Date or Received
@@ -76,6 +82,15 @@ class Group:
 
     def describe(self) -> str:
         return f"UIDs {self.uids[0]}-{self.uids[-1]} of {self.folder!r}"
+
+    @property
+    def fields(self) -> tuple[str, ...] | None:
+        """The header fields the digest reads, where it names them (``header_fields``): then
+        only they are fetched (headers only, body policy but ``full``)."""
+        if self.spec.body_policy == "full":
+            return None
+        fields = getattr(self.digest, "header_fields", None)
+        return tuple(fields) if fields else None
 
 
 def read_runs(session: ImapSession, group: Group) -> Iterator[Run]:
@@ -155,7 +170,7 @@ def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
     the cut header (and text), bounded by ``limits.batch_bytes``; each slice cut into runs
     by what they hold and may still fetch (a whole header, a whole invitation), and each
     run completed."""
-    spec, folder, uv = group.spec, group.folder, group.uidvalidity
+    spec, folder, uv, fields = group.spec, group.folder, group.uidvalidity, group.fields
     limits, policy = spec.limits, spec.body_policy
     step = run_size(spec)
     for piece in chunked(list(group.uids), step):
@@ -168,6 +183,7 @@ def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
                 uidvalidity=uv,
                 policy=policy,
                 limit=limits.message_bytes,
+                fields=fields,
             ),
         )
         weights = [_weight(first.get(u), limits.message_bytes, policy) for u in piece]
@@ -177,10 +193,12 @@ def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
             data = {u: first.pop(u) for u in run if u in first}
             cut = [u for u in run if u in data and _is_cut(data[u], limits.message_bytes)]
             # a cut header may hold its Content-Type past the cut: its structure is asked
+            # (never for a digest that reads header fields only: it wants no invitation)
             unsure = [
                 u
                 for u in run
-                if u in data
+                if fields is None
+                and u in data
                 and not _over(data[u], limits.message_bytes)
                 and (u in cut or needs_structure(data[u], policy))
             ]
@@ -215,12 +233,18 @@ def _read(session: ImapSession, group: Group, run: list[int], data: dict[int, An
         if undated(read[uid], d):
             no_date.append(uid)
     if no_date:
+        # read with header fields only, with the whole header: its Received fields date it
+        whole = group.fields is not None
         dates: dict[int, Any] = session.call(
             f"FETCH {folder} INTERNALDATE",
-            partial(_internal_dates, folder=folder, uids=no_date, uidvalidity=uv),
+            partial(_internal_dates, folder=folder, uids=no_date, uidvalidity=uv, whole=whole),
         )
         for uid in no_date:
-            data[uid][b"INTERNALDATE"] = dates.get(uid, {}).get(b"INTERNALDATE")
+            d = dates.get(uid, {})
+            data[uid][b"INTERNALDATE"] = d.get(b"INTERNALDATE")
+            header = d.get(b"BODY[HEADER]")
+            if isinstance(header, (bytes, bytearray)):
+                data[uid][b"BODY[HEADER]"] = header
             read[uid] = mail_item(provider_id(folder, uv, uid), data[uid], limits)
     return [read[u] for u in run if u in read]
 
@@ -279,20 +303,28 @@ def _sizes(client: IMAPClient, folder: str, uids: list[int], uidvalidity: int) -
 
 
 def _first(
-    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int, policy: str, limit: int
+    client: IMAPClient,
+    folder: str,
+    uids: list[int],
+    uidvalidity: int,
+    policy: str,
+    limit: int,
+    fields: tuple[str, ...] | None = None,
 ) -> dict[int, Any]:
-    """Each message's size and the start of its header (and text): the answers' keys as a
-    whole header's (``BODY[HEADER]``, ``BODY[TEXT]<0>``); a message over the limit keeps
-    only its size (what was fetched of it is dropped at once)."""
+    """Each message's size and the start of its header (and text), or the start of the
+    header ``fields`` alone: the answers' keys as a whole header's (``BODY[HEADER]``,
+    ``BODY[TEXT]<0>``); a message over the limit keeps only its size (what was fetched of
+    it is dropped at once)."""
     _select(client, folder, uidvalidity)
-    answers: dict[int, Any] = client.fetch(uids, fetch_attributes(policy))
+    answers: dict[int, Any] = client.fetch(uids, fetch_attributes(policy, fields))
     for uid, d in answers.items():
         if _over(d, limit):
             answers[uid] = {b"RFC822.SIZE": d[b"RFC822.SIZE"]}
             continue
-        header = d.pop(b"BODY[HEADER]<0>", None)
-        if header is not None:
-            d[b"BODY[HEADER]"] = header
+        # BODY[HEADER]<0>, or BODY[HEADER.FIELDS (FROM TO ...)]<0> as the server spells it
+        key = next((k for k in d if isinstance(k, bytes) and k.startswith(b"BODY[HEADER")), None)
+        if key is not None:
+            d[b"BODY[HEADER]"] = d.pop(key)
     return answers
 
 
@@ -335,8 +367,10 @@ def _fetch(
 
 
 def _internal_dates(
-    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int
+    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int, whole: bool = False
 ) -> dict[int, Any]:
+    """The INTERNALDATE of each message (``whole``: and its whole header)."""
     _select(client, folder, uidvalidity)
-    data: dict[int, Any] = client.fetch(uids, [b"INTERNALDATE"])
+    asked = [b"INTERNALDATE", *([b"BODY.PEEK[HEADER]"] if whole else [])]
+    data: dict[int, Any] = client.fetch(uids, asked)
     return data

@@ -34,14 +34,22 @@ UNDATED = EARLIEST
 # --- IMAP ---------------------------------------------------------------------------------------
 
 
-def fetch_attributes(policy: str) -> list[bytes]:
+def fetch_attributes(policy: str, fields: tuple[str, ...] | None = None) -> list[bytes]:
     """The FETCH items a body policy needs, always ``BODY.PEEK`` (a message stays unread):
     the whole message (``full``, asked once its RFC822.SIZE is known to be within the
     limit), or the size with at most :data:`HEADER_BYTES` of the header (``metadata``) and
     the start of the text (``snippet``), bounded before anything is known of the message.
     No BODYSTRUCTURE: it is asked after, only for the messages whose answer cannot rule out
     an invitation (:func:`needs_structure`); no INTERNALDATE: it is asked after, only for the
-    messages without a date of their own (:data:`UNDATED`)."""
+    messages without a date of their own (:data:`UNDATED`).
+
+    ``fields`` (a reader that wants only these header fields: the historical import's
+    digest): at most :data:`HEADER_BYTES` of those fields alone, and nothing else; no size
+    is asked, since nothing more of a message is ever fetched (a cut answer is completed
+    with the whole header)."""
+    if fields:
+        names = " ".join(f.upper() for f in fields)
+        return [f"BODY.PEEK[HEADER.FIELDS ({names})]<0.{HEADER_BYTES}>".encode()]
     if policy == "full":
         return [b"BODY.PEEK[]"]
     header = [b"RFC822.SIZE", f"BODY.PEEK[HEADER]<0.{HEADER_BYTES}>".encode()]
