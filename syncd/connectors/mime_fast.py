@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import quopri
 import re
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from syncd.matching.addresses import normalize_address
 # (``getaddresses``, ``decode_header``: mime_headers), and only headers this short are
 # memoised or read here
 POLICY_PARSE_CHARS = 8192
+MEMO_CHARS = 1024  # address values up to this long are memoised (4,096 of them at most)
 
 # --- unstructured text (Subject) --------------------------------------------------------------
 
@@ -144,14 +146,26 @@ _MAILBOX = re.compile(
 _PRINTABLE_NO_CONTROLS = re.compile(r"[\x20-\x7e\t]+")
 
 
-def fast_addresses(value: str) -> list[tuple[str, str]] | None:
+def fast_addresses(value: str) -> tuple[tuple[str, str], ...] | None:
     """(display name, normalised address) of every address in an address header's value,
-    as the policy's parse gives them, or None when this reader cannot prove it.
+    as the policy's parse gives them, or None when this reader cannot prove it. Memoised
+    for short values: a mailbox's From and To values repeat (its user, their customers).
 
     Read here: printable ASCII lists of ``addr@domain``, ``<addr@domain>``, ``Name
     <addr@domain>`` and ``"Quoted, Name" <addr@domain>``, separated by commas; not read
     here: encoded words, comments, groups, escapes, empty list elements, and a list where
     no address survives normalisation (the full parse reads it the lenient way)."""
+    if len(value) > MEMO_CHARS:
+        return _fast_addresses(value)
+    return _memo_addresses(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _memo_addresses(value: str) -> tuple[tuple[str, str], ...] | None:
+    return _fast_addresses(value)
+
+
+def _fast_addresses(value: str) -> tuple[tuple[str, str], ...] | None:
     if len(value) > POLICY_PARSE_CHARS or "=?" in value:
         return None
     value = value.replace("\r", "").replace("\n", "")
@@ -177,7 +191,7 @@ def fast_addresses(value: str) -> list[tuple[str, str]] | None:
         normal = normalize_address(address)
         if normal:
             found.append((name, normal))
-    return found or None
+    return tuple(found) or None
 
 
 # --- whole plain messages ---------------------------------------------------------------------

@@ -19,10 +19,9 @@ process found. Reading it
   message of the others.
 
 A digest that names the header fields it reads (``header_fields``: the historical import's,
-:class:`syncd.harvest.collect.MailDigest`) is sent only those: one FETCH asks at most
-:data:`HEADER_BYTES` of those fields of each message and nothing else (no size: nothing more
-is fetched but the whole header of a message whose fields filled the cut, or that has no
-date in them), and no invitation is looked for.
+:class:`syncd.harvest.collect.MailDigest`) is read from the header alone: one FETCH asks at
+most :data:`HEADER_BYTES` of each message's header and nothing else (no size: nothing more is
+fetched but the rest of a header longer than the cut), and no invitation is looked for.
 
 An invitation needs its whole message: BODYSTRUCTURE is asked only for the messages whose
 answer cannot rule one out (:func:`~.parse.needs_structure`), and the whole message of those
@@ -58,6 +57,7 @@ from syncd.connectors.imap.parse import (
 )
 from syncd.connectors.imap.session import ImapSession
 from syncd.items import MailItem, Quarantined
+from syncd.limits import ticking
 
 MAX_UIDS_PER_COMMAND = 1000  # keeps a FETCH well under Dovecot's 64 KB command line
 
@@ -86,7 +86,7 @@ class Group:
     @property
     def fields(self) -> tuple[str, ...] | None:
         """The header fields the digest reads, where it names them (``header_fields``): then
-        only they are fetched (headers only, body policy but ``full``)."""
+        only the header is fetched (body policy but ``full``), and only they are read."""
         if self.spec.body_policy == "full":
             return None
         fields = getattr(self.digest, "header_fields", None)
@@ -97,12 +97,13 @@ def read_runs(session: ImapSession, group: Group) -> Iterator[Run]:
     """The group's runs, each fetched and read when the one before has been taken."""
     raw_runs = _whole_runs if group.spec.body_policy == "full" else _header_runs
     for last, run, data in raw_runs(session, group):
-        read = _read(session, group, run, data)
-        if group.digest is None:
-            yield last, read, None
-        else:
-            items = [r for r in read if isinstance(r, MailItem)]
-            yield last, [r for r in read if isinstance(r, Quarantined)], group.digest(items)
+        with ticking():  # one timer a run bounds each message's parse (never across a yield)
+            read = _read(session, group, run, data)
+            digest = None
+            if group.digest is not None:
+                digest = group.digest([r for r in read if isinstance(r, MailItem)])
+                read = [r for r in read if isinstance(r, Quarantined)]
+        yield last, read, digest
 
 
 def read_in_worker(group: Group) -> list[Run]:
@@ -233,18 +234,12 @@ def _read(session: ImapSession, group: Group, run: list[int], data: dict[int, An
         if undated(read[uid], d):
             no_date.append(uid)
     if no_date:
-        # read with header fields only, with the whole header: its Received fields date it
-        whole = group.fields is not None
         dates: dict[int, Any] = session.call(
             f"FETCH {folder} INTERNALDATE",
-            partial(_internal_dates, folder=folder, uids=no_date, uidvalidity=uv, whole=whole),
+            partial(_internal_dates, folder=folder, uids=no_date, uidvalidity=uv),
         )
         for uid in no_date:
-            d = dates.get(uid, {})
-            data[uid][b"INTERNALDATE"] = d.get(b"INTERNALDATE")
-            header = d.get(b"BODY[HEADER]")
-            if isinstance(header, (bytes, bytearray)):
-                data[uid][b"BODY[HEADER]"] = header
+            data[uid][b"INTERNALDATE"] = dates.get(uid, {}).get(b"INTERNALDATE")
             read[uid] = mail_item(provider_id(folder, uv, uid), data[uid], limits)
     return [read[u] for u in run if u in read]
 
@@ -311,20 +306,19 @@ def _first(
     limit: int,
     fields: tuple[str, ...] | None = None,
 ) -> dict[int, Any]:
-    """Each message's size and the start of its header (and text), or the start of the
-    header ``fields`` alone: the answers' keys as a whole header's (``BODY[HEADER]``,
-    ``BODY[TEXT]<0>``); a message over the limit keeps only its size (what was fetched of
-    it is dropped at once)."""
+    """Each message's size and the start of its header (and text), or (``fields``: a digest
+    that reads those alone) the start of its header only: the answers' keys as a whole
+    header's (``BODY[HEADER]``, ``BODY[TEXT]<0>``); a message over the limit keeps only its
+    size (what was fetched of it is dropped at once)."""
     _select(client, folder, uidvalidity)
-    answers: dict[int, Any] = client.fetch(uids, fetch_attributes(policy, fields))
+    answers: dict[int, Any] = client.fetch(uids, fetch_attributes(policy, fields is not None))
     for uid, d in answers.items():
         if _over(d, limit):
             answers[uid] = {b"RFC822.SIZE": d[b"RFC822.SIZE"]}
             continue
-        # BODY[HEADER]<0>, or BODY[HEADER.FIELDS (FROM TO ...)]<0> as the server spells it
-        key = next((k for k in d if isinstance(k, bytes) and k.startswith(b"BODY[HEADER")), None)
-        if key is not None:
-            d[b"BODY[HEADER]"] = d.pop(key)
+        header = d.pop(b"BODY[HEADER]<0>", None)
+        if header is not None:
+            d[b"BODY[HEADER]"] = header
     return answers
 
 
@@ -367,10 +361,8 @@ def _fetch(
 
 
 def _internal_dates(
-    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int, whole: bool = False
+    client: IMAPClient, folder: str, uids: list[int], uidvalidity: int
 ) -> dict[int, Any]:
-    """The INTERNALDATE of each message (``whole``: and its whole header)."""
     _select(client, folder, uidvalidity)
-    asked = [b"INTERNALDATE", *([b"BODY.PEEK[HEADER]"] if whole else [])]
-    data: dict[int, Any] = client.fetch(uids, asked)
+    data: dict[int, Any] = client.fetch(uids, [b"INTERNALDATE"])
     return data

@@ -34,7 +34,7 @@ UNDATED = EARLIEST
 # --- IMAP ---------------------------------------------------------------------------------------
 
 
-def fetch_attributes(policy: str, fields: tuple[str, ...] | None = None) -> list[bytes]:
+def fetch_attributes(policy: str, headers_only: bool = False) -> list[bytes]:
     """The FETCH items a body policy needs, always ``BODY.PEEK`` (a message stays unread):
     the whole message (``full``, asked once its RFC822.SIZE is known to be within the
     limit), or the size with at most :data:`HEADER_BYTES` of the header (``metadata``) and
@@ -43,13 +43,13 @@ def fetch_attributes(policy: str, fields: tuple[str, ...] | None = None) -> list
     an invitation (:func:`needs_structure`); no INTERNALDATE: it is asked after, only for the
     messages without a date of their own (:data:`UNDATED`).
 
-    ``fields`` (a reader that wants only these header fields: the historical import's
-    digest): at most :data:`HEADER_BYTES` of those fields alone, and nothing else; no size
-    is asked, since nothing more of a message is ever fetched (a cut answer is completed
-    with the whole header)."""
-    if fields:
-        names = " ".join(f.upper() for f in fields)
-        return [f"BODY.PEEK[HEADER.FIELDS ({names})]<0.{HEADER_BYTES}>".encode()]
+    ``headers_only`` (a reader that wants some header fields alone: the historical import's
+    digest): at most :data:`HEADER_BYTES` of the header and nothing else, no size either,
+    since nothing more of a message is fetched but the rest of a cut header. (Not the
+    fields alone, ``HEADER.FIELDS``: imapclient reads the field list the server echoes in
+    each answer a character at a time, which costs more than the header's other fields.)"""
+    if headers_only:
+        return [f"BODY.PEEK[HEADER]<0.{HEADER_BYTES}>".encode()]
     if policy == "full":
         return [b"BODY.PEEK[]"]
     header = [b"RFC822.SIZE", f"BODY.PEEK[HEADER]<0.{HEADER_BYTES}>".encode()]
