@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,8 +27,9 @@ from syncd.cli.common import _json, app, fail, out, parse_day, say, state
 from syncd.connectors.transport import mask_urls
 from syncd.crm.models import Import, Mailbox
 from syncd.display import shown, zone
-from syncd.harvest.apply import Applied
-from syncd.harvest.decide import Policy
+
+if TYPE_CHECKING:
+    from syncd.harvest.apply import Applied
 
 import_app = typer.Typer(
     help="The one-time historical import: the contacts and accounts mailboxes already know.",
@@ -155,6 +156,7 @@ def contacts_cmd(
     Everything it creates carries the import's id: 'syncd import undo ID' removes it.
     Exit codes: 0 done, 1 a source could not be read (nothing applied), 2 bad options.
     """
+    from syncd.harvest.decide import Policy
     from syncd.harvest.run import ContactImport
 
     targets = _targets(mailbox or [], everything, path or [], user)
@@ -199,6 +201,8 @@ def contacts_cmd(
 
 def outcome_applied(summary: dict[str, Any]) -> Applied | None:
     """What the run applied, as the summary holds it (None for a dry run)."""
+    from syncd.harvest.apply import Applied
+
     applied = summary["applied"]
     return Applied(**applied) if applied else None
 

@@ -9,7 +9,7 @@ import csv
 import sys
 from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,9 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from syncd.cli.common import _json, app, fail, parse_day, printable, state
-from syncd.crm import insight
 from syncd.display import iso, shown, zone
-from syncd.engagement import Engagement
+
+if TYPE_CHECKING:
+    from syncd.crm import insight  # imported by the commands that use it
+    from syncd.engagement import Engagement
 
 report_app = typer.Typer(help="Reports for managers.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
@@ -48,7 +50,7 @@ def _check_level(level: str | None) -> None:
         fail(f"--level {level!r} is not hot, warm or cold", 2)
 
 
-R = TypeVar("R", insight.ContactEngagement, insight.AccountEngagement)
+R = TypeVar("R", "insight.ContactEngagement", "insight.AccountEngagement")
 
 
 def _chosen(rows: list[R], level: str | None, limit: int) -> list[R]:
@@ -82,6 +84,8 @@ def contacts_cmd(
 ) -> None:
     """The contacts, hottest first: hot, warm or cold from their emails and meetings of
     the last engagement.window_days, with the last touch and the reason."""
+    from syncd.crm import insight
+
     _check_level(level)
     settings = state.settings()
     tz = zone(settings)
@@ -125,6 +129,8 @@ def accounts_cmd(
 ) -> None:
     """The accounts, hottest first: hot, warm or cold from the emails and meetings with
     their people of the last engagement.window_days, with the last touch and the reason."""
+    from syncd.crm import insight
+
     _check_level(level)
     settings = state.settings()
     tz = zone(settings)
@@ -162,6 +168,8 @@ def opportunities_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The open deals, hottest first, with their engagement, last touch and the reason."""
+    from syncd.crm import insight
+
     settings = state.settings()
     with state.sessions()() as session:
         rows = insight.opportunities(session, settings, datetime.now(UTC), include_closed)
@@ -215,6 +223,8 @@ def report_activity_cmd(
     contacts, accounts and deals touched, follow-ups done and overdue, and their open deals
     cooling down (no touch for call_list.cooling_days). --by account or opportunity counts
     the same per account or deal."""
+    from syncd.crm import insight
+
     now = datetime.now(UTC)
     tz = zone(state.settings())  # days are the company's: a team's day, not UTC's
 
@@ -275,6 +285,8 @@ def report_pipeline_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The open deals by stage, each with its last activity and engagement."""
+    from syncd.crm import insight
+
     settings = state.settings()
     with state.sessions()() as session:
         rows = insight.opportunities(session, settings, datetime.now(UTC))

@@ -5,14 +5,16 @@ audit`` (what the providers hold that syncd never logged); the work is in
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from syncd import audit, doctor
 from syncd.cli.common import _json, app, chosen_mailboxes, out, printable, say, state
+
+if TYPE_CHECKING:
+    from syncd import audit
 
 COLOUR = {"ok": "green", "warn": "yellow", "fail": "red"}
 
@@ -26,6 +28,8 @@ def doctor_cmd(
     Check the config, the database, secret.key and every mailbox (credentials, server,
     login, scopes, calendar writable, clock), each with a verdict (ok / warn / fail) and
     the fix. Changes nothing. Exits 1 when any check fails."""
+    from syncd import doctor  # the sync machinery: imported by this command only
+
     checks = doctor.run(state.settings(), state.config)
     if as_json:
         _json(doctor.as_json(checks))
@@ -56,6 +60,8 @@ def audit_cmd(
     Per mailbox and folder, what the provider holds up to syncd's cursor against what
     syncd logged, skipped (with a reason) or quarantined; lists the ids of what is missing.
     Exits 1 when something is missing or a mailbox cannot be audited."""
+    from syncd import audit  # the sync machinery: imported by this command only
+
     sessions = state.sessions()
     names = chosen_mailboxes(name)
     results = audit.audit(sessions, state.settings(), names, datetime.now(UTC), limit)

@@ -21,14 +21,9 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import SQLAlchemyError, StatementError
@@ -36,6 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import is_secret_name, mask_url, url_secrets
 from syncd.secrets import foreign_state, ownership_fix, run_as, user_name
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 WRITE = "syncd_write"  # execution option: this connection's transactions write
@@ -275,7 +273,13 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return Sessions(engine)
 
 
+# Alembic is imported by the functions that use it: a command that never looks at the
+# schema (syncd --help) does not pay for it.
+
+
 def _alembic_config(engine: Engine | None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     # migrations write: on SQLite they take the write lock first, as sessions.begin() does
@@ -284,6 +288,8 @@ def _alembic_config(engine: Engine | None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_alembic_config(None))
     head = script.get_current_head()
     assert head is not None
@@ -291,6 +297,8 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -305,6 +313,9 @@ def _cannot_open(engine: Engine, exc: BaseException) -> DatabaseError:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Create or migrate the schema to ``revision`` (Alembic)."""
+    from alembic import command
+    from alembic.util import CommandError
+
     try:
         command.upgrade(_alembic_config(engine), revision)
     except DatabaseError:
