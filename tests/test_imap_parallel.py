@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -161,8 +162,9 @@ def test_a_folder_read_by_workers_gives_the_batches_a_read_in_one_process_gives(
     assert [i.invitations[0].uid for b in alone for i in b.items if i.invitations] == [
         "review-1@acme.test"
     ]
-    # the main connection, and one per task (16 UIDs, tasks of 5): the workers fetched
-    assert proxy.commands.count("LOGIN") == 1 + 4
+    # the main connection, and the workers': 6 tasks (16 UIDs, tasks of 4, then smaller
+    # ones at the end), each worker's connection kept for its next task but the last two
+    assert 1 + WORKERS <= proxy.commands.count("LOGIN") <= 1 + 2 * WORKERS
 
 
 @pytest.mark.usefixtures("small_tasks")
@@ -223,6 +225,38 @@ def test_workers_connections_stay_within_the_server_cap(imap_server):
             proxy.close()
         assert pooled == alone
         assert proxy.peak == most, f"cap {cap}: {proxy.peak} sessions at once"
+
+
+@pytest.mark.usefixtures("small_tasks")
+def test_workers_keep_a_connection_between_tasks_within_the_cap_and_close_it_after(imap_server):
+    login = new_folder(imap_server, "Deals", *(msg(i) for i in range(20)))
+    alone = read(spec(imap_server, login, parse_processes=1))
+    proxy = SessionCounter(imap_server.port)
+    try:
+        box = spec(imap_server, login, port=proxy.port, server_connections=1 + WORKERS)
+        pooled = read(box)
+        logins = proxy.commands.count("LOGIN")
+        deadline = time.monotonic() + 10 * fetch.KEEP_SECONDS
+        while proxy.open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        still_open = proxy.open
+    finally:
+        proxy.close()
+    assert pooled == alone
+    assert proxy.peak <= 1 + WORKERS  # the pass's connection and one a worker, never more
+    # 7 tasks (20 UIDs in tasks of 4, smaller at the end): fewer connections than tasks
+    assert logins <= 1 + 2 * WORKERS
+    assert still_open == 0  # what the workers kept is closed once the read has ended
+
+
+@pytest.mark.usefixtures("small_tasks")
+def test_a_connection_a_worker_kept_serves_no_other_account(imap_server):
+    first = new_folder(imap_server, "Deals", *(msg(i) for i in range(10)))
+    second = new_folder(imap_server, "Deals", *(msg(i, subject=f"other {i}") for i in range(10)))
+    read(spec(imap_server, first))  # its workers keep their connections a moment
+    pooled = read(spec(imap_server, second))
+    assert pooled == read(spec(imap_server, second, parse_processes=1))
+    assert {i.subject for b in pooled for i in b.items} == {f"other {i}" for i in range(10)}
 
 
 class RecordingProxy(TcpProxy):
