@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -235,28 +234,77 @@ def test_workers_keep_a_connection_between_tasks_within_the_cap_and_close_it_aft
     try:
         box = spec(imap_server, login, port=proxy.port, server_connections=1 + WORKERS)
         pooled = read(box)
+        still_open = proxy.open  # the read has given its slots back: nothing of it is open
         logins = proxy.commands.count("LOGIN")
-        deadline = time.monotonic() + 10 * fetch.KEEP_SECONDS
-        while proxy.open and time.monotonic() < deadline:
-            time.sleep(0.05)
-        still_open = proxy.open
+        again = read(box)  # a second read of the same folder: connections of its own
     finally:
         proxy.close()
-    assert pooled == alone
+    assert pooled == alone and again == alone
+    assert still_open == 0
     assert proxy.peak <= 1 + WORKERS  # the pass's connection and one a worker, never more
     # 7 tasks (20 UIDs in tasks of 4, smaller at the end): fewer connections than tasks
-    assert logins <= 1 + 2 * WORKERS
-    assert still_open == 0  # what the workers kept is closed once the read has ended
+    assert 1 + 1 <= logins <= 1 + 2 * WORKERS
 
 
-@pytest.mark.usefixtures("small_tasks")
-def test_a_connection_a_worker_kept_serves_no_other_account(imap_server):
-    first = new_folder(imap_server, "Deals", *(msg(i) for i in range(10)))
-    second = new_folder(imap_server, "Deals", *(msg(i, subject=f"other {i}") for i in range(10)))
-    read(spec(imap_server, first))  # its workers keep their connections a moment
-    pooled = read(spec(imap_server, second))
-    assert pooled == read(spec(imap_server, second, parse_processes=1))
-    assert {i.subject for b in pooled for i in b.items} == {f"other {i}" for i in range(10)}
+def test_a_kept_connection_serves_only_its_own_read_of_its_own_account_and_folder():
+    box = MailboxSpec(
+        "ana", "imap", "ana@northwind.test",
+        ImapSettings(host="127.0.0.1", port=1143, tls="none", login="ana"),
+        secret=Secret("x"),
+    )  # fmt: skip
+    group = fetch.Group(box, "Deals", 7, (1, 2), keep=True, read="read-1")
+    other_login = replace(box, settings=replace_settings(box, login="ben"))
+    others = [
+        replace(group, read="read-2"),  # a later read of the same folder
+        replace(group, folder="Sent"),
+        replace(group, uidvalidity=8),
+        replace(group, spec=other_login),
+        replace(group, spec=replace(box, settings=replace_settings(box, port=1993))),
+    ]
+    assert len({fetch._key(g) for g in [group, *others]}) == 1 + len(others)
+    kept = fetch._Kept()
+    session = fetch.ImapSession(box, counted=False)  # never connected: nothing to close
+    for other in others:
+        kept.put(fetch._key(group), session)
+        assert kept.take(fetch._key(other)) is None  # and the kept one is dropped
+        assert kept.take(fetch._key(group)) is None
+    kept.put(fetch._key(group), session)
+    assert kept.take(fetch._key(group)) is session
+
+
+def replace_settings(box: MailboxSpec, **changes: object) -> ImapSettings:
+    settings = box.settings
+    assert isinstance(settings, ImapSettings)
+    return settings.model_copy(update=changes)
+
+
+def test_a_header_over_the_header_limit_is_quarantined_by_a_header_only_read(imap_server):
+    huge = ", ".join(f"Person {n} <p{n}@acme.test>" for n in range(3000)).encode()
+    login = new_folder(
+        imap_server,
+        "Deals",
+        msg(1),
+        b"From: Carla <carla@acme.test>\r\nTo: " + huge + b"\r\n"
+        b"Date: Mon, 2 Mar 2026 12:00:00 +0000\r\nSubject: huge\r\n\r\nhello\r\n",
+        msg(3),
+    )
+    box = spec(
+        imap_server, login, body_policy="metadata", parse_processes=1,
+        limits=LimitSettings(header_bytes=50_000),
+    )  # fmt: skip
+    proxy = RecordingProxy(imap_server.port)
+    connector = ImapConnector(replace(box, settings=replace_settings(box, port=proxy.port)))
+    digest = MailDigest("ana", frozenset({"ana@northwind.test"}))
+    try:
+        batches = list(ImapFolder(connector.session, "Deals", box).digested(None, digest))
+    finally:
+        connector.close()
+        proxy.close()
+    (quarantined,) = [q for b in batches for q in b.quarantined]
+    assert quarantined.reason.startswith("over limits.header_bytes"), quarantined.reason
+    # its header fetched up to the limit and a byte, never whole
+    assert b"BODY.PEEK[HEADER]<0.50001>" in bytes(proxy.sent)
+    assert proxy.asked(b"BODY.PEEK[HEADER])") == set()
 
 
 class RecordingProxy(TcpProxy):
@@ -492,6 +540,10 @@ def test_the_import_digest_fetches_the_header_only_and_learns_what_a_plain_read_
     assert proxy.asked(b"BODY.PEEK[HEADER]<0.") == set(range(1, 14))
     assert not proxy.asked(b"RFC822.SIZE") and not proxy.structure_uids()
     assert not proxy.asked(b"BODY.PEEK[TEXT]")
-    # the whole header only for the To past the cut; INTERNALDATE for those with no date
-    assert proxy.asked(b"BODY.PEEK[HEADER])") == {10}
+    # the rest of the header only for the To past the cut (up to the header limit and a
+    # byte: without a size, a longer one is not fetched whole); INTERNALDATE for those
+    # with no date
+    whole = b"BODY.PEEK[HEADER]<0.%d>" % (LimitSettings().header_bytes + 1)
+    assert proxy.asked(whole) == {10}
+    assert proxy.asked(b"BODY.PEEK[HEADER])") == set()
     assert proxy.asked(b"INTERNALDATE") == {12, 13}

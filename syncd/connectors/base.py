@@ -85,8 +85,8 @@ class Digests(Protocol):
     gives them). A reader that wants a little of many items (the historical import's
     people) is then spared their trip between processes. ``digest``: a top-level function,
     or an object of a top-level class, that a worker can be sent (picklable). A digest that
-    reads only some header fields names them in ``header_fields`` (lower-case): a source
-    may then fetch only those (IMAP does), and its items hold nothing else."""
+    reads the header alone says so (``headers_only = True``): a source may then fetch
+    the header alone (IMAP does), and its items then have no body, invitations or text."""
 
     name: str
 

@@ -44,21 +44,6 @@ _ADDRESS_HEADERS: tuple[tuple[str, ParticipantRole], ...] = (
     ("bcc", "bcc"),
 )
 _AUTOREPLY_HEADERS = ("x-autoreply", "x-autorespond", "x-auto-response-suppress")
-# the fields that say who a message is between, when, and whether it is bulk mail or an
-# auto-reply: all the historical import reads of a message (syncd.harvest.collect), and so
-# all IMAP fetches of it for the import (a real header's Received, DKIM and ARC fields are
-# most of its bytes)
-ENVELOPE_FIELDS = (
-    *(name for name, _role in _ADDRESS_HEADERS),
-    "reply-to",
-    "date",
-    "message-id",
-    "list-id",
-    "list-unsubscribe",
-    "precedence",
-    "auto-submitted",
-    *_AUTOREPLY_HEADERS,
-)
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 # an address read the lenient way must still look like one: no spaces, brackets or quotes
 _PLAUSIBLE = re.compile(r"[^\s<>()\[\]\\,;:@\"]+@[^\s<>()\[\]\\,;:@\"]+")

@@ -42,13 +42,12 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from syncd.connectors.reasons import describe
-from syncd.limits import ticking
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -119,11 +118,9 @@ def _start_worker(level: int) -> None:
 
 
 def _call(fn: Callable[[T], R], task: T) -> tuple[R, list[tuple[str, int, str]], int]:
-    """``fn(task)`` in a worker, with the log lines it wrote; its parses bounded by a
-    ticking timer (:func:`syncd.limits.ticking`: no system call a parse)."""
+    """``fn(task)`` in a worker, with the log lines it wrote."""
     _collect.lines, _collect.dropped = [], 0
-    with ticking():
-        value = fn(task)
+    value = fn(task)
     return value, _collect.lines, _collect.dropped
 
 
@@ -257,7 +254,7 @@ def ordered(
     in_flight: int,
     rescue: Callable[[T, str], R],
     raises: tuple[type[BaseException], ...] = (),
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """``fn(task)`` for each task, run by the pool's workers, yielded in the order of
     ``tasks``, with at most ``in_flight`` of them queued or running at once. A task whose
     worker died or that raised anything but ``raises`` is ``rescue(task, reason)`` instead.

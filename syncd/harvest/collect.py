@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import ClassVar
 
 from syncd.connectors.contacts import Card
-from syncd.connectors.mime_headers import ENVELOPE_FIELDS
 from syncd.harvest.people import People, merge_key
 from syncd.items import MailItem, MeetingItem
 
@@ -65,8 +64,9 @@ class MailDigest:
     mailbox: str
     own: frozenset[str]  # the merge keys of the user's addresses
     since: datetime | None = None
-    # all it reads of a message: IMAP fetches only these (syncd.connectors.imap.fetch)
-    header_fields: ClassVar[tuple[str, ...]] = ENVELOPE_FIELDS
+    # it reads the header alone (From, To, Cc, Bcc, Reply-To, Date, Received, the bulk and
+    # auto-reply fields): IMAP fetches nothing else (syncd.connectors.imap.fetch)
+    headers_only: ClassVar[bool] = True
 
     def __call__(self, items: list[MailItem]) -> tuple[People, int]:
         people = People()

@@ -18,10 +18,12 @@ process found. Reading it
   ``limits.message_bytes`` is quarantined without its body ever being fetched, then the whole
   message of the others.
 
-A digest that names the header fields it reads (``header_fields``: the historical import's,
-:class:`syncd.harvest.collect.MailDigest`) is read from the header alone: one FETCH asks at
-most :data:`HEADER_BYTES` of each message's header and nothing else (no size: nothing more is
-fetched but the rest of a header longer than the cut), and no invitation is looked for.
+A digest that reads the header alone (``headers_only``: the historical import's,
+:class:`syncd.harvest.collect.MailDigest`) is sent the header alone: one FETCH asks at most
+:data:`HEADER_BYTES` of each message's header and nothing else (no size: nothing more is
+fetched but the rest of a header longer than the cut, up to ``limits.header_bytes`` and one
+byte, so that a longer one is quarantined as over that limit), and no invitation is looked
+for.
 
 An invitation needs its whole message: BODYSTRUCTURE is asked only for the messages whose
 answer cannot rule one out (:func:`~.parse.needs_structure`), and the whole message of those
@@ -46,6 +48,7 @@ from typing import Any
 from imapclient import IMAPClient
 
 from syncd.batching import by_size, chunked
+from syncd.config import LimitSettings
 from syncd.connectors.base import CursorExpired, MailboxSpec, too_large
 from syncd.connectors.imap import ImapSettings
 from syncd.connectors.imap.parse import (
@@ -84,20 +87,18 @@ class Group:
     uids: tuple[int, ...]
     digest: Digest | None = None
     # a worker keeps its connection after this group for the read's next one (none of the
-    # last groups of a read: see read_in_worker)
+    # last groups of a read: see read_in_worker); ``read``: which read (a token of its own)
     keep: bool = False
+    read: str = ""
 
     def describe(self) -> str:
         return f"UIDs {self.uids[0]}-{self.uids[-1]} of {self.folder!r}"
 
     @property
-    def fields(self) -> tuple[str, ...] | None:
-        """The header fields the digest reads, where it names them (``header_fields``): then
-        only the header is fetched (body policy but ``full``), and only they are read."""
-        if self.spec.body_policy == "full":
-            return None
-        fields = getattr(self.digest, "header_fields", None)
-        return tuple(fields) if fields else None
+    def headers_only(self) -> bool:
+        """Whether the digest reads the header alone (``headers_only``): then only the
+        header is fetched (body policy but ``full``)."""
+        return self.spec.body_policy != "full" and bool(getattr(self.digest, "headers_only", False))
 
 
 def read_runs(session: ImapSession, group: Group) -> Iterator[Run]:
@@ -117,10 +118,12 @@ def read_in_worker(group: Group) -> list[Run]:
     """A parse pool task: the group read on a connection of the worker's own (not counted
     against ``sync.imap_connections`` here: the main process holds a slot for it for as
     long as its read goes on). A group marked ``keep`` leaves its connection open for the
-    worker's next group of the same mailbox and folder: a new connection's first FETCH
-    costs a server that has to load the folder's index for it (about 0.1 s at 65,000
-    messages in Dovecot) as much as a FETCH of a thousand headers. A kept connection that
-    no group takes within :data:`KEEP_SECONDS` is closed (a read that ended)."""
+    worker's next group of the same read: a new connection's first FETCH costs a server
+    that has to load the folder's index for it (about 0.1 s at 65,000 messages in Dovecot)
+    as much as a FETCH of a thousand headers. A kept connection that no group takes within
+    :data:`KEEP_SECONDS` is closed (the read goes on without it, or has ended): within
+    :data:`KEPT_FOR` of the end of the group that kept it, which the read waits for before
+    it gives back the slots its workers used."""
     key = _key(group)
     session = _kept.take(key) or ImapSession(group.spec, counted=False)
     try:
@@ -135,16 +138,30 @@ def read_in_worker(group: Group) -> list[Run]:
     return runs
 
 
-KEEP_SECONDS = 1.0  # a worker's kept connection no group took this long is closed
-Key = tuple[str, str, str, int | None, str, str, int]
+KEEP_SECONDS = 0.25  # a worker's kept connection no group took this long is closed
+REAP_EVERY = KEEP_SECONDS / 5
+# a connection kept after a group is closed this long after the group ended, at the latest
+# (the reaper drops it without a round trip to the server)
+KEPT_FOR = KEEP_SECONDS + 2 * REAP_EVERY
+Key = tuple[str, str, str, int | None, str, str, int, str]
 
 
 def _key(group: Group) -> Key:
-    """What a kept connection must be the same for: the server, the account and the
-    folder (as the group's read found it)."""
+    """What a kept connection must be the same for: the server, the account, the folder (as
+    the group's read found it) and the read itself (a connection's view of the folder is
+    as old as its last command: another read's new UIDs may be unknown to it)."""
     s = typed(group.spec.settings, ImapSettings)
     login = s.login or group.spec.user_email
-    return (group.spec.name, s.host, s.tls, s.port, login, group.folder, group.uidvalidity)
+    return (
+        group.spec.name,
+        s.host,
+        s.tls,
+        s.port,
+        login,
+        group.folder,
+        group.uidvalidity,
+        group.read,
+    )
 
 
 class _Kept:
@@ -163,7 +180,7 @@ class _Kept:
             return None
         if held[0] == key:
             return held[1]
-        held[1].close()  # another mailbox's or folder's: it is not used again
+        held[1].drop()  # another read's: it is not used again
         return None
 
     def put(self, key: Key, session: ImapSession) -> None:
@@ -173,11 +190,11 @@ class _Kept:
                 self.reaper = threading.Thread(target=self._reap, name="kept", daemon=True)
                 self.reaper.start()
         if old is not None:
-            old[1].close()
+            old[1].drop()
 
     def _reap(self) -> None:
         while True:
-            time.sleep(KEEP_SECONDS / 4)
+            time.sleep(REAP_EVERY)
             with self.lock:
                 held = self.held
                 if held is None:
@@ -186,7 +203,7 @@ class _Kept:
                 if time.monotonic() - held[2] < KEEP_SECONDS:
                     continue
                 self.held = None
-            held[1].close()
+            held[1].drop()  # no LOGOUT: nothing may keep it open longer
 
 
 _kept = _Kept()
@@ -246,7 +263,7 @@ def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
     the cut header (and text), bounded by ``limits.batch_bytes``; each slice cut into runs
     by what they hold and may still fetch (a whole header, a whole invitation), and each
     run completed."""
-    spec, folder, uv, fields = group.spec, group.folder, group.uidvalidity, group.fields
+    spec, folder, uv, bare = group.spec, group.folder, group.uidvalidity, group.headers_only
     limits, policy = spec.limits, spec.body_policy
     step = run_size(spec)
     for piece in chunked(list(group.uids), step):
@@ -259,21 +276,21 @@ def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
                 uidvalidity=uv,
                 policy=policy,
                 limit=limits.message_bytes,
-                fields=fields,
+                headers_only=bare,
             ),
         )
-        weights = [_weight(first.get(u), limits.message_bytes, policy) for u in piece]
+        weights = [_weight(first.get(u), limits, policy, bare) for u in piece]
         for start, end in by_size(weights, step, limits.batch_bytes):
             run = piece[start:end]
             # taken out of the slice's answers: what a run fetches more is let go with it
             data = {u: first.pop(u) for u in run if u in first}
             cut = [u for u in run if u in data and _is_cut(data[u], limits.message_bytes)]
             # a cut header may hold its Content-Type past the cut: its structure is asked
-            # (never for a digest that reads header fields only: it wants no invitation)
+            # (never for a digest that reads the header alone: it wants no invitation)
             unsure = [
                 u
                 for u in run
-                if fields is None
+                if not bare
                 and u in data
                 and not _over(data[u], limits.message_bytes)
                 and (u in cut or needs_structure(data[u], policy))
@@ -281,7 +298,15 @@ def _header_runs(session: ImapSession, group: Group) -> Iterator[RawRun]:
             if cut or unsure:
                 more: dict[int, Any] = session.call(
                     f"FETCH {folder}",
-                    partial(_complete, folder=folder, uidvalidity=uv, cut=cut, unsure=unsure),
+                    partial(
+                        _complete,
+                        folder=folder,
+                        uidvalidity=uv,
+                        cut=cut,
+                        unsure=unsure,
+                        # without its size, a header only up to the header limit, and a byte
+                        cap=limits.header_bytes + 1 if bare else None,
+                    ),
                 )
                 for uid, d in more.items():
                     if uid in data:
@@ -334,12 +359,18 @@ def _is_cut(d: Mapping[bytes, Any], limit: int) -> bool:
     )
 
 
-def _weight(d: Mapping[bytes, Any] | None, limit: int, policy: str) -> int:
+def _weight(
+    d: Mapping[bytes, Any] | None, limits: LimitSettings, policy: str, headers_only: bool
+) -> int:
     """What a message holds in memory once its run is complete: its first answer, and its
-    size where its whole header or (an invitation) its whole message may be fetched."""
+    size where its whole header or (an invitation) its whole message may be fetched (read
+    for the header alone: the header limit, where its whole header may be fetched)."""
+    limit = limits.message_bytes
     if d is None or _over(d, limit):
         return 0
     held = sum(len(v) for v in d.values() if isinstance(v, (bytes, bytearray)))
+    if headers_only:
+        return held + (limits.header_bytes if _is_cut(d, limit) else 0)
     size = d.get(b"RFC822.SIZE")
     if isinstance(size, int):
         if _is_cut(d, limit):  # its whole header, and it may be an invitation
@@ -379,14 +410,14 @@ def _first(
     uidvalidity: int,
     policy: str,
     limit: int,
-    fields: tuple[str, ...] | None = None,
+    headers_only: bool = False,
 ) -> dict[int, Any]:
-    """Each message's size and the start of its header (and text), or (``fields``: a digest
+    """Each message's size and the start of its header (and text), or (``headers_only``: a digest
     that reads those alone) the start of its header only: the answers' keys as a whole
     header's (``BODY[HEADER]``, ``BODY[TEXT]<0>``); a message over the limit keeps only its
     size (what was fetched of it is dropped at once)."""
     _select(client, folder, uidvalidity)
-    answers: dict[int, Any] = client.fetch(uids, fetch_attributes(policy, fields is not None))
+    answers: dict[int, Any] = client.fetch(uids, fetch_attributes(policy, headers_only))
     for uid, d in answers.items():
         if _over(d, limit):
             answers[uid] = {b"RFC822.SIZE": d[b"RFC822.SIZE"]}
@@ -398,17 +429,25 @@ def _first(
 
 
 def _complete(
-    client: IMAPClient, folder: str, uidvalidity: int, cut: list[int], unsure: list[int]
+    client: IMAPClient,
+    folder: str,
+    uidvalidity: int,
+    cut: list[int],
+    unsure: list[int],
+    cap: int | None = None,
 ) -> dict[int, Any]:
-    """The whole header of the messages whose first answer cut it, and the whole message of
-    those that hold an invitation (asked by BODYSTRUCTURE of the ``unsure`` ones)."""
+    """The whole header of the messages whose first answer cut it (``cap``: its first
+    ``cap`` bytes at most), and the whole message of those that hold an invitation (asked
+    by BODYSTRUCTURE of the ``unsure`` ones)."""
     _select(client, folder, uidvalidity)
     more: dict[int, dict[bytes, Any]] = {}
     # only the messages asked, and only bytes: a FETCH answer the server sends unasked (a
     # flag changed by another client) never replaces what was fetched
     if cut:
-        for uid, d in client.fetch(cut, [b"BODY.PEEK[HEADER]"]).items():
-            header = d.get(b"BODY[HEADER]")
+        item = b"BODY.PEEK[HEADER]" + (b"<0.%d>" % cap if cap else b"")
+        key = b"BODY[HEADER]<0>" if cap else b"BODY[HEADER]"
+        for uid, d in client.fetch(cut, [item]).items():
+            header = d.get(key)
             if uid in cut and isinstance(header, (bytes, bytearray)):
                 more.setdefault(uid, {})[b"BODY[HEADER]"] = header
     if unsure:

@@ -34,8 +34,11 @@ dies is read again here (nothing lost, nothing twice: batches are yielded once, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +47,7 @@ from imapclient import IMAPClient
 
 from syncd.connectors import parsepool
 from syncd.connectors.base import CursorExpired, MailboxSpec
+from syncd.connectors.imap import fetch
 from syncd.connectors.imap.fetch import (
     MAX_UIDS_PER_COMMAND,
     Digest,
@@ -61,7 +65,7 @@ from syncd.items import Batch, Cursor, MailItem, Quarantined
 log = logging.getLogger("syncd.imap")
 
 PARALLEL_MIN = 1000  # new messages: a read of fewer stays in this process
-TASK_UIDS = 500  # UIDs a worker reads in one task at least (on one connection, opened for it)
+TASK_UIDS = 500  # UIDs a worker reads in one task at least (on a connection of its own)
 TASKS_PER_WORKER = 4  # a large read is cut into about this many tasks a worker, no fewer
 DIGESTED_TASK_UIDS = 5000  # UIDs of a task at most when only its digests come back
 MAX_WORKER_CONNECTIONS = 4  # connections a parallel read of one folder opens at once
@@ -195,37 +199,64 @@ class ImapFolder:
         if workers > 1 and len(uids) >= PARALLEL_MIN:
             with self.session.extra_slots(min(workers, MAX_WORKER_CONNECTIONS)) as slots:
                 if slots:
-                    # a worker keeps its connection for its next group where every worker
-                    # has a slot of its own, but after the read's last groups (one a worker)
-                    kept = len(cut) - workers if slots >= workers else 0
-                    groups = (
-                        Group(self.spec, self.folder, uidvalidity, tuple(g), digest, n < kept)
-                        for n, g in enumerate(cut)
-                    )
-                    for runs in parsepool.ordered(
-                        read_in_worker,
-                        groups,
-                        processes=self.spec.parse_processes,
-                        # a task waiting for each worker that ends one, where no more of
-                        # them can run at once than there are slots (a pool's size)
-                        in_flight=slots + 1 if slots >= workers else slots,
-                        rescue=self._rescue,
-                        # a worker's own connection refused (a server's cap on
-                        # connections, a login limit) is read here, on the pass's own
-                        raises=(CursorExpired,),
-                    ):
-                        yield from runs
+                    yield from self._pooled(cut, uidvalidity, digest, workers, slots)
                     return
         for g in cut:
             yield from read_runs(
                 self.session, Group(self.spec, self.folder, uidvalidity, tuple(g), digest)
             )
 
+    def _pooled(
+        self,
+        cut: list[list[int]],
+        uidvalidity: int,
+        digest: Digest | None,
+        workers: int,
+        slots: int,
+    ) -> Iterator[Run]:
+        """The groups read by the parse pool's workers, within ``slots`` connections. Where
+        every worker has a slot (``slots`` covers the pool), one group waits for each
+        worker that ends one, and a worker keeps its connection for its next group of this
+        read, but after the read's last groups (one a worker); before the slots go back,
+        the read waits until every connection kept for it is closed (``fetch.KEPT_FOR``
+        after the last group that kept one: a fraction of a second)."""
+        token = uuid.uuid4().hex  # this read's: no other read takes its connections
+        kept = len(cut) - workers if slots >= workers else 0
+        groups = (
+            Group(self.spec, self.folder, uidvalidity, tuple(g), digest, n < kept, token)
+            for n, g in enumerate(cut)
+        )
+        closed_by = 0.0  # when the last connection kept for this read is closed
+        complete = False
+        try:
+            with contextlib.closing(
+                parsepool.ordered(
+                    read_in_worker,
+                    groups,
+                    processes=self.spec.parse_processes,
+                    in_flight=slots + 1 if kept else slots,
+                    rescue=self._rescue,
+                    # a worker's own connection refused (a server's cap on connections, a
+                    # login limit) is read here, on the pass's own
+                    raises=(CursorExpired,),
+                )
+            ) as results:
+                for n, runs in enumerate(results):
+                    if n < kept:
+                        closed_by = time.monotonic() + fetch.KEPT_FOR
+                    yield from runs
+            complete = True
+        finally:
+            if kept and not complete:  # stopped early: groups that kept one ended just now
+                closed_by = time.monotonic() + fetch.KEPT_FOR
+            time.sleep(max(0.0, closed_by - time.monotonic()))
+
     def _group_size(self, uids: int, workers: int, digested: bool) -> int:
         """UIDs a group (a pool task, on a connection of its own) holds: a whole number of
-        runs' worth, so that the batches do not depend on it. Every task pays for a
-        connection, a login and a SELECT (which on a large folder costs more than a FETCH
-        of hundreds of messages), so a large read is cut into about
+        runs' worth, so that the batches do not depend on it. Every connection a worker
+        opens pays for a login, a SELECT and the server's loading of the folder's index
+        (which on a large folder costs more than a FETCH of hundreds of messages), so a
+        large read is cut into about
         :data:`TASKS_PER_WORKER` tasks a worker, no smaller than :data:`TASK_UIDS` UIDs and
         no larger than what a task may bring back (``limits.batch_bytes`` of messages cut as
         the first FETCH cuts them; :data:`DIGESTED_TASK_UIDS` with a digest). ``full``

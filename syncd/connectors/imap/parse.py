@@ -43,11 +43,11 @@ def fetch_attributes(policy: str, headers_only: bool = False) -> list[bytes]:
     an invitation (:func:`needs_structure`); no INTERNALDATE: it is asked after, only for the
     messages without a date of their own (:data:`UNDATED`).
 
-    ``headers_only`` (a reader that wants some header fields alone: the historical import's
-    digest): at most :data:`HEADER_BYTES` of the header and nothing else, no size either,
-    since nothing more of a message is fetched but the rest of a cut header. (Not the
-    fields alone, ``HEADER.FIELDS``: imapclient reads the field list the server echoes in
-    each answer a character at a time, which costs more than the header's other fields.)"""
+    ``headers_only`` (a reader of some header fields alone: the historical import's
+    digest): at most :data:`HEADER_BYTES` of the header and nothing else, no size either:
+    nothing more of a message is fetched but the rest of a cut header. (Not the fields
+    alone, ``HEADER.FIELDS``: imapclient reads the field list the server echoes in each
+    answer a character at a time, which costs more than the header's other fields.)"""
     if headers_only:
         return [f"BODY.PEEK[HEADER]<0.{HEADER_BYTES}>".encode()]
     if policy == "full":

@@ -49,6 +49,7 @@ from syncd.connectors.local.files import (
 )
 from syncd.connectors.mime import clean, read_message
 from syncd.items import Batch, Cursor, MailItem, Quarantined
+from syncd.limits import ticking
 
 # entries held at most while a folder is read (about 10 MB of them): a larger window lists
 # a big folder fewer times, a smaller one holds less
@@ -215,7 +216,8 @@ def read_chunk(chunk: Chunk) -> list[MailItem | Quarantined]:
     except Odd as odd:
         raise ConnectorError(f"Maildir folder {chunk.source}: {odd}") from None
     try:
-        return read_entries(fds, chunk.source, chunk.entries, chunk.limits)
+        with ticking():  # one timer bounds each file's parse (syncd.limits)
+            return read_entries(fds, chunk.source, chunk.entries, chunk.limits)
     finally:
         for fd in fds.values():
             os.close(fd)
