@@ -59,7 +59,7 @@ from syncd.connectors.imap.fetch import (
     read_runs,
     run_size,
 )
-from syncd.connectors.imap.session import ImapSession
+from syncd.connectors.imap.session import ImapSession, Slots
 from syncd.items import Batch, Cursor, MailItem, Quarantined
 
 log = logging.getLogger("syncd.imap")
@@ -198,7 +198,7 @@ class ImapFolder:
         cut = list(tapered(uids, size, run_size(self.spec), workers))
         if workers > 1 and len(uids) >= PARALLEL_MIN:
             with self.session.extra_slots(min(workers, MAX_WORKER_CONNECTIONS)) as slots:
-                if slots:
+                if slots.taken:
                     yield from self._pooled(cut, uidvalidity, digest, workers, slots)
                     return
         for g in cut:
@@ -212,16 +212,16 @@ class ImapFolder:
         uidvalidity: int,
         digest: Digest | None,
         workers: int,
-        slots: int,
+        slots: Slots,
     ) -> Iterator[Run]:
         """The groups read by the parse pool's workers, within ``slots`` connections. Where
         every worker has a slot (``slots`` covers the pool), one group waits for each
         worker that ends one, and a worker keeps its connection for its next group of this
-        read, but after the read's last groups (one a worker); before the slots go back,
-        the read waits until every connection kept for it is closed (``fetch.KEPT_FOR``
-        after the last group that kept one: a fraction of a second)."""
+        read, but after the read's last groups (one a worker); the slots go back only once
+        every connection kept for the read is closed (``fetch.KEPT_FOR`` after the last
+        group that kept one: a fraction of a second), from a timer: the pass goes on."""
         token = uuid.uuid4().hex  # this read's: no other read takes its connections
-        kept = len(cut) - workers if slots >= workers else 0
+        kept = len(cut) - workers if slots.taken >= workers else 0
         groups = (
             Group(self.spec, self.folder, uidvalidity, tuple(g), digest, n < kept, token)
             for n, g in enumerate(cut)
@@ -234,7 +234,7 @@ class ImapFolder:
                     read_in_worker,
                     groups,
                     processes=self.spec.parse_processes,
-                    in_flight=slots + 1 if kept else slots,
+                    in_flight=slots.taken + 1 if kept else slots.taken,
                     rescue=self._rescue,
                     # a worker's own connection refused (a server's cap on connections, a
                     # login limit) is read here, on the pass's own
@@ -249,7 +249,7 @@ class ImapFolder:
         finally:
             if kept and not complete:  # stopped early: groups that kept one ended just now
                 closed_by = time.monotonic() + fetch.KEPT_FOR
-            time.sleep(max(0.0, closed_by - time.monotonic()))
+            slots.until = closed_by
 
     def _group_size(self, uids: int, workers: int, digested: bool) -> int:
         """UIDs a group (a pool task, on a connection of its own) holds: a whole number of

@@ -32,6 +32,8 @@ import contextlib
 import imaplib
 import logging
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -110,6 +112,21 @@ def _dropped(exc: BaseException) -> bool:
     return isinstance(exc, imaplib.IMAP4.abort) or isinstance(exc.__context__, imaplib.IMAP4.abort)
 
 
+class Slots:
+    """Slots taken for a pass's extra connections (:meth:`ImapSession.extra_slots`):
+    ``taken`` of them, given back when the block ends or at ``until`` (monotonic) when that
+    is later."""
+
+    def __init__(self, taken: int) -> None:
+        self.taken = taken
+        self.until = 0.0
+
+
+def _release(key: str, count: int) -> None:
+    for _ in range(count):
+        throttle.release(key)
+
+
 class ImapSession:
     """One authenticated IMAP connection, reopened when it drops."""
 
@@ -168,22 +185,29 @@ class ImapSession:
             throttle.release(self._cap[0])
 
     @contextlib.contextmanager
-    def extra_slots(self, wanted: int) -> Iterator[int]:
+    def extra_slots(self, wanted: int) -> Iterator[Slots]:
         """Up to ``wanted`` more of the server's slots, those free now (all of them when the
         server has no cap), for connections other processes open for this session's pass;
-        yields how many were taken, and gives them back when the block ends."""
-        if self._cap is None:
-            yield wanted
-            return
-        key, cap = self._cap
-        taken = 0
+        yields how many were taken (:class:`Slots`), and gives them back when the block
+        ends, or at ``Slots.until`` when that is later (connections of the workers that
+        are still being closed), from a timer, without holding the block up."""
+        held = Slots(wanted if self._cap is None else 0)
         try:
-            while taken < wanted and throttle.try_acquire(key, cap):
-                taken += 1
-            yield taken
+            if self._cap is not None:
+                key, cap = self._cap
+                while held.taken < wanted and throttle.try_acquire(key, cap):
+                    held.taken += 1
+            yield held
         finally:
-            for _ in range(taken):
-                throttle.release(key)
+            if self._cap is not None and held.taken:
+                key, count = self._cap[0], held.taken
+                wait = held.until - time.monotonic()
+                if wait > 0:
+                    timer = threading.Timer(wait, _release, (key, count))
+                    timer.daemon = True
+                    timer.start()
+                else:
+                    _release(key, count)
 
     def _secret(self) -> str:
         if self.spec.secret is None:
