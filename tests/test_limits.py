@@ -653,62 +653,62 @@ def busy(seconds: float) -> str:
     return "done"
 
 
-def test_the_bound_stops_a_slow_parse_and_restores_what_was_there():
-    seen: list[int] = []
+class Alarm:
+    """Someone else's SIGALRM handler and 30 s timer, and the signals it saw."""
 
-    def mine(signum: int, _frame: Any) -> None:
-        seen.append(signum)
+    def __init__(self) -> None:
+        self.seen: list[int] = []
 
-    previous = signal.signal(signal.SIGALRM, mine)
+    def handler(self, signum: int, _frame: Any) -> None:
+        self.seen.append(signum)
+
+    def intact(self) -> bool:
+        """Its handler in place and its timer going on."""
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        return signal.getsignal(signal.SIGALRM) == self.handler and 25 < remaining <= 30
+
+
+@pytest.fixture
+def alarm() -> Iterator[Alarm]:
+    mine = Alarm()
+    previous = signal.signal(signal.SIGALRM, mine.handler)
     signal.setitimer(signal.ITIMER_REAL, 30)
     try:
-        with pytest.raises(OverLimit, match=r"^over limits.parse_seconds: parse took over 0.2 s"):
+        yield mine
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert mine.seen == []
+
+
+def test_the_bound_stops_a_slow_parse_and_restores_what_was_there(alarm):
+    with pytest.raises(OverLimit, match=r"^over limits.parse_seconds: parse took over 0.2 s"):
+        run_bounded(0.2, busy, 10)
+    assert run_bounded(5, busy, 0.01) == "done"
+    assert alarm.intact()  # someone else's handler, and their timer goes on
+
+
+def test_a_ticking_run_bounds_each_parse_and_restores_what_was_there(alarm):
+    with limits.ticking():
+        assert [run_bounded(5, busy, 0.001) for _ in range(50)] == ["done"] * 50
+        with pytest.raises(OverLimit, match=r"^over limits.parse_seconds: parse took over"):
             run_bounded(0.2, busy, 10)
-        assert run_bounded(5, busy, 0.01) == "done"
-        assert signal.getsignal(signal.SIGALRM) is mine
-        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
-        assert 25 < remaining <= 30  # someone else's timer goes on
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert seen == []
+        assert busy(0.2) == "done"  # no bound: the ticks raise nothing
+        with pytest.raises(OverLimit):  # nested bounds as without it
+            run_bounded(0.2, run_bounded, 30, busy, 10)
 
-
-def test_a_ticking_run_bounds_each_parse_and_restores_what_was_there():
-    seen: list[int] = []
-
-    def mine(signum: int, _frame: Any) -> None:
-        seen.append(signum)
-
-    previous = signal.signal(signal.SIGALRM, mine)
-    signal.setitimer(signal.ITIMER_REAL, 30)
-    try:
-        with limits.ticking():
-            assert [run_bounded(5, busy, 0.001) for _ in range(50)] == ["done"] * 50
-            with pytest.raises(OverLimit, match=r"^over limits.parse_seconds: parse took over"):
-                run_bounded(0.2, busy, 10)
-            assert busy(0.2) == "done"  # no bound: the ticks raise nothing
-            with pytest.raises(OverLimit):  # nested bounds as without it
-                run_bounded(0.2, run_bounded, 30, busy, 10)
-
-            def outer() -> str:
-                with pytest.raises(OverLimit):
-                    run_bounded(0.1, busy, 10)
-                return busy(0.2)
-
-            assert run_bounded(2, outer) == "done"
-            with limits.ticking(), pytest.raises(OverLimit):  # within a run: changes nothing
+        def outer() -> str:
+            with pytest.raises(OverLimit):
                 run_bounded(0.1, busy, 10)
-            assert signal.getsignal(signal.SIGALRM) is not mine
-        assert signal.getsignal(signal.SIGALRM) is mine
-        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
-        assert 25 < remaining <= 30  # someone else's timer goes on
-        assert run_bounded(5, busy, 0.01) == "done"
-        assert signal.getsignal(signal.SIGALRM) is mine
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert seen == []
+            return busy(0.2)
+
+        assert run_bounded(2, outer) == "done"
+        with limits.ticking(), pytest.raises(OverLimit):  # within a run: changes nothing
+            run_bounded(0.1, busy, 10)
+        assert not alarm.intact()
+    assert alarm.intact()  # someone else's handler, and their timer goes on
+    assert run_bounded(5, busy, 0.01) == "done"
+    assert alarm.intact()
     assert in_thread(lambda: [run_bounded(5, busy, 0.01)]) == [["done"]]
 
 
