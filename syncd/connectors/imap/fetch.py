@@ -122,8 +122,8 @@ def read_in_worker(group: Group) -> list[Run]:
     that has to load the folder's index for it (about 0.1 s at 65,000 messages in Dovecot)
     as much as a FETCH of a thousand headers. A kept connection that no group takes within
     :data:`KEEP_SECONDS` is closed (the read goes on without it, or has ended): within
-    :data:`KEPT_FOR` of the end of the group that kept it, which the read waits for before
-    it gives back the slots its workers used."""
+    :data:`KEPT_FOR` of the end of the group that kept it; the read holds the slots its
+    workers used until then."""
     key = _key(group)
     session = _kept.take(key) or ImapSession(group.spec, counted=False)
     try:
