@@ -134,11 +134,10 @@ class _Tally:
         self.held = self.logged = self.skipped = self.quarantined = self.missing = 0
         self.missing_ids: list[str] = []
 
-    def compare(self, sessions: sessionmaker[Session], mailbox_id: int, size: int) -> None:
-        """Look up the pending ids ``size`` at a time (all of them when ``size`` is 0)."""
-        while self.pending and len(self.pending) >= size:
-            raw = self.pending[: size or len(self.pending)]
-            del self.pending[: len(raw)]
+    def compare(self, sessions: sessionmaker[Session], mailbox_id: int, *, rest: bool) -> None:
+        """Look up the pending ids :data:`CHUNK` at a time (``rest``: the last of them too)."""
+        while len(self.pending) >= CHUNK or (rest and self.pending):
+            raw, self.pending = self.pending[:CHUNK], self.pending[CHUNK:]
             pids = [fit(r) for r in raw]
             with sessions() as session:
                 seen = _seen(session, mailbox_id, sorted(set(pids)))
@@ -235,9 +234,9 @@ def audit_mailbox(
             if tally is None:
                 tally = tallies[chunk.source] = _Tally(chunk.source, chunk.ordered, limit)
             tally.pending.extend(chunk.ids)
-            tally.compare(sessions, mailbox_id, CHUNK)
+            tally.compare(sessions, mailbox_id, rest=False)
     for tally in tallies.values():
-        tally.compare(sessions, mailbox_id, 0)
+        tally.compare(sessions, mailbox_id, rest=True)
     result.folders = [tallies[f].result() for f in sorted(tallies)]
     return result
 

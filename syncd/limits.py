@@ -16,8 +16,9 @@ The time bound in the main thread (``syncd sync``, ``syncd import``) uses ``SIGA
 and of ``syncd worker``) one monitor thread raises the bound in the parsing thread with
 ``PyThreadState_SetAsyncExc``: like the signal handler, it takes effect between two
 bytecodes of the parse, and a pending one is cleared when the parse ends. A run of many
-parses in a main thread (a parse pool worker's task) runs within :func:`ticking`: the
-handler stays set and a timer ticks, so that a parse pays no system call for its bound.
+parses in a main thread (an IMAP run's messages, a Maildir chunk a parse worker reads)
+runs within :func:`ticking`: the handler stays set and a timer ticks, so that a parse pays
+no system call for its bound.
 Signals other than SIGALRM are untouched: the daemon's SIGTERM handler only sets an event, so a long
 parse ends at the bound at the latest and the daemon then stops.
 """
@@ -217,11 +218,7 @@ class _Timer:
         bound.deadline = now + bound.seconds
         if self.stack:  # a bound within a bound ends at the outer one's end at the latest
             bound.deadline = min(bound.deadline, self.stack[-1].deadline)
-        elif self.ticking:  # the timer ticks already: the handler finds the bound
-            self.stack.append(bound)
-            bound.active = True
-            return
-        else:
+        elif not self.ticking:  # (ticking: the handler is set, the timer ticks already)
             self.previous_handler = signal.signal(signal.SIGALRM, self.handler)
             self.previous_timer = signal.setitimer(signal.ITIMER_REAL, 0)
             self.previous_hook, sys.unraisablehook = sys.unraisablehook, self.unraisable

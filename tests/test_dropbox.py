@@ -76,6 +76,19 @@ def attached_forward(original: bytes, note: str, subject: str, when: datetime) -
     return msg.as_bytes()
 
 
+def pilot_scope(now: datetime, *also: str) -> bytes:
+    """The demo's "Pilot scope" from Eva to Ana (and ``also``): its Message-ID is the one
+    Ana's mailbox stores."""
+    return email_bytes(
+        sender="Eva Novak <eva@globex.test>",
+        to=[ANA, *also],
+        subject="Pilot scope",
+        when=now - timedelta(days=6),
+        message_id="q-7@globex.test",
+        body="Could the pilot include the reporting module?",
+    )
+
+
 def sighted_for(sessions: S, key: str) -> dict[str, str | None]:
     """mailbox name -> the users a dropbox logged it for (joined by ', '; None for a user's
     own mailbox)."""
@@ -194,14 +207,7 @@ def test_nocrm_removes_the_forwarded_conversation_and_none_of_it_is_logged_again
     sync(sessions, settings, "ana", now)
     assert {"Pilot scope", "Re: Pilot scope"} <= set(by_subject(timeline(sessions)))
     login = dropbox(sessions, settings, imap_server)
-    scope = email_bytes(
-        sender="Eva Novak <eva@globex.test>",
-        to=[ANA],
-        subject="Pilot scope",
-        when=now - timedelta(days=6),
-        message_id="q-7@globex.test",
-        body="Could the pilot include the reporting module?",
-    )
+    scope = pilot_scope(now)
     append(imap_server, login, attached_forward(scope, "private, #NoCRM please", "Fwd", now))
     sync(sessions, settings, "crm", now)
     rows = by_subject(timeline(sessions))
@@ -234,14 +240,7 @@ def test_every_forwarder_is_credited_and_an_inline_forward_is_the_stored_message
     demo_mailboxes(sessions, company)
     sync(sessions, settings, "ana", now)  # the demo's Pilot scope is stored from Ana's mail
     login = dropbox(sessions, settings, imap_server)
-    scope = email_bytes(
-        sender="Eva Novak <eva@globex.test>",
-        to=[ANA, "Ben Okafor <ben@northwind.test>"],
-        subject="Pilot scope",
-        when=now - timedelta(days=6),
-        message_id="q-7@globex.test",
-        body="Could the pilot include the reporting module?",
-    )
+    scope = pilot_scope(now, "Ben Okafor <ben@northwind.test>")
     bens = attached_forward(scope, "fyi", "Fwd: Pilot scope", now).replace(
         ANA.encode(), b"Ben Okafor <ben@northwind.test>", 1
     )
@@ -330,13 +329,7 @@ def test_a_nocrm_that_cannot_be_carried_out_never_stops_the_dropbox(
     demo_mailboxes(sessions, company)
     sync(sessions, settings, "ana", now)
     login = dropbox(sessions, settings, imap_server)
-    scope = email_bytes(
-        sender="Eva Novak <eva@globex.test>",
-        to=[ANA],
-        subject="Pilot scope",
-        when=now - timedelta(days=6),
-        message_id="q-7@globex.test",
-    )
+    scope = pilot_scope(now)
     later = email_bytes(
         sender=ANA,
         to=["Carla Díaz <carla@acme.test>"],

@@ -178,6 +178,7 @@ def status_cmd(
     )
     colour = {"ok": "green", "failing": "yellow", "parked": "red"}
     notes: list[str] = []
+    tz = zone(state.settings())
     for r in rows:
         tasks = r["tasks"]
         tasks_cell = Text(tasks["state"], style=colour.get(tasks["state"], "white"))
@@ -198,7 +199,7 @@ def status_cmd(
             r["kind"],
             r["user"],
             Text(r["state"], style=colour.get(r["state"], "white")),
-            shown(_parsed(r["last_success"]), zone(state.settings()), "never"),
+            shown(_parsed(r["last_success"]), tz, "never"),
             str(r["items"]),
             _lag(r["lag_seconds"]),
             Text(printable(r["error"] or "")),

@@ -134,8 +134,8 @@ def tapered(uids: list[int], size: int, step: int, workers: int) -> Iterator[lis
     """The UIDs cut into groups of ``size`` (a whole number of runs of ``step``), smaller
     toward the end: each at most half of what is left for each worker (at least one run),
     so that the workers end a folder together instead of one reading the last large
-    group while the others wait. The runs, and so the batches, are the same whatever the
-    cut (every group but the last is a whole number of runs)."""
+    group while the others wait. A read in this process cuts the same groups, so it yields
+    the same batches as the pool's workers."""
     start = 0
     while start < len(uids):
         left = len(uids) - start
