@@ -14,6 +14,7 @@ an error).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -57,16 +58,25 @@ class PassIndex:
     most about INDEX_HELD records, whatever the CRM's size. Storing a batch adds the deals
     its conversations need and teaches it the tags it stored (``syncd.settle``); when that
     transaction fails, :meth:`forget` drops what it holds (what it learned is void), and
-    the next use starts from the base again."""
+    the next use starts from the base again.
+
+    The index is read again from the database once it is ``lookups.VIEW_SECONDS`` old: a
+    long pass never records against a CRM older than that, which is what lets the re-match
+    after a ``syncd crm load`` leave out the activities recorded since
+    (``syncd.crm.rematch.queued_activities``)."""
 
     def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
         self.sessions = sessions
         self.settings = settings
         self._base: CrmIndex | None = None
         self._index: CrmIndex | None = None
+        self._read_at = 0.0  # time.monotonic() when the base was read
+        self._dropped = False
 
     def load(self, items: Iterable[Item]) -> CrmIndex:
         """The index these items are decided against."""
+        if self._base is not None and time.monotonic() - self._read_at > lookups.VIEW_SECONDS:
+            self._base = self._index = None  # read the CRM again
         with self.sessions() as session:
             index = self._current(session)
             if index.held() > INDEX_HELD:
@@ -94,6 +104,7 @@ class PassIndex:
     def mark_dropped(self) -> None:
         """Items were dropped in this pass (``#nocrm``): from now on every batch of it looks
         its keys up among the dropped, whatever index it starts from."""
+        self._dropped = True
         for index in (self._base, self._index):
             if index is not None:
                 index.any_dropped = True
@@ -105,7 +116,9 @@ class PassIndex:
 
     def _base_of(self, session: Session) -> CrmIndex:
         if self._base is None:
+            self._read_at = time.monotonic()
             self._base = lookups.base_index(session, self.settings)
+            self._base.any_dropped |= self._dropped
         return self._base
 
 

@@ -6,19 +6,24 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from syncd import decide as decide_module
 from syncd.config import Settings
 from syncd.crm import lookups
 from syncd.crm.database import make_engine, session_factory, upgrade
+from syncd.crm.loader import load_csv
 from syncd.crm.models import Account, Activity, Link, Opportunity, User
 from syncd.decide import PassIndex, decide
 from syncd.demo import load_company
@@ -145,6 +150,25 @@ def test_last_tagged_at_follows_what_is_stored_and_a_failed_batch_teaches_nothin
         session.close()
     with sessions() as session:
         assert last(session) == later.sent_at
+
+
+def test_a_long_pass_reads_the_crm_again_once_its_index_is_view_seconds_old(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_company(sessions, crm(tmp_path / "crm"))
+    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
+    item = mail(1, "frank@initech.test", "ana@northwind.test")
+    assert "frank@initech.test" not in index.load([item]).contacts
+    path = tmp_path / "frank.csv"
+    path.write_text("emails,name,account\nfrank@initech.test,Frank,initech.test\n")
+    with sessions.begin() as session:
+        load_csv(session, "contacts", path)
+    clock = [time.monotonic()]
+    monkeypatch.setattr(decide_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    clock[0] += lookups.VIEW_SECONDS - 1  # the pass's view of the CRM is kept this long
+    assert "frank@initech.test" not in index.load([item]).contacts
+    clock[0] += 2  # and read again past it
+    assert index.load([item]).contacts["frank@initech.test"].name == "Frank"
 
 
 def test_the_migration_fills_last_tagged_at_from_stored_tags(db_url: str, tmp_path: Path) -> None:

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from syncd.cli import app
 from syncd.config import Settings
 from syncd.crm import corrections, rematch
 from syncd.crm.loader import load_csv
+from syncd.crm.models import Activity, RematchRequest
 from syncd.demo import DemoCompany, deliver, email_bytes
 from syncd.matching.matcher import OpportunityPolicy
 
@@ -98,6 +100,44 @@ def test_a_deal_created_after_its_mail_was_logged_gets_it_when_the_daemon_rematc
         "OPP-303 Acme expansion (tag)",
     ) in shown
     assert rematch.run_queued(sessions, settings) is None  # the queue was emptied
+
+
+def test_what_was_recorded_well_after_a_crm_load_is_not_rematched_for_it(
+    sessions, settings, company: DemoCompany, now
+):
+    demo_mailboxes(sessions, company)
+    mail(company, now, "Carla Díaz <carla@acme.test>", "Expansion [OPP-303]", "exp-1@acme.test")
+    sync(sessions, settings, "ana", now)
+    load(
+        sessions,
+        company.root,
+        "opportunities",
+        OPPORTUNITIES + "OPP-303,Acme expansion,acme.test,ana@northwind.test,open,\n",
+    )
+    # the mail so far was recorded two hours before the load, which was an hour ago; then
+    # a pass records a later mail against the CRM as the load left it
+    real = datetime.now(UTC)
+    with sessions.begin() as session:
+        session.execute(update(Activity).values(created_at=real - timedelta(hours=3)))
+        session.execute(update(RematchRequest).values(queued_at=real - timedelta(hours=1)))
+    mail(company, now, "Carla Díaz <carla@acme.test>", "Re: Expansion [OPP-303]", "exp-2@acme.test")
+    sync(sessions, settings, "ana", now + timedelta(minutes=1))
+    rows = by_subject(timeline(sessions))
+    before, after = rows["Expansion [OPP-303]"], rows["Re: Expansion [OPP-303]"]
+    assert deals(after) == {("OPP-303 Acme expansion", "tag")}  # the pass saw the load
+    with sessions() as session:
+        ids, taken = rematch.queued_activities(session, settings)
+        earlier = set(session.scalars(select(Activity.id).where(Activity.id != after["id"])))
+    assert taken  # the demo CRM's own loads, and this one
+    assert before["id"] in ids
+    assert after["id"] not in ids
+    assert set(ids) <= earlier
+    done = rematch.run_queued(sessions, settings)
+    assert done is not None and done.examined == len(ids)
+    assert deals(by_subject(timeline(sessions))["Expansion [OPP-303]"]) == {
+        ("OPP-303 Acme expansion", "tag")
+    }
+    assert rematch.run_queued(sessions, settings) is None
 
 
 def test_a_deal_closed_since_lets_its_mail_go_and_a_contact_added_since_is_linked(

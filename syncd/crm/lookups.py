@@ -50,6 +50,11 @@ from syncd.items import Item, MailItem, conversation_keys, fit, thread_mark
 from syncd.matching.addresses import domain_of, is_free_mail
 from syncd.matching.matcher import ContactRef, CrmIndex, OpportunityRef, UserRef, parents, tag_text
 
+# The oldest CRM a pass decides against, in seconds: its index is read again past that
+# (``syncd.decide.PassIndex``), so an activity recorded this long after a CRM change was
+# matched against it (``syncd.crm.rematch.queued_activities``).
+VIEW_SECONDS = 30
+
 
 def company_domains(session: Session, settings: Settings) -> set[str]:
     """The configured domains, else the domains of the CRM users' addresses."""

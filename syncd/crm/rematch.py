@@ -33,7 +33,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -58,6 +58,12 @@ from syncd.matching.matcher import CrmIndex, Match, item_facts, match
 from syncd.settle import settle_keys
 
 log = logging.getLogger("syncd.rematch")
+
+# How long after a CRM change an activity may still have been recorded against the CRM as
+# it was before: the age a pass's CRM index reaches at most (``lookups.VIEW_SECONDS``),
+# the batch that was being decided then and the time the change took to commit after it
+# was queued, and some clock skew between the hosts of ``syncd worker``.
+FRESH_AFTER = timedelta(seconds=2 * lookups.VIEW_SECONDS)
 
 CHUNK = 500  # activities matched at a time (their CRM records looked up together)
 
@@ -462,17 +468,39 @@ def pending(session: Session) -> int:
 
 def queued_activities(session: Session, settings: Settings) -> tuple[list[int], list[int]]:
     """The activities that the queued CRM changes touch, and the ids of the requests read
-    (those to take off the queue once they are re-matched)."""
+    (those to take off the queue once they are re-matched).
+
+    An activity recorded more than :data:`FRESH_AFTER` after the last request was queued
+    was matched against the changed CRM already (a pass reads the CRM again once it is
+    ``lookups.VIEW_SECONDS`` old), and is left out: a company that loads its CRM and then
+    imports years of mail does not re-match all of it once more, for nothing."""
     by_kind: dict[str, set[str]] = defaultdict(set)
     taken: list[int] = []
-    for request_id, kind, value in session.execute(
-        select(RematchRequest.id, RematchRequest.kind, RematchRequest.value)
+    last: datetime | None = None
+    for request_id, kind, value, queued_at in session.execute(
+        select(
+            RematchRequest.id, RematchRequest.kind, RematchRequest.value, RematchRequest.queued_at
+        )
     ):
         by_kind[kind].add(value)
         taken.append(request_id)
+        last = queued_at if last is None else max(last, queued_at)
+    if last is None:
+        return [], []
     ids = touched(session, by_kind["address"], by_kind["domain"])
     deals = [int(v) for v in by_kind["opportunity"] if v.isdigit()]
-    return sorted(ids | _concerning(session, settings, deals)), taken
+    ids |= _concerning(session, settings, deals)
+    cutoff = last + FRESH_AFTER
+    older: list[int] = []
+    for chunk in chunked(sorted(ids), LOOKUP_CHUNK):
+        older.extend(
+            session.scalars(
+                select(Activity.id).where(
+                    one_of(session, Activity.id, chunk), Activity.created_at < cutoff
+                )
+            )
+        )
+    return sorted(older), taken
 
 
 def clear_queue(session: Session, taken: list[int]) -> None:
