@@ -125,7 +125,8 @@ def crm_rows(contacts: int, opportunities: int) -> Iterator[tuple[str, dict[str,
             yield "account_domains", {"domain": domain, "account_id": a + 1}
     for c in range(contacts):
         account_id = c // CONTACTS_PER_ACCOUNT + 1
-        yield "contacts", {"id": c + 1, "name": f"Person {c}", "account_id": account_id}
+        contact = {"id": c + 1, "name": f"Person {c}", "account_id": account_id}
+        yield "contacts", {**contact, "auto_created": False}
     for c in range(contacts):
         for address in contact_addresses(c):
             yield "contact_addresses", {"address": address, "contact_id": c + 1}

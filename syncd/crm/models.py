@@ -141,7 +141,9 @@ class AccountDomain(Base):
     __tablename__ = "account_domains"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     domain: Mapped[str] = mapped_column(String(255), unique=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
     account: Mapped[Account] = relationship(back_populates="domains")
 
 
@@ -170,7 +172,9 @@ class ContactAddress(Base):
     __tablename__ = "contact_addresses"
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
-    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), index=True
+    )
     import_id: Mapped[str | None] = mapped_column(
         ForeignKey("imports.id", ondelete="SET NULL"), index=True
     )
@@ -395,11 +399,13 @@ class Task(Base):
     # None: its activity was deleted by an admin (the task stays, cancelled, until the
     # calendar has the cancellation)
     activity_id: Mapped[int | None] = mapped_column(
-        ForeignKey("activities.id", ondelete="SET NULL")
+        ForeignKey("activities.id", ondelete="SET NULL"), index=True
     )
-    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), index=True
+    )
     opportunity_id: Mapped[int | None] = mapped_column(
-        ForeignKey("opportunities.id", ondelete="SET NULL")
+        ForeignKey("opportunities.id", ondelete="SET NULL"), index=True
     )
     title: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text)
