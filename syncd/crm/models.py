@@ -260,7 +260,7 @@ class Activity(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     direction: Mapped[Direction] = mapped_column(String(10))
-    thread_key: Mapped[str] = mapped_column(String(512), index=True)
+    thread_key: Mapped[str] = mapped_column(String(512))  # looked up in thread_keys
     status: Mapped[ActivityStatus] = mapped_column(String(10), default="confirmed")
     snippet: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)

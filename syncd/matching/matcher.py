@@ -234,6 +234,16 @@ def _in_domains_memo(domain: str, domains: set[str], memo: dict[str, bool]) -> b
     return known
 
 
+def _matched_domain(domain: str, index: CrmIndex) -> str:
+    """The domain (or parent) of an address that an account has, else the domain itself."""
+    return next((d for d in parents(domain) if d in index.account_domains), domain)
+
+
+def _under(domains: frozenset[str], parent: str) -> bool:
+    """Whether one of these domains is below ``parent``."""
+    return any(d.endswith("." + parent) for d in domains)
+
+
 # tuples rather than frozen dataclasses: several are made for every item (a third of the
 # matcher's time went into frozen dataclasses' __init__, bench/matching_scale.py)
 class ParticipantMatch(NamedTuple):
@@ -511,13 +521,12 @@ class _Links:
         by_domain = index.account_for_domain(domain)
         if contact is not None and contact.account_id is not None:
             own = index.domains_of_accounts.get(contact.account_id, frozenset())
-            matched = next((d for d in parents(domain) if d in index.account_domains), domain)
             if (
                 by_domain is not None
                 and by_domain != contact.account_id
                 and own
                 and not any(d in own for d in parents(domain))
-                and not any(d.endswith("." + matched) for d in own)  # a subsidiary's parent
+                and not _under(own, _matched_domain(domain, index))  # a subsidiary's parent
             ):
                 self._account(by_domain, "domain")
             else:
