@@ -39,6 +39,7 @@ from syncd.crm.models import (
     Task,
 )
 from syncd.crm.rows import LOOKUP_CHUNK
+from syncd.crm.tasks import raised
 from syncd.items import LinkType
 from syncd.matching.addresses import normalize_address, normalize_domain
 from syncd.settle import settle_activities, settle_keys
@@ -251,7 +252,7 @@ def remove_activities(
     for task in tasks:
         if task.status == "open":  # a done one stays done, in the calendar too
             task.status, task.resolution = "cancelled", "activity deleted"
-            task.version += 1
+            task.version = raised()
             task.updated_at = now
             cancelled += 1
         task.activity_id = None

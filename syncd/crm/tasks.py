@@ -5,7 +5,10 @@ mailbox's calendar still lacks (:func:`tasks_to_write`) and what writing one did
 (:func:`mark_written`).
 
 A task has a ``version`` that every change raises and a ``written_version`` the calendar
-holds; the write-back writes the tasks whose two differ. The reads the follow-up rules
+holds; the write-back writes the tasks whose two differ. The version is raised by the
+database (``version = version + 1``), never from the value a transaction read: two passes
+that rewrite one task at once (two mailboxes of a user, on PostgreSQL) give it two versions,
+so the second content is written too. The reads the follow-up rules
 start from are in :mod:`syncd.crm.queries`; ``syncd tasks`` reads :mod:`syncd.crm.reports`.
 """
 
@@ -113,8 +116,15 @@ def _follow_plan(task: Task, plan: TaskPlan, now: datetime) -> bool:
     else:
         return False
     task.updated_at = now
-    task.version += 1
+    task.version = raised()
     return True
+
+
+def raised() -> Any:
+    """A task's next version, as the database has it when the change is stored: another
+    transaction's change committed meanwhile is counted, never overwritten with the same
+    number."""
+    return Task.version + 1
 
 
 def _rewrite(task: Task, plan: TaskPlan) -> None:
@@ -142,8 +152,8 @@ def apply_calendar_task_states(
             task.status = state.status
             task.resolution = "calendar"
             task.updated_at = now
-            task.version += 1
-            task.written_version = task.version  # the calendar already says so
+            task.version = raised()
+            task.written_version = raised()  # the calendar already says so
 
 
 def _user_tasks(
