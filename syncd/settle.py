@@ -21,19 +21,23 @@ from syncd.matching.matcher import CrmIndex, Relink, ThreadNode, settle
 
 
 def settle_touched(
-    session: Session, index: CrmIndex, decisions: Sequence[recorder.Decision]
+    session: Session,
+    index: CrmIndex,
+    decisions: Sequence[recorder.Decision],
+    stored: conversations.Stored | None = None,
 ) -> int:
     """Decide the deal of every conversation these stored items touched, from all its
     stored items (a reply stored before the message it answers is relinked now), and of
     every item whose candidate deals were reordered by a newly tagged activity. Returns how
-    many activities were relinked."""
+    many activities were relinked. ``stored``: the activities the transaction has just
+    stored, as recorded (``BatchResult.stored``; they are not read back)."""
     keys: set[str] = set()
     for d in decisions:
         keys.update(conversation_keys(d.item))
     reordered = learn_tags(session, index, decisions)
     if reordered:
         keys.update(conversations.conversation_keys_of_candidates(session, index, reordered))
-    return settle_keys(session, index, keys)
+    return settle_keys(session, index, keys, stored)
 
 
 def settle_activities(session: Session, index: CrmIndex, activity_ids: Sequence[int]) -> int:
@@ -43,9 +47,14 @@ def settle_activities(session: Session, index: CrmIndex, activity_ids: Sequence[
     return settle_keys(session, index, keys)
 
 
-def settle_keys(session: Session, index: CrmIndex, keys: set[str]) -> int:
+def settle_keys(
+    session: Session,
+    index: CrmIndex,
+    keys: set[str],
+    stored: conversations.Stored | None = None,
+) -> int:
     """Decide again the deal of the stored conversations that hold these thread keys."""
-    components = conversations.thread_components(session, keys)
+    components = conversations.thread_components(session, keys, stored)
     lookups.fill_deals(
         session,
         index,

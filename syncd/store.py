@@ -67,8 +67,8 @@ def record(
     try:
         with sessions.begin() as session:
             result = store(session, target, decisions, quarantined, batch, skipped)
-            if decisions:
-                result.relinked = settle_touched(session, index.get(), decisions)
+            if decisions:  # what was just stored is settled as recorded, not read back
+                result.relinked = settle_touched(session, index.get(), decisions, result.stored)
             if then is not None:
                 then(session)
             _fence(session, target)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select, update
@@ -29,19 +30,37 @@ log = logging.getLogger("syncd.crm")
 THREAD_SIZE = 10_000  # activities of one conversation settled at most (a safe bound)
 
 
-def thread_components(session: Session, keys: Iterable[str]) -> list[list[ThreadNode]]:
+@dataclass
+class Stored:
+    """The activities the caller's transaction has just stored, as the settling sees them:
+    each one's :class:`ThreadNode` and conversation keys, built from what was written
+    (``syncd.crm.recorder``), so that :func:`thread_components` does not read them back.
+    Only for a transaction whose every insert stands (no savepoint rolled back: an id
+    given back could name another activity)."""
+
+    nodes: dict[int, ThreadNode] = field(default_factory=dict)
+    keys: dict[int, list[str]] = field(default_factory=dict)
+
+
+def thread_components(
+    session: Session, keys: Iterable[str], stored: Stored | None = None
+) -> list[list[ThreadNode]]:
     """The stored conversations that share a thread key with ``keys``: every activity
     reachable through shared keys (its own, its root, its references, the provider's thread
     id), however many hops, grouped into connected conversations, each activity as
     :class:`ThreadNode`. A conversation past THREAD_SIZE activities is not returned at all:
-    settling a part of it as if it were the whole would depend on where it was cut."""
-    edges = _reachable(session, set(keys))
+    settling a part of it as if it were the whole would depend on where it was cut.
+    ``stored``: activities this transaction stored, taken as they are instead of read."""
+    known = stored or Stored()
+    edges = _reachable(session, set(keys), known)
     if not edges:
         return []
-    return _components(edges, _thread_nodes(session, sorted(edges)))
+    nodes = _thread_nodes(session, sorted(a for a in edges if a not in known.nodes))
+    nodes.update((a, known.nodes[a]) for a in edges if a in known.nodes)
+    return _components(edges, nodes)
 
 
-def _reachable(session: Session, keys: set[str]) -> dict[int, set[str]]:
+def _reachable(session: Session, keys: set[str], known: Stored) -> dict[int, set[str]]:
     """Activity id -> its keys, for every activity reachable from ``keys`` through shared
     keys, breadth first, one query a hop for all of them; a conversation past THREAD_SIZE
     activities is not followed further and none of it is returned (the others are: the
@@ -75,7 +94,9 @@ def _reachable(session: Session, keys: set[str]) -> dict[int, set[str]]:
         seen_keys |= frontier
         new = _activities_with_keys(session, frontier) - set(edges)
         frontier = set()
-        for activity_id, key in thread_keys_of(session, new):
+        held = [(a, k) for a in sorted(new & known.keys.keys()) for k in known.keys[a]]
+        read = thread_keys_of(session, new - known.keys.keys())
+        for activity_id, key in (*held, *read):
             if activity_id not in parent:
                 parent[activity_id], size[activity_id] = activity_id, 1
             edges[activity_id].add(key)
@@ -184,12 +205,12 @@ def _thread_nodes(session: Session, ids: list[int]) -> dict[int, ThreadNode]:
         ):
             links[activity_id].append((type_, target, reason))
     return {
-        activity_id: _thread_node(activity_id, key, when, note, links[activity_id])
+        activity_id: thread_node(activity_id, key, when, note, links[activity_id])
         for activity_id, (key, when, note) in base.items()
     }
 
 
-def _thread_node(
+def thread_node(
     activity_id: int,
     key: str,
     when: datetime,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -75,6 +75,8 @@ class BatchResult:
     updated_meetings: int = 0
     relinked: int = 0  # activities of earlier batches whose deal a conversation changed
     activity_ids: dict[str, int] = field(default_factory=dict)  # key -> id
+    # the new activities as the settling sees them (syncd.settle: not read back)
+    stored: conversations.Stored = field(default_factory=conversations.Stored)
 
 
 def record_batch(
@@ -135,7 +137,8 @@ def _add_new(
     """Activities not stored yet, with their participants, links and conversation keys."""
     if not new:
         return
-    ids = insert_rows(session, Activity, [_activity_row(d, body_policy, now) for d in new])
+    rows = [_activity_row(d, body_policy, now) for d in new]
+    ids = insert_rows(session, Activity, rows)
     result.new_activities = len(ids)
     participants = [
         {
@@ -153,11 +156,15 @@ def _add_new(
     insert_rows(
         session, Link, [_link_row(ids[d.item.key], lk) for d in new for lk in d.match.links]
     )
-    keys = [
-        {"activity_id": ids[d.item.key], "key": key}
-        for d in new
-        for key in conversation_keys(d.item)
-    ]
+    keys: list[dict[str, Any]] = []
+    for d, row in zip(new, rows, strict=True):
+        activity_id = ids[d.item.key]
+        links = [(lk.type, lk.target_id, lk.reason) for lk in d.match.links]
+        when = row["occurred_at"].astimezone(UTC)
+        node = conversations.thread_node(activity_id, row["key"], when, row["match_note"], links)
+        held = result.stored.keys[activity_id] = conversation_keys(d.item)
+        result.stored.nodes[activity_id] = node
+        keys.extend({"activity_id": activity_id, "key": key} for key in held)
     insert_rows(session, ThreadKey, keys)
     result.activity_ids.update(ids)
 
