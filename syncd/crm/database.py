@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import is_secret_name, mask_url, url_secrets
+from syncd.crm.turns import Turns, turns_of
 from syncd.secrets import foreign_state, ownership_fix, run_as, user_name
 
 if TYPE_CHECKING:
@@ -258,16 +259,37 @@ def _sqlite_engine(url: URL) -> Engine:
 
 class Sessions(sessionmaker[Session]):
     """``sessions()`` for reading; ``sessions.begin()`` for a transaction that writes (and
-    commits at the end of the block): on SQLite it starts with BEGIN IMMEDIATE."""
+    commits at the end of the block): on SQLite it starts with BEGIN IMMEDIATE, after the
+    writers of this process that asked first (``syncd.crm.turns``)."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine, expire_on_commit=False)
         self.writer = engine.execution_options(**{WRITE: True})
+        self._turns: Turns | None = None
+        self._timeout = 0.0
+        path = engine.url.database
+        if engine.dialect.name == "sqlite" and path and path != ":memory:":
+            self._turns = turns_of(os.path.abspath(os.path.expanduser(path)))
+            self._timeout = _sqlite_timeout(engine.url)
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Session]:
-        with self(bind=self.writer) as session, session.begin():
+        with self._turn(), self(bind=self.writer) as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        if self._turns is None:
+            yield
+            return
+        try:
+            nested = self._turns.acquire(self._timeout)
+        except TimeoutError:
+            raise DatabaseBusy(_busy_message(self.writer.url, self._timeout)) from None
+        try:
+            yield
+        finally:
+            self._turns.release(nested)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
