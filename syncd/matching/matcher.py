@@ -157,11 +157,12 @@ class CrmIndex:
 
     def related(self, contacts: set[int], accounts: set[int]) -> list[OpportunityRef]:
         """The deals of these accounts, or in which one of these contacts has a role, by id."""
-        found: dict[int, OpportunityRef] = {}
-        for account_id in accounts:
-            found.update((o.id, o) for o in self._by_account.get(account_id, ()))
-        for contact_id in contacts:
-            found.update((o.id, o) for o in self._by_contact.get(contact_id, ()))
+        by_account, by_contact = self._by_account, self._by_contact
+        lists = [by_account[a] for a in accounts if a in by_account]
+        lists += [by_contact[c] for c in contacts if c in by_contact]
+        if len(lists) == 1:  # one account's deals, most often
+            return sorted(lists[0], key=_opportunity_id)
+        found = {o.id: o for deals in lists for o in deals}
         return [found[k] for k in sorted(found)]
 
     def opportunity_by_tag(self, tag: str) -> OpportunityRef | None:
@@ -208,6 +209,10 @@ class CrmIndex:
             or _in_domains_memo(domain_of(address), self.blocked_domains, self._blocked)
             or (bool(self.forgotten) and is_forgotten(address, self.forgotten))
         )
+
+
+def _opportunity_id(o: OpportunityRef) -> int:
+    return o.id
 
 
 @functools.lru_cache(maxsize=16)
@@ -375,9 +380,9 @@ def _only_one(candidates: list[OpportunityRef], reason: LinkReason, why: str) ->
 DERIVED_NOTES = ("ambiguous opportunity", "only closed opportunities")
 
 
-@dataclass(frozen=True)
-class ThreadNode:
-    """One stored activity of a conversation, as :func:`settle` needs it."""
+class ThreadNode(NamedTuple):
+    """One stored activity of a conversation, as :func:`settle` needs it (a tuple: one is
+    made for every activity of every conversation a batch touches)."""
 
     id: int
     key: str
