@@ -156,6 +156,8 @@ def test_a_long_pass_reads_the_crm_again_once_its_index_is_view_seconds_old(
     sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     load_company(sessions, crm(tmp_path / "crm"))
+    clock = [time.monotonic()]
+    monkeypatch.setattr(decide_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     index = PassIndex(sessions, Settings(home=tmp_path / "home"))
     item = mail(1, "frank@initech.test", "ana@northwind.test")
     assert "frank@initech.test" not in index.load([item]).contacts
@@ -163,8 +165,6 @@ def test_a_long_pass_reads_the_crm_again_once_its_index_is_view_seconds_old(
     path.write_text("emails,name,account\nfrank@initech.test,Frank,initech.test\n")
     with sessions.begin() as session:
         load_csv(session, "contacts", path)
-    clock = [time.monotonic()]
-    monkeypatch.setattr(decide_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     clock[0] += lookups.VIEW_SECONDS - 1  # the pass's view of the CRM is kept this long
     assert "frank@initech.test" not in index.load([item]).contacts
     clock[0] += 2  # and read again past it

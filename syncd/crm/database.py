@@ -269,7 +269,7 @@ class Sessions(sessionmaker[Session]):
         self._timeout = 0.0
         path = engine.url.database
         if engine.dialect.name == "sqlite" and path and path != ":memory:":
-            self._turns = turns_of(os.path.abspath(os.path.expanduser(path)))
+            self._turns = turns_of(os.path.expanduser(path))
             self._timeout = _sqlite_timeout(engine.url)
 
     @contextlib.contextmanager
@@ -285,7 +285,12 @@ class Sessions(sessionmaker[Session]):
         try:
             nested = self._turns.acquire(self._timeout)
         except TimeoutError:
-            raise DatabaseBusy(_busy_message(self.writer.url, self._timeout)) from None
+            where = self.writer.url.database
+            raise DatabaseBusy(
+                f"the CRM database {where} is locked: another writer of this syncd has been "
+                f"writing to it for more than {self._timeout:g} s; a longer wait: "
+                "?timeout=SECONDS in the database URL; several writers at once: use PostgreSQL"
+            ) from None
         try:
             yield
         finally:

@@ -112,7 +112,8 @@ def key_lookups(session: Session) -> None:
     give; its default of 4 models spinning disks): the look-ups of a batch are a thousand
     keys at a time, and with the default the planner scans a table of a hundred thousand
     domains or deals instead of probing its index, at several times the cost
-    (bench/matching_scale.py). Nothing else of the transaction is affected."""
+    (bench/matching_scale.py). A pass looks up in a read transaction of its own; a
+    re-match looks up in its write transaction, whose later statements are planned alike."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL random_page_cost = 1.1"))
 

@@ -59,11 +59,13 @@ from syncd.settle import settle_keys
 
 log = logging.getLogger("syncd.rematch")
 
-# How long after a CRM change an activity may still have been recorded against the CRM as
-# it was before: the age a pass's CRM index reaches at most (``lookups.VIEW_SECONDS``),
-# the batch that was being decided then and the time the change took to commit after it
-# was queued, and some clock skew between the hosts of ``syncd worker``.
-FRESH_AFTER = timedelta(seconds=2 * lookups.VIEW_SECONDS)
+# How long after a CRM change was queued an activity may still have been decided against
+# the CRM as it was before, with a wide margin: a pass's CRM index is at most
+# ``lookups.VIEW_SECONDS`` old when it decides a batch; deciding it, waiting for the turn to
+# write it (on SQLite at most the busy timeout, 30 s by default), the load's own commit
+# after its requests are queued, and the clock skew between the hosts of ``syncd worker``
+# all take far less than the rest. An activity's time is its batch's (``created_at``).
+FRESH_AFTER = timedelta(minutes=10)
 
 CHUNK = 500  # activities matched at a time (their CRM records looked up together)
 
@@ -473,7 +475,9 @@ def queued_activities(session: Session, settings: Settings) -> tuple[list[int], 
     An activity recorded more than :data:`FRESH_AFTER` after the last request was queued
     was matched against the changed CRM already (a pass reads the CRM again once it is
     ``lookups.VIEW_SECONDS`` old), and is left out: a company that loads its CRM and then
-    imports years of mail does not re-match all of it once more, for nothing."""
+    imports years of mail does not re-match all of it once more, for nothing. The times
+    compared are the clock's when the request was queued and the batch's (``created_at``):
+    a pass run with a clock of its own (a test's) is compared by that clock."""
     by_kind: dict[str, set[str]] = defaultdict(set)
     taken: list[int] = []
     last: datetime | None = None

@@ -17,6 +17,7 @@ given up.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -25,6 +26,10 @@ class Turns:
     """A first-come, first-served lock for the write transactions of one database."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """No turn taken, no one waiting."""
         self._changed = threading.Condition()
         self._next = 0  # the ticket the next writer gets
         self._serving = 0  # the ticket whose turn it is
@@ -53,12 +58,18 @@ class Turns:
         ticket = self._next
         self._next += 1
         deadline = time.monotonic() + timeout
-        while self._serving != ticket:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        try:
+            while self._serving != ticket:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no turn to write within {timeout:g} s")
+                self._changed.wait(left)
+        except BaseException:  # a timeout, or anything raised in the waiting thread
+            if self._serving == ticket:
+                self._advance()  # its turn came as it gave up: the next one's now
+            else:
                 self._gave_up.add(ticket)
-                raise TimeoutError(f"no turn to write within {timeout:g} s")
-            self._changed.wait(left)
+            raise
         self._owner = me
 
     def _advance(self) -> None:
@@ -76,4 +87,16 @@ _turns_lock = threading.Lock()
 def turns_of(database: str) -> Turns:
     """The turns of this database file (one for every engine of it in this process)."""
     with _turns_lock:
-        return _turns.setdefault(database, Turns())
+        return _turns.setdefault(os.path.realpath(database), Turns())
+
+
+def _forget_in_child() -> None:
+    """A forked process starts with no turns taken: its parent's writers are not its, and
+    a lock one of them held stays held in the child."""
+    global _turns_lock
+    _turns_lock = threading.Lock()
+    for turns in _turns.values():
+        turns.reset()  # the same object: the sessions of the file keep it
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
