@@ -330,11 +330,12 @@ def test_a_meeting_moved_earlier_lowers_its_deal_evidence(
     assert stored == T0 + timedelta(hours=2)
 
 
-def _record(session: Session, decisions: list[Any]) -> None:
-    """Store a batch as the sync job's recorder does (settling is the caller's)."""
+def _record(session: Session, decisions: list[Any]) -> Any:
+    """Store a batch as the sync job's recorder does (settling is the caller's); returns
+    what it stored (``BatchResult``)."""
     from syncd.crm.recorder import record_batch
 
-    record_batch(
+    return record_batch(
         session,
         mailbox_id=_mailbox(session),
         source="test",

@@ -16,13 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
 from syncd.crm import conversations
-from syncd.crm.recorder import record_batch
 from syncd.decide import PassIndex, decide
 from syncd.demo import load_company
 from syncd.items import MailItem, MeetingItem, Participant, conversation_keys
 from syncd.matching.matcher import ThreadNode
 
-from .test_lookups import T0, _mailbox, _record, crm, mail
+from .test_lookups import T0, _record, crm, mail
 
 
 def batch() -> list[MailItem | MeetingItem]:
@@ -73,16 +72,7 @@ def test_a_stored_batch_is_settled_from_what_was_written_as_if_read_back(
     decisions = decide(items, index.load(items), index.settings, Counter())
     assert len(decisions) == len(items)
     with sessions.begin() as session:
-        result = record_batch(
-            session,
-            mailbox_id=_mailbox(session),
-            source="test",
-            decisions=decisions,
-            quarantined=[],
-            cursor=None,
-            body_policy="snippet",
-            now=T0,
-        )
+        result = _record(session, decisions)
         stored = result.stored
         assert set(stored.nodes) == set(result.activity_ids.values())
         assert len(stored.nodes) == 6  # the mail seen twice is stored once
