@@ -61,6 +61,12 @@ def crm(root: Path, extra_contacts: int = 0) -> Path:
     return root
 
 
+def company(sessions: sessionmaker[Session], tmp_path: Path, extra_contacts: int = 0) -> PassIndex:
+    """The test CRM loaded, and a pass's index on it (nothing read yet)."""
+    load_company(sessions, crm(tmp_path / "crm", extra_contacts))
+    return PassIndex(sessions, Settings(home=tmp_path / "home"))
+
+
 def mail(n: int, sender: str, *to: str, subject: str = "hello", minutes: int = 0) -> MailItem:
     people = (Participant(sender, "", "from"), *(Participant(a, "", "to") for a in to))
     return MailItem(
@@ -81,8 +87,7 @@ def ids_of(session: Session, *external: str) -> set[int]:
 def test_a_batch_index_holds_what_its_items_can_match_and_nothing_else(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    load_company(sessions, crm(tmp_path / "crm", extra_contacts=50))
-    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
+    index = company(sessions, tmp_path, extra_contacts=50)
     items = [
         mail(1, "ana@northwind.test", "carla@acme.test"),  # a contact: her account's deals
         mail(2, "someone@eu.globex.test", "ana@northwind.test"),  # a parent domain
@@ -117,8 +122,7 @@ def test_last_tagged_at_follows_what_is_stored_and_a_failed_batch_teaches_nothin
     from syncd.matching.matcher import match
     from syncd.settle import settle_touched
 
-    load_company(sessions, crm(tmp_path / "crm"))
-    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
+    index = company(sessions, tmp_path)
     later = mail(1, "ana@northwind.test", "carla@acme.test", subject="[OPP-1]", minutes=60)
     earlier = mail(2, "ana@northwind.test", "carla@acme.test", subject="[OPP-1]", minutes=5)
 
@@ -155,10 +159,9 @@ def test_last_tagged_at_follows_what_is_stored_and_a_failed_batch_teaches_nothin
 def test_a_long_pass_reads_the_crm_again_once_its_index_is_view_seconds_old(
     sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    load_company(sessions, crm(tmp_path / "crm"))
-    clock = [time.monotonic()]
+    index = company(sessions, tmp_path)
+    clock = [time.monotonic()]  # the index reads the CRM at its first load
     monkeypatch.setattr(decide_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
     item = mail(1, "frank@initech.test", "ana@northwind.test")
     assert "frank@initech.test" not in index.load([item]).contacts
     path = tmp_path / "frank.csv"
@@ -297,8 +300,7 @@ def test_a_meeting_moved_earlier_lowers_its_deal_evidence(
     from syncd.matching.matcher import match
     from syncd.settle import settle_touched
 
-    load_company(sessions, crm(tmp_path / "crm"))
-    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
+    index = company(sessions, tmp_path)
 
     def meeting(hours: int) -> MeetingItem:
         start = T0 + timedelta(hours=hours)

@@ -14,14 +14,12 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from syncd.config import Settings
 from syncd.crm import conversations
-from syncd.decide import PassIndex, decide
-from syncd.demo import load_company
+from syncd.decide import decide
 from syncd.items import MailItem, MeetingItem, Participant, conversation_keys
 from syncd.matching.matcher import ThreadNode
 
-from .test_lookups import T0, _record, crm, mail
+from .test_lookups import T0, _record, company, mail
 
 
 def batch() -> list[MailItem | MeetingItem]:
@@ -62,8 +60,7 @@ def by_id(components: list[list[ThreadNode]]) -> list[list[ThreadNode]]:
 def test_a_stored_batch_is_settled_from_what_was_written_as_if_read_back(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    load_company(sessions, crm(tmp_path / "crm"))
-    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
+    index = company(sessions, tmp_path)
     earlier = mail(0, "carla@acme.test", "ana@northwind.test", subject="Re: Renewal", minutes=45)
     earlier = replace(earlier, thread_key="mid:1@x", related_keys=("mid:1@x",))
     with sessions.begin() as session:  # a reply stored by an earlier batch
