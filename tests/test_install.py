@@ -34,7 +34,9 @@ from .servers import Dovecot
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "scripts" / "install-debian"
 
-# one worker runs them all: the install (a venv built once a module) is not made twice
+# one worker runs them all, and the install (a venv, half a minute) is made once a session:
+# xdist may run other modules' tests between this group's, which tears a module's fixture
+# down (the suite used to build it twice)
 pytestmark = pytest.mark.xdist_group("install")
 
 
@@ -109,7 +111,7 @@ def _need(tool: str, package: str) -> None:
         pytest.fail(f"{tool} is missing: apt-get install {package}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def installed() -> Iterator[Install]:
     if os.geteuid() != 0:
         pytest.fail("the install test runs as root: it creates and deletes a system user")
@@ -140,7 +142,7 @@ def private(install: Install, path: Path, mode: int) -> bool:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def company(installed: Install) -> Path:
     """The demo company's CSV files, Maildirs and calendar, readable by the service user
     (the calendar writable: follow-up tasks are written there), loaded into the CRM."""

@@ -11,7 +11,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Table, insert, literal_column, select
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Table, event, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +30,7 @@ from syncd.crm.models import (
     ThreadKey,
     User,
 )
-from syncd.crm.rows import insert_rows
+from syncd.crm.rows import insert_rows, statement_sizes
 from syncd.items import Batch, Cursor, MailItem, MeetingItem, Participant
 from syncd.matching.matcher import LinkDecision, Match, ParticipantMatch
 from syncd.store import REFUSED, Target, store, store_one_by_one
@@ -202,6 +204,40 @@ def test_the_ids_returned_name_their_own_rows_across_statements(sessions, now):
         stored = {key: i for key, i in session.execute(select(Activity.key, Activity.id))}
     assert len(ids) == len(set(ids.values())) == 2_345
     assert ids == {key: i for key, i in stored.items() if key != "later@x.test"}
+
+
+@given(count=st.integers(0, 20_000), most=st.integers(1, 5_000))
+def test_statement_sizes_are_powers_of_two_that_add_up_to_the_rows(count, most):
+    sizes = statement_sizes(count, most)
+    assert sum(sizes) == count
+    assert all(size & (size - 1) == 0 and size <= most for size in sizes)
+    assert sizes == sorted(sizes, reverse=True)
+    assert len(set(sizes)) <= most.bit_length()
+
+
+def test_batches_of_every_size_send_few_distinct_inserts(sessions, now):
+    """The driver keeps each statement it prepared: INSERTs of as many texts as batch sizes
+    would grow the process with every new size (bench/import_local.py)."""
+    template = activity_rows("s", now)[0]
+    sent: set[str] = set()
+
+    def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO activities"):
+            sent.add(statement)
+
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    stored = 0
+    for size in range(1, 1_100, 37):
+        rows = [{**template, "key": f"s{stored + n}@x.test"} for n in range(size)]
+        with sessions.begin() as session:
+            assert len(insert_rows(session, Activity, rows)) == size
+        stored += size
+    event.remove(engine, "before_cursor_execute", seen)
+    with sessions() as session:
+        assert session.query(Activity).count() == stored
+    if engine.dialect.name == "sqlite":  # PostgreSQL copies: one COPY text a table
+        assert 1 <= len(sent) <= 10, len(sent)
 
 
 def test_a_refused_row_raises_the_error_it_raised_before(sessions, db_url, now):

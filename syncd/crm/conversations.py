@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from syncd.batching import chunked
 from syncd.crm.models import Activity, Link, LinkVeto, Mailbox, Task, ThreadKey
-from syncd.crm.rows import IN_LIMIT, LOOKUP_CHUNK, one_of
+from syncd.crm.rows import LOOKUP_CHUNK, one_of
 from syncd.items import LinkReason, LinkType
 from syncd.matching.matcher import CrmIndex, Relink, ThreadNode
 
@@ -178,10 +178,12 @@ def conversation_keys_of_candidates(
     activity_ids: set[int] = set()
     linked: tuple[tuple[LinkType, set[int]], ...] = (("account", accounts), ("contact", contacts))
     for type_, targets in linked:
-        for chunk in chunked(sorted(targets), IN_LIMIT):
+        for chunk in chunked(sorted(targets), LOOKUP_CHUNK):
             activity_ids.update(
                 session.scalars(
-                    select(Link.activity_id).where(Link.type == type_, Link.target_id.in_(chunk))
+                    select(Link.activity_id).where(
+                        Link.type == type_, one_of(session, Link.target_id, chunk)
+                    )
                 )
             )
     return {key for _, key in thread_keys_of(session, activity_ids)}
@@ -265,10 +267,10 @@ def relink(session: Session, changes: Sequence[Relink]) -> int:
 def _replace_deal_links(session: Session, moved: list[Relink]) -> None:
     """Each moved activity's deal link replaced (its tags and an admin's links stay); a
     deal an admin unlinked from it is never linked again."""
-    for chunk in chunked([c.activity_id for c in moved], IN_LIMIT):
+    for chunk in chunked([c.activity_id for c in moved], LOOKUP_CHUNK):
         session.execute(
             delete(Link).where(
-                Link.activity_id.in_(chunk),
+                one_of(session, Link.activity_id, chunk),
                 Link.type == "opportunity",
                 Link.reason.not_in(("tag", "manual")),
             )
@@ -306,8 +308,10 @@ def rerun_followups(session: Session, moved: list[int]) -> None:
 def _rerun_followups(session: Session, moved: list[int]) -> None:
     """An open task of a moved activity is rewritten by its owner's follow-up rules: have
     them run at that owner's next pass, whichever mailbox moved it."""
-    for chunk in chunked(moved, IN_LIMIT):
-        owners = select(Task.user_id).where(Task.activity_id.in_(chunk), Task.status == "open")
+    for chunk in chunked(moved, LOOKUP_CHUNK):
+        owners = select(Task.user_id).where(
+            one_of(session, Task.activity_id, chunk), Task.status == "open"
+        )
         session.execute(
             update(Mailbox).where(Mailbox.user_id.in_(owners)).values(followups_at=None)
         )
