@@ -466,23 +466,22 @@ class SyncJob:
         return bool(changed) or last is None or not (timedelta(0) <= now - last < FOLLOWUPS_EVERY)
 
     def _apply_rules(self, session: Session, now: datetime) -> int:
-        """Plan the tasks of the user's recent activities, then their call list of today
-        (``syncd.calllist``: it lists the follow-ups just planned), and store them; returns
-        how many tasks changed."""
+        """Plan the tasks of the user's recent activities, a chunk at a time, then their
+        call list of today (``syncd.calllist``: it lists the follow-ups just planned), and
+        store them; returns how many tasks changed."""
         since = now - timedelta(days=self.settings.followups.lookback_days)
-        candidates = queries.followup_candidates(session, self.user_id, since)
         users = {u.id: u for u in session.scalars(select(User))}
         working = {
             u.id: WorkingTime.for_user(self.settings, u.timezone, u.working_hours, u.holidays)
             for u in users.values()
         }
         changed = 0
-        if candidates:
+        for candidates in queries.followup_candidates(session, self.user_id, since):
             uids = [task_uid(rule, c.activity_key) for c in candidates for rule in ACTIVITY_RULES]
             existing = queries.task_status_by_uid(session, uids)
             deals = queries.task_deal_by_uid(session, uids)
             plans = plan(candidates, self.settings, working, existing, now, deals)
-            changed = apply_task_plans(session, plans, now)
+            changed += apply_task_plans(session, plans, now)
         user, wt = users[self.user_id], working[self.user_id]
         day = calllist.today(user.email, wt, now)
         on = calllist.enabled(self.settings.call_list, user.call_list)

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import icalendar
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.config import Settings
-from syncd.crm import reports
-from syncd.crm.models import Activity, QuarantineEntry, Sighting, SourceCursor, Task
+from syncd.crm import queries, reports
+from syncd.crm.models import Activity, Mailbox, QuarantineEntry, Sighting, SourceCursor, Task
 from syncd.demo import DemoCompany, add_local_mailbox, deliver, email_bytes, event_ics
 from syncd.sync import SyncReport, sync_mailbox
 
@@ -116,6 +116,47 @@ def test_follow_up_tasks_are_written_to_the_calendar_once(sessions, settings, co
     # syncd's own tasks, read back from the calendar, are never meetings
     kinds = [r["kind"] for r in timeline(sessions)]
     assert kinds.count("meeting") == 3
+
+
+def test_follow_ups_planned_one_activity_at_a_time_are_the_same(
+    sessions, settings, company, now, monkeypatch
+):
+    """The rules read the lookback a chunk at a time (memory flat in the mail of the last
+    fortnight): chunks of one activity plan what one chunk of all does, and a reply in
+    another chunk still closes its task."""
+    monkeypatch.setattr(queries, "FOLLOWUP_CHUNK", 1)
+    demo_mailboxes(sessions, company)
+    sync(sessions, settings, "ana", now)
+    chunked = {(t["title"], t["status"], t["due"]) for t in tasks(sessions)}
+    assert {title for title, _, _ in chunked} == {
+        "Follow up with Carla Díaz: Re: Renewal proposal [OPP-101]",
+        "Follow up with Eva Novak: Re: Pilot scope",
+        "Send notes and next steps: Acme QBR",
+        "Send notes and next steps: Globex pilot check-in",
+    }
+    monkeypatch.setattr(queries, "FOLLOWUP_CHUNK", 2_000)
+    with sessions.begin() as session:
+        session.execute(update(Mailbox).values(followups_at=None))  # the rules run again
+    assert sync(sessions, settings, "ana", now).tasks_changed == 0
+    assert {(t["title"], t["status"], t["due"]) for t in tasks(sessions)} == chunked
+    monkeypatch.setattr(queries, "FOLLOWUP_CHUNK", 1)
+    deliver(
+        company.maildirs["ana"],
+        email_bytes(
+            sender="Eva Novak <eva@globex.test>",
+            to=["ana@northwind.test"],
+            subject="Re: Pilot scope",
+            when=now,
+            message_id="late@globex.test",
+            in_reply_to="q-7@globex.test",
+            references=["q-7@globex.test"],
+        ),
+        now,
+        "late.1.host",
+    )
+    sync(sessions, settings, "ana", now + timedelta(minutes=5))
+    task = next(t for t in tasks(sessions) if "Eva" in t["title"])
+    assert (task["status"], task["resolution"]) == ("done", "replied")
 
 
 def test_due_times_follow_the_users_working_day(sessions, settings, company, now):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -36,9 +38,9 @@ from syncd.crm.models import (
     Task,
     ThreadKey,
 )
-from syncd.crm.rows import IN_LIMIT
+from syncd.crm.rows import IN_LIMIT, LOOKUP_CHUNK, one_of
 from syncd.engagement import Engagement
-from syncd.items import Direction, ParticipantRole, TaskStatus
+from syncd.items import Direction, TaskStatus
 from syncd.matching.addresses import domain_of
 from syncd.matching.matcher import parents
 
@@ -64,15 +66,44 @@ class Candidate:
     replied_at: datetime | None  # first later inbound email of the same thread
 
 
-def followup_candidates(session: Session, user_id: int, since: datetime) -> list[Candidate]:
-    """This user's outbound emails and meetings since ``since`` that involve a contact.
+# activities planned at a time: a pass holds one chunk's, never all of the lookback's (a
+# first import of a busy mailbox has tens of thousands in its last fortnight)
+FOLLOWUP_CHUNK = 2_000
+
+
+class _Followable(NamedTuple):
+    """What the rules read of an activity (its columns, not the ORM object with its body)."""
+
+    id: int
+    key: str
+    kind: ActivityKind
+    subject: str
+    occurred_at: datetime
+    ends_at: datetime | None
+    status: ActivityStatus
+    direction: Direction
+    thread_key: str
+
+
+def followup_candidates(
+    session: Session, user_id: int, since: datetime
+) -> Iterator[list[Candidate]]:
+    """This user's outbound emails and meetings since ``since`` that involve a contact, a
+    chunk at a time (:data:`FOLLOWUP_CHUNK`, by id; each chunk by time). A rule decides on
+    each candidate alone, so the chunks are planned one by one and memory does not grow with
+    the mail of the lookback (bench/import_local.py).
 
     Plain indexed look-ups joined here rather than one query with correlated subqueries:
     the database plans those badly right after a large import, before it has statistics.
     """
-    activities = _followable(session, user_id, _window(session, since))
-    if not activities:
-        return []
+    sent = _involving(session, user_id, _window(session, since))
+    for ids in chunked(sorted(sent), FOLLOWUP_CHUNK):
+        activities = _followable(session, ids, sent)
+        if activities:
+            yield _candidates(session, user_id, activities)
+
+
+def _candidates(session: Session, user_id: int, activities: list[_Followable]) -> list[Candidate]:
     replies = _inbound_replies(session, [a for a in activities if a.kind == "email"])
     ids = [a.id for a in activities]
     contacts = _contacts_of(session, ids)
@@ -113,44 +144,46 @@ def _window(session: Session, since: datetime) -> set[int]:
     return window
 
 
-def _followable(session: Session, user_id: int, window: set[int]) -> list[Activity]:
-    """The activities of the window that involve this user and a contact and that a rule
-    may follow up: an email the user sent, a meeting; by time."""
-    roles = _user_roles(session, user_id, window)
+def _followable(session: Session, ids: list[int], sent: dict[int, bool]) -> list[_Followable]:
+    """The activities of these ids that a rule may follow up: an email the user sent, a
+    meeting; by time."""
+    columns = [getattr(Activity, name) for name in _Followable._fields]
     activities = [
         a
-        for chunk in chunked(sorted(roles), IN_LIMIT)
-        for a in session.scalars(select(Activity).where(Activity.id.in_(chunk)))
-        if (a.kind == "email" and a.direction == "outbound" and roles[a.id] & {"from"})
-        or a.kind == "meeting"
+        for a in map(
+            _Followable._make,
+            session.execute(select(*columns).where(one_of(session, Activity.id, ids))),
+        )
+        if (a.kind == "email" and a.direction == "outbound" and sent[a.id]) or a.kind == "meeting"
     ]
     activities.sort(key=lambda a: (a.occurred_at, a.id))
     return activities
 
 
-def _user_roles(
-    session: Session, user_id: int, window: set[int]
-) -> dict[int, set[ParticipantRole]]:
-    """Activity id -> this user's roles in it, for the activities linked to a contact."""
-    roles: dict[int, set[ParticipantRole]] = defaultdict(set)
-    with_contact: set[int] = set()
-    for chunk in chunked(sorted(window), IN_LIMIT):
+def _involving(session: Session, user_id: int, window: set[int]) -> dict[int, bool]:
+    """Activity id -> whether this user sent it, for the activities of the window that
+    involve this user and are linked to a contact."""
+    sent: dict[int, bool] = {}
+    for chunk in chunked(sorted(window), LOOKUP_CHUNK):
+        linked = set(
+            session.scalars(
+                select(Link.activity_id).where(
+                    one_of(session, Link.activity_id, chunk), Link.type == "contact"
+                )
+            )
+        )
         for activity_id, role in session.execute(
             select(ActivityParticipant.activity_id, ActivityParticipant.role).where(
-                ActivityParticipant.activity_id.in_(chunk),
+                one_of(session, ActivityParticipant.activity_id, chunk),
                 ActivityParticipant.user_id == user_id,
             )
         ):
-            roles[activity_id].add(role)
-        with_contact.update(
-            session.scalars(
-                select(Link.activity_id).where(Link.activity_id.in_(chunk), Link.type == "contact")
-            )
-        )
-    return {activity_id: r for activity_id, r in roles.items() if activity_id in with_contact}
+            if activity_id in linked:
+                sent[activity_id] = sent.get(activity_id, False) or role == "from"
+    return sent
 
 
-def _inbound_replies(session: Session, emails: list[Activity]) -> dict[int, list[datetime]]:
+def _inbound_replies(session: Session, emails: list[_Followable]) -> dict[int, list[datetime]]:
     """For each email, the sorted times of the inbound emails of its conversation: those
     sharing a conversation key with it (its thread's root, its own Message-ID named in
     In-Reply-To or References, the provider's thread id: a reply Gmail threads by subject
@@ -185,7 +218,7 @@ def _inbound_by_key(session: Session, keys: set[str]) -> dict[str, set[tuple[int
     return inbound
 
 
-def _first_reply(activity: Activity, replies: dict[int, list[datetime]]) -> datetime | None:
+def _first_reply(activity: _Followable, replies: dict[int, list[datetime]]) -> datetime | None:
     """The first inbound email of an email's conversation after it (a meeting has none)."""
     if activity.kind != "email":
         return None
