@@ -4,7 +4,9 @@ Prints, from one run: the fetch ceiling (imapclient fetching what syncd's first 
 for, no processing) with 1 process and with N (each on its own connection, fetching a share
 of the UIDs), syncd's first-sync rate (messages/s, SQLite) with 1 parse process and with N
 (``sync.parse_processes``), each rate's ratio against the one-process ceiling, the peak RSS
-of each phase (each in its own process; a sync's is its main process's), and the time and
+of each phase (each in its own process; a sync's is its main process's), syncd's fetch and
+parse alone with N parse processes (the connector's items counted, nothing matched or
+recorded: the most a first sync could reach on the machine), and the time and
 the number of IMAP commands of a poll of the unchanged mailbox (counted by a proxy between
 syncd and Dovecot), and how soon IDLE brings a new message. N is the number of usable CPUs.
 Aims (issue 14): a ratio >= 0.7 with N workers on 4 or more cores, >= 0.5 on 2.
@@ -137,6 +139,62 @@ def phase_sync(
     return {"seconds": seconds, "activities": report.new_activities, "peak_rss_mb": peak_rss_mb()}
 
 
+def phase_read(
+    url: str,
+    home: str,
+    crm: str,
+    port: int,
+    login: str,
+    password: str,
+    body: str,
+    processes: int,
+) -> dict[str, float]:
+    """syncd's IMAP connector alone, as the first sync runs it with ``processes`` parse
+    processes: every folder's messages fetched and parsed into items, which the main process
+    only counts (nothing matched, recorded or settled). Its rate is the most the pipeline
+    could reach on this machine, whatever the main process does."""
+    from sqlalchemy import select
+
+    from syncd.config import Settings
+    from syncd.connectors.registry import open_connector
+    from syncd.crm.models import Mailbox
+    from syncd.sync import mailbox_spec
+
+    sessions = demo_crm_with_imap(url, home, crm, port, login, password)
+    settings = Settings(
+        home=Path(home), sync={"body": body, "batch_size": 1000, "parse_processes": processes}
+    )
+    with sessions() as session:
+        mailbox = session.scalars(select(Mailbox).where(Mailbox.name == "ana")).one()
+        spec = mailbox_spec(mailbox, settings)
+
+    def once() -> tuple[int, float]:
+        start = time.perf_counter()
+        connector = open_connector(spec)
+        items = 0
+        try:
+            for source in connector.mail_sources():
+                for batch in source.changes(None):
+                    items += len(batch.items)
+        finally:
+            connector.close()
+        return items, time.perf_counter() - start
+
+    rates: list[float] = []
+    spent = 0.0
+    while spent < CEILING_SECONDS or len(rates) < CEILING_RUNS:
+        items, seconds = once()
+        rates.append(items / seconds)
+        spent += seconds
+    return {
+        "rate": statistics.median(rates),
+        "items": items,
+        "runs": len(rates),
+        "seconds": spent,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float | str]:
     """One more pass over the unchanged mailbox, through a proxy that counts commands."""
     from syncd.config import Settings
@@ -233,13 +291,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000, help="up to 200,000")
     parser.add_argument("--body", choices=["metadata", "snippet", "full"], default="snippet")
     parser.add_argument("--processes", type=int, default=0, help="N (default: one per usable CPU)")
-    parser.add_argument("--phase", choices=["ceiling", "sync", "poll"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--phase", choices=["ceiling", "read", "sync", "poll"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         kw = json.loads(args.args)
         phases: dict[str, Callable[..., Mapping[str, object]]] = {
             "ceiling": phase_ceiling,
+            "read": phase_read,
             "sync": phase_sync,
             "poll": phase_poll,
         }
@@ -281,6 +342,28 @@ def main() -> None:
                 f"peak RSS {ceiling['peak_rss_mb']:.0f} MB"
             )
         base = ceilings[1]["rate"]
+        read = run_phase(
+            __file__,
+            "--phase",
+            "read",
+            "--args",
+            json.dumps(
+                {
+                    **common,
+                    "url": f"sqlite:///{work / 'read.db'}",
+                    "home": str(work / "home-read"),
+                    "crm": str(demo.root / "crm"),
+                    "processes": n,
+                }
+            ),
+        )
+        print(
+            f"syncd's fetch and parse alone, {n} parse process{'es' if n > 1 else ''} (nothing "
+            f"matched or recorded: the most a first sync can reach here): "
+            f"{read['rate']:,.0f} items/s ({read['items']:.0f} items, median of {read['runs']} "
+            f"runs over {read['seconds']:.1f} s), ratio to the one-process ceiling "
+            f"{read['rate'] / base:.2f}, peak RSS {read['peak_rss_mb']:.0f} MB"
+        )
         url = ""
         home = ""
         for processes in (1, n):
