@@ -63,6 +63,36 @@ def _fetch_share(share: Share, attributes: list[bytes]) -> int:
     return count
 
 
+def _median_rate(once: Callable[[], tuple[int, float]]) -> dict[str, float]:
+    """Run ``once`` (it returns what it read and the seconds it took) after a warm-up run
+    (connections, Dovecot's caches), again and again until CEILING_SECONDS and CEILING_RUNS;
+    the median rate."""
+    once()
+    rates: list[float] = []
+    spent = 0.0
+    count = 0
+    while spent < CEILING_SECONDS or len(rates) < CEILING_RUNS:
+        count, seconds = once()
+        rates.append(count / seconds)
+        spent += seconds
+    return {
+        "messages": count,
+        "rate": statistics.median(rates),
+        "runs": len(rates),
+        "seconds": spent,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _settings(home: str, body: str, processes: int) -> Any:
+    """The config of a first sync with ``processes`` parse processes."""
+    from syncd.config import Settings
+
+    return Settings(
+        home=Path(home), sync={"body": body, "batch_size": 1000, "parse_processes": processes}
+    )
+
+
 def phase_ceiling(
     port: int, login: str, password: str, body: str, processes: int
 ) -> dict[str, float]:
@@ -94,23 +124,11 @@ def phase_ceiling(
             count = sum(pool.starmap(_fetch_share, [(s, attributes) for s in shares], 1))
         return count, time.perf_counter() - start
 
-    once()  # warm: connections, Dovecot's caches
-    rates: list[float] = []
-    spent = 0.0
-    while spent < CEILING_SECONDS or len(rates) < CEILING_RUNS:
-        count, seconds = once()
-        rates.append(count / seconds)
-        spent += seconds
+    result = _median_rate(once)
     if pool is not None:
         pool.terminate()
     _client.logout()
-    return {
-        "messages": count,
-        "rate": statistics.median(rates),
-        "runs": len(rates),
-        "seconds": spent,
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    return result
 
 
 def phase_sync(
@@ -125,15 +143,11 @@ def phase_sync(
 ) -> dict[str, float]:
     """syncd's whole pipeline on the mailbox, as `syncd sync` runs it, with ``processes``
     parse processes (``sync.parse_processes``)."""
-    from syncd.config import Settings
     from syncd.sync import sync_mailbox
 
     sessions = demo_crm_with_imap(url, home, crm, port, login, password)
-    settings = Settings(
-        home=Path(home), sync={"body": body, "batch_size": 1000, "parse_processes": processes}
-    )
     start = time.perf_counter()
-    report = sync_mailbox(sessions, settings, "ana")
+    report = sync_mailbox(sessions, _settings(home, body, processes), "ana")
     seconds = time.perf_counter() - start
     assert report.ok, report.error
     return {"seconds": seconds, "activities": report.new_activities, "peak_rss_mb": peak_rss_mb()}
@@ -150,49 +164,33 @@ def phase_read(
     processes: int,
 ) -> dict[str, float]:
     """syncd's IMAP connector alone, as the first sync runs it with ``processes`` parse
-    processes: every folder's messages fetched and parsed into items, which the main process
-    only counts (nothing matched, recorded or settled). Its rate is the most the pipeline
-    could reach on this machine, whatever the main process does."""
+    processes: every folder's messages fetched and parsed, which the main process only
+    counts (items and quarantined messages; nothing matched, recorded or settled). Its rate
+    is the most the pipeline could reach on this machine, whatever the main process does."""
     from sqlalchemy import select
 
-    from syncd.config import Settings
     from syncd.connectors.registry import open_connector
     from syncd.crm.models import Mailbox
     from syncd.sync import mailbox_spec
 
     sessions = demo_crm_with_imap(url, home, crm, port, login, password)
-    settings = Settings(
-        home=Path(home), sync={"body": body, "batch_size": 1000, "parse_processes": processes}
-    )
     with sessions() as session:
         mailbox = session.scalars(select(Mailbox).where(Mailbox.name == "ana")).one()
-        spec = mailbox_spec(mailbox, settings)
+        spec = mailbox_spec(mailbox, _settings(home, body, processes))
 
     def once() -> tuple[int, float]:
         start = time.perf_counter()
         connector = open_connector(spec)
-        items = 0
+        messages = 0
         try:
             for source in connector.mail_sources():
                 for batch in source.changes(None):
-                    items += len(batch.items)
+                    messages += len(batch.items) + len(batch.quarantined)
         finally:
             connector.close()
-        return items, time.perf_counter() - start
+        return messages, time.perf_counter() - start
 
-    rates: list[float] = []
-    spent = 0.0
-    while spent < CEILING_SECONDS or len(rates) < CEILING_RUNS:
-        items, seconds = once()
-        rates.append(items / seconds)
-        spent += seconds
-    return {
-        "rate": statistics.median(rates),
-        "items": items,
-        "runs": len(rates),
-        "seconds": spent,
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    return _median_rate(once)
 
 
 def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float | str]:
@@ -360,8 +358,8 @@ def main() -> None:
         print(
             f"syncd's fetch and parse alone, {n} parse process{'es' if n > 1 else ''} (nothing "
             f"matched or recorded: the most a first sync can reach here): "
-            f"{read['rate']:,.0f} items/s ({read['items']:.0f} items, median of {read['runs']} "
-            f"runs over {read['seconds']:.1f} s), ratio to the one-process ceiling "
+            f"{read['rate']:,.0f} msg/s (median of {read['runs']} runs over "
+            f"{read['seconds']:.1f} s), ratio to the one-process ceiling "
             f"{read['rate'] / base:.2f}, peak RSS {read['peak_rss_mb']:.0f} MB"
         )
         url = ""

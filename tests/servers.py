@@ -44,6 +44,9 @@ def _pg_bin(name: str) -> str:
     return path
 
 
+_removals: list[subprocess.Popen[bytes]] = []  # PostgreSQL data deleted in the background
+
+
 @contextmanager
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL; yields its base URL (append ``/DBNAME``)."""
@@ -102,12 +105,14 @@ def postgres() -> Iterator[str]:
         )
         # a session's hundred databases took 14-32 s to delete at the end of the suite,
         # with every test done: deleted by a process of their own, not waited for
-        subprocess.Popen(
-            ["rm", "-rf", "--", str(root)],
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        _removals.append(  # kept: a dropped Popen still running warns
+            subprocess.Popen(
+                ["rm", "-rf", "--", str(root)],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         )
 
 

@@ -34,9 +34,9 @@ from .servers import Dovecot
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "scripts" / "install-debian"
 
-# one worker runs them all, and the install (a venv, half a minute) is made once a session:
-# xdist may run other modules' tests between this group's, which tears a module's fixture
-# down (the suite used to build it twice)
+# one worker runs them all (pyproject.toml keeps pytest where --dist loadgroup still groups),
+# so the install (a venv, half a minute) is made once; session-scoped, it stays made even if
+# that worker runs other modules' tests between this group's
 pytestmark = pytest.mark.xdist_group("install")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mailbox
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,15 @@ from syncd.sync import SyncReport, sync_mailbox
 S = sessionmaker[Session]
 
 
+# the follow-ups of Ana's demo mailbox
+ANA_TASKS = {
+    "Follow up with Carla Díaz: Re: Renewal proposal [OPP-101]",
+    "Follow up with Eva Novak: Re: Pilot scope",
+    "Send notes and next steps: Acme QBR",
+    "Send notes and next steps: Globex pilot check-in",
+}
+
+
 def demo_mailboxes(sessions: S, company: DemoCompany) -> None:
     add_local_mailbox(
         sessions,
@@ -30,6 +40,24 @@ def demo_mailboxes(sessions: S, company: DemoCompany) -> None:
         calendar=str(company.calendar),
     )
     add_local_mailbox(sessions, "ben", "ben@northwind.test", maildir=str(company.maildirs["ben"]))
+
+
+def eva_replies(company: DemoCompany, now: datetime) -> None:
+    """Eva's late answer to Ana's "Pilot scope", delivered to Ana's Maildir."""
+    deliver(
+        company.maildirs["ana"],
+        email_bytes(
+            sender="Eva Novak <eva@globex.test>",
+            to=["ana@northwind.test"],
+            subject="Re: Pilot scope",
+            when=now,
+            message_id="late@globex.test",
+            in_reply_to="q-7@globex.test",
+            references=["q-7@globex.test"],
+        ),
+        now,
+        "late.1.host",
+    )
 
 
 def sync(sessions: S, settings: Settings, name: str, now: datetime) -> SyncReport:
@@ -99,12 +127,7 @@ def test_follow_up_tasks_are_written_to_the_calendar_once(sessions, settings, co
     demo_mailboxes(sessions, company)
     sync(sessions, settings, "ana", now)
     rows = {t["title"]: t for t in tasks(sessions)}
-    assert set(rows) == {
-        "Follow up with Carla Díaz: Re: Renewal proposal [OPP-101]",
-        "Follow up with Eva Novak: Re: Pilot scope",
-        "Send notes and next steps: Acme QBR",
-        "Send notes and next steps: Globex pilot check-in",
-    }
+    assert set(rows) == ANA_TASKS
     assert all(t["status"] == "open" and t["in_calendar"] for t in rows.values())
     assert all(t["user"] == "ana@northwind.test" for t in rows.values())
     files = sorted(p.name for p in company.calendar.glob("syncd-*.ics"))
@@ -121,39 +144,31 @@ def test_follow_up_tasks_are_written_to_the_calendar_once(sessions, settings, co
 def test_follow_ups_planned_one_activity_at_a_time_are_the_same(
     sessions, settings, company, now, monkeypatch
 ):
-    """The rules read the lookback a chunk at a time (memory flat in the mail of the last
-    fortnight): chunks of one activity plan what one chunk of all does, and a reply in
-    another chunk still closes its task."""
+    """The rules read the lookback a chunk at a time (memory flat in the mail of the
+    lookback): chunks of one activity plan what one chunk of all does, and a reply read
+    for one chunk closes its task."""
+    chunks: list[int] = []
+    candidates = queries.followup_candidates
+
+    def counted(*args: Any) -> Iterator[list[queries.Candidate]]:
+        for chunk in candidates(*args):
+            chunks.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(queries, "followup_candidates", counted)
     monkeypatch.setattr(queries, "FOLLOWUP_CHUNK", 1)
     demo_mailboxes(sessions, company)
-    sync(sessions, settings, "ana", now)
+    assert sync(sessions, settings, "ana", now).tasks_changed == 4
+    assert len(chunks) > 4 and set(chunks) == {1}
     chunked = {(t["title"], t["status"], t["due"]) for t in tasks(sessions)}
-    assert {title for title, _, _ in chunked} == {
-        "Follow up with Carla Díaz: Re: Renewal proposal [OPP-101]",
-        "Follow up with Eva Novak: Re: Pilot scope",
-        "Send notes and next steps: Acme QBR",
-        "Send notes and next steps: Globex pilot check-in",
-    }
-    monkeypatch.setattr(queries, "FOLLOWUP_CHUNK", 2_000)
+    assert {title for title, _, _ in chunked} == ANA_TASKS
+    monkeypatch.setattr(queries, "FOLLOWUP_CHUNK", 1_000)
     with sessions.begin() as session:
         session.execute(update(Mailbox).values(followups_at=None))  # the rules run again
     assert sync(sessions, settings, "ana", now).tasks_changed == 0
     assert {(t["title"], t["status"], t["due"]) for t in tasks(sessions)} == chunked
     monkeypatch.setattr(queries, "FOLLOWUP_CHUNK", 1)
-    deliver(
-        company.maildirs["ana"],
-        email_bytes(
-            sender="Eva Novak <eva@globex.test>",
-            to=["ana@northwind.test"],
-            subject="Re: Pilot scope",
-            when=now,
-            message_id="late@globex.test",
-            in_reply_to="q-7@globex.test",
-            references=["q-7@globex.test"],
-        ),
-        now,
-        "late.1.host",
-    )
+    eva_replies(company, now)
     sync(sessions, settings, "ana", now + timedelta(minutes=5))
     task = next(t for t in tasks(sessions) if "Eva" in t["title"])
     assert (task["status"], task["resolution"]) == ("done", "replied")
@@ -173,20 +188,7 @@ def test_due_times_follow_the_users_working_day(sessions, settings, company, now
 def test_a_late_reply_closes_the_follow_up_as_done(sessions, settings, company, now):
     demo_mailboxes(sessions, company)
     sync(sessions, settings, "ana", now)
-    deliver(
-        company.maildirs["ana"],
-        email_bytes(
-            sender="Eva Novak <eva@globex.test>",
-            to=["ana@northwind.test"],
-            subject="Re: Pilot scope",
-            when=now,
-            message_id="late@globex.test",
-            in_reply_to="q-7@globex.test",
-            references=["q-7@globex.test"],
-        ),
-        now,
-        "late.1.host",
-    )
+    eva_replies(company, now)
     sync(sessions, settings, "ana", now + timedelta(minutes=5))
     task = next(t for t in tasks(sessions) if "Eva" in t["title"])
     assert (task["status"], task["resolution"], task["in_calendar"]) == ("done", "replied", True)

@@ -213,6 +213,9 @@ def test_statement_sizes_are_powers_of_two_that_add_up_to_the_rows(count, most):
     assert all(size & (size - 1) == 0 and size <= most for size in sizes)
     assert sizes == sorted(sizes, reverse=True)
     assert len(set(sizes)) <= most.bit_length()
+    page = 1 << (most.bit_length() - 1)  # as few statements as powers of two allow
+    assert sizes[: count // page] == [page] * (count // page)
+    assert len(sizes) == count // page + bin(count % page).count("1")
 
 
 def test_batches_of_every_size_send_few_distinct_inserts(sessions, now):
@@ -228,12 +231,14 @@ def test_batches_of_every_size_send_few_distinct_inserts(sessions, now):
     engine = sessions.kw["bind"]
     event.listen(engine, "before_cursor_execute", seen)
     stored = 0
-    for size in range(1, 1_100, 37):
-        rows = [{**template, "key": f"s{stored + n}@x.test"} for n in range(size)]
-        with sessions.begin() as session:
-            assert len(insert_rows(session, Activity, rows)) == size
-        stored += size
-    event.remove(engine, "before_cursor_execute", seen)
+    try:
+        for size in range(1, 1_100, 37):
+            rows = [{**template, "key": f"s{stored + n}@x.test"} for n in range(size)]
+            with sessions.begin() as session:
+                assert len(insert_rows(session, Activity, rows)) == size
+            stored += size
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
     with sessions() as session:
         assert session.query(Activity).count() == stored
     if engine.dialect.name == "sqlite":  # PostgreSQL copies: one COPY text a table

@@ -66,9 +66,10 @@ class Candidate:
     replied_at: datetime | None  # first later inbound email of the same thread
 
 
-# activities planned at a time: a pass holds one chunk's, never all of the lookback's (a
-# first import of a busy mailbox has tens of thousands in its last fortnight)
-FOLLOWUP_CHUNK = 2_000
+# activities planned at a time: a pass holds the lookback's ids, and the rows of one chunk
+# only (a first import of a busy mailbox has tens of thousands in its last fortnight); as
+# many as one look-up's list holds (syncd.crm.rows.LOOKUP_CHUNK)
+FOLLOWUP_CHUNK = LOOKUP_CHUNK
 
 
 class _Followable(NamedTuple):
@@ -148,13 +149,15 @@ def _followable(session: Session, ids: list[int], sent: dict[int, bool]) -> list
     """The activities of these ids that a rule may follow up: an email the user sent, a
     meeting; by time."""
     columns = [getattr(Activity, name) for name in _Followable._fields]
+    followable = or_(
+        and_(Activity.kind == "email", Activity.direction == "outbound"),
+        Activity.kind == "meeting",
+    )
+    query = select(*columns).where(one_of(session, Activity.id, ids), followable)
     activities = [
         a
-        for a in map(
-            _Followable._make,
-            session.execute(select(*columns).where(one_of(session, Activity.id, ids))),
-        )
-        if (a.kind == "email" and a.direction == "outbound" and sent[a.id]) or a.kind == "meeting"
+        for a in map(_Followable._make, session.execute(query))
+        if a.kind == "meeting" or sent[a.id]
     ]
     activities.sort(key=lambda a: (a.occurred_at, a.id))
     return activities

@@ -64,7 +64,8 @@ def insert_rows(session: Session, model: type[Base], rows: list[dict[str, Any]])
     On PostgreSQL this is COPY (bench/import_local.py: row-by-row INSERTs cost the server
     ~30 us a row, COPY a few), with the ids of keyed rows drawn from the table's sequence
     first. Elsewhere one executemany, or for keyed rows INSERT ... VALUES (...), (...)
-    RETURNING (id, key) (the ids come back in no particular order).
+    RETURNING (id, key) (the ids come back in no particular order), in statements of
+    power-of-two row counts (:func:`statement_sizes`).
     """
     if not rows:
         return {}
@@ -99,7 +100,8 @@ def statement_sizes(count: int, most: int) -> list[int]:
     32, 8). The driver keeps each statement it prepared per connection (128 of them, the
     largest ones hundreds of kilobytes), so one a row count would grow the process with
     every batch of a size not seen yet (bench/import_local.py: 30 MB at 50,000 messages);
-    powers of two are ten statements whatever the batches."""
+    powers of two are at most log2(most) + 1 texts a table, whatever the batches (ten for
+    the activities' 1,000 rows)."""
     page = 1 << (max(1, most).bit_length() - 1)
     sizes = [page] * (count // page)
     rest = count % page
