@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phases import demo_crm_with_imap, peak_rss_mb, run_phase  # noqa: E402
+from phases import demo_crm_with_imap, median_rate, peak_rss_mb, run_phase  # noqa: E402
 
 CEILING_SECONDS = 5.0  # a ceiling runs at least this long, and at least CEILING_RUNS times
 CEILING_RUNS = 3
@@ -61,27 +60,6 @@ def _fetch_share(share: Share, attributes: list[bytes]) -> int:
         for i in range(0, len(uids), 1000):
             count += len(_client.fetch(uids[i : i + 1000], attributes))
     return count
-
-
-def _median_rate(once: Callable[[], tuple[int, float]]) -> dict[str, float]:
-    """Run ``once`` (it returns what it read and the seconds it took) after a warm-up run
-    (connections, Dovecot's caches), again and again until CEILING_SECONDS and CEILING_RUNS;
-    the median rate."""
-    once()
-    rates: list[float] = []
-    spent = 0.0
-    count = 0
-    while spent < CEILING_SECONDS or len(rates) < CEILING_RUNS:
-        count, seconds = once()
-        rates.append(count / seconds)
-        spent += seconds
-    return {
-        "messages": count,
-        "rate": statistics.median(rates),
-        "runs": len(rates),
-        "seconds": spent,
-        "peak_rss_mb": peak_rss_mb(),
-    }
 
 
 def _settings(home: str, body: str, processes: int) -> Any:
@@ -124,7 +102,7 @@ def phase_ceiling(
             count = sum(pool.starmap(_fetch_share, [(s, attributes) for s in shares], 1))
         return count, time.perf_counter() - start
 
-    result = _median_rate(once)
+    result = median_rate(once, CEILING_SECONDS, CEILING_RUNS, warm=True)  # warm: Dovecot's caches
     if pool is not None:
         pool.terminate()
     _client.logout()
@@ -190,7 +168,7 @@ def phase_read(
             connector.close()
         return messages, time.perf_counter() - start
 
-    return _median_rate(once)
+    return median_rate(once, CEILING_SECONDS, CEILING_RUNS, warm=True)
 
 
 def phase_poll(url: str, home: str, port: int, body: str) -> dict[str, float | str]:

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phases import peak_rss_mb, run_phase  # noqa: E402
+from phases import median_rate, peak_rss_mb, run_phase  # noqa: E402
 
 CEILING_SECONDS = 5.0  # a ceiling reads the files again until it has run this long
 REFERENCE = 5_000  # messages of the reference import, whose peak RSS the others are held to
@@ -53,19 +52,7 @@ def phase_ceiling(maildir: Path) -> dict[str, float]:
                     count += 1
         return count, time.perf_counter() - start
 
-    rates: list[float] = []
-    spent = 0.0
-    while spent < CEILING_SECONDS:
-        count, seconds = once()
-        rates.append(count / seconds)
-        spent += seconds
-    return {
-        "messages": count,
-        "rate": statistics.median(rates),
-        "runs": len(rates),
-        "seconds": spent,
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    return median_rate(once, CEILING_SECONDS)
 
 
 def phase_import(maildir: Path, url: str, crm: Path) -> dict[str, float]:

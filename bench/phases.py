@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,30 @@ def run_phase(script: str, *args: str, timeout: float | None = None) -> dict[str
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_rate(
+    once: Callable[[], tuple[int, float]], seconds: float, runs: int = 1, warm: bool = False
+) -> dict[str, float]:
+    """A ceiling: ``once`` (it returns how many messages it read and the seconds it took)
+    run again and again until it has run ``seconds`` and ``runs`` times, after an untimed
+    run if ``warm``; the median rate, the messages of a run, the runs, the time, peak RSS."""
+    if warm:
+        once()
+    rates: list[float] = []
+    spent = 0.0
+    count = 0
+    while spent < seconds or len(rates) < runs:
+        count, took = once()
+        rates.append(count / took)
+        spent += took
+    return {
+        "messages": count,
+        "rate": statistics.median(rates),
+        "runs": len(rates),
+        "seconds": spent,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def demo_crm_with_imap(url: str, home: str, crm: str, port: int, login: str, password: str) -> Any:
