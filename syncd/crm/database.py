@@ -90,14 +90,25 @@ def _split_secrets(url: URL) -> tuple[URL, dict[str, Any]]:
     return url.difference_update_query(list(secret)), dict(secret)
 
 
-def _busy_message(url: URL, timeout: float) -> str:
+def _busy_message(url: URL, timeout: float, ours: bool = False) -> str:
+    """Why a writer gave up on a locked SQLite file, and the fixes; ``ours``: the writer
+    it waited for is of this syncd (its turns, ``syncd.crm.turns``), not another process."""
     where = url.database or "(in memory)"
+    who = (
+        "another writer of this syncd"
+        if ours
+        else "another process (most likely another syncd, a 'syncd run' or 'syncd sync')"
+    )
+    fix = (
+        ""
+        if ours
+        else "wait for it to finish and run this again, or stop the other one (systemctl "
+        "stop syncd); "
+    )
     return (
-        f"the CRM database {where} is locked: another process (most likely another syncd, "
-        f"a 'syncd run' or 'syncd sync') has been writing to it for more than {timeout:g} s; "
-        "wait for it to finish and run this again, or stop the other one (systemctl stop "
-        "syncd); a longer wait: ?timeout=SECONDS in the database URL; several writers at "
-        "once: use PostgreSQL"
+        f"the CRM database {where} is locked: {who} has been writing to it for more than "
+        f"{timeout:g} s; {fix}a longer wait: ?timeout=SECONDS in the database URL; several "
+        "writers at once: use PostgreSQL"
     )
 
 
@@ -285,12 +296,7 @@ class Sessions(sessionmaker[Session]):
         try:
             nested = self._turns.acquire(self._timeout)
         except TimeoutError:
-            where = self.writer.url.database
-            raise DatabaseBusy(
-                f"the CRM database {where} is locked: another writer of this syncd has been "
-                f"writing to it for more than {self._timeout:g} s; a longer wait: "
-                "?timeout=SECONDS in the database URL; several writers at once: use PostgreSQL"
-            ) from None
+            raise DatabaseBusy(_busy_message(self.writer.url, self._timeout, ours=True)) from None
         try:
             yield
         finally:

@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Literal, NamedTuple
 
 from syncd.items import (
@@ -161,7 +162,7 @@ class CrmIndex:
         lists = [by_account[a] for a in accounts if a in by_account]
         lists += [by_contact[c] for c in contacts if c in by_contact]
         if len(lists) == 1:  # one account's deals, most often
-            return sorted(lists[0], key=_opportunity_id)
+            return sorted(lists[0], key=attrgetter("id"))
         found = {o.id: o for deals in lists for o in deals}
         return [found[k] for k in sorted(found)]
 
@@ -209,10 +210,6 @@ class CrmIndex:
             or _in_domains_memo(domain_of(address), self.blocked_domains, self._blocked)
             or (bool(self.forgotten) and is_forgotten(address, self.forgotten))
         )
-
-
-def _opportunity_id(o: OpportunityRef) -> int:
-    return o.id
 
 
 @functools.lru_cache(maxsize=16)
