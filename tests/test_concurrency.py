@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -332,13 +333,25 @@ def test_a_mailbox_held_by_another_process_is_left_to_it_without_failing(
 class SessionCounter(TcpProxy):
     """A proxy to Dovecot that counts the IMAP sessions open at once: from the client's
     LOGIN to its LOGOUT, as the client sends them (so a session is over before the client
-    gives its slot back, and a new one starts after it took one)."""
+    gives its slot back, and a new one starts after it took one), or to the client's close
+    of a connection it dropped without a LOGOUT (a kept connection no task took)."""
 
     def __init__(self, port: int) -> None:
         self.lock = threading.Lock()
         self.open = 0
         self.peak = 0
+        self._connection = threading.local()  # each client's pipe runs in a thread of its own
         super().__init__(port)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_server: bool) -> None:
+        if from_server:
+            super()._pipe(src, dst, from_server)
+            return
+        self._connection.logged_in = False
+        super()._pipe(src, dst, from_server)
+        with self.lock:
+            if self._connection.logged_in:  # closed without a LOGOUT
+                self.open -= 1
 
     def _count(self, data: bytes) -> None:
         super()._count(data)
@@ -350,8 +363,10 @@ class SessionCounter(TcpProxy):
                 if parts[1].upper() in (b"LOGIN", b"AUTHENTICATE"):
                     self.open += 1
                     self.peak = max(self.peak, self.open)
-                elif parts[1].upper() == b"LOGOUT":
+                    self._connection.logged_in = True
+                elif parts[1].upper() == b"LOGOUT" and self._connection.logged_in:
                     self.open -= 1
+                    self._connection.logged_in = False
 
 
 def fill(server: Dovecot, login: str, messages: int) -> None:
