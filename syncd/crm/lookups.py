@@ -31,6 +31,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import NullType
 
 from syncd.batching import chunked
 from syncd.config import Settings
@@ -151,8 +152,10 @@ def _fill_contacts(session: Session, index: CrmIndex, addresses: set[str]) -> li
     )
     found: list[ContactRef] = []
     for chunk in chunked(sorted(addresses), LOOKUP_CHUNK):
-        for address, contact_id, name, account_id in session.connection().execute(
-            query.where(one_of(session, ContactAddress.address, chunk))
+        for address, contact_id, name, account_id in (
+            session.connection()
+            .execute(query.where(one_of(session, ContactAddress.address, chunk)))
+            .all()
         ):
             index.contacts[address] = ref = ContactRef(contact_id, name, account_id)
             index.contact_accounts[contact_id] = account_id
@@ -166,10 +169,14 @@ def _fill_account_domains(session: Session, index: CrmIndex, accounts: set[int])
     wanted = sorted(accounts - index.domains_of_accounts.keys())
     found: dict[int, set[str]] = {a: set() for a in wanted}
     for chunk in chunked(wanted, LOOKUP_CHUNK):
-        for domain, account_id in session.connection().execute(
-            select(AccountDomain.domain, AccountDomain.account_id).where(
-                one_of(session, AccountDomain.account_id, chunk)
+        for domain, account_id in (
+            session.connection()
+            .execute(
+                select(AccountDomain.domain, AccountDomain.account_id).where(
+                    one_of(session, AccountDomain.account_id, chunk)
+                )
             )
+            .all()
         ):
             found[account_id].add(domain)
     index.domains_of_accounts.update((a, frozenset(d)) for a, d in found.items())
@@ -179,10 +186,14 @@ def _fill_domains(session: Session, index: CrmIndex, domains: set[str]) -> set[i
     """The accounts of these domains, added to the index; returns those found."""
     found: set[int] = set()
     for chunk in chunked(sorted(domains), LOOKUP_CHUNK):
-        for domain, account_id in session.connection().execute(
-            select(AccountDomain.domain, AccountDomain.account_id).where(
-                one_of(session, AccountDomain.domain, chunk)
+        for domain, account_id in (
+            session.connection()
+            .execute(
+                select(AccountDomain.domain, AccountDomain.account_id).where(
+                    one_of(session, AccountDomain.domain, chunk)
+                )
             )
+            .all()
         ):
             index.account_domains[domain] = account_id
             found.add(account_id)
@@ -234,11 +245,16 @@ def fill_deals(
     _fill_contact_accounts(session, index, contacts)
     for chunk in chunked(sorted(accounts), LOOKUP_CHUNK):
         _load_deals(session, index, one_of(session, Opportunity.account_id, chunk))
+    roles: set[int] = set()
     for chunk in chunked(sorted(contacts), LOOKUP_CHUNK):
-        roles = select(OpportunityContact.opportunity_id).where(
-            one_of(session, OpportunityContact.contact_id, chunk)
+        roles.update(
+            session.connection().scalars(
+                select(OpportunityContact.opportunity_id).where(
+                    one_of(session, OpportunityContact.contact_id, chunk)
+                )
+            )
         )
-        _load_deals(session, index, Opportunity.id.in_(roles))
+    load_opportunities(session, index, roles)
     index.deals_of_accounts |= accounts
     index.deals_of_contacts |= contacts
 
@@ -248,8 +264,12 @@ def _fill_contact_accounts(session: Session, index: CrmIndex, contacts: set[int]
     id), those not known yet."""
     wanted = sorted(contacts - index.contact_accounts.keys())
     for chunk in chunked(wanted, LOOKUP_CHUNK):
-        for contact_id, account_id in session.connection().execute(
-            select(Contact.id, Contact.account_id).where(one_of(session, Contact.id, chunk))
+        for contact_id, account_id in (
+            session.connection()
+            .execute(
+                select(Contact.id, Contact.account_id).where(one_of(session, Contact.id, chunk))
+            )
+            .all()
         ):
             index.contact_accounts[contact_id] = account_id
 
@@ -267,9 +287,9 @@ def _load_deals(session: Session, index: CrmIndex, where: ColumnElement[bool]) -
     query of their own, cost twice as much: bench/matching_scale.py)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     contact = OpportunityContact.contact_id
-    roles = select(func.array_agg(contact) if postgres else func.group_concat(contact)).where(
-        OpportunityContact.opportunity_id == Opportunity.id
-    )
+    # the list as the driver gives it (psycopg: a list of ints), not walked again by SQLAlchemy
+    agg = func.array_agg(contact, type_=NullType()) if postgres else func.group_concat(contact)
+    roles = select(agg).where(OpportunityContact.opportunity_id == Opportunity.id)
     query = select(
         Opportunity.id,
         Opportunity.external_id,
