@@ -115,6 +115,35 @@ def test_a_batch_index_holds_what_its_items_can_match_and_nothing_else(
     assert ("opportunity", "tag") in by_key["mid:3@x"]  # [opp-q-7] names Q-7, case-blind
 
 
+def test_a_deal_reached_only_by_a_contacts_role_is_read_for_the_batch(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    # Zoe has no account (she writes from free mail) and a role in a deal of Initech's:
+    # no account of the batch leads to that deal, only her role does
+    root = crm(tmp_path / "crm")
+    with (root / "contacts.csv").open("a", encoding="utf-8") as f:
+        f.write("zoe@gmail.com,Zoe,\n")
+    with (root / "opportunities.csv").open("a", encoding="utf-8") as f:
+        f.write("OPP-5,Advisory,initech.test,ana@northwind.test,zoe@gmail.com\n")
+    load_company(sessions, root)
+    index = PassIndex(sessions, Settings(home=tmp_path / "home"))
+    items = [mail(1, "ana@northwind.test", "zoe@gmail.com", "carla@acme.test")]
+    got = index.load(items)
+    with sessions() as session:
+        # Acme's deals by Carla's account (OPP-1 also by her role), OPP-5 by Zoe's role only
+        assert set(got.opportunities) == ids_of(session, "OPP-1", "OPP-2", "OPP-5")
+        advisory = ids_of(session, "OPP-5")
+    (decision,) = decide(items, got, index.settings, Counter())
+    deals = {(lk.target_id, lk.reason) for lk in decision.match.links if lk.type == "opportunity"}
+    # two deals with a role of the batch's contacts: a tie, no deal guessed (the note says so)
+    assert deals == set()
+    assert "OPP-5 (Advisory)" in (decision.match.note or "")
+    only_zoe = [mail(2, "ana@northwind.test", "zoe@gmail.com")]
+    (alone,) = decide(only_zoe, index.load(only_zoe), index.settings, Counter())
+    deals = {(lk.target_id, lk.reason) for lk in alone.match.links if lk.type == "opportunity"}
+    assert deals == {(advisory.pop(), "contact-role")}
+
+
 def test_last_tagged_at_follows_what_is_stored_and_a_failed_batch_teaches_nothing(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:

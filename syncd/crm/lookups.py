@@ -239,7 +239,9 @@ def fill_deals(
     session: Session, index: CrmIndex, contact_ids: Iterable[int], account_ids: Iterable[int]
 ) -> None:
     """Add every deal of these accounts, and every deal in which one of these contacts has a
-    role, to the index (those it already holds whole are not read again)."""
+    role, to the index (those it already holds whole are not read again). The deals of the
+    contacts' roles are asked for by id first, and only those the index does not hold are
+    read: most are deals of the contacts' own accounts, read just before."""
     accounts = set(account_ids) - index.deals_of_accounts
     contacts = set(contact_ids) - index.deals_of_contacts
     _fill_contact_accounts(session, index, contacts)
