@@ -333,8 +333,9 @@ def test_a_mailbox_held_by_another_process_is_left_to_it_without_failing(
 class SessionCounter(TcpProxy):
     """A proxy to Dovecot that counts the IMAP sessions open at once: from the client's
     LOGIN to its LOGOUT, as the client sends them (so a session is over before the client
-    gives its slot back, and a new one starts after it took one), or to the client's close
-    of a connection it dropped without a LOGOUT (a kept connection no task took)."""
+    gives its slot back, and a new one starts after it took one), or to the close of a
+    connection the client dropped without a LOGOUT (a kept connection no task took), as the
+    proxy sees it: that one may end here just after the client gave its slot back."""
 
     def __init__(self, port: int) -> None:
         self.lock = threading.Lock()
@@ -348,10 +349,12 @@ class SessionCounter(TcpProxy):
             super()._pipe(src, dst, from_server)
             return
         self._connection.logged_in = False
-        super()._pipe(src, dst, from_server)
-        with self.lock:
-            if self._connection.logged_in:  # closed without a LOGOUT
-                self.open -= 1
+        try:
+            super()._pipe(src, dst, from_server)
+        finally:
+            with self.lock:
+                if self._connection.logged_in:  # closed without a LOGOUT
+                    self.open -= 1
 
     def _count(self, data: bytes) -> None:
         super()._count(data)
@@ -361,8 +364,9 @@ class SessionCounter(TcpProxy):
                 continue
             with self.lock:
                 if parts[1].upper() in (b"LOGIN", b"AUTHENTICATE"):
-                    self.open += 1
-                    self.peak = max(self.peak, self.open)
+                    if not self._connection.logged_in:  # a connection is one session
+                        self.open += 1
+                        self.peak = max(self.peak, self.open)
                     self._connection.logged_in = True
                 elif parts[1].upper() == b"LOGOUT" and self._connection.logged_in:
                     self.open -= 1

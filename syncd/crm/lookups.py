@@ -285,8 +285,10 @@ def load_opportunities(session: Session, index: CrmIndex, ids: set[int]) -> None
 def _load_deals(session: Session, index: CrmIndex, where: ColumnElement[bool]) -> None:
     """Add the deals that meet this condition to the index, each with the contacts that
     have a role in it and the time of its latest tagged activity: one query, the deals
-    found read whole (asking for their ids first, then for them, and for their roles in a
-    query of their own, cost twice as much: bench/matching_scale.py)."""
+    found read whole (for an account's deals, asking for their ids first, then for them,
+    and for their roles in a query of their own, cost twice as much:
+    bench/matching_scale.py; the deals of contacts' roles are asked for by id first only
+    because most of them are held already, see :func:`fill_deals`)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     contact = OpportunityContact.contact_id
     # the list as the driver gives it (psycopg: a list of ints), not walked again by SQLAlchemy
