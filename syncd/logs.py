@@ -6,7 +6,9 @@ The mailbox of an event is found, in this order: ``extra={"mailbox": NAME}`` giv
 log call; the mailbox whose pass runs in this thread (:func:`about`, set by the sync pass);
 a message that starts with ``mailbox %r`` (the convention of syncd's own messages). Every
 message has the credentials of any URL in it masked, and a newline in it (a server's
-answer, a traceback at ``--verbose``) is escaped, so that one event is one line.
+answer, a traceback at ``--verbose``) is escaped, so that one event is one line. A
+library's warning (icalendar guessing the time zone a calendar names, say) is such an
+event too (:func:`capture_warnings`), not Python's two lines of path and source.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import contextvars
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TextIO
 
 from syncd.connectors.transport import mask_urls
 
@@ -105,9 +108,36 @@ class _Stderr(logging.StreamHandler):
         super().emit(record)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for syncd: a warning as a log event of the ``py.warnings``
+    logger, ``Kind (library): message`` (so it names the mailbox whose pass it came from),
+    shown as Python's filters say (once per message and place, by default). A caller that
+    gave a file of its own gets Python's text there."""
+    if file is not None:
+        file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    library = category.__module__.partition(".")[0]
+    where = f" ({library})" if library != "builtins" else ""
+    logging.getLogger("py.warnings").warning("%s%s: %s", category.__name__, where, message)
+
+
+def capture_warnings() -> None:
+    """Every warning of this process logged by :func:`_show_warning` (the commands' and
+    the parse workers' processes)."""
+    warnings.showwarning = _show_warning
+
+
 def setup(log_format: LogFormat = "text", verbose: bool = False) -> None:
     """Log to stderr in ``log_format``, at DEBUG with ``verbose`` (else INFO); replaces
-    what an earlier call set up."""
+    what an earlier call set up. Warnings are logged too (:func:`capture_warnings`)."""
+    capture_warnings()
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Stderr)]:
         root.removeHandler(handler)

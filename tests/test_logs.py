@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,6 +69,60 @@ def test_text_is_one_line_an_event_naming_the_mailbox(capsys):
     assert "ValueError: boom" in got[2]
     assert got[3] == "INFO syncd.test: see imaps://***@mail.example.com"
     assert len(got) == 4
+
+
+GLOBALLY_UNIQUE_TZIDS = (
+    Path(__file__).parent
+    / "corpus/calendar/icalendar/calendars__issue_313_globally_unique_tzid.ics"
+)
+
+
+def test_a_library_warning_is_one_event_naming_its_kind_library_and_mailbox(capsys, monkeypatch):
+    from icalendar import Calendar
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after
+    logs.setup("text")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with logs.about("ana"):  # a corpus calendar whose TZIDs icalendar has to guess
+            Calendar.from_ical(GLOBALLY_UNIQUE_TZIDS.read_bytes())
+        warnings.warn("a warning of Python's own kind", UserWarning, stacklevel=1)
+    got = stderr_lines(capsys)
+    assert got[0] == (
+        "WARNING py.warnings: mailbox 'ana': GloballyUniqueTZIDGuessed (icalendar): Timezone "
+        "'/freeassociation.sourceforge.net/Europe/Berlin' is a globally unique TZID; guessing "
+        "it means 'Europe/Berlin' by stripping the vendor prefix. This may be wrong. See RFC "
+        "5545 section 3.2.19."
+    )
+    assert got[-1] == "WARNING py.warnings: UserWarning: a warning of Python's own kind"
+    assert all(line.startswith("WARNING py.warnings: ") for line in got)  # no path, no source
+
+
+def test_a_sync_says_a_calendars_guessed_time_zone_in_one_line_naming_the_mailbox(
+    tmp_path: Path, db_url: str, settings, sessions, company: DemoCompany
+):
+    calendar = tmp_path / "calendar"
+    calendar.mkdir()
+    (calendar / "meetings.ics").write_bytes(GLOBALLY_UNIQUE_TZIDS.read_bytes())
+    add_local_mailbox(
+        sessions,
+        "ana",
+        "ana@northwind.test",
+        maildir=str(company.maildirs["ana"]),
+        calendar=str(calendar),
+        calendar_past_days=3650,
+    )
+    env = {**os.environ, "SYNCD_HOME": str(settings.home), "SYNCD_DATABASE_URL": db_url}
+    proc = subprocess.run([*SYNCD, "sync"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    guessed = [line for line in proc.stderr.splitlines() if "GloballyUniqueTZIDGuessed" in line]
+    assert len(guessed) == 3  # one a time zone, each on a line of its own
+    for line in guessed:
+        assert line.startswith(
+            "WARNING py.warnings: mailbox 'ana': GloballyUniqueTZIDGuessed (icalendar): "
+        )
+    # not Python's way: the library's file and the line of its source that warned
+    assert "site-packages" not in proc.stderr and "from_ical(" not in proc.stderr
 
 
 def test_a_sync_logs_json_lines_each_naming_its_mailbox(

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 
 import pytest
 
@@ -27,6 +28,11 @@ def fail_on_three(n: int) -> int:
     if n == 5:
         raise ConnectorError("mailbox 'ana': the server went away")
     logging.getLogger("syncd.test").warning("worker read %d", n)
+    return n
+
+
+def warn_about(n: int) -> int:
+    warnings.warn(f"task {n} was odd", UserWarning, stacklevel=1)
     return n
 
 
@@ -77,6 +83,16 @@ def test_a_failed_task_is_rescued_with_its_reason_and_listed_errors_reach_the_ca
     logged = [r.getMessage() for r in caplog.records if r.name == "syncd.test"]
     assert logged == ["worker read 0", "worker read 1", "worker read 2", "worker read 4"]
     assert "Traceback" not in caplog.text
+
+
+def test_a_warning_in_a_worker_comes_back_as_a_line_of_the_main_processs_log(caplog):
+    caplog.set_level(logging.INFO)
+    got = list(
+        parsepool.ordered(warn_about, range(4), processes=WORKERS, in_flight=2, rescue=rescued_here)
+    )
+    assert got == [0, 1, 2, 3]  # read by the workers: none rescued
+    logged = [r.getMessage() for r in caplog.records if r.name == "py.warnings"]
+    assert logged == [f"UserWarning: task {n} was odd" for n in range(4)]
 
 
 def test_a_killed_worker_loses_no_task_and_repeats_none():

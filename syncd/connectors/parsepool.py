@@ -47,6 +47,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from syncd import logs
 from syncd.connectors.reasons import describe
 
 T = TypeVar("T")
@@ -109,12 +110,13 @@ _collect = _Collect()
 def _start_worker(level: int) -> None:
     """A worker's setup: SIGINT and SIGTERM are the main process's business (systemd sends
     SIGTERM to the whole unit: the main process finishes its batch and stops the pool);
-    log lines are collected."""
+    log lines are collected, and warnings logged (``syncd.logs.capture_warnings``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root = logging.getLogger()
     root.handlers[:] = [_collect]
     root.setLevel(level)
+    logs.capture_warnings()  # a library's warning comes back as a line of the task's log
 
 
 def _call(fn: Callable[[T], R], task: T) -> tuple[R, list[tuple[str, int, str]], int]:
