@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import NullType
 
@@ -168,37 +168,28 @@ def _fill_account_domains(session: Session, index: CrmIndex, accounts: set[int])
     """The domains of these accounts (the matched contacts'), those not looked up yet."""
     wanted = sorted(accounts - index.domains_of_accounts.keys())
     found: dict[int, set[str]] = {a: set() for a in wanted}
-    for chunk in chunked(wanted, LOOKUP_CHUNK):
-        for domain, account_id in (
-            session.connection()
-            .execute(
-                select(AccountDomain.domain, AccountDomain.account_id).where(
-                    one_of(session, AccountDomain.account_id, chunk)
-                )
-            )
-            .all()
-        ):
-            found[account_id].add(domain)
+    for domain, account_id in _account_domains(session, AccountDomain.account_id, wanted):
+        found[account_id].add(domain)
     index.domains_of_accounts.update((a, frozenset(d)) for a, d in found.items())
 
 
 def _fill_domains(session: Session, index: CrmIndex, domains: set[str]) -> set[int]:
     """The accounts of these domains, added to the index; returns those found."""
     found: set[int] = set()
-    for chunk in chunked(sorted(domains), LOOKUP_CHUNK):
-        for domain, account_id in (
-            session.connection()
-            .execute(
-                select(AccountDomain.domain, AccountDomain.account_id).where(
-                    one_of(session, AccountDomain.domain, chunk)
-                )
-            )
-            .all()
-        ):
-            index.account_domains[domain] = account_id
-            found.add(account_id)
+    for domain, account_id in _account_domains(session, AccountDomain.domain, sorted(domains)):
+        index.account_domains[domain] = account_id
+        found.add(account_id)
     index.looked_up_domains |= domains
     return found
+
+
+def _account_domains(
+    session: Session, column: InstrumentedAttribute[Any], keys: list[Any]
+) -> Iterator[tuple[str, int]]:
+    """(domain, account id) of every account domain whose ``column`` is one of ``keys``."""
+    query = select(AccountDomain.domain, AccountDomain.account_id)
+    for chunk in chunked(keys, LOOKUP_CHUNK):
+        yield from (session.connection().execute(query.where(one_of(session, column, chunk))).all())
 
 
 def _fill_tagged(session: Session, index: CrmIndex, names: set[str]) -> None:
