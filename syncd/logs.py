@@ -21,6 +21,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal, TextIO
 
 from syncd.connectors.transport import mask_urls
@@ -121,11 +122,30 @@ def _show_warning(
     shown as Python's filters say (once per message and place, by default). A caller that
     gave a file of its own gets Python's text there."""
     if file is not None:
-        file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        with contextlib.suppress(OSError):  # as Python's own: a closed stream loses it
+            file.write(warnings.formatwarning(message, category, filename, lineno, line))
         return
-    library = category.__module__.partition(".")[0]
-    where = f" ({library})" if library != "builtins" else ""
-    logging.getLogger("py.warnings").warning("%s%s: %s", category.__name__, where, message)
+    library = _library(category, filename)
+    logging.getLogger("py.warnings").warning("%s (%s): %s", category.__name__, library, message)
+
+
+def _library(category: type[Warning], filename: str) -> str:
+    """Who warned: the package of a warning of its own kind (icalendar's
+    GloballyUniqueTZIDGuessed), else the package of the file that warned (a UserWarning of
+    a library's, from ``site-packages/NAME/...``; syncd for its own), else that file's
+    name."""
+    package = category.__module__.partition(".")[0]
+    if package != "builtins":
+        return package
+    path = Path(filename)
+    if "site-packages" in path.parts[:-1]:
+        return Path(path.parts[path.parts.index("site-packages") + 1]).stem
+    if path.resolve().is_relative_to(_PACKAGE):
+        return "syncd"
+    return path.stem
+
+
+_PACKAGE = Path(__file__).resolve().parent  # syncd's own files
 
 
 def capture_warnings() -> None:

@@ -78,24 +78,26 @@ GLOBALLY_UNIQUE_TZIDS = (
 
 
 def test_a_library_warning_is_one_event_naming_its_kind_library_and_mailbox(capsys, monkeypatch):
-    from icalendar import Calendar
+    from icalendar.error import GloballyUniqueTZIDGuessed
 
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after
     logs.setup("text")
+    guessed = "Timezone '/mozilla.org/20070129_1/America/New_York' is a globally unique TZID"
+    site = "/usr/lib/python3/site-packages"
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        with logs.about("ana"):  # a corpus calendar whose TZIDs icalendar has to guess
-            Calendar.from_ical(GLOBALLY_UNIQUE_TZIDS.read_bytes())
-        warnings.warn("a warning of Python's own kind", UserWarning, stacklevel=1)
+        with logs.about("ana"):  # a warning of a kind of a library's own
+            warnings.warn(GloballyUniqueTZIDGuessed(guessed), stacklevel=1)
+        # warnings of Python's own kinds: from a library, from syncd, from anywhere else
+        for path in (f"{site}/caldav/davclient.py", logs.__file__, "/srv/tool/helper.py"):
+            warnings.warn_explicit("careful\nnow", UserWarning, path, 12)
     got = stderr_lines(capsys)
-    assert got[0] == (
-        "WARNING py.warnings: mailbox 'ana': GloballyUniqueTZIDGuessed (icalendar): Timezone "
-        "'/freeassociation.sourceforge.net/Europe/Berlin' is a globally unique TZID; guessing "
-        "it means 'Europe/Berlin' by stripping the vendor prefix. This may be wrong. See RFC "
-        "5545 section 3.2.19."
-    )
-    assert got[-1] == "WARNING py.warnings: UserWarning: a warning of Python's own kind"
-    assert all(line.startswith("WARNING py.warnings: ") for line in got)  # no path, no source
+    assert got == [
+        "WARNING py.warnings: mailbox 'ana': GloballyUniqueTZIDGuessed (icalendar): " + guessed,
+        "WARNING py.warnings: UserWarning (caldav): careful\\nnow",
+        "WARNING py.warnings: UserWarning (syncd): careful\\nnow",
+        "WARNING py.warnings: UserWarning (helper): careful\\nnow",
+    ]  # one line each: no path, no line of source
 
 
 def test_a_sync_says_a_calendars_guessed_time_zone_in_one_line_naming_the_mailbox(

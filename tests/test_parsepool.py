@@ -92,7 +92,7 @@ def test_a_warning_in_a_worker_comes_back_as_a_line_of_the_main_processs_log(cap
     )
     assert got == [0, 1, 2, 3]  # read by the workers: none rescued
     logged = [r.getMessage() for r in caplog.records if r.name == "py.warnings"]
-    assert logged == [f"UserWarning: task {n} was odd" for n in range(4)]
+    assert logged == [f"UserWarning (test_parsepool): task {n} was odd" for n in range(4)]
 
 
 def test_a_killed_worker_loses_no_task_and_repeats_none():
