@@ -7,7 +7,7 @@ matching rate (items/s: what a sync pass pays for matching, the CRM index it loa
 own process), and the ratio of the rate to the smallest CRM's rate measured in the same run
 (the ceiling: matching should cost the same whatever the CRM's size), and the database's
 own share of a pass (every statement the pass sent, replayed on the driver's cursor: what no
-change to syncd's Python can take off the pass, however lean). The same items (same
+leaner Python can take off a pass that waits for each statement in turn). The same items (same
 seed) are matched at every size; they name contacts, accounts and deals by their position in
 the CRM, so the share of matched participants is the same at every size.
 

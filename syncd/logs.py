@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -140,12 +141,12 @@ def _library(category: type[Warning], filename: str) -> str:
     path = Path(filename)
     if "site-packages" in path.parts[:-1]:
         return Path(path.parts[path.parts.index("site-packages") + 1]).stem
-    if path.resolve().is_relative_to(_PACKAGE):
+    if Path(os.path.abspath(filename)).is_relative_to(_PACKAGE):  # no file system call
         return "syncd"
     return path.stem
 
 
-_PACKAGE = Path(__file__).resolve().parent  # syncd's own files
+_PACKAGE = Path(os.path.abspath(__file__)).parent  # syncd's own files
 
 
 def capture_warnings() -> None:
